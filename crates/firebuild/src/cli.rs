@@ -1,0 +1,573 @@
+//! The command line: names and flags of the original firebuild, plus ours.
+//!
+//! This module only describes arguments; `commands` does the work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "firebuild",
+    version,
+    about = "Build microVM root filesystems from Dockerfiles, keep them tagged, and run microVMs from them",
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after the command name.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Profile to apply (`profile-create`: the profile to create or update).
+    /// Without it, the embedded default profile applies.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// Directory holding the profiles' JSON files.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/etc/firebuild/profiles"
+    )]
+    pub profile_conf_dir: PathBuf,
+
+    /// Log level.
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Log one JSON object per line on stderr (and list VMs as JSON lines).
+    #[arg(long, global = true)]
+    pub log_as_json: bool,
+
+    /// Colour log output (default: when stderr is a terminal).
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub log_color: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a profile, or update it when it exists.
+    ProfileCreate(ProfileCreateArgs),
+    /// List profiles.
+    ProfileLs,
+    /// Print a profile as JSON.
+    ProfileInspect,
+
+    /// Build a base OS root filesystem from a Dockerfile (stored as _/<image>/<version>).
+    Baseos(BaseosArgs),
+    /// Build an application root filesystem from a Dockerfile or an OCI image.
+    Rootfs(RootfsArgs),
+
+    /// Boot a microVM from a tagged root filesystem and a kernel.
+    Run(RunArgs),
+    /// List microVMs.
+    Ls(LsArgs),
+    /// Print a microVM's run metadata as JSON.
+    Inspect(VmArgs),
+    /// Stop a microVM: its STOPSIGNAL first, forced after --shutdown-timeout.
+    Kill(KillArgs),
+    /// Remove everything left by microVMs that are no longer running.
+    Purge(PurgeArgs),
+    /// Print a microVM's console log.
+    Logs(LogsArgs),
+
+    /// Stored root filesystems and pulled OCI images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Guest kernels.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Dockerfile tools.
+    #[command(subcommand)]
+    Dockerfile(DockerfileCommand),
+    /// CNI networks for microVMs.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+}
+
+/// Settings a profile stores. On any command, a flag given here overrides
+/// the selected profile's value for that run.
+#[derive(Debug, Clone, Default, Args)]
+#[command(
+    next_help_heading = "Profile settings (given on the command line, they override the profile's values)"
+)]
+pub struct SettingsArgs {
+    /// Firecracker binary.
+    #[arg(long, value_name = "PATH")]
+    pub binary_firecracker: Option<PathBuf>,
+    /// Firecracker jailer binary.
+    #[arg(long, value_name = "PATH")]
+    pub binary_jailer: Option<PathBuf>,
+    /// QEMU binary (qemu-system-x86_64).
+    #[arg(long, value_name = "PATH")]
+    pub binary_qemu: Option<PathBuf>,
+    /// Jailer chroot base directory.
+    #[arg(long, value_name = "DIR")]
+    pub chroot_base: Option<PathBuf>,
+    /// Directory holding one run directory per microVM.
+    #[arg(long, value_name = "DIR")]
+    pub run_cache: Option<PathBuf>,
+    /// Cache directory for OCI blobs, build steps and fetched sources.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Storage provider (only `directory`).
+    #[arg(long, value_name = "NAME")]
+    pub storage_provider: Option<String>,
+    /// Storage provider property, repeatable: rootfs-storage-root=DIR, kernel-storage-root=DIR.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub storage_provider_property_string: Vec<(String, String)>,
+    /// VMM to run microVMs with.
+    #[arg(long, value_enum)]
+    pub vmm: Option<VmmChoice>,
+    /// User id jailed Firecracker runs as.
+    #[arg(long, value_name = "UID")]
+    pub jailer_uid: Option<u32>,
+    /// Group id jailed Firecracker runs as.
+    #[arg(long, value_name = "GID")]
+    pub jailer_gid: Option<u32>,
+    /// Registry reached over plain HTTP, repeatable (127.0.0.0/8 and ::1 always are).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+    /// Mirror for a registry, repeatable: docker.io=http://127.0.0.1:5000.
+    #[arg(long, value_name = "REGISTRY=URL", value_parser = parse_key_value)]
+    pub registry_mirror: Vec<(String, String)>,
+    /// CNI network configuration directory.
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directory, repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub cni_bin_dir: Vec<PathBuf>,
+    /// CNI result cache directory.
+    #[arg(long, value_name = "DIR")]
+    pub cni_cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmChoice {
+    /// Firecracker where its binary and a working /dev/kvm exist, else QEMU.
+    Auto,
+    Firecracker,
+    Qemu,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileCreateArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build argument, repeatable: --build-arg KEY=VALUE.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub build_arg: Vec<(String, String)>,
+    /// Build context directory (default: the Dockerfile's directory).
+    #[arg(long, value_name = "DIR")]
+    pub context: Option<PathBuf>,
+    /// Size of the ext4 file system in MiB (default: content plus headroom).
+    #[arg(long, value_name = "MIB")]
+    pub filesystem_size_mbs: Option<u64>,
+    /// Do not use the build cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Target platform of FROM images.
+    #[arg(long, value_name = "OS/ARCH", default_value = "linux/amd64")]
+    pub platform: String,
+    /// Command run before the Dockerfile's instructions, repeatable.
+    #[arg(long, value_name = "COMMAND")]
+    pub pre_build_command: Vec<String>,
+    /// Command run after the Dockerfile's instructions, repeatable.
+    #[arg(long, value_name = "COMMAND")]
+    pub post_build_command: Vec<String>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BaseosArgs {
+    /// Dockerfile: a path, inline text, an http(s) URL or a git URL.
+    #[arg(long, value_name = "SRC")]
+    pub dockerfile: String,
+    /// Tag; default: the FROM image's name and version.
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["dockerfile", "docker_image"]))]
+pub struct RootfsArgs {
+    /// Dockerfile: a path, inline text, an http(s) URL or a git URL
+    /// (git+https://host/repo.git:/path/Dockerfile#ref).
+    #[arg(long, value_name = "SRC")]
+    pub dockerfile: Option<String>,
+    /// Make the root filesystem from an existing OCI image instead.
+    #[arg(long, value_name = "REF")]
+    pub docker_image: Option<String>,
+    /// Tag of the build: org/name:version.
+    #[arg(long)]
+    pub tag: String,
+    /// Build up to this stage.
+    #[arg(long, value_name = "NAME")]
+    pub dockerfile_stage: Option<String>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    #[command(flatten)]
+    pub legacy: LegacyBuildArgs,
+}
+
+/// Flags of the original's VM-based build; accepted so existing commands keep
+/// working, and ignored because builds here run in a sandbox.
+#[derive(Debug, Args)]
+pub struct LegacyBuildArgs {
+    #[arg(long, hide = true)]
+    pub bootstrap_certs_key_size: Option<u32>,
+    #[arg(long, hide = true)]
+    pub bootstrap_certs_validity: Option<String>,
+    #[arg(long, hide = true)]
+    pub bootstrap_initial_communication_timeout: Option<String>,
+    #[arg(long, hide = true)]
+    pub bootstrap_server_bind_interface: Option<String>,
+}
+
+impl LegacyBuildArgs {
+    pub fn given(&self) -> bool {
+        self.bootstrap_certs_key_size.is_some()
+            || self.bootstrap_certs_validity.is_some()
+            || self.bootstrap_initial_communication_timeout.is_some()
+            || self.bootstrap_server_bind_interface.is_some()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Tagged root filesystem to boot: org/name:version.
+    #[arg(long, value_name = "TAG")]
+    pub from: String,
+    /// Kernel id (see `firebuild kernel ls`).
+    #[arg(long, value_name = "ID")]
+    pub vmlinux_id: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpu: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub mem: u32,
+    /// Environment variable, repeatable: --env KEY=VALUE.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub env: Vec<(String, String)>,
+    /// Environment file (KEY=VALUE lines), repeatable; --env wins over it.
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Vec<PathBuf>,
+    /// SSH public key to authorize in the guest, repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub identity_file: Vec<PathBuf>,
+    /// Guest user that gets the SSH keys.
+    #[arg(long, value_name = "USER", default_value = "root")]
+    pub ssh_user: String,
+    /// Guest hostname (default: a random readable name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Name of the microVM, used as its id (default: random).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Return once the microVM has started, printing its id.
+    #[arg(long)]
+    pub daemonize: bool,
+    /// Remove the run directory when the microVM exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Extra kernel arguments.
+    #[arg(long, value_name = "ARGS")]
+    pub kernel_args: Option<String>,
+    /// What the guest init does after set-up.
+    #[arg(long, value_enum, default_value_t = InitModeArg::Entrypoint)]
+    pub init_mode: InitModeArg,
+    /// CNI network to attach the microVM to.
+    #[arg(long, visible_alias = "network", value_name = "NAME")]
+    pub cni_network_name: Option<String>,
+    /// Static IP address to request from the network's IPAM.
+    #[arg(long, value_name = "IP")]
+    pub ip_address: Option<String>,
+    /// Publish a port, repeatable: HOST:GUEST[/tcp|udp], iface:host:dest/proto, host:dest, dest.
+    #[arg(long, value_name = "SPEC")]
+    pub port: Vec<String>,
+    /// Run Firecracker without the jailer (development hosts only).
+    #[arg(long)]
+    pub no_jailer: bool,
+    /// Seconds to wait for a graceful stop (Ctrl-C in the foreground, --rm).
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub shutdown_timeout: u64,
+    /// Command overriding the image's CMD.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitModeArg {
+    /// Run the image's entrypoint; power off when it exits.
+    Entrypoint,
+    /// Hand over to the image's own /sbin/init.
+    Image,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// Id of the microVM.
+    #[arg(long, value_name = "ID")]
+    pub vmm_id: String,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Id of the microVM.
+    #[arg(long, value_name = "ID")]
+    pub vmm_id: String,
+    /// Seconds to wait for a clean shutdown before forcing it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub shutdown_timeout: u64,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Id of the microVM.
+    #[arg(long, value_name = "ID")]
+    pub vmm_id: String,
+    /// Keep printing as the console log grows.
+    #[arg(short, long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List stored root filesystems and pulled OCI images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Print a stored image's metadata.json.
+    Inspect {
+        /// org/name:version
+        tag: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Remove a stored image.
+    Rm {
+        /// org/name:version
+        tag: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Pull an OCI image into the blob cache.
+    Pull {
+        /// Image reference, e.g. alpine:3.20 or ghcr.io/org/app@sha256:...
+        reference: String,
+        #[arg(long, value_name = "OS/ARCH", default_value = "linux/amd64")]
+        platform: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Make a base image from a rootfs tarball or directory, an OCI layout or a docker-save tarball.
+    Import {
+        /// File or directory to import.
+        source: PathBuf,
+        /// Tag: name:version or org/name:version.
+        #[arg(long)]
+        tag: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Remove cache entries no stored image or build refers to.
+    Prune {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Build a microVM kernel from source.
+    Build {
+        /// Kernel source: a .tar.xz/.tar.gz tarball or an unpacked tree.
+        #[arg(long, value_name = "SRC")]
+        source: PathBuf,
+        /// Id to store the kernel under.
+        #[arg(long)]
+        id: String,
+        /// Config fragment merged over the project's microVM config.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Parallel make jobs (default: number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Register an existing vmlinux.
+    Add {
+        #[arg(long, value_name = "PATH")]
+        file: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// List kernels.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Remove a kernel.
+    Rm {
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Print a kernel's metadata.
+    Inspect {
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DockerfileCommand {
+    /// Print what the parser understood of a Dockerfile.
+    Parse {
+        /// Dockerfile: a path, inline text, an http(s) URL or a git URL.
+        source: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a CNI bridge network.
+    Create {
+        name: String,
+        #[arg(long, value_name = "CIDR")]
+        subnet: String,
+        #[arg(long, value_name = "IP")]
+        gateway: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        bridge: Option<String>,
+        #[arg(long)]
+        ip_masq: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// List CNI networks.
+    Ls {
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Remove a CNI network.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+/// Parses `KEY=VALUE`; the value may contain `=` and be empty.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_before_and_after_the_command() {
+        let before = Cli::try_parse_from([
+            "firebuild",
+            "--profile=standard",
+            "--log-as-json",
+            "profile-inspect",
+        ])
+        .unwrap();
+        let after = Cli::try_parse_from([
+            "firebuild",
+            "profile-inspect",
+            "--profile=standard",
+            "--log-as-json",
+        ])
+        .unwrap();
+        for cli in [before, after] {
+            assert_eq!(cli.global.profile.as_deref(), Some("standard"));
+            assert!(cli.global.log_as_json);
+        }
+    }
+
+    #[test]
+    fn key_value_parsing() {
+        assert_eq!(
+            parse_key_value("a=b=c").unwrap(),
+            ("a".into(), "b=c".into())
+        );
+        assert_eq!(parse_key_value("a=").unwrap(), ("a".into(), "".into()));
+        assert!(parse_key_value("=b").is_err());
+        assert!(parse_key_value("ab").is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! Settings in force for one command: the embedded default profile, then the
+//! selected profile, then flags given on the command line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::cli::{GlobalArgs, SettingsArgs, VmmChoice};
+use crate::profile::{Profile, ProfileDir, KERNEL_STORAGE_ROOT, ROOTFS_STORAGE_ROOT};
+
+/// Where state lives when no profile says otherwise.
+const STATE_DIR: &str = "/var/lib/firebuild";
+const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
+/// Default uid/gid of jailed Firecracker: not root (the original ran it as root).
+const DEFAULT_JAILER_ID: u32 = 10000;
+
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // some fields are read only by commands still being wired
+pub struct Settings {
+    pub binary_firecracker: Option<PathBuf>,
+    pub binary_jailer: Option<PathBuf>,
+    pub binary_qemu: PathBuf,
+    pub chroot_base: PathBuf,
+    pub run_cache: PathBuf,
+    pub cache_dir: PathBuf,
+    pub rootfs_storage_root: PathBuf,
+    pub kernel_storage_root: PathBuf,
+    pub vmm: VmmChoice,
+    pub jailer_uid: u32,
+    pub jailer_gid: u32,
+    pub insecure_registries: Vec<String>,
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    pub cni_cache_dir: PathBuf,
+}
+
+impl Settings {
+    /// Resolves the settings of this invocation.
+    pub fn resolve(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<Settings> {
+        let mut profile = match &global.profile {
+            Some(name) => ProfileDir::new(&global.profile_conf_dir).load(name)?,
+            None => Profile::default(),
+        };
+        profile.apply(args);
+        profile
+            .validate()
+            .context("invalid settings (profile values overridden by command-line flags)")?;
+        Ok(Settings::from_profile(profile))
+    }
+
+    fn from_profile(p: Profile) -> Settings {
+        let state = Path::new(STATE_DIR);
+        let property = |key: &str, default: &str| {
+            p.storage_provider_properties
+                .get(key)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| state.join(default))
+        };
+        Settings {
+            rootfs_storage_root: property(ROOTFS_STORAGE_ROOT, "rootfs"),
+            kernel_storage_root: property(KERNEL_STORAGE_ROOT, "vmlinux"),
+            binary_firecracker: p.binary_firecracker.or_else(|| find_in_path("firecracker")),
+            binary_jailer: p.binary_jailer.or_else(|| find_in_path("jailer")),
+            binary_qemu: p.binary_qemu.unwrap_or_else(|| "qemu-system-x86_64".into()),
+            chroot_base: p.chroot_base.unwrap_or_else(|| DEFAULT_CHROOT_BASE.into()),
+            run_cache: p.run_cache.unwrap_or_else(|| state.join("runs")),
+            cache_dir: p.cache_dir.unwrap_or_else(|| state.join("cache")),
+            vmm: p.vmm.unwrap_or(VmmChoice::Auto),
+            jailer_uid: p.jailer_uid.unwrap_or(DEFAULT_JAILER_ID),
+            jailer_gid: p.jailer_gid.unwrap_or(DEFAULT_JAILER_ID),
+            insecure_registries: p.insecure_registries,
+            registry_mirrors: p.registry_mirrors,
+            cni_conf_dir: p.cni_conf_dir.unwrap_or_else(|| "/etc/cni/conf.d".into()),
+            cni_bin_dirs: if p.cni_bin_dirs.is_empty() {
+                vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()]
+            } else {
+                p.cni_bin_dirs
+            },
+            cni_cache_dir: p.cni_cache_dir.unwrap_or_else(|| "/var/lib/cni".into()),
+        }
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::LogLevel;
+
+    fn global(profile: Option<&str>, dir: &Path) -> GlobalArgs {
+        GlobalArgs {
+            profile: profile.map(str::to_owned),
+            profile_conf_dir: dir.to_owned(),
+            log_level: LogLevel::Info,
+            log_as_json: false,
+            log_color: None,
+        }
+    }
+
+    #[test]
+    fn embedded_default_needs_no_setup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Settings::resolve(&global(None, tmp.path()), &SettingsArgs::default()).unwrap();
+        assert_eq!(
+            s.rootfs_storage_root,
+            Path::new("/var/lib/firebuild/rootfs")
+        );
+        assert_eq!(
+            s.kernel_storage_root,
+            Path::new("/var/lib/firebuild/vmlinux")
+        );
+        assert_eq!(s.chroot_base, Path::new("/srv/jailer"));
+        assert_eq!(s.vmm, VmmChoice::Auto);
+        assert_ne!(
+            s.jailer_uid, 0,
+            "jailed Firecracker must not run as root by default"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_profile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let runs = tmp.path().join("runs");
+        std::fs::create_dir(&runs).unwrap();
+        ProfileDir::new(tmp.path())
+            .create_or_update(
+                "p",
+                &SettingsArgs {
+                    vmm: Some(VmmChoice::Firecracker),
+                    storage_provider_property_string: vec![(
+                        ROOTFS_STORAGE_ROOT.into(),
+                        store.display().to_string(),
+                    )],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let overrides = SettingsArgs {
+            vmm: Some(VmmChoice::Qemu),
+            run_cache: Some(runs.clone()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&global(Some("p"), tmp.path()), &overrides).unwrap();
+        assert_eq!(s.vmm, VmmChoice::Qemu);
+        assert_eq!(s.run_cache, runs);
+        assert_eq!(s.rootfs_storage_root, store);
+
+        let err = Settings::resolve(
+            &global(Some("missing"), tmp.path()),
+            &SettingsArgs::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("\"missing\""));
+    }
+}

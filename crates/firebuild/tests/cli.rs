@@ -1,0 +1,203 @@
+//! The command line as a user sees it: the real binary, in temp dirs.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn firebuild(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_firebuild"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run firebuild")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const COMMANDS: &[&[&str]] = &[
+    &["profile-create"],
+    &["profile-ls"],
+    &["profile-inspect"],
+    &["baseos"],
+    &["rootfs"],
+    &["run"],
+    &["ls"],
+    &["inspect"],
+    &["kill"],
+    &["purge"],
+    &["logs"],
+    &["image"],
+    &["image", "ls"],
+    &["image", "inspect"],
+    &["image", "rm"],
+    &["image", "pull"],
+    &["image", "import"],
+    &["kernel"],
+    &["kernel", "build"],
+    &["kernel", "ls"],
+    &["dockerfile", "parse"],
+    &["network", "create"],
+];
+
+#[test]
+fn every_command_has_help() {
+    for command in COMMANDS {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = firebuild(&args);
+        assert!(
+            out.status.success(),
+            "{command:?} --help failed: {}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).contains("Usage: firebuild"), "{command:?}");
+    }
+}
+
+#[test]
+fn help_says_flags_override_the_profile() {
+    let out = firebuild(&["run", "--help"]);
+    assert!(stdout(&out).contains("they override the profile's values"));
+}
+
+#[test]
+fn profile_create_and_inspect_as_in_the_original_docs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("profiles");
+    let conf_flag = format!("--profile-conf-dir={}", conf.display());
+    for dir in ["jailer", "runs", "rootfs", "vmlinux"] {
+        std::fs::create_dir(tmp.path().join(dir)).unwrap();
+    }
+    let fc = tmp.path().join("firecracker");
+    std::fs::write(&fc, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&fc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let p = |name: &str| tmp.path().join(name).display().to_string();
+
+    let out = firebuild(&[
+        "profile-create",
+        "--profile=standard",
+        &conf_flag,
+        &format!("--binary-firecracker={}", fc.display()),
+        &format!("--binary-jailer={}", fc.display()),
+        &format!("--chroot-base={}", p("jailer")),
+        &format!("--run-cache={}", p("runs")),
+        "--storage-provider=directory",
+        &format!(
+            "--storage-provider-property-string=rootfs-storage-root={}",
+            p("rootfs")
+        ),
+        &format!(
+            "--storage-provider-property-string=kernel-storage-root={}",
+            p("vmlinux")
+        ),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = firebuild(&["profile-ls", &conf_flag]);
+    assert_eq!(stdout(&out), "standard\n");
+
+    let out = firebuild(&["profile-inspect", "--profile=standard", &conf_flag]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["storage-provider"], "directory");
+    assert_eq!(
+        json["storage-profile-config-strings"]["rootfs-storage-root"],
+        p("rootfs")
+    );
+    assert_eq!(json["chroot-base"], p("jailer"));
+}
+
+#[test]
+fn profile_errors_are_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf_flag = format!("--profile-conf-dir={}", tmp.path().display());
+    let out = firebuild(&["profile-inspect", "--profile=ghost", &conf_flag]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: profile \"ghost\" does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let out = firebuild(&[
+        "profile-create",
+        "--profile=x",
+        &conf_flag,
+        "--storage-provider=s3",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown storage provider \"s3\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!tmp.path().join("x.json").exists());
+}
+
+#[test]
+fn unimplemented_commands_fail_cleanly() {
+    let out = firebuild(&["network", "ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(
+        err.trim(),
+        "error: `firebuild network` is not implemented yet"
+    );
+}
+
+#[test]
+fn image_ls_inspect_rm_on_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let store_flag = format!(
+        "--storage-provider-property-string=rootfs-storage-root={}",
+        root.display()
+    );
+    let image_dir = root.join("combust-labs/consul/1.9.4");
+    std::fs::create_dir_all(&image_dir).unwrap();
+    std::fs::write(image_dir.join("rootfs"), vec![1u8; 8192]).unwrap();
+    std::fs::write(
+        image_dir.join("metadata.json"),
+        r#"{"created-at-utc":0,"image":{"org":"combust-labs","image":"consul","version":"1.9.4"},
+            "type":"rootfs","tag":"combust-labs/consul:1.9.4"}"#,
+    )
+    .unwrap();
+
+    let out = firebuild(&["image", "ls", &store_flag]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("TAG"), "{text}");
+    assert!(text.contains("combust-labs/consul:1.9.4  rootfs"), "{text}");
+
+    let out = firebuild(&["image", "ls", "--json", &store_flag]);
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["tag"], "combust-labs/consul:1.9.4");
+    assert_eq!(line["type"], "rootfs");
+
+    let out = firebuild(&["image", "inspect", "combust-labs/consul:1.9.4", &store_flag]);
+    let md: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(md["image"]["image"], "consul");
+
+    let out = firebuild(&["image", "inspect", "Bad Tag", &store_flag]);
+    assert!(
+        stderr(&out).contains("invalid tag \"Bad Tag\""),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = firebuild(&["image", "rm", "combust-labs/consul:1.9.4", &store_flag]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!Path::new(&image_dir).exists());
+    let out = firebuild(&["image", "rm", "combust-labs/consul:1.9.4", &store_flag]);
+    assert!(
+        stderr(&out).contains("no image tagged combust-labs/consul:1.9.4"),
+        "{}",
+        stderr(&out)
+    );
+}
