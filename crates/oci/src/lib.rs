@@ -1,0 +1,21 @@
+//! OCI images for firebuild, without a daemon: pull from registries into a
+//! content-addressed blob cache, unpack layers safely into a root filesystem
+//! directory, import tarballs / OCI layouts / `docker save` archives, and push.
+
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod image_config;
+pub mod manifest;
+pub mod reference;
+pub mod unpack;
+
+pub use cache::BlobCache;
+pub use config::RegistryConfig;
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use image_config::{HealthConfig, ImageConfig, ImageConfigFile};
+pub use reference::{ImageRef, Platform};
+pub use unpack::{apply_layer, apply_layer_file, LayerStats, UnpackOptions};
