@@ -11,14 +11,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-
 use crate::config::{self, Fragment};
 use crate::error::{Error, Result};
 use crate::identify;
 use crate::process::StepLog;
 use crate::source::{self, KernelSource, SourceKind};
 use crate::tools;
+use crate::workdir::WorkDir;
 
 /// One step of a build, named in progress lines and failures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +142,7 @@ pub struct BuiltKernel {
     pub elapsed: Duration,
     /// The build log.
     pub log: PathBuf,
-    _work: TempDir,
+    _work: WorkDir,
 }
 
 /// Builds a vmlinux. `progress` is called as each step starts.
@@ -168,12 +167,7 @@ pub fn build_kernel(
     );
     tools::check(source.needs())?;
 
-    std::fs::create_dir_all(&opts.work_dir)
-        .map_err(|e| Error::io("create work directory", &opts.work_dir, e))?;
-    let work = tempfile::Builder::new()
-        .prefix(".firebuild-kernel-build-")
-        .tempdir_in(&opts.work_dir)
-        .map_err(|e| Error::io("create a build directory in", &opts.work_dir, e))?;
+    let work = WorkDir::create(&opts.work_dir)?;
     let work_path = absolute(work.path())?;
     let out = work_path.join("build");
     std::fs::create_dir(&out).map_err(|e| Error::io("create", &out, e))?;

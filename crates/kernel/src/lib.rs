@@ -22,6 +22,7 @@ pub mod source;
 pub mod store;
 pub mod test_kernel;
 pub mod tools;
+mod workdir;
 
 pub use build::{build_kernel, BuildOptions, BuildStep, BuiltKernel, Progress};
 pub use error::{Error, Result};

@@ -39,9 +39,9 @@ pub const SOURCE_ENV: &str = "FIREBUILD_TEST_KERNEL_SOURCE";
 pub const CACHE_ENV: &str = "FIREBUILD_CI_KERNEL_CACHE";
 
 /// The kernel command line the test kernel boots with under QEMU
-/// (`-M q35 -accel tcg`, virtio-blk-pci root on `/dev/vda`): serial console,
-/// exit on panic, reboot through the keyboard controller (quick under
-/// `-no-reboot`), skip slow probing.
+/// (`-M q35 -accel tcg`, virtio-blk-pci root on `/dev/vda`, `-no-reboot`):
+/// serial console, reboot 1 s after a panic (so QEMU exits instead of
+/// hanging), reboot through the keyboard controller. Add `init=...`.
 pub const QEMU_KERNEL_ARGS: &str = "console=ttyS0 reboot=k panic=1 root=/dev/vda rw";
 
 /// Where the cache is and how to build into it.
