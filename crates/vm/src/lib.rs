@@ -1,0 +1,36 @@
+//! The firebuild microVM runtime.
+//!
+//! A [`Runtime`] turns a [`RunSpec`] (a stored root filesystem image, its
+//! [`firebuild_metadata::ImageMetadata`], a kernel and the `run` flags) into
+//! a running microVM, and manages VMs afterwards: `ls` ([`Runtime::list`]),
+//! `inspect`, `kill`, `purge` and `logs`. VMMs plug in through the [`Vmm`]
+//! trait; [`QemuVmm`] is the QEMU backend. The network is set up by the
+//! caller and handed over as a [`NetworkAttachment`]; its teardown is the
+//! [`NetworkReleaser`] hook.
+//!
+//! Each VM lives in its own run directory (see [`rundir`]) with its run
+//! metadata ([`RunMetadata`]); no firebuild process stays resident.
+
+pub mod argv;
+pub mod console;
+pub mod copy;
+pub mod env;
+pub mod error;
+pub mod guest;
+pub mod liveness;
+pub mod names;
+pub mod network;
+pub mod rundir;
+pub mod runtime;
+pub mod spec;
+pub mod state;
+pub mod vmm;
+
+pub use error::VmError;
+pub use liveness::ProcessIdentity;
+pub use network::{NetworkError, NetworkReleaser};
+pub use runtime::{Interrupts, PreparedVm, PurgeReport, RunOutcome, Runtime};
+pub use spec::{NetworkAttachment, RunSpec, VmmChoice};
+pub use state::{render_table, RunMetadata, VmStatus, VmSummary};
+pub use vmm::qemu::{Accel, AccelPolicy, Machine, QemuConfig, QemuVmm};
+pub use vmm::{Availability, LaunchConfig, StartedVm, Vmm, VmmKind};

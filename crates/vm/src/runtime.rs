@@ -1,0 +1,1003 @@
+//! The VM runtime: `run` (prepare → launch → stream or detach), `ls`,
+//! `inspect`, `kill`, `purge` and `logs`, driving any [`Vmm`] backend.
+//!
+//! There is no daemon: every command reads and updates the run metadata in
+//! the run directories, and liveness is checked from the recorded pid and
+//! process start time.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use firebuild_metadata::{ImageMetadata, InitMode};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::argv::resolve_argv;
+use crate::console::{exit_code_from_log, ConsoleFollower, POLL_INTERVAL};
+use crate::copy::copy_image;
+use crate::env::{host_env, merge_env};
+use crate::error::VmError;
+use crate::guest::{self, BootArgs, GuestInputs};
+use crate::liveness::ProcessIdentity;
+use crate::names::{random_hostname, random_id, validate_hostname, validate_name};
+use crate::network::NetworkReleaser;
+use crate::rundir::{RunDir, RunDirGuard};
+use crate::spec::{NetworkAttachment, RunSpec, VmmChoice};
+use crate::state::{RunMetadata, VmStatus};
+use crate::vmm::qemu::QemuVmm;
+use crate::vmm::{Availability, LaunchConfig, Vmm, VmmKind};
+
+/// Smallest memory size accepted, in MiB.
+const MIN_MEM_MIB: u32 = 32;
+
+/// How `run` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// `--daemonize`: the VM runs; print its id.
+    Detached { id: String },
+    /// Foreground: the VM has exited. `exit_code` is the entrypoint's, or
+    /// `None` when the guest did not report one (killed, crashed).
+    Exited { id: String, exit_code: Option<i32> },
+}
+
+/// Where Ctrl-C (stop requests) come from in the foreground.
+pub enum Interrupts {
+    /// SIGINT of this process: the first asks the guest to stop, the second
+    /// kills the VM.
+    CtrlC,
+    /// Each message is one stop request (tests, embedding callers).
+    Channel(mpsc::UnboundedReceiver<()>),
+}
+
+/// What `purge` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    /// VMs whose run directory (and network, jail) is gone.
+    pub removed: Vec<String>,
+    /// VMs that could not be cleaned up fully, with the reason; their run
+    /// directory is kept so a later purge can retry.
+    pub failed: Vec<(String, String)>,
+}
+
+/// The resolved inputs of a prepared VM, kept until launch.
+struct Resolved {
+    image: ImageMetadata,
+    env: BTreeMap<String, String>,
+    ssh_user: String,
+    ssh_keys: String,
+    user_kernel_args: Option<String>,
+    shutdown_timeout: Duration,
+    init_mode: InitMode,
+}
+
+/// A VM whose run directory is ready (root filesystem copied, metadata
+/// written) but whose VMM has not started. Dropping it removes the run
+/// directory. Use it to set the network up between the two steps (the CNI
+/// layer needs the VM id).
+pub struct PreparedVm {
+    dir: RunDirGuard,
+    run_dir: RunDir,
+    metadata: RunMetadata,
+    backend: Arc<dyn Vmm>,
+    resolved: Resolved,
+}
+
+impl PreparedVm {
+    /// The VM id (its name, or a random id).
+    pub fn id(&self) -> &str {
+        &self.metadata.id
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        self.run_dir.path()
+    }
+
+    pub fn metadata(&self) -> &RunMetadata {
+        &self.metadata
+    }
+
+    /// Attaches the network the caller set up for this VM.
+    pub fn attach_network(&mut self, network: NetworkAttachment) -> Result<(), VmError> {
+        validate_network(&network)?;
+        self.metadata.ip = Some(network.ip.to_string());
+        self.metadata.network = Some(network);
+        self.metadata.store(&self.run_dir.metadata())
+    }
+}
+
+/// The VM runtime over a run cache directory and a set of VMM backends.
+pub struct Runtime {
+    run_cache: PathBuf,
+    backends: Vec<Arc<dyn Vmm>>,
+    network: Option<Arc<dyn NetworkReleaser>>,
+}
+
+impl Runtime {
+    /// A runtime with the QEMU backend in its default configuration.
+    pub fn new(run_cache: impl Into<PathBuf>) -> Self {
+        Self::with_backends(run_cache, vec![Arc::new(QemuVmm::default())])
+    }
+
+    /// A runtime with the given backends (at most one per [`VmmKind`]).
+    pub fn with_backends(run_cache: impl Into<PathBuf>, backends: Vec<Arc<dyn Vmm>>) -> Self {
+        Runtime {
+            run_cache: run_cache.into(),
+            backends,
+            network: None,
+        }
+    }
+
+    /// Sets the hook that releases VM networks on `purge` and `--rm`.
+    pub fn with_network_releaser(mut self, releaser: Arc<dyn NetworkReleaser>) -> Self {
+        self.network = Some(releaser);
+        self
+    }
+
+    pub fn run_cache(&self) -> &Path {
+        &self.run_cache
+    }
+
+    fn backend(&self, kind: VmmKind) -> Result<Arc<dyn Vmm>, VmError> {
+        self.backends
+            .iter()
+            .find(|b| b.kind() == kind)
+            .cloned()
+            .ok_or(VmError::BackendMissing { kind })
+    }
+
+    /// Picks the backend for `choice`; `auto` prefers Firecracker, then QEMU.
+    pub async fn select_backend(
+        &self,
+        choice: VmmChoice,
+        kernel: &Path,
+    ) -> Result<Arc<dyn Vmm>, VmError> {
+        let kinds: &[VmmKind] = match choice {
+            VmmChoice::Firecracker => &[VmmKind::Firecracker],
+            VmmChoice::Qemu => &[VmmKind::Qemu],
+            VmmChoice::Auto => &[VmmKind::Firecracker, VmmKind::Qemu],
+        };
+        let mut reasons = Vec::new();
+        for &kind in kinds {
+            let backend = match self.backend(kind) {
+                Ok(b) => b,
+                Err(e) if choice == VmmChoice::Auto => {
+                    reasons.push(format!("{kind}: {e}"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match backend.availability(kernel, &self.run_cache).await {
+                Availability::Usable => return Ok(backend),
+                Availability::Unusable { reason } if choice == VmmChoice::Auto => {
+                    reasons.push(format!("{kind}: {reason}"));
+                }
+                Availability::Unusable { reason } => {
+                    return Err(VmError::VmmUnavailable { kind, reason })
+                }
+            }
+        }
+        Err(VmError::NoVmm {
+            reasons: reasons.join("; "),
+        })
+    }
+
+    /// Checks everything in `spec`, then creates the run directory with the
+    /// VM's root filesystem copy and its run metadata (status `created`).
+    /// Nothing is created when a check fails.
+    pub async fn prepare(&self, spec: RunSpec) -> Result<PreparedVm, VmError> {
+        // --- checks, no side effects ---
+        if spec.cpus < 1 {
+            return Err(VmError::Resource {
+                what: "--cpu",
+                min: 1,
+                value: spec.cpus.into(),
+            });
+        }
+        if spec.mem_mib < MIN_MEM_MIB {
+            return Err(VmError::Resource {
+                what: "--mem (MiB)",
+                min: MIN_MEM_MIB.into(),
+                value: spec.mem_mib.into(),
+            });
+        }
+        check_regular_file(&spec.kernel).map_err(|source| VmError::Kernel {
+            path: spec.kernel.clone(),
+            source,
+        })?;
+        check_regular_file(&spec.rootfs).map_err(|source| VmError::Rootfs {
+            path: spec.rootfs.clone(),
+            source,
+        })?;
+        let id = match &spec.name {
+            Some(name) => {
+                validate_name(name)?;
+                name.clone()
+            }
+            None => random_id(),
+        };
+        let hostname = match &spec.hostname {
+            Some(h) => {
+                validate_hostname(h)?;
+                h.clone()
+            }
+            None => random_hostname(),
+        };
+        let env = merge_env(
+            &spec.image.entrypoint_info.env,
+            &spec.env_files,
+            &spec.env,
+            host_env,
+        )?;
+        let command = resolve_argv(
+            &spec.image.entrypoint_info,
+            spec.command.as_deref(),
+            &spec.image.tag,
+        )?;
+        let ssh_keys = guest::read_identity_files(&spec.identity_files)?;
+        if !ssh_keys.is_empty() {
+            guest::validate_ssh_user(&spec.ssh_user)?;
+        }
+        if let Some(net) = &spec.network {
+            validate_network(net)?;
+        }
+        // The full command line must fit; checked with the network now.
+        let boot = BootArgs::new(
+            spec.network.as_ref(),
+            &hostname,
+            spec.kernel_args.as_deref(),
+        )?;
+        let backend = self.select_backend(spec.vmm, &spec.kernel).await?;
+        let backend_args = backend.kernel_args();
+        let kernel_args =
+            boot.render(&backend_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let planned = RunDir::new(&self.run_cache, &id);
+        backend.preflight(&planned)?;
+        if planned.path().exists() {
+            return Err(VmError::NameClash {
+                name: id,
+                dir: planned.path().to_owned(),
+            });
+        }
+        let creator =
+            ProcessIdentity::current().map_err(|e| VmError::io("reading", "/proc/self/stat", e))?;
+
+        // --- set-up, undone by the guard on failure ---
+        let run_dir = RunDir::create(&self.run_cache, &id)?;
+        let guard = RunDirGuard::new(run_dir.clone());
+        let rootfs = run_dir.rootfs();
+        let method = copy_image(&spec.rootfs, &rootfs).map_err(|source| VmError::RootfsCopy {
+            from: spec.rootfs.clone(),
+            to: rootfs.clone(),
+            source,
+        })?;
+        tracing::debug!(id = %id, ?method, "root filesystem copied");
+        let metadata = RunMetadata {
+            id: id.clone(),
+            name: spec.name.clone().unwrap_or_else(|| hostname.clone()),
+            image: spec.image.tag.clone(),
+            hostname: hostname.clone(),
+            ip: spec.network.as_ref().map(|n| n.ip.to_string()),
+            pid: None,
+            pid_start_time: None,
+            status: VmStatus::Created,
+            created: OffsetDateTime::now_utc(),
+            started: None,
+            exited: None,
+            exit_code: None,
+            vmm: backend.kind(),
+            vmm_details: serde_json::Value::Null,
+            network: spec.network.clone(),
+            kernel: spec.kernel.clone(),
+            kernel_id: spec.kernel_id.clone(),
+            kernel_args,
+            cpus: spec.cpus,
+            mem_mib: spec.mem_mib,
+            command,
+            run_dir: run_dir.path().to_owned(),
+            daemonized: spec.daemonize,
+            remove_on_exit: spec.remove_on_exit,
+            shutdown_timeout_secs: spec.shutdown_timeout.as_secs(),
+            creator,
+        };
+        metadata.store(&run_dir.metadata())?;
+        Ok(PreparedVm {
+            dir: guard,
+            run_dir,
+            metadata,
+            backend,
+            resolved: Resolved {
+                image: spec.image,
+                env,
+                ssh_user: spec.ssh_user,
+                ssh_keys,
+                user_kernel_args: spec.kernel_args,
+                shutdown_timeout: spec.shutdown_timeout,
+                init_mode: spec.init_mode,
+            },
+        })
+    }
+
+    /// Starts the prepared VM's VMM; returns its run metadata (`running`).
+    /// On failure the run directory is removed and nothing keeps running.
+    pub async fn launch(&self, prepared: PreparedVm) -> Result<RunMetadata, VmError> {
+        let PreparedVm {
+            dir,
+            run_dir,
+            mut metadata,
+            backend,
+            resolved,
+        } = prepared;
+        // Recomputed: the network may have been attached after prepare.
+        let boot = BootArgs::new(
+            metadata.network.as_ref(),
+            &metadata.hostname,
+            resolved.user_kernel_args.as_deref(),
+        )?;
+        let backend_args = backend.kernel_args();
+        metadata.kernel_args =
+            boot.render(&backend_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let document = guest::guest_document(&GuestInputs {
+            id: &metadata.id,
+            hostname: &metadata.hostname,
+            image: &resolved.image,
+            command: &metadata.command,
+            env: &resolved.env,
+            ssh_user: &resolved.ssh_user,
+            ssh_keys: &resolved.ssh_keys,
+            cpus: metadata.cpus,
+            mem_mib: metadata.mem_mib,
+            kernel_id: &metadata.kernel_id,
+            kernel_args: &metadata.kernel_args,
+            network: metadata.network.as_ref(),
+            shutdown_timeout: resolved.shutdown_timeout,
+            init_mode: resolved.init_mode,
+        })?;
+        let launch = LaunchConfig {
+            id: metadata.id.clone(),
+            run_dir: run_dir.clone(),
+            kernel: metadata.kernel.clone(),
+            kernel_args: metadata.kernel_args.clone(),
+            cpus: metadata.cpus,
+            mem_mib: metadata.mem_mib,
+            rootfs: run_dir.rootfs(),
+            guest: document,
+            network: metadata.network.clone(),
+        };
+        let started = backend.start(&launch).await?;
+        metadata.pid = Some(started.pid);
+        metadata.pid_start_time = started.start_time;
+        metadata.vmm_details = started.details;
+        metadata.started = Some(OffsetDateTime::now_utc());
+        metadata.status = VmStatus::Running;
+        if let Err(e) = metadata.store(&run_dir.metadata()) {
+            // Without its metadata nobody could manage the VM: stop it.
+            if let Err(stop) = backend.force_stop(&metadata).await {
+                tracing::warn!("stopping VM {} after a failed start: {stop}", metadata.id);
+            }
+            return Err(e);
+        }
+        dir.disarm();
+        Ok(metadata)
+    }
+
+    /// `firebuild run`: prepares and launches the VM; in the foreground
+    /// streams its console into `console` (without the exit-code marker),
+    /// stops it gracefully on Ctrl-C, and returns the entrypoint's exit code.
+    pub async fn run(
+        &self,
+        spec: RunSpec,
+        console: &mut (dyn Write + Send),
+    ) -> Result<RunOutcome, VmError> {
+        self.run_with(spec, console, Interrupts::CtrlC).await
+    }
+
+    /// [`Runtime::run`] with an explicit source of stop requests.
+    pub async fn run_with(
+        &self,
+        spec: RunSpec,
+        console: &mut (dyn Write + Send),
+        interrupts: Interrupts,
+    ) -> Result<RunOutcome, VmError> {
+        let daemonize = spec.daemonize;
+        // Listen before starting, so an early Ctrl-C is not lost.
+        let (mut stops, _listener) = match (daemonize, interrupts) {
+            (true, _) => (None, None),
+            (false, Interrupts::Channel(rx)) => (Some(rx), None),
+            (false, Interrupts::CtrlC) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(async move {
+                    while tokio::signal::ctrl_c().await.is_ok() {
+                        if tx.send(()).is_err() {
+                            break;
+                        }
+                    }
+                });
+                (Some(rx), Some(AbortOnDrop(task)))
+            }
+        };
+        let prepared = self.prepare(spec).await?;
+        let metadata = self.launch(prepared).await?;
+        match stops.take() {
+            None => Ok(RunOutcome::Detached { id: metadata.id }),
+            Some(rx) => self.attach(metadata, console, rx).await,
+        }
+    }
+
+    /// Follows a running VM in the foreground until it exits.
+    async fn attach(
+        &self,
+        mut metadata: RunMetadata,
+        console: &mut (dyn Write + Send),
+        mut stops: mpsc::UnboundedReceiver<()>,
+    ) -> Result<RunOutcome, VmError> {
+        let backend = self.backend(metadata.vmm)?;
+        let run_dir = RunDir::new(&self.run_cache, &metadata.id);
+        let mut follower = ConsoleFollower::open(&run_dir.console_log()).await?;
+        let timeout = Duration::from_secs(metadata.shutdown_timeout_secs);
+        let mut stop_deadline: Option<tokio::time::Instant> = None;
+        let mut forced = false;
+        let mut streaming = true;
+        loop {
+            if streaming {
+                if let Err(e) = follower.pump(console).await {
+                    // The terminal went away: keep managing the VM.
+                    tracing::warn!("console: {e}");
+                    streaming = false;
+                }
+            }
+            if !backend.is_running(&metadata) {
+                break;
+            }
+            if let Some(deadline) = stop_deadline {
+                if !forced && tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(id = %metadata.id, "the guest did not stop within {timeout:?}; killing it");
+                    forced = true;
+                    backend.force_stop(&metadata).await?;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                Some(()) = stops.recv() => {
+                    if stop_deadline.is_none() {
+                        tracing::info!(id = %metadata.id, "stopping the VM (again to kill it)");
+                        stop_deadline = Some(tokio::time::Instant::now() + timeout);
+                        if let Err(e) = backend.graceful_stop(&metadata).await {
+                            tracing::warn!("graceful stop failed, killing the VM: {e}");
+                            forced = true;
+                            backend.force_stop(&metadata).await?;
+                        }
+                    } else if !forced {
+                        forced = true;
+                        backend.force_stop(&metadata).await?;
+                    }
+                }
+            }
+        }
+        if streaming {
+            if let Err(e) = follower.finish(console).await {
+                tracing::warn!("console: {e}");
+            }
+        }
+        mark_exited(&mut metadata, &run_dir);
+        metadata.store(&run_dir.metadata())?;
+        let outcome = RunOutcome::Exited {
+            id: metadata.id.clone(),
+            exit_code: metadata.exit_code,
+        };
+        if metadata.remove_on_exit {
+            self.remove_vm(&metadata).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Loads a VM's metadata and brings its status up to date.
+    async fn load(&self, id: &str) -> Result<RunMetadata, VmError> {
+        validate_name(id).map_err(|_| self.not_found(id))?;
+        let dir = RunDir::new(&self.run_cache, id);
+        let path = dir.metadata();
+        if !path.exists() {
+            return Err(self.not_found(id));
+        }
+        let mut metadata = RunMetadata::load(&path)?;
+        self.refresh(&mut metadata, &dir)?;
+        Ok(metadata)
+    }
+
+    fn not_found(&self, id: &str) -> VmError {
+        VmError::NotFound {
+            id: id.to_owned(),
+            run_cache: self.run_cache.clone(),
+        }
+    }
+
+    /// Marks a VM whose VMM is gone (or whose creator died before it
+    /// started) as exited, with its exit code from the console.
+    fn refresh(&self, metadata: &mut RunMetadata, dir: &RunDir) -> Result<(), VmError> {
+        let gone = match metadata.status {
+            VmStatus::Exited => false,
+            VmStatus::Created => !metadata.creator.is_alive(),
+            VmStatus::Running => match self.backend(metadata.vmm) {
+                Ok(b) => !b.is_running(metadata),
+                Err(_) => !metadata.process().is_some_and(|p| p.is_alive()),
+            },
+        };
+        if gone {
+            mark_exited(metadata, dir);
+            metadata.store(&dir.metadata())?;
+        }
+        Ok(())
+    }
+
+    /// `firebuild ls`: all VMs in the run cache, oldest first. Exited VMs
+    /// started with `--daemonize --rm` are removed on the way.
+    pub async fn list(&self) -> Result<Vec<RunMetadata>, VmError> {
+        let mut vms = Vec::new();
+        for (dir, mut metadata) in self.scan()? {
+            self.refresh(&mut metadata, &dir)?;
+            if metadata.status == VmStatus::Exited && metadata.daemonized && metadata.remove_on_exit
+            {
+                if let Err(e) = self.remove_vm(&metadata).await {
+                    tracing::warn!("removing exited VM {} (--rm): {e}", metadata.id);
+                } else {
+                    continue;
+                }
+            }
+            vms.push(metadata);
+        }
+        Ok(vms)
+    }
+
+    /// Reads every run directory's metadata, skipping what is not a VM.
+    fn scan(&self) -> Result<Vec<(RunDir, RunMetadata)>, VmError> {
+        let entries = match std::fs::read_dir(&self.run_cache) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(VmError::io("reading the run cache", &self.run_cache, e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| VmError::io("reading the run cache", &self.run_cache, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || validate_name(&name).is_err() {
+                continue;
+            }
+            let dir = RunDir::new(&self.run_cache, &name);
+            // A directory without run.json is being created right now.
+            if !dir.metadata().exists() {
+                continue;
+            }
+            match RunMetadata::load(&dir.metadata()) {
+                Ok(m) => found.push((dir, m)),
+                Err(e) => tracing::warn!("skipping {}: {e}", dir.path().display()),
+            }
+        }
+        found.sort_by(|a, b| a.1.created.cmp(&b.1.created).then(a.1.id.cmp(&b.1.id)));
+        Ok(found)
+    }
+
+    /// `firebuild inspect --vmm-id ID`: the run metadata, with the
+    /// backend's current description in `vmm_details`.
+    pub async fn inspect(&self, id: &str) -> Result<RunMetadata, VmError> {
+        let mut metadata = self.load(id).await?;
+        if let Ok(backend) = self.backend(metadata.vmm) {
+            metadata.vmm_details = backend.describe(&metadata);
+        }
+        Ok(metadata)
+    }
+
+    /// `firebuild kill --vmm-id ID`: asks the guest to stop (its
+    /// STOPSIGNAL path), waits up to `timeout` (default: the VM's
+    /// `--shutdown-timeout`), then kills the VMM. Returns the final metadata;
+    /// a VM that has already exited is returned as is.
+    pub async fn kill(&self, id: &str, timeout: Option<Duration>) -> Result<RunMetadata, VmError> {
+        let mut metadata = self.load(id).await?;
+        match metadata.status {
+            VmStatus::Exited => return Ok(metadata),
+            VmStatus::Created => {
+                return Err(VmError::Stop {
+                    id: id.to_owned(),
+                    reason: "it is still being created; try again in a moment".into(),
+                })
+            }
+            VmStatus::Running => {}
+        }
+        let backend = self.backend(metadata.vmm)?;
+        let timeout = timeout.unwrap_or(Duration::from_secs(metadata.shutdown_timeout_secs));
+        let process = metadata.process();
+        let stopped = match backend.graceful_stop(&metadata).await {
+            Ok(()) => match process {
+                Some(p) => p.wait_exit(timeout, POLL_INTERVAL).await,
+                None => true,
+            },
+            Err(e) => {
+                tracing::warn!("graceful stop of {id} failed, killing it: {e}");
+                false
+            }
+        };
+        if !stopped {
+            backend.force_stop(&metadata).await?;
+        }
+        let dir = RunDir::new(&self.run_cache, id);
+        mark_exited(&mut metadata, &dir);
+        metadata.store(&dir.metadata())?;
+        if metadata.remove_on_exit && metadata.daemonized {
+            self.remove_vm(&metadata).await?;
+        }
+        Ok(metadata)
+    }
+
+    /// Waits until VM `id` has exited, for at most `timeout`.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<RunMetadata, VmError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let metadata = self.load(id).await?;
+            if metadata.status == VmStatus::Exited {
+                return Ok(metadata);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(VmError::StillRunning { id: id.to_owned() });
+            }
+            tokio::time::sleep(POLL_INTERVAL * 5).await;
+        }
+    }
+
+    /// `firebuild purge`: removes everything left by VMs that no longer run
+    /// (backend state such as jails, the network, the run directory).
+    pub async fn purge(&self) -> Result<PurgeReport, VmError> {
+        let mut report = PurgeReport::default();
+        for (dir, mut metadata) in self.scan()? {
+            self.refresh(&mut metadata, &dir)?;
+            if metadata.status != VmStatus::Exited {
+                continue;
+            }
+            match self.remove_vm(&metadata).await {
+                Ok(()) => report.removed.push(metadata.id),
+                Err(e) => report.failed.push((metadata.id, e.to_string())),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes an exited VM: backend clean-up, network release, run
+    /// directory. The run directory stays if an earlier step fails.
+    async fn remove_vm(&self, metadata: &RunMetadata) -> Result<(), VmError> {
+        let backend = self.backend(metadata.vmm)?;
+        if backend.is_running(metadata) {
+            return Err(VmError::StillRunning {
+                id: metadata.id.clone(),
+            });
+        }
+        backend.cleanup(metadata).await?;
+        if let Some(attachment) = &metadata.network {
+            let releaser = self
+                .network
+                .as_ref()
+                .ok_or_else(|| VmError::NetworkRelease {
+                    id: metadata.id.clone(),
+                    reason: "no network releaser is configured".into(),
+                })?;
+            releaser
+                .release(metadata, attachment)
+                .await
+                .map_err(|e| VmError::NetworkRelease {
+                    id: metadata.id.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        RunDir::new(&self.run_cache, &metadata.id).remove()?;
+        tracing::info!(id = %metadata.id, "VM removed");
+        Ok(())
+    }
+
+    /// `firebuild logs --vmm-id ID [-f]`: writes the console log (without
+    /// the exit-code marker) into `sink`; with `follow`, keeps writing new
+    /// output until the VM exits.
+    pub async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        sink: &mut (dyn Write + Send),
+    ) -> Result<(), VmError> {
+        let mut metadata = self.load(id).await?;
+        let dir = RunDir::new(&self.run_cache, id);
+        let mut follower = ConsoleFollower::open(&dir.console_log()).await?;
+        loop {
+            follower.pump(sink).await?;
+            if !follow || metadata.status == VmStatus::Exited {
+                break;
+            }
+            tokio::time::sleep(POLL_INTERVAL * 5).await;
+            self.refresh(&mut metadata, &dir)?;
+        }
+        follower.finish(sink).await
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn mark_exited(metadata: &mut RunMetadata, dir: &RunDir) {
+    if metadata.status != VmStatus::Exited {
+        metadata.status = VmStatus::Exited;
+        metadata.exited = Some(OffsetDateTime::now_utc());
+    }
+    if metadata.exit_code.is_none() {
+        metadata.exit_code = exit_code_from_log(&dir.console_log());
+    }
+}
+
+fn check_regular_file(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_network(net: &NetworkAttachment) -> Result<(), VmError> {
+    let fail = |reason: String| Err(VmError::Network { reason });
+    if let Err(source) = std::fs::metadata(&net.netns) {
+        return Err(VmError::Netns {
+            path: net.netns.clone(),
+            source,
+        });
+    }
+    let tap_ok = !net.tap.is_empty()
+        && net.tap.len() <= 15
+        && net
+            .tap
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !tap_ok {
+        return fail(format!(
+            "tap name {:?} must be 1 to 15 letters, digits, '-', '_', '.'",
+            net.tap
+        ));
+    }
+    let octets: Vec<&str> = net.guest_mac.split(':').collect();
+    let mac_ok = octets.len() == 6
+        && octets
+            .iter()
+            .all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()));
+    if !mac_ok {
+        return fail(format!(
+            "guest MAC {:?} is not of the form aa:bb:cc:dd:ee:ff",
+            net.guest_mac
+        ));
+    }
+    if net.prefix > 32 {
+        return fail(format!("prefix length {} is larger than 32", net.prefix));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::tests::{image, network};
+
+    #[test]
+    fn network_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut net = network();
+        net.netns = dir.path().to_owned();
+        validate_network(&net).unwrap();
+        let mut bad = net.clone();
+        bad.tap = "a,b".into();
+        assert!(validate_network(&bad).is_err());
+        let mut bad = net.clone();
+        bad.guest_mac = "02:00:00:00:00".into();
+        assert!(validate_network(&bad).is_err());
+        let mut bad = net.clone();
+        bad.netns = "/nonexistent/netns".into();
+        assert!(matches!(validate_network(&bad), Err(VmError::Netns { .. })));
+    }
+
+    /// A spec whose checks pass up to backend selection.
+    fn spec(dir: &Path) -> RunSpec {
+        let kernel = dir.join("vmlinux");
+        let rootfs = dir.join("rootfs.ext4");
+        std::fs::write(&kernel, b"kernel").unwrap();
+        std::fs::write(&rootfs, b"rootfs").unwrap();
+        let mut spec = RunSpec::new(rootfs, image(), kernel);
+        spec.vmm = VmmChoice::Qemu;
+        spec
+    }
+
+    fn cache_entries(runtime: &Runtime) -> Vec<String> {
+        match std::fs::read_dir(runtime.run_cache()) {
+            Ok(d) => d
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn prepare_creates_the_run_dir_and_drop_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path().join("vms"));
+        let mut s = spec(dir.path());
+        s.name = Some("web".into());
+        s.env = vec!["A=1".into()];
+        let prepared = runtime.prepare(s).await.unwrap();
+        assert_eq!(prepared.id(), "web");
+        let run_dir = prepared.run_dir().to_owned();
+        assert_eq!(
+            std::fs::read(run_dir.join("rootfs.ext4")).unwrap(),
+            b"rootfs"
+        );
+        let md = RunMetadata::load(&run_dir.join("run.json")).unwrap();
+        assert_eq!(md.status, VmStatus::Created);
+        assert_eq!(md.command, ["/bin/app", "serve"]);
+        assert!(md
+            .kernel_args
+            .contains("root=/dev/vda rw firebuild.metadata=/dev/vdb"));
+        // Listed as created while its creator (this process) lives.
+        let listed = runtime.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].status, VmStatus::Created);
+        // Purge leaves it alone.
+        assert!(runtime.purge().await.unwrap().removed.is_empty());
+        drop(prepared);
+        assert!(!run_dir.exists());
+    }
+
+    #[tokio::test]
+    async fn bad_input_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path().join("vms"));
+
+        let mut s = spec(dir.path());
+        s.kernel = dir.path().join("no-such-vmlinux");
+        let err = runtime.prepare(s).await.err().unwrap();
+        assert!(matches!(err, VmError::Kernel { .. }), "{err}");
+        assert!(err.to_string().contains("no-such-vmlinux"));
+
+        let mut s = spec(dir.path());
+        let env_file = dir.path().join("bad.env");
+        std::fs::write(&env_file, "OK=1\nNOT OK=2\n").unwrap();
+        s.env_files = vec![env_file];
+        let err = runtime.prepare(s).await.err().unwrap();
+        assert!(err.to_string().contains("bad.env, line 2"), "{err}");
+
+        let mut s = spec(dir.path());
+        s.name = Some("../escape".into());
+        assert!(matches!(
+            runtime.prepare(s).await.err().unwrap(),
+            VmError::InvalidName { .. }
+        ));
+
+        let mut s = spec(dir.path());
+        s.image.entrypoint_info.entrypoint.clear();
+        s.image.entrypoint_info.cmd.clear();
+        assert!(matches!(
+            runtime.prepare(s).await.err().unwrap(),
+            VmError::NoCommand { .. }
+        ));
+
+        let mut s = spec(dir.path());
+        s.mem_mib = 8;
+        assert!(matches!(
+            runtime.prepare(s).await.err().unwrap(),
+            VmError::Resource { .. }
+        ));
+
+        let mut s = spec(dir.path());
+        s.vmm = VmmChoice::Firecracker;
+        assert!(matches!(
+            runtime.prepare(s).await.err().unwrap(),
+            VmError::BackendMissing { .. }
+        ));
+
+        assert!(
+            cache_entries(&runtime).is_empty(),
+            "{:?}",
+            cache_entries(&runtime)
+        );
+    }
+
+    #[tokio::test]
+    async fn name_clash_is_reported_before_copying() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path().join("vms"));
+        let mut s = spec(dir.path());
+        s.name = Some("twin".into());
+        let first = runtime.prepare(s.clone()).await.unwrap();
+        let err = runtime.prepare(s).await.err().unwrap();
+        assert!(matches!(err, VmError::NameClash { .. }), "{err}");
+        // The first VM's directory is untouched.
+        assert!(first.run_dir().join("run.json").exists());
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path());
+        for id in ["nope", "../etc", ""] {
+            let err = runtime.inspect(id).await.err().unwrap();
+            assert!(matches!(err, VmError::NotFound { .. }), "{id}: {err}");
+        }
+        assert!(matches!(
+            runtime.kill("nope", None).await.err().unwrap(),
+            VmError::NotFound { .. }
+        ));
+        assert!(runtime.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn abandoned_vms_are_exited_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path().join("vms"));
+        let mut s = spec(dir.path());
+        s.name = Some("orphan".into());
+        let prepared = runtime.prepare(s).await.unwrap();
+        // Pretend its creator died: a process identity that is not alive.
+        let mut md = prepared.metadata().clone();
+        md.creator.start_time += 1;
+        md.store(&prepared.run_dir().join("run.json")).unwrap();
+        let run_dir = prepared.run_dir().to_owned();
+        std::mem::forget(prepared);
+        let listed = runtime.list().await.unwrap();
+        assert_eq!(listed[0].status, VmStatus::Exited);
+        let report = runtime.purge().await.unwrap();
+        assert_eq!(report.removed, ["orphan"]);
+        assert!(!run_dir.exists());
+    }
+
+    #[tokio::test]
+    async fn purge_keeps_vms_whose_network_cannot_be_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path().join("vms"));
+        let mut s = spec(dir.path());
+        s.name = Some("netvm".into());
+        let mut net = network();
+        net.netns = dir.path().to_owned();
+        s.network = Some(net);
+        let prepared = runtime.prepare(s).await.unwrap();
+        let mut md = prepared.metadata().clone();
+        assert!(md.kernel_args.contains("ip=192.168.127.2::192.168.127.1"));
+        md.creator.start_time += 1;
+        md.store(&prepared.run_dir().join("run.json")).unwrap();
+        let run_dir = prepared.run_dir().to_owned();
+        std::mem::forget(prepared);
+
+        let report = runtime.purge().await.unwrap();
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert!(report.failed[0].1.contains("no network releaser"));
+        assert!(run_dir.exists());
+
+        struct Recorder(std::sync::Mutex<Vec<String>>);
+        #[async_trait::async_trait]
+        impl NetworkReleaser for Recorder {
+            async fn release(
+                &self,
+                vm: &RunMetadata,
+                a: &NetworkAttachment,
+            ) -> Result<(), crate::network::NetworkError> {
+                self.0.lock().unwrap().push(format!("{}:{}", vm.id, a.tap));
+                Ok(())
+            }
+        }
+        let recorder = Arc::new(Recorder(Default::default()));
+        let runtime = Runtime::new(dir.path().join("vms")).with_network_releaser(recorder.clone());
+        let report = runtime.purge().await.unwrap();
+        assert_eq!(report.removed, ["netvm"]);
+        assert_eq!(*recorder.0.lock().unwrap(), ["netvm:tap0"]);
+        assert!(!run_dir.exists());
+    }
+}

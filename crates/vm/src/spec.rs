@@ -1,0 +1,191 @@
+//! What the caller asks for: a [`RunSpec`] of plain values (paths, image
+//! metadata, flags), so the runtime does not depend on the image store.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use firebuild_metadata::{ImageMetadata, InitMode};
+use serde::{Deserialize, Serialize};
+
+/// Which VMM to run the VM on (`--vmm`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmChoice {
+    Firecracker,
+    Qemu,
+    /// The first usable of Firecracker, then QEMU (each backend decides
+    /// what "usable" means, see [`crate::Vmm::availability`]).
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for VmmChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "firecracker" => Ok(VmmChoice::Firecracker),
+            "qemu" => Ok(VmmChoice::Qemu),
+            "auto" => Ok(VmmChoice::Auto),
+            other => Err(format!(
+                "unknown VMM {other:?}; expected firecracker, qemu or auto"
+            )),
+        }
+    }
+}
+
+/// The network the caller (the CNI layer) prepared for the VM: a tap device
+/// inside a network namespace, and the guest's address. The VMM is started
+/// inside `netns` and attached to `tap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    /// Path of the network namespace (e.g. `/var/run/netns/<id>`).
+    pub netns: PathBuf,
+    /// The tap device inside `netns`.
+    pub tap: String,
+    /// The guest NIC's MAC, `aa:bb:cc:dd:ee:ff`.
+    pub guest_mac: String,
+    /// The guest address.
+    pub ip: Ipv4Addr,
+    /// Its prefix length (`24` for a /24).
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub nameservers: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// The CNI network name, shown in the guest metadata.
+    #[serde(default)]
+    pub network_name: String,
+    /// Opaque data the network layer needs to release the attachment later
+    /// (CNI container id, interface name, cached result ...); stored in the
+    /// run metadata and handed back to [`crate::NetworkReleaser`].
+    #[serde(default)]
+    pub release_data: serde_json::Value,
+}
+
+impl NetworkAttachment {
+    /// Dotted netmask of the prefix, e.g. `255.255.255.0`.
+    pub fn netmask(&self) -> Ipv4Addr {
+        let bits = u32::from(self.prefix.min(32));
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+        Ipv4Addr::from(mask)
+    }
+
+    /// The network address with prefix, e.g. `192.168.127.0/24`.
+    pub fn network_cidr(&self) -> String {
+        let net = u32::from(self.ip) & u32::from(self.netmask());
+        format!("{}/{}", Ipv4Addr::from(net), self.prefix)
+    }
+}
+
+/// Everything `run` needs, as plain values.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The stored ext4 root filesystem image; only read (the VM gets a copy).
+    pub rootfs: PathBuf,
+    /// The stored image's metadata (entrypoint info, env, stop signal, tag).
+    pub image: ImageMetadata,
+    /// The uncompressed kernel (`vmlinux`).
+    pub kernel: PathBuf,
+    /// The kernel's id as the user named it (`--vmlinux-id`), for display.
+    pub kernel_id: String,
+    pub cpus: u32,
+    pub mem_mib: u32,
+    /// `--env-file`s, applied in order after the image's ENV.
+    pub env_files: Vec<PathBuf>,
+    /// `--env` values (`KEY=value`, or `KEY` to take the host's value),
+    /// applied in order after the env files.
+    pub env: Vec<String>,
+    /// `-- CMD...`: replaces the image's CMD.
+    pub command: Option<Vec<String>>,
+    /// Public key files (`--identity-file`) to authorize for `ssh_user`.
+    pub identity_files: Vec<PathBuf>,
+    pub ssh_user: String,
+    /// Defaults to a random readable name such as `quiet-otter`.
+    pub hostname: Option<String>,
+    /// Becomes the VM id; defaults to a random id.
+    pub name: Option<String>,
+    /// Extra kernel arguments, appended last (`--kernel-args`).
+    pub kernel_args: Option<String>,
+    /// Return once the VM runs instead of streaming its console.
+    pub daemonize: bool,
+    /// Remove the VM's run directory (and network) once it has exited.
+    pub remove_on_exit: bool,
+    pub vmm: VmmChoice,
+    pub network: Option<NetworkAttachment>,
+    /// How long a graceful stop may take before the VM is killed.
+    pub shutdown_timeout: Duration,
+    pub init_mode: InitMode,
+}
+
+impl RunSpec {
+    /// A spec with the defaults of `firebuild run` (1 vCPU, 128 MiB, user
+    /// root, 15 s shutdown timeout, foreground, `--vmm auto`).
+    pub fn new(rootfs: PathBuf, image: ImageMetadata, kernel: PathBuf) -> Self {
+        RunSpec {
+            rootfs,
+            image,
+            kernel,
+            kernel_id: String::new(),
+            cpus: 1,
+            mem_mib: 128,
+            env_files: Vec::new(),
+            env: Vec::new(),
+            command: None,
+            identity_files: Vec::new(),
+            ssh_user: "root".into(),
+            hostname: None,
+            name: None,
+            kernel_args: None,
+            daemonize: false,
+            remove_on_exit: false,
+            vmm: VmmChoice::Auto,
+            network: None,
+            shutdown_timeout: Duration::from_secs(15),
+            init_mode: InitMode::Entrypoint,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_choice_parses() {
+        assert_eq!("qemu".parse::<VmmChoice>().unwrap(), VmmChoice::Qemu);
+        assert_eq!(
+            "firecracker".parse::<VmmChoice>().unwrap(),
+            VmmChoice::Firecracker
+        );
+        assert_eq!("auto".parse::<VmmChoice>().unwrap(), VmmChoice::Auto);
+        assert!("kvm".parse::<VmmChoice>().unwrap_err().contains("kvm"));
+    }
+
+    #[test]
+    fn netmask_and_network() {
+        let mut n = NetworkAttachment {
+            netns: "/run/netns/x".into(),
+            tap: "tap0".into(),
+            guest_mac: "02:00:00:00:00:01".into(),
+            ip: "192.168.127.9".parse().unwrap(),
+            prefix: 24,
+            gateway: None,
+            nameservers: vec![],
+            mtu: None,
+            network_name: String::new(),
+            release_data: serde_json::Value::Null,
+        };
+        assert_eq!(n.netmask().to_string(), "255.255.255.0");
+        assert_eq!(n.network_cidr(), "192.168.127.0/24");
+        n.prefix = 0;
+        assert_eq!(n.netmask().to_string(), "0.0.0.0");
+        n.prefix = 30;
+        assert_eq!(n.network_cidr(), "192.168.127.8/30");
+    }
+}

@@ -1,0 +1,277 @@
+//! The run metadata: `run.json` in each run directory, what `ls` and
+//! `inspect` show.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::VmError;
+use crate::liveness::ProcessIdentity;
+use crate::spec::NetworkAttachment;
+use crate::vmm::VmmKind;
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStatus {
+    /// The run directory is being prepared; the VMM has not started.
+    Created,
+    Running,
+    Exited,
+}
+
+impl std::fmt::Display for VmStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VmStatus::Created => "created",
+            VmStatus::Running => "running",
+            VmStatus::Exited => "exited",
+        })
+    }
+}
+
+/// The state of one VM, as stored in its run directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMetadata {
+    pub id: String,
+    pub name: String,
+    /// The image tag, `org/name:version`.
+    pub image: String,
+    pub hostname: String,
+    /// The guest's address, when it has a network.
+    pub ip: Option<String>,
+    /// The VMM's pid (the jailer's child under Firecracker).
+    pub pid: Option<i32>,
+    /// The VMM's start time (see [`ProcessIdentity`]), to detect pid reuse.
+    pub pid_start_time: Option<u64>,
+    pub status: VmStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub started: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub exited: Option<OffsetDateTime>,
+    /// The entrypoint's exit code, once known (from the console marker).
+    pub exit_code: Option<i32>,
+    /// Which backend runs the VM.
+    pub vmm: VmmKind,
+    /// Backend-specific details (accelerator, machine, sockets, jail ...).
+    #[serde(default)]
+    pub vmm_details: serde_json::Value,
+    pub network: Option<NetworkAttachment>,
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub kernel_id: String,
+    pub kernel_args: String,
+    pub cpus: u32,
+    pub mem_mib: u32,
+    /// The resolved command the guest starts.
+    pub command: Vec<String>,
+    pub run_dir: PathBuf,
+    pub daemonized: bool,
+    pub remove_on_exit: bool,
+    pub shutdown_timeout_secs: u64,
+    /// The firebuild process that created the VM: a `created` VM whose
+    /// creator is gone was abandoned half-way and may be purged.
+    pub creator: ProcessIdentity,
+}
+
+impl RunMetadata {
+    /// The VMM process, if it was started.
+    pub fn process(&self) -> Option<ProcessIdentity> {
+        Some(ProcessIdentity {
+            pid: self.pid?,
+            start_time: self.pid_start_time?,
+        })
+    }
+
+    /// Reads `run.json` from `path`.
+    pub fn load(path: &Path) -> Result<Self, VmError> {
+        let bytes =
+            std::fs::read(path).map_err(|e| VmError::io("reading run metadata", path, e))?;
+        serde_json::from_slice(&bytes).map_err(|source| VmError::RunMetadata {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Writes `run.json` atomically (temp file, fsync, rename), so a reader
+    /// never sees half a document.
+    pub fn store(&self, path: &Path) -> Result<(), VmError> {
+        let tmp = path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            serde_json::to_writer_pretty(&mut f, self)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            VmError::io("writing run metadata", path, e)
+        })
+    }
+
+    /// The row `ls` prints: the original's fields.
+    pub fn summary(&self) -> VmSummary {
+        VmSummary {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            image: self.image.clone(),
+            ip: self.ip.clone().unwrap_or_default(),
+            pid: self.pid,
+            status: self.status,
+            started: self
+                .started
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default(),
+            vmm: self.vmm,
+            exit_code: self.exit_code,
+        }
+    }
+}
+
+/// One line of `ls` (a table row, or a JSON line with `--log-as-json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSummary {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub ip: String,
+    pub pid: Option<i32>,
+    pub status: VmStatus,
+    pub started: String,
+    pub vmm: VmmKind,
+    pub exit_code: Option<i32>,
+}
+
+/// Renders summaries as the aligned table `firebuild ls` prints.
+pub fn render_table(rows: &[VmSummary]) -> String {
+    let header = [
+        "ID", "NAME", "IMAGE", "IP", "PID", "STATUS", "STARTED", "VMM",
+    ];
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            let status = match (r.status, r.exit_code) {
+                (VmStatus::Exited, Some(code)) => format!("exited ({code})"),
+                (s, _) => s.to_string(),
+            };
+            [
+                r.id.clone(),
+                r.name.clone(),
+                r.image.clone(),
+                r.ip.clone(),
+                r.pid.map(|p| p.to_string()).unwrap_or_default(),
+                status,
+                r.started.clone(),
+                r.vmm.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |row: &[String]| {
+        let text: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&header.map(String::from));
+    for row in &cells {
+        line(row);
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(dir: &Path) -> RunMetadata {
+        RunMetadata {
+            id: "vm1".into(),
+            name: "quiet-otter".into(),
+            image: "org/app:1".into(),
+            hostname: "quiet-otter".into(),
+            ip: Some("10.0.0.2".into()),
+            pid: Some(42),
+            pid_start_time: Some(7),
+            status: VmStatus::Running,
+            created: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            started: Some(OffsetDateTime::from_unix_timestamp(1_700_000_001).unwrap()),
+            exited: None,
+            exit_code: None,
+            vmm: VmmKind::Qemu,
+            vmm_details: serde_json::json!({"accel": "tcg"}),
+            network: None,
+            kernel: "/k/vmlinux".into(),
+            kernel_id: "k1".into(),
+            kernel_args: "console=ttyS0".into(),
+            cpus: 1,
+            mem_mib: 128,
+            command: vec!["/bin/sh".into()],
+            run_dir: dir.to_owned(),
+            daemonized: true,
+            remove_on_exit: false,
+            shutdown_timeout_secs: 15,
+            creator: ProcessIdentity {
+                pid: 1,
+                start_time: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn store_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        let md = sample(dir.path());
+        md.store(&path).unwrap();
+        assert_eq!(RunMetadata::load(&path).unwrap(), md);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["status"], "running");
+        assert_eq!(v["vmm"], "qemu");
+        assert_eq!(v["started"], "2023-11-14T22:13:21Z");
+        assert!(!dir.path().join("run.json.tmp").exists());
+    }
+
+    #[test]
+    fn load_reports_bad_json_with_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let err = RunMetadata::load(&path).unwrap_err();
+        assert!(err.to_string().contains("run.json"), "{err}");
+    }
+
+    #[test]
+    fn table_has_original_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut md = sample(dir.path());
+        let running = md.summary();
+        md.status = VmStatus::Exited;
+        md.exit_code = Some(3);
+        md.id = "a-much-longer-id".into();
+        let table = render_table(&[running, md.summary()]);
+        let lines: Vec<_> = table.lines().collect();
+        assert!(lines[0].starts_with("ID") && lines[0].contains("STATUS"));
+        assert!(lines[1].contains("running") && lines[1].contains("10.0.0.2"));
+        assert!(lines[2].contains("exited (3)"));
+        // Columns are aligned.
+        assert_eq!(lines[0].find("NAME"), lines[1].find("quiet-otter"));
+    }
+}

@@ -1,0 +1,130 @@
+//! The VMM layer: one small trait the runtime drives, one implementation per
+//! VMM. QEMU lives in [`qemu`]; a Firecracker implementation wraps the
+//! `firebuild-firecracker` crate (API socket, jailer, MMDS) behind the same
+//! trait, so the runtime does not change when it is added.
+//!
+//! The contract between runtime and backend:
+//! - the runtime prepares the run directory (root filesystem copy, console
+//!   log path, run metadata) and the guest metadata document;
+//! - the backend starts the VMM *detached* (no firebuild process stays
+//!   resident), writes the serial console into [`RunDir::console_log`],
+//!   serves the guest metadata (config drive or MMDS) and returns the VMM
+//!   process identity;
+//! - stop, liveness, description and clean-up work from the stored
+//!   [`RunMetadata`] alone, because `kill`, `ls` and `purge` run in later,
+//!   separate processes.
+
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use firebuild_metadata::MmdsDocument;
+use serde::{Deserialize, Serialize};
+
+use crate::error::VmError;
+use crate::rundir::RunDir;
+use crate::spec::NetworkAttachment;
+use crate::state::RunMetadata;
+
+/// The VMMs firebuild knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmKind {
+    Firecracker,
+    Qemu,
+}
+
+impl std::fmt::Display for VmmKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VmmKind::Firecracker => "firecracker",
+            VmmKind::Qemu => "qemu",
+        })
+    }
+}
+
+/// Whether a backend can run VMs on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    Usable,
+    Unusable { reason: String },
+}
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone)]
+pub struct LaunchConfig {
+    pub id: String,
+    pub run_dir: RunDir,
+    pub kernel: PathBuf,
+    /// The complete kernel command line (the backend's
+    /// [`Vmm::kernel_args`] already included).
+    pub kernel_args: String,
+    pub cpus: u32,
+    pub mem_mib: u32,
+    /// The VM's private root filesystem (in the run directory).
+    pub rootfs: PathBuf,
+    /// The guest metadata: a config drive under QEMU, MMDS under Firecracker.
+    pub guest: MmdsDocument,
+    /// When set, the VMM runs inside `netns` and attaches to its tap.
+    pub network: Option<NetworkAttachment>,
+}
+
+/// What a backend reports once the VMM runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartedVm {
+    /// The VMM's pid.
+    pub pid: i32,
+    /// Its start time; `None` if it was already gone when looked at.
+    pub start_time: Option<u64>,
+    /// Backend details stored in the run metadata (`vmm_details`).
+    pub details: serde_json::Value,
+}
+
+/// A VMM backend.
+#[async_trait]
+pub trait Vmm: Send + Sync {
+    /// Which VMM this is (recorded in the run metadata).
+    fn kind(&self) -> VmmKind;
+
+    /// Whether this backend can run `kernel` here (binaries present, KVM
+    /// usable ...). `--vmm auto` takes the first usable backend.
+    async fn availability(&self, kernel: &Path, run_cache: &Path) -> Availability;
+
+    /// The backend's part of the kernel command line (root device, where
+    /// the guest finds its metadata).
+    fn kernel_args(&self) -> Vec<String>;
+
+    /// Checks, before anything is created, what the backend will need in
+    /// the run directory (e.g. socket path lengths).
+    fn preflight(&self, _run_dir: &RunDir) -> Result<(), VmError> {
+        Ok(())
+    }
+
+    /// Starts the VMM detached from the caller and returns once it runs.
+    /// On error nothing of the VMM is left running.
+    async fn start(&self, launch: &LaunchConfig) -> Result<StartedVm, VmError>;
+
+    /// Asks the guest to shut down (Ctrl-Alt-Del: the guest init applies
+    /// the image's STOPSIGNAL). Returns at once; the caller waits.
+    async fn graceful_stop(&self, vm: &RunMetadata) -> Result<(), VmError>;
+
+    /// Ends the VMM now (after a clean VMM quit where possible, else SIGKILL).
+    async fn force_stop(&self, vm: &RunMetadata) -> Result<(), VmError>;
+
+    /// Whether the VMM process of `vm` still runs (pid plus start time).
+    fn is_running(&self, vm: &RunMetadata) -> bool {
+        vm.process().is_some_and(|p| p.is_alive())
+    }
+
+    /// Backend details for `inspect`.
+    fn describe(&self, vm: &RunMetadata) -> serde_json::Value {
+        vm.vmm_details.clone()
+    }
+
+    /// Removes what the backend made outside the run directory (jail
+    /// directories, cgroups) once the VM no longer runs. Idempotent.
+    async fn cleanup(&self, _vm: &RunMetadata) -> Result<(), VmError> {
+        Ok(())
+    }
+}

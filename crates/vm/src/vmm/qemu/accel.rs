@@ -1,0 +1,317 @@
+//! Choosing between KVM and TCG.
+//!
+//! `/dev/kvm` being present and answering is not enough: on nested hosts
+//! (our development machines) KVM runs only special guest kernels and a
+//! normal one hangs or dies with an internal KVM error. So under
+//! [`AccelPolicy::Auto`] the kernel is *probe-booted* under KVM once: booted
+//! with a blank disk as root, it must reach the "unable to mount root fs"
+//! panic (which shows the kernel ran and found its virtio disk) within a
+//! few seconds. The verdict is cached per kernel file, QEMU binary and
+//! machine in `<run-cache>/.kvm-probe.json`, so only the first run pays.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::cmdline::{Accel, Invocation, Machine};
+use crate::names::random_id;
+
+/// How the QEMU backend picks its accelerator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelPolicy {
+    /// KVM when `/dev/kvm` works and the kernel probe-boots under it, else TCG.
+    #[default]
+    Auto,
+    /// Always KVM (the profile says KVM works here).
+    Kvm,
+    /// Always TCG.
+    Tcg,
+}
+
+impl std::str::FromStr for AccelPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(AccelPolicy::Auto),
+            "kvm" => Ok(AccelPolicy::Kvm),
+            "tcg" => Ok(AccelPolicy::Tcg),
+            other => Err(format!(
+                "unknown accelerator {other:?}; expected auto, kvm or tcg"
+            )),
+        }
+    }
+}
+
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+const KVM_API_VERSION: libc::c_int = 12;
+
+/// Checks that `/dev/kvm` opens read-write and speaks the stable KVM API.
+pub fn kvm_device_usable() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int.
+    let version = unsafe { libc::ioctl(dev.as_raw_fd(), KVM_GET_API_VERSION, 0) };
+    if version != KVM_API_VERSION {
+        return Err(format!(
+            "/dev/kvm reports API version {version}, expected {KVM_API_VERSION}"
+        ));
+    }
+    Ok(())
+}
+
+/// Boots `kernel` with a blank root disk under `accel`/`machine` and tells
+/// whether it got as far as trying to mount that disk. Nothing is left
+/// behind: the probe's files live in a scratch directory under `work`.
+pub async fn probe_boot(
+    binary: &Path,
+    kernel: &Path,
+    accel: Accel,
+    machine: Machine,
+    work: &Path,
+    timeout: Duration,
+) -> Result<bool, String> {
+    let scratch = work.join(format!(".probe-{}", random_id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let result = probe_in(binary, kernel, accel, machine, &scratch, timeout).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn probe_in(
+    binary: &Path,
+    kernel: &Path,
+    accel: Accel,
+    machine: Machine,
+    scratch: &Path,
+    timeout: Duration,
+) -> Result<bool, String> {
+    let disk = scratch.join("blank.img");
+    let log = scratch.join("console.log");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(1 << 20))
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    let invocation = Invocation {
+        name: "firebuild-kvm-probe",
+        accel,
+        machine,
+        cpus: 1,
+        mem_mib: 128,
+        kernel,
+        append: "console=ttyS0 panic=-1 root=/dev/vda ro",
+        rootfs: &disk,
+        config_drive: &disk,
+        console_log: &log,
+        qmp_socket: None,
+        pid_file: None,
+        network: None,
+    };
+    let mut child = tokio::process::Command::new(binary)
+        .args(invocation.args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", binary.display()))?;
+    let exited = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.map_err(|e| e.to_string())?.success(),
+        Err(_) => {
+            let _ = child.kill().await;
+            tracing::info!(accel = accel.as_str(), "probe boot timed out");
+            return Ok(false);
+        }
+    };
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    Ok(exited && reached_root_mount(&console))
+}
+
+/// The kernel found the disk and tried to mount it.
+fn reached_root_mount(console: &str) -> bool {
+    console.contains("VFS: Unable to mount root fs on unknown-block(")
+        && !console.contains("unknown-block(0,0)")
+}
+
+/// Cached probe verdicts: `<run-cache>/.kvm-probe.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ProbeCache {
+    verdicts: BTreeMap<String, bool>,
+}
+
+fn cache_key(binary: &Path, kernel: &Path, machine: Machine) -> Option<String> {
+    let canonical = std::fs::canonicalize(kernel).ok()?;
+    let meta = std::fs::metadata(&canonical).ok()?;
+    Some(format!(
+        "{}|{}|{}.{}|{}|{}",
+        canonical.display(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        binary.display(),
+        machine.as_str()
+    ))
+}
+
+fn cache_path(run_cache: &Path) -> PathBuf {
+    run_cache.join(".kvm-probe.json")
+}
+
+fn load_cache(run_cache: &Path) -> ProbeCache {
+    std::fs::read(cache_path(run_cache))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn store_verdict(run_cache: &Path, key: String, ok: bool) {
+    let mut cache = load_cache(run_cache);
+    cache.verdicts.insert(key, ok);
+    let path = cache_path(run_cache);
+    let tmp = run_cache.join(format!(".kvm-probe.{}.tmp", random_id()));
+    let written = serde_json::to_vec_pretty(&cache)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!("caching the KVM probe result in {}: {e}", path.display());
+    }
+}
+
+/// Resolves the policy to an accelerator for `kernel`.
+pub async fn resolve(
+    policy: AccelPolicy,
+    binary: &Path,
+    kernel: &Path,
+    machine: Machine,
+    run_cache: &Path,
+    probe_timeout: Duration,
+) -> Accel {
+    match policy {
+        AccelPolicy::Kvm => return Accel::Kvm,
+        AccelPolicy::Tcg => return Accel::Tcg,
+        AccelPolicy::Auto => {}
+    }
+    if let Err(reason) = kvm_device_usable() {
+        tracing::debug!("KVM not usable, using TCG: {reason}");
+        return Accel::Tcg;
+    }
+    let key = cache_key(binary, kernel, machine);
+    if let Some(ok) = key
+        .as_ref()
+        .and_then(|k| load_cache(run_cache).verdicts.get(k).copied())
+    {
+        return if ok { Accel::Kvm } else { Accel::Tcg };
+    }
+    tracing::info!(
+        "probing whether {} boots under KVM (once per kernel)",
+        kernel.display()
+    );
+    let ok = match probe_boot(
+        binary,
+        kernel,
+        Accel::Kvm,
+        machine,
+        run_cache,
+        probe_timeout,
+    )
+    .await
+    {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!("KVM probe failed to run, using TCG: {e}");
+            return Accel::Tcg;
+        }
+    };
+    if let Some(key) = key {
+        store_verdict(run_cache, key, ok);
+    }
+    if ok {
+        Accel::Kvm
+    } else {
+        tracing::info!("the kernel does not boot under KVM here; using TCG");
+        Accel::Tcg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_mount_detection() {
+        assert!(reached_root_mount(
+            "[ 1.0] VFS: Unable to mount root fs on unknown-block(254,0)\nKernel panic"
+        ));
+        assert!(!reached_root_mount(
+            "VFS: Cannot open root device \"vda\" or unknown-block(0,0)\nVFS: Unable to mount root fs on unknown-block(0,0)"
+        ));
+        assert!(!reached_root_mount("KVM internal error"));
+    }
+
+    #[test]
+    fn policy_parses() {
+        assert_eq!("tcg".parse::<AccelPolicy>().unwrap(), AccelPolicy::Tcg);
+        assert!("xen".parse::<AccelPolicy>().is_err());
+    }
+
+    #[test]
+    fn verdicts_are_cached_per_kernel_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"k1").unwrap();
+        let bin = Path::new("qemu-system-x86_64");
+        let key = cache_key(bin, &kernel, Machine::Q35).unwrap();
+        store_verdict(dir.path(), key.clone(), true);
+        assert_eq!(load_cache(dir.path()).verdicts.get(&key), Some(&true));
+        // A different machine or a changed kernel is a different key.
+        assert_ne!(cache_key(bin, &kernel, Machine::Microvm).unwrap(), key);
+        std::fs::write(&kernel, b"kernel two").unwrap();
+        assert_ne!(cache_key(bin, &kernel, Machine::Q35).unwrap(), key);
+        assert!(cache_key(bin, &dir.path().join("missing"), Machine::Q35).is_none());
+    }
+
+    #[tokio::test]
+    async fn explicit_policies_do_not_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Path::new("/nonexistent/qemu");
+        let k = Path::new("/nonexistent/vmlinux");
+        let t = Duration::from_secs(1);
+        assert_eq!(
+            resolve(AccelPolicy::Tcg, missing, k, Machine::Q35, dir.path(), t).await,
+            Accel::Tcg
+        );
+        assert_eq!(
+            resolve(AccelPolicy::Kvm, missing, k, Machine::Q35, dir.path(), t).await,
+            Accel::Kvm
+        );
+    }
+
+    #[tokio::test]
+    async fn probe_of_a_bogus_kernel_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("not-a-kernel");
+        std::fs::write(&kernel, b"garbage").unwrap();
+        let ok = probe_boot(
+            Path::new("qemu-system-x86_64"),
+            &kernel,
+            Accel::Tcg,
+            Machine::Q35,
+            dir.path(),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        assert!(!ok);
+        // The scratch directory is gone.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
