@@ -1,0 +1,43 @@
+//! Drives Firecracker v1.16 to its API spec (`firecracker-v1.16.1.yaml`).
+//!
+//! - [`Client`] (async) and [`BlockingClient`]: typed requests over the API's
+//!   Unix socket; Firecracker's `fault_message` comes back in
+//!   [`Error::Api`] with the request that caused it.
+//! - [`VmSpec`] + [`Client::configure_and_start`]: a whole VM in one call.
+//! - [`Jail`], [`JailerConfig`], [`CgroupLayout`]: the jailer's command
+//!   line, the files staged into the jail, its pid file and cleanup.
+//! - [`Machine`]: start (jailed or `--no-jailer`), boot, stop, clean up,
+//!   synchronously, for a runtime without an async executor.
+//!
+//! Firecracker cannot run on the machines this is developed on, so it is
+//! tested against the spec and a stand-in of the API (see `tests/`).
+
+mod blocking;
+mod boot_args;
+mod cgroup;
+mod client;
+mod error;
+mod jail;
+mod machine;
+pub mod models;
+mod process;
+mod spec;
+mod transport;
+
+pub use blocking::BlockingClient;
+pub use boot_args::{check_boot_args, BootArgs, RECOMMENDED_BOOT_ARGS};
+pub use cgroup::{CgroupLayout, CgroupSetting, CgroupVersion, Hierarchy};
+pub use client::{Client, DEFAULT_REQUEST_TIMEOUT};
+pub use error::{Error, Result};
+pub use jail::{
+    Access, Jail, JailUser, JailerConfig, DEFAULT_CHROOT_BASE, DEFAULT_JAIL_ID, JAILED_API_SOCKET,
+    JAIL_USER_NAME,
+};
+pub use machine::{
+    LaunchConfig, LaunchMode, Machine, DEFAULT_SOCKET_TIMEOUT, DIRECT_API_SOCKET, DIRECT_OUTPUT,
+};
+pub use process::VmProcess;
+pub use spec::{
+    check_vm_id, NetworkSpec, VmSpec, VsockSpec, MMDS_IPV4, NET_IFACE_ID, ROOT_DRIVE_ID,
+};
+pub use transport::{check_socket_path, MAX_SOCKET_PATH};

@@ -1,0 +1,449 @@
+//! One call to go from a [`VmSpec`] to a booted VM: start Firecracker
+//! (jailed or not), wait for its API, configure it and boot it; and the
+//! handle to stop, inspect and clean it up later. Synchronous throughout.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::blocking::BlockingClient;
+use crate::cgroup::CgroupLayout;
+use crate::client::{Client, DEFAULT_REQUEST_TIMEOUT};
+use crate::error::{Error, Result};
+use crate::jail::{Jail, JailerConfig};
+use crate::models::{FullVmConfiguration, InstanceInfo};
+use crate::process::VmProcess;
+use crate::spec::VmSpec;
+use crate::transport::check_socket_path;
+
+/// Default wait for the API socket (and for the jailer to finish).
+pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a killed process gets to disappear before cleanup goes on.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// API socket name in the run directory when not jailed.
+pub const DIRECT_API_SOCKET: &str = "firecracker.socket";
+/// Firecracker's stdout and stderr when not jailed.
+pub const DIRECT_OUTPUT: &str = "firecracker.out";
+
+/// How Firecracker is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchMode {
+    /// Through the jailer (the default for real use).
+    Jailed(JailerConfig),
+    /// Plainly, as the caller's user, for development hosts (`--no-jailer`):
+    /// no chroot, no privilege drop, no cgroups.
+    Direct {
+        /// Holds the API socket and Firecracker's output.
+        run_dir: PathBuf,
+        /// Network namespace to run in (entered with `nsenter`).
+        netns: Option<PathBuf>,
+    },
+}
+
+/// Where Firecracker is and how to start it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub firecracker: PathBuf,
+    pub mode: LaunchMode,
+    pub socket_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl LaunchConfig {
+    /// Default timeouts.
+    pub fn new(firecracker: impl Into<PathBuf>, mode: LaunchMode) -> Self {
+        LaunchConfig {
+            firecracker: firecracker.into(),
+            mode,
+            socket_timeout: DEFAULT_SOCKET_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// A started Firecracker VM.
+///
+/// Dropping it leaves the VM running; keep [`Machine::process`] to find it
+/// again with [`Machine::attach`].
+#[derive(Debug)]
+pub struct Machine {
+    process: VmProcess,
+    client: BlockingClient,
+    /// Set when the Firecracker process is our child, to reap it.
+    child: Option<Child>,
+}
+
+impl Machine {
+    /// Starts Firecracker, configures every device of `spec` and boots it.
+    /// On failure nothing is left behind: the process is killed and the jail
+    /// removed.
+    pub fn launch(config: &LaunchConfig, spec: &VmSpec) -> Result<Machine> {
+        spec.validate()?;
+        match &config.mode {
+            LaunchMode::Jailed(jailer) => launch_jailed(config, jailer, spec),
+            LaunchMode::Direct { run_dir, netns } => {
+                launch_direct(config, run_dir, netns.as_deref(), spec)
+            }
+        }
+    }
+
+    /// A handle on a VM started earlier (e.g. by another command).
+    pub fn attach(process: VmProcess, request_timeout: Duration) -> Result<Machine> {
+        let client =
+            BlockingClient::new(Client::new(&process.api_socket).with_timeout(request_timeout))?;
+        Ok(Machine {
+            process,
+            client,
+            child: None,
+        })
+    }
+
+    /// What to persist to manage the VM later.
+    pub fn process(&self) -> &VmProcess {
+        &self.process
+    }
+
+    /// The API client, for requests not wrapped here.
+    pub fn client(&self) -> &BlockingClient {
+        &self.client
+    }
+
+    /// Asks the guest to shut down (Ctrl+Alt+Del); Firecracker exits when
+    /// the guest reboots. Follow with [`Machine::wait_exit`].
+    pub fn shutdown(&self) -> Result<()> {
+        self.client.send_ctrl_alt_del()
+    }
+
+    /// Pauses the vCPUs.
+    pub fn pause(&self) -> Result<()> {
+        self.client.pause()
+    }
+
+    /// Resumes the vCPUs.
+    pub fn resume(&self) -> Result<()> {
+        self.client.resume()
+    }
+
+    /// `GET /`: id, state, version.
+    pub fn info(&self) -> Result<InstanceInfo> {
+        self.client.instance_info()
+    }
+
+    /// `GET /vm/config`.
+    pub fn vm_config(&self) -> Result<FullVmConfiguration> {
+        self.client.vm_config()
+    }
+
+    /// Whether the Firecracker process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.reap();
+        self.process.is_running()
+    }
+
+    /// Waits up to `timeout` for Firecracker to exit; true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if !self.is_running() {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs Firecracker and waits briefly for it to go.
+    pub fn kill(&mut self) -> Result<()> {
+        self.process.kill()?;
+        if !self.wait_exit(KILL_GRACE) {
+            return Err(Error::StillRunning {
+                pid: self.process.pid,
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes what the VM left: the jail and its cgroups, or the API
+    /// socket when not jailed. The VM must have exited.
+    pub fn cleanup(mut self) -> Result<()> {
+        if self.is_running() {
+            return Err(Error::StillRunning {
+                pid: self.process.pid,
+            });
+        }
+        match &self.process.jail {
+            Some(jail) => jail.remove(&CgroupLayout::detect()?),
+            None => remove_stale_socket(&self.process.api_socket),
+        }
+    }
+
+    fn reap(&mut self) {
+        if let Some(child) = &mut self.child {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+            }
+        }
+    }
+}
+
+fn launch_direct(
+    config: &LaunchConfig,
+    run_dir: &Path,
+    netns: Option<&Path>,
+    spec: &VmSpec,
+) -> Result<Machine> {
+    tracing::warn!(
+        vm_id = %spec.vm_id,
+        "starting Firecracker without the jailer: no chroot, no privilege drop, no cgroups; for development hosts only"
+    );
+    fs::create_dir_all(run_dir).map_err(|e| Error::io("cannot create", run_dir, e))?;
+    let socket = run_dir.join(DIRECT_API_SOCKET);
+    check_socket_path(&socket, "run directory")?;
+    remove_stale_socket(&socket)?;
+    let output_path = run_dir.join(DIRECT_OUTPUT);
+    let output =
+        File::create(&output_path).map_err(|e| Error::io("cannot create", &output_path, e))?;
+    let output2 = output
+        .try_clone()
+        .map_err(|e| Error::io("cannot reopen", &output_path, e))?;
+
+    let (program, mut cmd) = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display()))
+                .arg("--")
+                .arg(&config.firecracker);
+            (PathBuf::from("nsenter"), c)
+        }
+        None => (
+            config.firecracker.clone(),
+            Command::new(&config.firecracker),
+        ),
+    };
+    cmd.arg("--api-sock")
+        .arg(&socket)
+        .arg("--id")
+        .arg(&spec.vm_id)
+        .stdin(Stdio::null())
+        .stdout(output)
+        .stderr(output2)
+        // Its own process group: a Ctrl+C meant for us does not reach the VM.
+        .process_group(0);
+    let child = cmd
+        .spawn()
+        .map_err(|source| Error::Spawn { program, source })?;
+    let pid = child.id();
+
+    let mut guard = Cleanup {
+        pid: None,
+        child: Some(child),
+        jail: None,
+        socket: Some(socket.clone()),
+    };
+    let process = VmProcess::new(&spec.vm_id, pid, socket.clone(), None)?;
+    guard.pid = Some(process.clone());
+    let client = BlockingClient::new(Client::new(&socket).with_timeout(config.request_timeout))?;
+    client.wait_ready_while(config.socket_timeout, || {
+        alive_or(&process, &socket, || {
+            format!("its output: {}", tail(&output_path))
+        })
+    })?;
+    client.configure_and_start(spec)?;
+    let child = guard.disarm();
+    Ok(Machine {
+        process,
+        client,
+        child,
+    })
+}
+
+fn launch_jailed(config: &LaunchConfig, jailer: &JailerConfig, spec: &VmSpec) -> Result<Machine> {
+    let jail = Jail::new(jailer, &config.firecracker, &spec.vm_id)?;
+    let layout = CgroupLayout::detect()?;
+    let version = match jailer.cgroup_version {
+        Some(v) => v,
+        None => layout.choose_version(&jailer.cgroups)?,
+    };
+    jail.create()?;
+    let mut guard = Cleanup {
+        pid: None,
+        child: None,
+        jail: Some((jail.clone(), layout)),
+        socket: None,
+    };
+    let staged = jail.stage(spec)?;
+
+    let log_path = jail.jailer_log();
+    let log = File::create(&log_path).map_err(|e| Error::io("cannot create", &log_path, e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io("cannot reopen", &log_path, e))?;
+    let mut cmd = jail.jailer_command(jailer, version);
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+    tracing::debug!(command = ?cmd, "starting the jailer");
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: jailer.jailer.clone(),
+        source,
+    })?;
+
+    let pid = if jailer.new_pid_ns {
+        // The jailer clones Firecracker into a new pid namespace, writes
+        // its pid to the pid file and exits.
+        let status = wait_child(&mut child, config.socket_timeout);
+        match status {
+            Some(s) if s.success() => jail.read_pid()?,
+            Some(s) => {
+                return Err(Error::JailerFailed {
+                    program: jailer.jailer.clone(),
+                    status: s.to_string(),
+                    stderr: tail(&log_path),
+                })
+            }
+            None => {
+                // Best effort: the jailer is stuck, do not leave it behind.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::JailerTimeout {
+                    program: jailer.jailer.clone(),
+                    waited: config.socket_timeout,
+                });
+            }
+        }
+    } else {
+        // Without a new pid namespace the jailer execs Firecracker in place.
+        let pid = child.id();
+        guard.child = Some(child);
+        pid
+    };
+    let socket = jail.api_socket();
+    let process = VmProcess::new(&spec.vm_id, pid, socket.clone(), Some(jail.clone()))?;
+    guard.pid = Some(process.clone());
+    let client = BlockingClient::new(Client::new(&socket).with_timeout(config.request_timeout))?;
+    let hint_log = spec.log_path.clone();
+    client.wait_ready_while(config.socket_timeout, || {
+        alive_or(&process, &socket, || {
+            format!(
+                "jailer output: {}; Firecracker log: {}",
+                tail(&log_path),
+                hint_log
+                    .as_deref()
+                    .map_or("(none configured)".into(), |p| p.display().to_string())
+            )
+        })
+    })?;
+    client.configure_and_start(&staged)?;
+    let child = guard.disarm();
+    Ok(Machine {
+        process,
+        client,
+        child,
+    })
+}
+
+fn alive_or(process: &VmProcess, socket: &Path, hint: impl FnOnce() -> String) -> Result<()> {
+    if process.is_running() {
+        return Ok(());
+    }
+    Err(Error::ExitedEarly {
+        pid: process.pid,
+        socket: socket.to_path_buf(),
+        hint: Some(hint()),
+    })
+}
+
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Removes a leftover API socket (Firecracker refuses to bind over one);
+/// anything else at that path is left alone and reported.
+fn remove_stale_socket(socket: &Path) -> Result<()> {
+    match fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => fs::remove_file(socket)
+            .map_err(|e| Error::io("cannot remove the old socket", socket, e)),
+        Ok(_) => Err(Error::config(
+            "api socket",
+            format!("{} exists and is not a socket; remove it", socket.display()),
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+/// The last KiB of a log, for error messages.
+fn tail(path: &Path) -> String {
+    const MAX: u64 = 1024;
+    let Ok(mut f) = File::open(path) else {
+        return format!("({} unreadable)", path.display());
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(MAX)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).trim().to_string();
+    if text.is_empty() {
+        format!("{} is empty", path.display())
+    } else {
+        text
+    }
+}
+
+/// Undoes a launch that failed halfway.
+struct Cleanup {
+    pid: Option<VmProcess>,
+    child: Option<Child>,
+    jail: Option<(Jail, CgroupLayout)>,
+    socket: Option<PathBuf>,
+}
+
+impl Cleanup {
+    /// The launch succeeded: keep everything, hand back the child to reap.
+    fn disarm(mut self) -> Option<Child> {
+        self.pid = None;
+        self.jail = None;
+        self.socket = None;
+        self.child.take()
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.pid.is_none() && self.jail.is_none() && self.socket.is_none() {
+            return;
+        }
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(p) = &self.pid {
+            if let Err(e) = p.kill() {
+                tracing::warn!(error = %e, "cannot kill Firecracker after a failed launch");
+            }
+            if !p.wait_exit(KILL_GRACE) {
+                tracing::warn!(pid = p.pid, "Firecracker did not exit after SIGKILL");
+            }
+        }
+        if let Some((jail, layout)) = &self.jail {
+            if let Err(e) = jail.remove(layout) {
+                tracing::warn!(error = %e, "cannot remove the jail after a failed launch");
+            }
+        }
+        if let Some(socket) = &self.socket {
+            let _ = remove_stale_socket(socket);
+        }
+    }
+}

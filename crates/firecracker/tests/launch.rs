@@ -1,0 +1,399 @@
+//! `Machine::launch` end to end, with stand-ins for the `firecracker` and
+//! `jailer` executables (neither can run here): small shell scripts that
+//! re-run this test binary as the API stand-in on the requested socket.
+//! The jailer stand-in does only what our code relies on (jail directory,
+//! pid file, socket under the jail root, paths resolved inside the root);
+//! it does not chroot, drop privileges or create cgroups.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::standin::{run_forever, Options};
+use common::tempdir;
+use firebuild_firecracker::models::InstanceState;
+use firebuild_firecracker::{
+    Error, JailUser, JailerConfig, LaunchConfig, LaunchMode, Machine, NetworkSpec, VmProcess,
+    VmSpec,
+};
+
+/// Not a test: the body of the `firecracker` stand-in process. Does nothing
+/// unless started by the stand-in script (which sets the socket variable).
+#[test]
+fn standin_process() {
+    let Ok(socket) = std::env::var("FIREBUILD_STANDIN_SOCKET") else {
+        return;
+    };
+    run_forever(
+        Path::new(&socket),
+        Options {
+            check_host_resources: true,
+            root: std::env::var_os("FIREBUILD_STANDIN_ROOT").map(PathBuf::from),
+            exit_on_ctrl_alt_del: true,
+            id: std::env::var("FIREBUILD_STANDIN_ID").unwrap_or_default(),
+            ..Options::default()
+        },
+    )
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let fx = Fixture { dir: tempdir() };
+        std::fs::create_dir(fx.path().join("bin")).unwrap();
+        std::fs::create_dir(fx.path().join("run")).unwrap();
+        fx.script("firecracker", &firecracker_script(&fx.path().join("pids")));
+        fx.script("jailer", JAILER_SCRIPT);
+        fx
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn script(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join("bin").join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+    fn run_dir(&self) -> PathBuf {
+        self.path().join("run")
+    }
+    fn spec(&self, id: &str) -> VmSpec {
+        let run = self.run_dir();
+        std::fs::write(run.join("vmlinux"), b"kernel").unwrap();
+        std::fs::write(run.join("rootfs.ext4"), b"rootfs").unwrap();
+        VmSpec {
+            log_path: Some(run.join("fc.log")),
+            console_path: Some(run.join("console.log")),
+            ..VmSpec::new(id, run.join("vmlinux"), run.join("rootfs.ext4"))
+        }
+    }
+    fn direct(&self) -> LaunchConfig {
+        LaunchConfig::new(
+            self.path().join("bin/firecracker"),
+            LaunchMode::Direct {
+                run_dir: self.run_dir(),
+                netns: None,
+            },
+        )
+    }
+    fn jailer_config(&self) -> JailerConfig {
+        JailerConfig {
+            user: JailUser {
+                uid: 10000,
+                gid: 10000,
+            },
+            ..JailerConfig::new(self.path().join("bin/jailer"), self.path().join("jail"))
+        }
+    }
+    fn jailed(&self) -> LaunchConfig {
+        LaunchConfig::new(
+            self.path().join("bin/firecracker"),
+            LaunchMode::Jailed(self.jailer_config()),
+        )
+    }
+    /// Pids of every stand-in process started.
+    fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.path().join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Fixture {
+    /// Never leave a stand-in process behind, even when a test fails.
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            if let (true, Some(p)) = (is_alive(pid), rustix::process::Pid::from_raw(pid as i32)) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Alive and not a zombie.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !matches!(
+                s[s.rfind(')').unwrap() + 2..].chars().next(),
+                Some('Z' | 'X')
+            )
+        })
+        .unwrap_or(false)
+}
+
+fn wait_gone(pid: u32) -> bool {
+    for _ in 0..500 {
+        if !is_alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn firecracker_script(pids: &Path) -> String {
+    let exe = std::env::current_exe().unwrap();
+    format!(
+        r#"#!/bin/sh
+# Stand-in for the firecracker binary: serves the API stand-in on --api-sock.
+sock=""; id=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --api-sock) sock="$2"; shift 2 ;;
+    --id) id="$2"; shift 2 ;;
+    *) shift ;;
+  esac
+done
+echo $$ >> '{pids}'
+FIREBUILD_STANDIN_SOCKET="$sock" FIREBUILD_STANDIN_ID="$id" exec '{exe}' --exact standin_process --nocapture --test-threads=1 --quiet
+"#,
+        pids = pids.display(),
+        exe = exe.display()
+    )
+}
+
+const JAILER_SCRIPT: &str = r#"#!/bin/sh
+# Stand-in for the jailer: jail dir, exec copy, pid file, socket under root.
+all="$*"; id=""; exec_file=""; base=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --id) id="$2"; shift 2 ;;
+    --exec-file) exec_file="$2"; shift 2 ;;
+    --chroot-base-dir) base="$2"; shift 2 ;;
+    --daemonize|--new-pid-ns) shift ;;
+    --) shift; break ;;
+    *) shift 2 ;;
+  esac
+done
+[ "$1" = "--api-sock" ] || { echo "jailer stand-in: expected --api-sock after --" >&2; exit 2; }
+name=$(basename "$exec_file")
+root="$base/$name/$id/root"
+mkdir -p "$root/run" || exit 1
+cp "$exec_file" "$root/$name" || exit 1
+echo "$all" > "$base/$name/$id/jailer.args"
+FIREBUILD_STANDIN_ROOT="$root" "$exec_file" --id "$id" --api-sock "$root$2" </dev/null >/dev/null 2>&1 &
+echo $! > "$root/$name.pid"
+"#;
+
+#[test]
+fn direct_launch_boots_manages_and_cleans_up() {
+    let fx = Fixture::new();
+    let mut m = Machine::launch(&fx.direct(), &fx.spec("vm-direct")).unwrap();
+    let info = m.info().unwrap();
+    assert_eq!(
+        (info.id.as_str(), info.state),
+        ("vm-direct", InstanceState::Running)
+    );
+    assert_eq!(
+        m.process().api_socket,
+        fx.run_dir().join("firecracker.socket")
+    );
+    assert!(m.process().jail.is_none());
+    assert_eq!(
+        m.vm_config()
+            .unwrap()
+            .boot_source
+            .unwrap()
+            .kernel_image_path,
+        fx.run_dir().join("vmlinux")
+    );
+    m.pause().unwrap();
+    assert_eq!(m.info().unwrap().state, InstanceState::Paused);
+    m.resume().unwrap();
+
+    // A later command finds it again from the persisted process record.
+    let saved = serde_json::to_string(m.process()).unwrap();
+    let again = Machine::attach(
+        serde_json::from_str::<VmProcess>(&saved).unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(again.info().unwrap().state, InstanceState::Running);
+    let err = Machine::attach(m.process().clone(), Duration::from_secs(5))
+        .unwrap()
+        .cleanup()
+        .unwrap_err();
+    assert!(matches!(err, Error::StillRunning { .. }), "{err}");
+
+    m.shutdown().unwrap();
+    assert!(
+        m.wait_exit(Duration::from_secs(20)),
+        "the stand-in exits after Ctrl+Alt+Del"
+    );
+    assert!(!again.process().is_running());
+    m.cleanup().unwrap();
+    assert!(!fx.run_dir().join("firecracker.socket").exists());
+}
+
+#[test]
+fn direct_launch_kill() {
+    let fx = Fixture::new();
+    let mut m = Machine::launch(&fx.direct(), &fx.spec("vm-kill")).unwrap();
+    let pid = m.process().pid;
+    m.kill().unwrap();
+    assert!(!m.is_running());
+    assert!(wait_gone(pid));
+    m.cleanup().unwrap();
+}
+
+#[test]
+fn direct_launch_refused_by_the_api_leaves_nothing_running() {
+    let fx = Fixture::new();
+    let spec = VmSpec {
+        network: Some(NetworkSpec {
+            tap: "fbnotap0".into(),
+            guest_mac: None,
+            mtu: None,
+        }),
+        ..fx.spec("vm-notap")
+    };
+    let err = Machine::launch(&fx.direct(), &spec).unwrap_err();
+    match &err {
+        Error::Api {
+            path,
+            fault_message,
+            ..
+        } => {
+            assert_eq!(path, "/network-interfaces/eth0");
+            assert!(fault_message.contains("fbnotap0"), "{fault_message}");
+        }
+        other => panic!("{other}"),
+    }
+    let pids = fx.pids();
+    assert_eq!(pids.len(), 1);
+    assert!(wait_gone(pids[0]), "the stand-in process was killed");
+    assert!(!fx.run_dir().join("firecracker.socket").exists());
+}
+
+#[test]
+fn direct_launch_of_a_binary_that_dies_reports_its_output() {
+    let fx = Fixture::new();
+    fx.script(
+        "firecracker",
+        "#!/bin/sh\necho 'Error: KVM not supported on this CPU' >&2\nexit 1\n",
+    );
+    let mut config = fx.direct();
+    config.socket_timeout = Duration::from_secs(30);
+    let err = Machine::launch(&config, &fx.spec("vm-dies")).unwrap_err();
+    assert!(matches!(err, Error::ExitedEarly { .. }), "{err}");
+    assert!(err.to_string().contains("KVM not supported"), "{err}");
+}
+
+#[test]
+fn direct_launch_of_a_missing_binary() {
+    let fx = Fixture::new();
+    let config = LaunchConfig::new(
+        fx.path().join("bin/nope"),
+        LaunchMode::Direct {
+            run_dir: fx.run_dir(),
+            netns: None,
+        },
+    );
+    let err = Machine::launch(&config, &fx.spec("vm")).unwrap_err();
+    assert!(matches!(err, Error::Spawn { .. }), "{err}");
+}
+
+#[test]
+fn jailed_launch_stages_the_jail_boots_and_cleans_up() {
+    let fx = Fixture::new();
+    let mut m = Machine::launch(&fx.jailed(), &fx.spec("vm-jailed")).unwrap();
+    let jail = m.process().jail.clone().expect("jailed");
+    let root = jail.root();
+    assert_eq!(
+        root,
+        std::fs::canonicalize(fx.path())
+            .unwrap()
+            .join("jail/firecracker/vm-jailed/root")
+    );
+    assert_eq!(m.process().api_socket, root.join("run/firecracker.socket"));
+    // The pid came from the jail's pid file.
+    assert_eq!(
+        std::fs::read_to_string(root.join("firecracker.pid"))
+            .unwrap()
+            .trim(),
+        m.process().pid.to_string()
+    );
+    // Firecracker was given in-jail paths, which resolve inside the root.
+    let cfg = m.vm_config().unwrap();
+    assert_eq!(
+        cfg.boot_source.unwrap().kernel_image_path,
+        Path::new("/vmlinux")
+    );
+    assert_eq!(cfg.drives[0]["path_on_host"], "/rootfs.img");
+    assert_eq!(cfg.other["logger"]["log_path"], "/firecracker.log");
+    assert_eq!(std::fs::read(root.join("rootfs.img")).unwrap(), b"rootfs");
+    let args = std::fs::read_to_string(jail.instance_dir().join("jailer.args")).unwrap();
+    assert!(args.contains("--uid 10000 --gid 10000"), "{args}");
+    assert!(
+        args.contains("--daemonize --new-pid-ns --cgroup-version 1"),
+        "{args}"
+    );
+    assert!(
+        args.ends_with("-- --api-sock /run/firecracker.socket\n"),
+        "{args}"
+    );
+
+    m.shutdown().unwrap();
+    assert!(m.wait_exit(Duration::from_secs(20)));
+    m.cleanup().unwrap();
+    assert!(!jail.instance_dir().exists());
+    // The VM's own files outlive the jail.
+    assert!(fx.run_dir().join("rootfs.ext4").is_file());
+}
+
+#[test]
+fn jailed_launch_refused_by_the_api_removes_the_jail() {
+    let fx = Fixture::new();
+    let spec = VmSpec {
+        network: Some(NetworkSpec {
+            tap: "fbnotap1".into(),
+            guest_mac: None,
+            mtu: None,
+        }),
+        ..fx.spec("vm-jail-fail")
+    };
+    let err = Machine::launch(&fx.jailed(), &spec).unwrap_err();
+    assert!(
+        matches!(&err, Error::Api { path, .. } if path == "/network-interfaces/eth0"),
+        "{err}"
+    );
+    let pids = fx.pids();
+    assert_eq!(pids.len(), 1);
+    assert!(wait_gone(pids[0]));
+    assert!(!fx.path().join("jail/firecracker/vm-jail-fail").exists());
+}
+
+#[test]
+fn a_failing_jailer_is_reported_with_its_output() {
+    let fx = Fixture::new();
+    fx.script(
+        "jailer",
+        "#!/bin/sh\necho 'Jailer error: Failed to parse cgroup-version' >&2\nexit 1\n",
+    );
+    let err = Machine::launch(&fx.jailed(), &fx.spec("vm-badjailer")).unwrap_err();
+    assert!(matches!(err, Error::JailerFailed { .. }), "{err}");
+    assert!(
+        err.to_string().contains("Failed to parse cgroup-version"),
+        "{err}"
+    );
+    assert!(!fx.path().join("jail/firecracker/vm-badjailer").exists());
+}
+
+#[test]
+fn a_leftover_jail_blocks_a_new_launch_with_the_same_id() {
+    let fx = Fixture::new();
+    std::fs::create_dir_all(fx.path().join("jail/firecracker/vm-again/root")).unwrap();
+    let err = Machine::launch(&fx.jailed(), &fx.spec("vm-again")).unwrap_err();
+    assert!(matches!(err, Error::JailExists { .. }), "{err}");
+    // The leftover is not ours to remove.
+    assert!(fx.path().join("jail/firecracker/vm-again/root").exists());
+}
