@@ -116,6 +116,16 @@ impl BlobCache {
         Ok((digest, size))
     }
 
+    /// A temporary file in the cache's sha256 directory, to be
+    /// [`persist`](Self::persist)ed once its digest is known.
+    pub(crate) fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        let dir = self.ensure_dir(Algorithm::Sha256)?;
+        tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&dir)
+            .map_err(Error::io("creating temporary blob in", &dir))
+    }
+
     /// Moves an already-verified temporary file to the blob's final name.
     pub(crate) fn persist(&self, tmp: tempfile::NamedTempFile, digest: &Digest) -> Result<()> {
         let path = self.blob_path(digest);
@@ -180,7 +190,6 @@ pub(crate) fn verify(expected: &Digest, data: &[u8]) -> Result<()> {
         return Err(Error::DigestMismatch {
             expected: expected.to_string(),
             actual: actual.to_string(),
-            size: data.len() as u64,
         });
     }
     Ok(())
@@ -276,7 +285,6 @@ impl PartialBlob {
             let err = Error::DigestMismatch {
                 expected: self.digest.to_string(),
                 actual: actual.to_string(),
-                size: self.written,
             };
             self.discard();
             return Err(err);

@@ -75,14 +75,10 @@ pub enum Error {
     },
 
     #[error(
-        "blob {expected} failed verification: its content hashes to {actual} ({size} bytes); \
-         nothing was stored. The registry or a proxy served corrupt data"
+        "blob {expected} failed verification: its content hashes to {actual}; nothing was \
+         stored. The registry or a proxy served corrupt data"
     )]
-    DigestMismatch {
-        expected: String,
-        actual: String,
-        size: u64,
-    },
+    DigestMismatch { expected: String, actual: String },
 
     #[error("blob {digest}: expected {expected} bytes, got {actual}; nothing was stored")]
     SizeMismatch {

@@ -3,13 +3,19 @@
 //! directory, import tarballs / OCI layouts / `docker save` archives, and push.
 
 pub mod auth;
+pub mod builder;
 pub mod cache;
 pub mod config;
 pub mod digest;
 pub mod error;
 pub mod image_config;
+pub mod images;
 pub mod manifest;
+mod progress;
 pub mod reference;
+pub mod registry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod unpack;
 
 pub use cache::BlobCache;
@@ -19,3 +25,6 @@ pub use error::{Error, Result};
 pub use image_config::{HealthConfig, ImageConfig, ImageConfigFile};
 pub use reference::{ImageRef, Platform};
 pub use unpack::{apply_layer, apply_layer_file, LayerStats, UnpackOptions};
+pub use images::{ImageRecord, ImageRecords, ImageSource, LayerRecord};
+pub use registry::{Registry, Resolved};
+pub use builder::ImageBuilder;

@@ -48,9 +48,6 @@ impl RelPath {
         Ok(RelPath(out))
     }
 
-    pub fn is_root(&self) -> bool {
-        self.0.is_empty()
-    }
 
     /// Parent path and final name (`None` for the root).
     pub fn split_last(&self) -> Option<(RelPath, &OsStr)> {
