@@ -338,17 +338,18 @@ fn key_values(ctx: &Ctx, node: &RawNode, name: &str) -> Result<Vec<KeyValue>, Pa
         out.push(KeyValue { key, value });
     } else {
         for w in &ws {
-            let (k, v) =
-                match w.split_once('=') {
-                    Some(kv) => kv,
-                    None => return Err(ctx.err(
+            let (k, v) = match w.split_once('=') {
+                Some(kv) => kv,
+                None => {
+                    return Err(ctx.err(
                         node,
                         name,
                         format!(
                             "syntax error - can't find = in {w:?}; must be of the form: name=value"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             out.push(KeyValue {
                 key: k.to_string(),
                 value: v.to_string(),

@@ -371,6 +371,7 @@ impl Word<'_> {
                 chs.extend(op);
             }
             Some('+') | Some('-') | Some('?') | Some('#') | Some('%') => {}
+            None => return err("syntax error: missing '}'"),
             _ => return err(format!("unsupported modifier ({chs}) in substitution")),
         }
 

@@ -304,9 +304,11 @@ impl MountSpec {
                         "shared" => Some(CacheSharing::Shared),
                         "private" => Some(CacheSharing::Private),
                         "locked" => Some(CacheSharing::Locked),
-                        _ => return Err(format!(
+                        _ => {
+                            return Err(format!(
                             "unsupported sharing value {value:?} (use shared, private or locked)"
-                        )),
+                        ))
+                        }
                     }
                 }
                 "mode" => {
