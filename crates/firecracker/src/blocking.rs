@@ -18,15 +18,35 @@ pub struct BlockingClient {
     runtime: tokio::runtime::Runtime,
 }
 
+/// Runs `f` to completion on a fresh current-thread runtime.
+pub(crate) fn block_on<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
+    refuse_inside_runtime()?;
+    new_runtime()?.block_on(f)
+}
+
+fn new_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(Error::Runtime)
+}
+
+/// `block_on` inside a runtime would panic; say so instead.
+fn refuse_inside_runtime() -> Result<()> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::InsideAsyncRuntime);
+    }
+    Ok(())
+}
+
 impl BlockingClient {
     /// Wraps `client` with its own runtime.
     pub fn new(client: Client) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(Error::Runtime)?;
-        Ok(BlockingClient { client, runtime })
+        Ok(BlockingClient {
+            client,
+            runtime: new_runtime()?,
+        })
     }
 
     /// A blocking client for the API socket at `socket`.
@@ -40,9 +60,7 @@ impl BlockingClient {
     }
 
     fn run<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(Error::InsideAsyncRuntime);
-        }
+        refuse_inside_runtime()?;
         self.runtime.block_on(f)
     }
 

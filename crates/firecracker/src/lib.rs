@@ -6,8 +6,9 @@
 //! - [`VmSpec`] + [`Client::configure_and_start`]: a whole VM in one call.
 //! - [`Jail`], [`JailerConfig`], [`CgroupLayout`]: the jailer's command
 //!   line, the files staged into the jail, its pid file and cleanup.
-//! - [`Machine`]: start (jailed or `--no-jailer`), boot, stop, clean up,
-//!   synchronously, for a runtime without an async executor.
+//! - [`launch`] (async) and [`Machine`] (blocking): start Firecracker
+//!   (jailed or `--no-jailer`), boot, stop, clean up; [`VmProcess`] is the
+//!   serializable record later commands use.
 //!
 //! Firecracker cannot run on the machines this is developed on, so it is
 //! tested against the spec and a stand-in of the API (see `tests/`).
@@ -34,7 +35,8 @@ pub use jail::{
     JAIL_USER_NAME,
 };
 pub use machine::{
-    LaunchConfig, LaunchMode, Machine, DEFAULT_SOCKET_TIMEOUT, DIRECT_API_SOCKET, DIRECT_OUTPUT,
+    availability, launch, preflight, LaunchConfig, LaunchMode, Machine, DEFAULT_SOCKET_TIMEOUT,
+    DIRECT_API_SOCKET, DIRECT_OUTPUT,
 };
 pub use process::VmProcess;
 pub use spec::{

@@ -1,10 +1,14 @@
-//! One call to go from a [`VmSpec`] to a booted VM: start Firecracker
-//! (jailed or not), wait for its API, configure it and boot it; and the
-//! handle to stop, inspect and clean it up later. Synchronous throughout.
+//! From a [`VmSpec`] to a booted VM in one call: start Firecracker (jailed
+//! or not), wait for its API, configure and boot it. [`launch`] is async
+//! (for async runtimes); [`Machine`] is the same, synchronous, with the
+//! handle to stop, inspect and clean up.
+//!
+//! The VMM is left running detached: nothing of ours needs to stay
+//! resident, and [`VmProcess`] (serializable) is all a later command needs.
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,10 +18,10 @@ use crate::blocking::BlockingClient;
 use crate::cgroup::CgroupLayout;
 use crate::client::{Client, DEFAULT_REQUEST_TIMEOUT};
 use crate::error::{Error, Result};
-use crate::jail::{Jail, JailerConfig};
+use crate::jail::{Jail, JailerConfig, JAILED_API_SOCKET};
 use crate::models::{FullVmConfiguration, InstanceInfo};
 use crate::process::VmProcess;
-use crate::spec::VmSpec;
+use crate::spec::{check_vm_id, VmSpec};
 use crate::transport::check_socket_path;
 
 /// Default wait for the API socket (and for the jailer to finish).
@@ -65,7 +69,60 @@ impl LaunchConfig {
     }
 }
 
-/// A started Firecracker VM.
+/// Whether this host can start Firecracker as configured: the binaries are
+/// executable files and /dev/kvm opens read-write. (Whether KVM really
+/// boots a guest only a boot can tell.)
+pub fn availability(config: &LaunchConfig) -> Result<()> {
+    check_executable("firecracker", &config.firecracker)?;
+    if let LaunchMode::Jailed(j) = &config.mode {
+        check_executable("jailer", &j.jailer)?;
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|e| Error::io("cannot open", "/dev/kvm", e))
+}
+
+/// Checks, creating nothing, what [`launch`] would refuse late: the VM id
+/// and the API socket path length.
+pub fn preflight(config: &LaunchConfig, vm_id: &str) -> Result<()> {
+    check_vm_id(vm_id)?;
+    match &config.mode {
+        LaunchMode::Direct { run_dir, .. } => {
+            check_socket_path(&run_dir.join(DIRECT_API_SOCKET), "run directory")
+        }
+        LaunchMode::Jailed(j) => {
+            // Resolve what exists already, as the jailer will.
+            let base = fs::canonicalize(&j.chroot_base).unwrap_or_else(|_| j.chroot_base.clone());
+            let exec = fs::canonicalize(&config.firecracker)
+                .unwrap_or_else(|_| config.firecracker.clone());
+            let name = exec.file_name().unwrap_or_default();
+            let socket = base
+                .join(name)
+                .join(vm_id)
+                .join("root")
+                .join(JAILED_API_SOCKET.trim_start_matches('/'));
+            check_socket_path(&socket, "chroot base (or VM id)")
+        }
+    }
+}
+
+/// Starts Firecracker, configures every device of `spec` and boots it;
+/// returns the running process. On failure nothing is left behind: the
+/// process is killed and the jail removed.
+pub async fn launch(config: &LaunchConfig, spec: &VmSpec) -> Result<VmProcess> {
+    spec.validate()?;
+    match &config.mode {
+        LaunchMode::Jailed(jailer) => launch_jailed(config, jailer, spec).await,
+        LaunchMode::Direct { run_dir, netns } => {
+            launch_direct(config, run_dir, netns.as_deref(), spec).await
+        }
+    }
+}
+
+/// A started Firecracker VM, driven synchronously.
 ///
 /// Dropping it leaves the VM running; keep [`Machine::process`] to find it
 /// again with [`Machine::attach`].
@@ -73,33 +130,20 @@ impl LaunchConfig {
 pub struct Machine {
     process: VmProcess,
     client: BlockingClient,
-    /// Set when the Firecracker process is our child, to reap it.
-    child: Option<Child>,
 }
 
 impl Machine {
-    /// Starts Firecracker, configures every device of `spec` and boots it.
-    /// On failure nothing is left behind: the process is killed and the jail
-    /// removed.
+    /// [`launch`], blocking. Not for use inside a tokio runtime.
     pub fn launch(config: &LaunchConfig, spec: &VmSpec) -> Result<Machine> {
-        spec.validate()?;
-        match &config.mode {
-            LaunchMode::Jailed(jailer) => launch_jailed(config, jailer, spec),
-            LaunchMode::Direct { run_dir, netns } => {
-                launch_direct(config, run_dir, netns.as_deref(), spec)
-            }
-        }
+        let process = crate::blocking::block_on(launch(config, spec))?;
+        Self::attach(process, config.request_timeout)
     }
 
     /// A handle on a VM started earlier (e.g. by another command).
     pub fn attach(process: VmProcess, request_timeout: Duration) -> Result<Machine> {
         let client =
             BlockingClient::new(Client::new(&process.api_socket).with_timeout(request_timeout))?;
-        Ok(Machine {
-            process,
-            client,
-            child: None,
-        })
+        Ok(Machine { process, client })
     }
 
     /// What to persist to manage the VM later.
@@ -139,27 +183,17 @@ impl Machine {
     }
 
     /// Whether the Firecracker process still runs.
-    pub fn is_running(&mut self) -> bool {
-        self.reap();
+    pub fn is_running(&self) -> bool {
         self.process.is_running()
     }
 
     /// Waits up to `timeout` for Firecracker to exit; true if it did.
-    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let start = Instant::now();
-        loop {
-            if !self.is_running() {
-                return true;
-            }
-            if start.elapsed() >= timeout {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        self.process.wait_exit(timeout)
     }
 
     /// SIGKILLs Firecracker and waits briefly for it to go.
-    pub fn kill(&mut self) -> Result<()> {
+    pub fn kill(&self) -> Result<()> {
         self.process.kill()?;
         if !self.wait_exit(KILL_GRACE) {
             return Err(Error::StillRunning {
@@ -169,35 +203,18 @@ impl Machine {
         Ok(())
     }
 
-    /// Removes what the VM left: the jail and its cgroups, or the API
-    /// socket when not jailed. The VM must have exited.
-    pub fn cleanup(mut self) -> Result<()> {
-        if self.is_running() {
-            return Err(Error::StillRunning {
-                pid: self.process.pid,
-            });
-        }
-        match &self.process.jail {
-            Some(jail) => jail.remove(&CgroupLayout::detect()?),
-            None => remove_stale_socket(&self.process.api_socket),
-        }
-    }
-
-    fn reap(&mut self) {
-        if let Some(child) = &mut self.child {
-            if let Ok(Some(_)) = child.try_wait() {
-                self.child = None;
-            }
-        }
+    /// See [`VmProcess::cleanup`].
+    pub fn cleanup(self) -> Result<()> {
+        self.process.cleanup()
     }
 }
 
-fn launch_direct(
+async fn launch_direct(
     config: &LaunchConfig,
     run_dir: &Path,
     netns: Option<&Path>,
     spec: &VmSpec,
-) -> Result<Machine> {
+) -> Result<VmProcess> {
     tracing::warn!(
         vm_id = %spec.vm_id,
         "starting Firecracker without the jailer: no chroot, no privilege drop, no cgroups; for development hosts only"
@@ -207,11 +224,7 @@ fn launch_direct(
     check_socket_path(&socket, "run directory")?;
     remove_stale_socket(&socket)?;
     let output_path = run_dir.join(DIRECT_OUTPUT);
-    let output =
-        File::create(&output_path).map_err(|e| Error::io("cannot create", &output_path, e))?;
-    let output2 = output
-        .try_clone()
-        .map_err(|e| Error::io("cannot reopen", &output_path, e))?;
+    let (out, err) = log_pair(&output_path)?;
 
     let (program, mut cmd) = match netns {
         Some(ns) => {
@@ -231,39 +244,41 @@ fn launch_direct(
         .arg("--id")
         .arg(&spec.vm_id)
         .stdin(Stdio::null())
-        .stdout(output)
-        .stderr(output2)
+        .stdout(out)
+        .stderr(err)
         // Its own process group: a Ctrl+C meant for us does not reach the VM.
         .process_group(0);
     let child = cmd
         .spawn()
         .map_err(|source| Error::Spawn { program, source })?;
     let pid = child.id();
-
     let mut guard = Cleanup {
-        pid: None,
+        process: None,
         child: Some(child),
         jail: None,
         socket: Some(socket.clone()),
     };
     let process = VmProcess::new(&spec.vm_id, pid, socket.clone(), None)?;
-    guard.pid = Some(process.clone());
-    let client = BlockingClient::new(Client::new(&socket).with_timeout(config.request_timeout))?;
-    client.wait_ready_while(config.socket_timeout, || {
-        alive_or(&process, &socket, || {
-            format!("its output: {}", tail(&output_path))
+    guard.process = Some(process.clone());
+
+    let client = Client::new(&socket).with_timeout(config.request_timeout);
+    client
+        .wait_ready_while(config.socket_timeout, || {
+            alive_or(&process, &socket, || {
+                format!("its output: {}", tail(&output_path))
+            })
         })
-    })?;
-    client.configure_and_start(spec)?;
-    let child = guard.disarm();
-    Ok(Machine {
-        process,
-        client,
-        child,
-    })
+        .await?;
+    client.configure_and_start(spec).await?;
+    guard.disarm();
+    Ok(process)
 }
 
-fn launch_jailed(config: &LaunchConfig, jailer: &JailerConfig, spec: &VmSpec) -> Result<Machine> {
+async fn launch_jailed(
+    config: &LaunchConfig,
+    jailer: &JailerConfig,
+    spec: &VmSpec,
+) -> Result<VmProcess> {
     let jail = Jail::new(jailer, &config.firecracker, &spec.vm_id)?;
     let layout = CgroupLayout::detect()?;
     let version = match jailer.cgroup_version {
@@ -272,7 +287,7 @@ fn launch_jailed(config: &LaunchConfig, jailer: &JailerConfig, spec: &VmSpec) ->
     };
     jail.create()?;
     let mut guard = Cleanup {
-        pid: None,
+        process: None,
         child: None,
         jail: Some((jail.clone(), layout)),
         socket: None,
@@ -280,12 +295,9 @@ fn launch_jailed(config: &LaunchConfig, jailer: &JailerConfig, spec: &VmSpec) ->
     let staged = jail.stage(spec)?;
 
     let log_path = jail.jailer_log();
-    let log = File::create(&log_path).map_err(|e| Error::io("cannot create", &log_path, e))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| Error::io("cannot reopen", &log_path, e))?;
+    let (out, err) = log_pair(&log_path)?;
     let mut cmd = jail.jailer_command(jailer, version);
-    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     tracing::debug!(command = ?cmd, "starting the jailer");
     let mut child = cmd.spawn().map_err(|source| Error::Spawn {
         program: jailer.jailer.clone(),
@@ -295,7 +307,7 @@ fn launch_jailed(config: &LaunchConfig, jailer: &JailerConfig, spec: &VmSpec) ->
     let pid = if jailer.new_pid_ns {
         // The jailer clones Firecracker into a new pid namespace, writes
         // its pid to the pid file and exits.
-        let status = wait_child(&mut child, config.socket_timeout);
+        let status = wait_child(&mut child, config.socket_timeout).await;
         match status {
             Some(s) if s.success() => jail.read_pid()?,
             Some(s) => {
@@ -306,9 +318,7 @@ fn launch_jailed(config: &LaunchConfig, jailer: &JailerConfig, spec: &VmSpec) ->
                 })
             }
             None => {
-                // Best effort: the jailer is stuck, do not leave it behind.
-                let _ = child.kill();
-                let _ = child.wait();
+                guard.child = Some(child);
                 return Err(Error::JailerTimeout {
                     program: jailer.jailer.clone(),
                     waited: config.socket_timeout,
@@ -323,27 +333,46 @@ fn launch_jailed(config: &LaunchConfig, jailer: &JailerConfig, spec: &VmSpec) ->
     };
     let socket = jail.api_socket();
     let process = VmProcess::new(&spec.vm_id, pid, socket.clone(), Some(jail.clone()))?;
-    guard.pid = Some(process.clone());
-    let client = BlockingClient::new(Client::new(&socket).with_timeout(config.request_timeout))?;
-    let hint_log = spec.log_path.clone();
-    client.wait_ready_while(config.socket_timeout, || {
-        alive_or(&process, &socket, || {
-            format!(
-                "jailer output: {}; Firecracker log: {}",
-                tail(&log_path),
-                hint_log
-                    .as_deref()
-                    .map_or("(none configured)".into(), |p| p.display().to_string())
-            )
+    guard.process = Some(process.clone());
+
+    let client = Client::new(&socket).with_timeout(config.request_timeout);
+    let log_hint = spec.log_path.clone();
+    client
+        .wait_ready_while(config.socket_timeout, || {
+            alive_or(&process, &socket, || {
+                format!(
+                    "jailer output: {}; Firecracker log: {}",
+                    tail(&log_path),
+                    log_hint
+                        .as_deref()
+                        .map_or("(none configured)".into(), |p| p.display().to_string())
+                )
+            })
         })
-    })?;
-    client.configure_and_start(&staged)?;
-    let child = guard.disarm();
-    Ok(Machine {
-        process,
-        client,
-        child,
-    })
+        .await?;
+    client.configure_and_start(&staged).await?;
+    guard.disarm();
+    Ok(process)
+}
+
+fn check_executable(what: &'static str, path: &Path) -> Result<()> {
+    let meta = fs::metadata(path).map_err(|e| Error::io("cannot find", path, e))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(Error::config(
+            what,
+            format!("{} is not an executable file", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// One file for both stdout and stderr.
+fn log_pair(path: &Path) -> Result<(File, File)> {
+    let out = File::create(path).map_err(|e| Error::io("cannot create", path, e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Error::io("cannot reopen", path, e))?;
+    Ok((out, err))
 }
 
 fn alive_or(process: &VmProcess, socket: &Path, hint: impl FnOnce() -> String) -> Result<()> {
@@ -357,7 +386,7 @@ fn alive_or(process: &VmProcess, socket: &Path, hint: impl FnOnce() -> String) -
     })
 }
 
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+async fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -366,13 +395,26 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::Exit
         if start.elapsed() >= timeout {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reaps `child` whenever it exits, so a VMM that is our child never lingers
+/// as a zombie while we run; the VMM itself stays detached from us.
+fn reap_in_background(mut child: Child) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("reap-{}", child.id()))
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot start a reaper thread; the VMM will be reaped when we exit");
     }
 }
 
 /// Removes a leftover API socket (Firecracker refuses to bind over one);
 /// anything else at that path is left alone and reported.
-fn remove_stale_socket(socket: &Path) -> Result<()> {
+pub(crate) fn remove_stale_socket(socket: &Path) -> Result<()> {
     match fs::symlink_metadata(socket) {
         Ok(meta) if meta.file_type().is_socket() => fs::remove_file(socket)
             .map_err(|e| Error::io("cannot remove the old socket", socket, e)),
@@ -402,34 +444,34 @@ fn tail(path: &Path) -> String {
     }
 }
 
-/// Undoes a launch that failed halfway.
+/// Undoes a launch that failed halfway; on success hands the child (if the
+/// VMM is ours) to a reaper.
 struct Cleanup {
-    pid: Option<VmProcess>,
+    process: Option<VmProcess>,
     child: Option<Child>,
     jail: Option<(Jail, CgroupLayout)>,
     socket: Option<PathBuf>,
 }
 
 impl Cleanup {
-    /// The launch succeeded: keep everything, hand back the child to reap.
-    fn disarm(mut self) -> Option<Child> {
-        self.pid = None;
+    /// The launch succeeded: keep everything.
+    fn disarm(mut self) {
+        self.process = None;
         self.jail = None;
         self.socket = None;
-        self.child.take()
+        if let Some(child) = self.child.take() {
+            reap_in_background(child);
+        }
     }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if self.pid.is_none() && self.jail.is_none() && self.socket.is_none() {
-            return;
-        }
         if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some(p) = &self.pid {
+        if let Some(p) = &self.process {
             if let Err(e) = p.kill() {
                 tracing::warn!(error = %e, "cannot kill Firecracker after a failed launch");
             }

@@ -88,23 +88,49 @@ impl VmProcess {
     }
 
     fn signal(&self, signal: rustix::process::Signal, name: &'static str) -> Result<()> {
-        if !self.is_running() {
-            return Ok(());
-        }
+        use rustix::io::Errno;
+        let err = |e: Errno| Error::Signal {
+            signal: name,
+            pid: self.pid,
+            source: e.into(),
+        };
         let Some(pid) = i32::try_from(self.pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)
         else {
             return Ok(());
         };
-        match rustix::process::kill_process(pid, signal) {
-            Ok(()) => Ok(()),
-            Err(rustix::io::Errno::SRCH) => Ok(()),
-            Err(e) => Err(Error::Signal {
-                signal: name,
-                pid: self.pid,
-                source: e.into(),
-            }),
+        let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::SRCH) => return Ok(()),
+            Err(e) => return Err(err(e)),
+        };
+        // The pidfd pins the process: once it is confirmed ours, the signal
+        // cannot reach a process that reused the pid.
+        if !self.is_running() {
+            return Ok(());
+        }
+        match rustix::process::pidfd_send_signal(&pidfd, signal) {
+            Ok(()) | Err(Errno::SRCH) => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// A client for this VM's API socket.
+    pub fn client(&self) -> crate::Client {
+        crate::Client::new(&self.api_socket)
+    }
+
+    /// Removes what the VM left outside its run directory: the jail and its
+    /// cgroups, or the API socket when not jailed. Refuses while it runs.
+    /// Idempotent.
+    pub fn cleanup(&self) -> Result<()> {
+        if self.is_running() {
+            return Err(Error::StillRunning { pid: self.pid });
+        }
+        match &self.jail {
+            Some(jail) => jail.remove(&crate::CgroupLayout::detect()?),
+            None => crate::machine::remove_stale_socket(&self.api_socket),
         }
     }
 

@@ -187,7 +187,7 @@ echo $! > "$root/$name.pid"
 #[test]
 fn direct_launch_boots_manages_and_cleans_up() {
     let fx = Fixture::new();
-    let mut m = Machine::launch(&fx.direct(), &fx.spec("vm-direct")).unwrap();
+    let m = Machine::launch(&fx.direct(), &fx.spec("vm-direct")).unwrap();
     let info = m.info().unwrap();
     assert_eq!(
         (info.id.as_str(), info.state),
@@ -237,7 +237,7 @@ fn direct_launch_boots_manages_and_cleans_up() {
 #[test]
 fn direct_launch_kill() {
     let fx = Fixture::new();
-    let mut m = Machine::launch(&fx.direct(), &fx.spec("vm-kill")).unwrap();
+    let m = Machine::launch(&fx.direct(), &fx.spec("vm-kill")).unwrap();
     let pid = m.process().pid;
     m.kill().unwrap();
     assert!(!m.is_running());
@@ -305,7 +305,7 @@ fn direct_launch_of_a_missing_binary() {
 #[test]
 fn jailed_launch_stages_the_jail_boots_and_cleans_up() {
     let fx = Fixture::new();
-    let mut m = Machine::launch(&fx.jailed(), &fx.spec("vm-jailed")).unwrap();
+    let m = Machine::launch(&fx.jailed(), &fx.spec("vm-jailed")).unwrap();
     let jail = m.process().jail.clone().expect("jailed");
     let root = jail.root();
     assert_eq!(
@@ -396,4 +396,168 @@ fn a_leftover_jail_blocks_a_new_launch_with_the_same_id() {
     assert!(matches!(err, Error::JailExists { .. }), "{err}");
     // The leftover is not ours to remove.
     assert!(fx.path().join("jail/firecracker/vm-again/root").exists());
+}
+
+#[test]
+fn async_launch_runs_inside_a_runtime_and_leaves_no_zombie() {
+    let fx = Fixture::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let process = rt.block_on(async {
+        let process = firebuild_firecracker::launch(&fx.direct(), &fx.spec("vm-async"))
+            .await
+            .unwrap();
+        let info = process.client().instance_info().await.unwrap();
+        assert_eq!(info.state, InstanceState::Running);
+        process
+    });
+    assert!(process.is_running());
+    process.kill().unwrap();
+    assert!(process.wait_exit(Duration::from_secs(20)));
+    // The VMM was our child: the background reaper collects it.
+    let proc_dir = PathBuf::from(format!("/proc/{}", process.pid));
+    for _ in 0..500 {
+        if !proc_dir.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!proc_dir.exists(), "pid {} left as a zombie", process.pid);
+    process.cleanup().unwrap();
+}
+
+#[test]
+fn preflight_checks_ids_and_socket_paths_without_creating_anything() {
+    let fx = Fixture::new();
+    firebuild_firecracker::preflight(&fx.direct(), "vm-1").unwrap();
+    firebuild_firecracker::preflight(&fx.jailed(), "vm-1").unwrap();
+    assert!(
+        !fx.path().join("jail").exists(),
+        "preflight created the chroot base"
+    );
+    assert!(matches!(
+        firebuild_firecracker::preflight(&fx.direct(), "vm_1"),
+        Err(Error::InvalidVmId { .. })
+    ));
+    let deep = fx.path().join("x".repeat(100));
+    let direct = LaunchConfig::new(
+        fx.path().join("bin/firecracker"),
+        LaunchMode::Direct {
+            run_dir: deep.clone(),
+            netns: None,
+        },
+    );
+    assert!(matches!(
+        firebuild_firecracker::preflight(&direct, "vm-1"),
+        Err(Error::SocketPathTooLong { .. })
+    ));
+    let jailed = LaunchConfig::new(
+        fx.path().join("bin/firecracker"),
+        LaunchMode::Jailed(JailerConfig {
+            chroot_base: deep,
+            ..fx.jailer_config()
+        }),
+    );
+    assert!(matches!(
+        firebuild_firecracker::preflight(&jailed, "vm-1"),
+        Err(Error::SocketPathTooLong { .. })
+    ));
+}
+
+#[test]
+fn availability_names_a_missing_or_unusable_binary() {
+    let fx = Fixture::new();
+    let missing = LaunchConfig::new(
+        fx.path().join("bin/nope"),
+        LaunchMode::Direct {
+            run_dir: fx.run_dir(),
+            netns: None,
+        },
+    );
+    let err = firebuild_firecracker::availability(&missing).unwrap_err();
+    assert!(err.to_string().contains("bin/nope"), "{err}");
+    let plain = fx.path().join("bin/plain");
+    std::fs::write(&plain, "").unwrap();
+    let mut jailed = fx.jailed();
+    if let LaunchMode::Jailed(j) = &mut jailed.mode {
+        j.jailer = plain;
+    }
+    let err = firebuild_firecracker::availability(&jailed).unwrap_err();
+    assert!(err.to_string().contains("not an executable file"), "{err}");
+}
+
+/// A network namespace with a tap, made for one test and removed after.
+struct NetnsGuard {
+    name: String,
+}
+
+impl NetnsGuard {
+    fn new(tap: &str) -> NetnsGuard {
+        let name = format!("fbfc-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2) runs");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        ip(&["netns", "add", &name]);
+        let guard = NetnsGuard { name };
+        ip(&[
+            "-n",
+            &guard.name,
+            "tuntap",
+            "add",
+            "dev",
+            tap,
+            "mode",
+            "tap",
+        ]);
+        guard
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn direct_launch_enters_the_network_namespace_of_the_tap() {
+    let fx = Fixture::new();
+    let ns = NetnsGuard::new("fbnstap0");
+    let spec = VmSpec {
+        network: Some(NetworkSpec {
+            tap: "fbnstap0".into(),
+            guest_mac: Some("02:fc:00:00:00:09".into()),
+            mtu: None,
+        }),
+        ..fx.spec("vm-netns")
+    };
+    // Outside the namespace the tap does not exist: the stand-in refuses it.
+    let err = Machine::launch(&fx.direct(), &spec).unwrap_err();
+    assert!(
+        matches!(&err, Error::Api { path, .. } if path == "/network-interfaces/eth0"),
+        "{err}"
+    );
+
+    let config = LaunchConfig::new(
+        fx.path().join("bin/firecracker"),
+        LaunchMode::Direct {
+            run_dir: fx.run_dir(),
+            netns: Some(ns.path()),
+        },
+    );
+    let m = Machine::launch(&config, &spec).unwrap();
+    assert_eq!(m.info().unwrap().state, InstanceState::Running);
+    m.kill().unwrap();
+    m.cleanup().unwrap();
 }

@@ -404,7 +404,7 @@ fn route(
             {
                 return fault(format!("The host device name {tap} is already in use."));
             }
-            if opts.check_host_resources && !Path::new("/sys/class/net").join(tap).exists() {
+            if opts.check_host_resources && !has_netdev(tap) {
                 return fault(format!("Could not create the network device: Open tap device failed: Error while creating ifreq structure: No such device (os error 19). Invalid TUN/TAP Backend provided by {tap}."));
             }
             vm.ifaces.insert(id, body);
@@ -503,4 +503,14 @@ fn host_path(opts: &Options, v: &Value) -> PathBuf {
         Some(root) => root.join(p.strip_prefix("/").unwrap_or(p)),
         None => p.to_path_buf(),
     }
+}
+
+/// Whether this process's network namespace has `name` (/proc/self/net
+/// follows the reader's namespace; /sys/class/net does not).
+fn has_netdev(name: &str) -> bool {
+    std::fs::read_to_string("/proc/self/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .any(|l| l.split(':').next().map(str::trim) == Some(name))
 }
