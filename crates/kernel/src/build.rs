@@ -157,7 +157,8 @@ pub fn build_kernel(
     let mut log = StepLog::create(&opts.log, opts.niceness)?;
     let mut report = |step: BuildStep, detail: String| {
         let p = Progress { step, detail };
-        tracing::info!(target: "firebuild_kernel::build", "{p}");
+        // Debug level: the caller prints progress its own way.
+        tracing::debug!("{p}");
         progress(&p);
     };
 

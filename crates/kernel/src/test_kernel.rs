@@ -102,8 +102,12 @@ pub fn ensure_cached_with(
         return Ok(vmlinux);
     }
 
-    fs::create_dir_all(&opts.cache_dir)
-        .map_err(|e| Error::io("create kernel cache", &opts.cache_dir, e))?;
+    fs::create_dir_all(&opts.cache_dir).map_err(|e| {
+        Error::TestKernel(format!(
+            "cannot create the kernel cache {}: {e}; run as root or set {CACHE_ENV} to a writable directory",
+            opts.cache_dir.display()
+        ))
+    })?;
     let lock_path = opts.cache_dir.join(format!("{key}.lock"));
     let lock = OpenOptions::new()
         .create(true)
