@@ -62,8 +62,24 @@ pub struct CacheEntry {
     /// The ADD result; absent while ADD is in progress or if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
+    /// While ADD runs (or after it failed or crashed midway): the result of
+    /// the last plugin that succeeded, so DEL can tell the plugins what they
+    /// made (firewall removes its rules by the addresses in `prevResult`).
+    #[serde(
+        rename = "firebuildPartialResult",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub partial_result: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firebuild: Option<FirebuildAttachment>,
+}
+
+impl CacheEntry {
+    /// What DEL passes as `prevResult`: the ADD result, or the partial one.
+    pub fn prev_result(&self) -> Option<&Value> {
+        self.result.as_ref().or(self.partial_result.as_ref())
+    }
 }
 
 mod b64 {
@@ -128,7 +144,12 @@ impl ResultCache {
     }
 
     /// Reads one entry; `None` if there is none.
-    pub fn load(&self, network: &str, container_id: &str, ifname: &str) -> Result<Option<CacheEntry>> {
+    pub fn load(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<CacheEntry>> {
         let path = self.path(network, container_id, ifname);
         match fs::read(&path) {
             Ok(bytes) => parse_entry(&path, &bytes).map(Some),
@@ -152,7 +173,9 @@ impl ResultCache {
         let dir = self.results_dir();
         let read = match fs::read_dir(&dir) {
             Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Vec::new(), Vec::new()))
+            }
             Err(e) => return Err(CniError::io(&dir, e)),
         };
         let mut entries = Vec::new();
@@ -233,6 +256,7 @@ mod tests {
             cni_args: vec![["IP".into(), "10.0.0.2".into()]],
             capability_args: Map::new(),
             result: None,
+            partial_result: None,
             firebuild: vm.map(|v| FirebuildAttachment {
                 vm_id: v.into(),
                 netns_path: "/run/netns/x".into(),
@@ -253,7 +277,10 @@ mod tests {
         assert_eq!(raw["kind"], "cniCacheV1");
         assert_eq!(raw["config"], encode_config(br#"{"name":"n"}"#));
         assert_eq!(raw["cniArgs"][0][1], "10.0.0.2");
-        assert_eq!(cache.load("n", "c1", "eth0").unwrap().unwrap(), entry("c1", Some("vm1")));
+        assert_eq!(
+            cache.load("n", "c1", "eth0").unwrap().unwrap(),
+            entry("c1", Some("vm1"))
+        );
         assert_eq!(cache.for_vm("vm1").unwrap().len(), 1);
         assert_eq!(cache.list().unwrap().0.len(), 2);
         cache.remove("n", "c1", "eth0").unwrap();
@@ -270,6 +297,9 @@ mod tests {
         let (ok, bad) = cache.list().unwrap();
         assert_eq!(ok.len(), 1);
         assert_eq!(bad.len(), 1);
-        assert!(matches!(cache.load("n", "bad", "eth0"), Err(CniError::CacheCorrupt { .. })));
+        assert!(matches!(
+            cache.load("n", "bad", "eth0"),
+            Err(CniError::CacheCorrupt { .. })
+        ));
     }
 }

@@ -63,7 +63,8 @@ impl NetworkConfigList {
             let p = p
                 .as_object()
                 .ok_or_else(|| invalid(format!("plugin {i} is not an object")))?;
-            let ty = str_field(p, "type").ok_or_else(|| invalid(format!("plugin {i} has no \"type\"")))?;
+            let ty = str_field(p, "type")
+                .ok_or_else(|| invalid(format!("plugin {i} has no \"type\"")))?;
             if ty.is_empty() || ty.contains('/') || ty.starts_with('.') {
                 return Err(invalid(format!("plugin {i} has an unusable type {ty:?}")));
             }
@@ -202,7 +203,10 @@ pub(crate) fn version_at_least(version: &str, min: &str) -> bool {
     let parse = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
     let (a, b) = (parse(version), parse(min));
     for i in 0..a.len().max(b.len()) {
-        let (x, y) = (a.get(i).copied().unwrap_or(0), b.get(i).copied().unwrap_or(0));
+        let (x, y) = (
+            a.get(i).copied().unwrap_or(0),
+            b.get(i).copied().unwrap_or(0),
+        );
         if x != y {
             return x > y;
         }
@@ -237,7 +241,10 @@ mod tests {
         assert_eq!(b.plugin_types(), vec!["bridge"]);
         assert_eq!(b.plugins[0]["bridge"], "x");
         // The cached bytes of a single conf are a valid list.
-        assert_eq!(NetworkConfigList::from_bytes(&b.bytes, None).unwrap().name, "b");
+        assert_eq!(
+            NetworkConfigList::from_bytes(&b.bytes, None).unwrap().name,
+            "b"
+        );
 
         let err = load_network(dir.path(), "c").unwrap_err();
         assert!(matches!(err, CniError::NetworkNotFound { .. }), "{err}");
@@ -256,7 +263,10 @@ mod tests {
             r#"{"name":"x","plugins":[{"type":"../../bin/sh"}]}"#,
             r#"{"plugins":[{"type":"bridge"}]}"#,
         ] {
-            assert!(NetworkConfigList::from_bytes(bad.as_bytes(), None).is_err(), "{bad}");
+            assert!(
+                NetworkConfigList::from_bytes(bad.as_bytes(), None).is_err(),
+                "{bad}"
+            );
         }
     }
 

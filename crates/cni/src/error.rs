@@ -133,7 +133,10 @@ pub enum CniError {
     AlreadyAttached { vm_id: String, what: String },
 
     #[error("cleaning up VM {vm_id:?} left work undone: {}; run purge again once fixed", .problems.join("; "))]
-    Teardown { vm_id: String, problems: Vec<String> },
+    Teardown {
+        vm_id: String,
+        problems: Vec<String>,
+    },
 }
 
 fn details_suffix(details: &str) -> String {

@@ -150,7 +150,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = find_plugin("bridge", &[dir.path().to_path_buf()]).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("\"bridge\"") && msg.contains(&dir.path().display().to_string()), "{msg}");
+        assert!(
+            msg.contains("\"bridge\"") && msg.contains(&dir.path().display().to_string()),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -159,7 +162,8 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         std::fs::write(a.path().join("p"), "x").unwrap();
         std::fs::write(b.path().join("p"), "#!/bin/sh\n").unwrap();
-        std::fs::set_permissions(b.path().join("p"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(b.path().join("p"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         let found = find_plugin("p", &[a.path().into(), b.path().into()]).unwrap();
         assert_eq!(found, b.path().join("p"));
     }
@@ -168,12 +172,19 @@ mod tests {
     fn error_output_is_decoded() {
         let out = std::process::Output {
             status: std::process::ExitStatus::from_raw(1 << 8),
-            stdout: br#"{"cniVersion":"1.0.0","code":7,"msg":"bad subnet","details":"10.0.0.0/33"}"#.to_vec(),
+            stdout:
+                br#"{"cniVersion":"1.0.0","code":7,"msg":"bad subnet","details":"10.0.0.0/33"}"#
+                    .to_vec(),
             stderr: Vec::new(),
         };
         match plugin_error("host-local", "ADD", &out) {
-            CniError::Plugin { code, msg, details, .. } => {
-                assert_eq!((code, msg.as_str(), details.as_str()), (7, "bad subnet", "10.0.0.0/33"));
+            CniError::Plugin {
+                code, msg, details, ..
+            } => {
+                assert_eq!(
+                    (code, msg.as_str(), details.as_str()),
+                    (7, "bad subnet", "10.0.0.0/33")
+                );
             }
             other => panic!("{other}"),
         }

@@ -32,9 +32,7 @@ impl IpNet {
     pub fn network(&self) -> IpAddr {
         match self.addr {
             IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(self.prefix_len))),
-            IpAddr::V6(a) => {
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(self.prefix_len)))
-            }
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(self.prefix_len))),
         }
     }
 
@@ -187,7 +185,10 @@ mod tests {
         assert_eq!(n.nth(256), None);
         let v6: IpNet = "fd00::5/64".parse().unwrap();
         assert_eq!(v6.network().to_string(), "fd00::");
-        assert_eq!("0.0.0.0/0".parse::<IpNet>().unwrap().netmask().to_string(), "0.0.0.0");
+        assert_eq!(
+            "0.0.0.0/0".parse::<IpNet>().unwrap().netmask().to_string(),
+            "0.0.0.0"
+        );
     }
 
     #[test]

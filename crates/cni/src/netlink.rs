@@ -15,7 +15,10 @@ use std::path::Path;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::tc::TcAttribute;
+use rtnetlink::packet_route::tc::{
+    TcActionAttribute, TcActionMirrorOption, TcActionOption, TcAttribute, TcFilterU32Option,
+    TcMirrorActionType, TcOption,
+};
 use rtnetlink::{Handle, LinkUnspec};
 
 use crate::error::{CniError, Result};
@@ -111,10 +114,17 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 }
 
 pub(crate) fn ns_label(netns: Option<&Path>) -> String {
-    netns.map_or_else(|| "the current namespace".into(), |p| p.display().to_string())
+    netns.map_or_else(
+        || "the current namespace".into(),
+        |p| p.display().to_string(),
+    )
 }
 
-pub(crate) fn nl_err(op: impl Into<String>, netns: Option<&Path>, e: impl std::fmt::Display) -> CniError {
+pub(crate) fn nl_err(
+    op: impl Into<String>,
+    netns: Option<&Path>,
+    e: impl std::fmt::Display,
+) -> CniError {
     CniError::Netlink {
         op: op.into(),
         netns: ns_label(netns),
@@ -150,7 +160,10 @@ where
     })?
 }
 
-pub(crate) async fn link_by_name(h: &Handle, name: &str) -> std::result::Result<Option<Link>, rtnetlink::Error> {
+pub(crate) async fn link_by_name(
+    h: &Handle,
+    name: &str,
+) -> std::result::Result<Option<Link>, rtnetlink::Error> {
     let mut stream = h.link().get().match_name(name.to_string()).execute();
     match stream.try_next().await {
         Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
@@ -178,7 +191,9 @@ pub fn get_link(netns: Option<&Path>, name: &str) -> Result<Option<Link>> {
 /// Every link in `netns`.
 pub fn list_links(netns: Option<&Path>) -> Result<Vec<Link>> {
     run(netns, |h| async move {
-        all_links(&h).await.map_err(|e| nl_err("list links", netns, e))
+        all_links(&h)
+            .await
+            .map_err(|e| nl_err("list links", netns, e))
     })
 }
 
@@ -187,7 +202,10 @@ pub fn delete_link(netns: Option<&Path>, name: &str) -> Result<bool> {
     validate_ifname(name)?;
     run(netns, |h| async move {
         let op = || format!("delete link {name}");
-        let Some(link) = link_by_name(&h, name).await.map_err(|e| nl_err(op(), netns, e))? else {
+        let Some(link) = link_by_name(&h, name)
+            .await
+            .map_err(|e| nl_err(op(), netns, e))?
+        else {
             return Ok(false);
         };
         match h.link().del(link.index).execute().await {
@@ -199,7 +217,11 @@ pub fn delete_link(netns: Option<&Path>, name: &str) -> Result<bool> {
 }
 
 /// Sets MTU and up on link `index`.
-pub(crate) async fn set_up_with_mtu(h: &Handle, index: u32, mtu: u32) -> std::result::Result<(), rtnetlink::Error> {
+pub(crate) async fn set_up_with_mtu(
+    h: &Handle,
+    index: u32,
+    mtu: u32,
+) -> std::result::Result<(), rtnetlink::Error> {
     h.link()
         .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
         .execute()
@@ -242,8 +264,12 @@ pub fn link_addresses(netns: Option<&Path>, name: &str) -> Result<Vec<IpAddr>> {
     })
 }
 
-/// Kinds of the tc filters attached to `index`'s ingress (e.g. `["u32"]`).
-pub(crate) async fn ingress_filter_kinds(h: &Handle, index: u32) -> std::result::Result<Vec<String>, rtnetlink::Error> {
+/// The u32 + mirred-redirect filters on `index`'s ingress, as
+/// `(protocol in host order, target ifindex)`.
+pub(crate) async fn ingress_redirects(
+    h: &Handle,
+    index: u32,
+) -> std::result::Result<Vec<(u16, u32)>, rtnetlink::Error> {
     let msgs: Vec<_> = h
         .traffic_filter(index as i32)
         .get()
@@ -251,14 +277,35 @@ pub(crate) async fn ingress_filter_kinds(h: &Handle, index: u32) -> std::result:
         .execute()
         .try_collect()
         .await?;
-    Ok(msgs
-        .iter()
-        .flat_map(|m| m.attributes.iter())
-        .filter_map(|a| match a {
-            TcAttribute::Kind(k) => Some(k.clone()),
-            _ => None,
-        })
-        .collect())
+    let mut out = Vec::new();
+    for m in &msgs {
+        let protocol = u16::from_be((m.header.info & 0xffff) as u16);
+        for attr in &m.attributes {
+            let TcAttribute::Options(opts) = attr else {
+                continue;
+            };
+            for opt in opts {
+                let TcOption::U32(TcFilterU32Option::Action(actions)) = opt else {
+                    continue;
+                };
+                for action in actions {
+                    for a in &action.attributes {
+                        let TcActionAttribute::Options(aopts) = a else {
+                            continue;
+                        };
+                        for ao in aopts {
+                            if let TcActionOption::Mirror(TcActionMirrorOption::Parms(p)) = ao {
+                                if p.eaction == TcMirrorActionType::EgressRedir {
+                                    out.push((protocol, p.ifindex));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -277,6 +324,9 @@ mod tests {
 
     #[test]
     fn mac_format() {
-        assert_eq!(format_mac(&[0xde, 0xad, 0, 1, 0xb, 0xff]), "de:ad:00:01:0b:ff");
+        assert_eq!(
+            format_mac(&[0xde, 0xad, 0, 1, 0xb, 0xff]),
+            "de:ad:00:01:0b:ff"
+        );
     }
 }

@@ -45,7 +45,7 @@ pub fn create(name: &str) -> Result<PathBuf> {
     OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(&path)
         .map_err(netns_err(&path, "create mount point"))?;
 
@@ -94,6 +94,8 @@ fn make_run_dir_shared(dir: &Path) -> Result<()> {
 }
 
 /// Whether `path` is a live namespace file (an nsfs mount).
+// f_type's integer type differs between architectures.
+#[allow(clippy::unnecessary_cast)]
 pub fn exists(path: &Path) -> bool {
     rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == NSFS_MAGIC)
 }
@@ -146,7 +148,10 @@ pub fn in_netns<T: Send, F: FnOnce() -> T + Send>(path: Option<&Path>, f: F) -> 
     let fd = open_ns(path)?;
     let joined = std::thread::scope(|s| {
         s.spawn(move || -> io::Result<T> {
-            rustix::thread::move_into_link_name_space(fd.as_fd(), Some(LinkNameSpaceType::Network))?;
+            rustix::thread::move_into_link_name_space(
+                fd.as_fd(),
+                Some(LinkNameSpaceType::Network),
+            )?;
             Ok(f())
         })
         .join()

@@ -108,8 +108,18 @@ impl NetworkInfo {
             if ipam.contains_key("subnet") {
                 ranges.push(ipam);
             }
-            for set in ipam.get("ranges").and_then(Value::as_array).into_iter().flatten() {
-                ranges.extend(set.as_array().into_iter().flatten().filter_map(Value::as_object));
+            for set in ipam
+                .get("ranges")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                ranges.extend(
+                    set.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_object),
+                );
             }
             for r in ranges {
                 if let Some(s) = str_field(r, "subnet") {
@@ -149,19 +159,39 @@ pub fn conflist(spec: &NetworkSpec, default_data_dir: &Path) -> Result<Value> {
     let subnet = spec.subnet.trunc();
     let max_prefix = if subnet.addr.is_ipv4() { 30 } else { 126 };
     if subnet.prefix_len > max_prefix {
-        return Err(bad(format!("subnet {subnet} is too small for a gateway and VMs (at most /{max_prefix})")));
+        return Err(bad(format!(
+            "subnet {subnet} is too small for a gateway and VMs (at most /{max_prefix})"
+        )));
     }
     let gateway = match spec.gateway {
         Some(g) => g,
-        None => subnet.nth(1).ok_or_else(|| bad(format!("subnet {subnet} has no first address")))?,
+        None => subnet
+            .nth(1)
+            .ok_or_else(|| bad(format!("subnet {subnet} has no first address")))?,
     };
-    let last = subnet.nth(if subnet.addr.is_ipv4() { (1u128 << (32 - subnet.prefix_len)) - 1 } else { 0 });
-    if !subnet.contains(&gateway) || gateway == subnet.network() || (subnet.addr.is_ipv4() && Some(gateway) == last) {
-        return Err(bad(format!("gateway {gateway} is not a host address of subnet {subnet}")));
+    let last = subnet.nth(if subnet.addr.is_ipv4() {
+        (1u128 << (32 - subnet.prefix_len)) - 1
+    } else {
+        0
+    });
+    if !subnet.contains(&gateway)
+        || gateway == subnet.network()
+        || (subnet.addr.is_ipv4() && Some(gateway) == last)
+    {
+        return Err(bad(format!(
+            "gateway {gateway} is not a host address of subnet {subnet}"
+        )));
     }
-    let bridge = spec.bridge.clone().unwrap_or_else(|| default_bridge_name(&spec.name));
+    let bridge = spec
+        .bridge
+        .clone()
+        .unwrap_or_else(|| default_bridge_name(&spec.name));
     validate_ifname(&bridge)?;
-    let default_route = if subnet.addr.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+    let default_route = if subnet.addr.is_ipv4() {
+        "0.0.0.0/0"
+    } else {
+        "::/0"
+    };
     let data_dir = spec.ipam_data_dir.as_deref().unwrap_or(default_data_dir);
     let mut bridge_plugin = json!({
         "type": "bridge",
@@ -211,7 +241,10 @@ pub fn create_network(rt: &CniRuntime, spec: &NetworkSpec) -> Result<NetworkInfo
     for other in existing.iter().map(NetworkInfo::from_list) {
         let other_path = other.path.clone().unwrap_or_default();
         if other.name == spec.name {
-            return Err(CniError::NetworkExists { name: spec.name.clone(), path: other_path });
+            return Err(CniError::NetworkExists {
+                name: spec.name.clone(),
+                path: other_path,
+            });
         }
         if other.bridge.is_some() && other.bridge == new_info.bridge {
             return Err(CniError::InvalidNetworkSpec {
@@ -228,7 +261,11 @@ pub fn create_network(rt: &CniRuntime, spec: &NetworkSpec) -> Result<NetworkInfo
             if s.overlaps(&spec.subnet) {
                 return Err(CniError::InvalidNetworkSpec {
                     name: spec.name.clone(),
-                    reason: format!("subnet {} overlaps {s} of network {:?}; pick another --subnet", spec.subnet.trunc(), other.name),
+                    reason: format!(
+                        "subnet {} overlaps {s} of network {:?}; pick another --subnet",
+                        spec.subnet.trunc(),
+                        other.name
+                    ),
                 });
             }
         }
@@ -241,7 +278,13 @@ pub fn create_network(rt: &CniRuntime, spec: &NetworkSpec) -> Result<NetworkInfo
 /// Writes `bytes` to `path` atomically, failing if `path` exists.
 fn write_new_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| CniError::io(dir, e))?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -285,19 +328,33 @@ pub fn remove_network(rt: &CniRuntime, name: &str) -> Result<RemovedNetwork> {
     let users: Vec<String> = entries
         .iter()
         .filter(|e| e.network_name == name)
-        .map(|e| e.firebuild.as_ref().map_or_else(|| e.container_id.clone(), |f| f.vm_id.clone()))
+        .map(|e| {
+            e.firebuild
+                .as_ref()
+                .map_or_else(|| e.container_id.clone(), |f| f.vm_id.clone())
+        })
         .collect();
     if !users.is_empty() {
-        return Err(CniError::NetworkInUse { name: name.to_string(), vms: users });
+        return Err(CniError::NetworkInUse {
+            name: name.to_string(),
+            vms: users,
+        });
     }
     if let Some(path) = &list.source {
         fs::remove_file(path).map_err(|e| CniError::io(path, e))?;
     }
 
-    let mut removed = RemovedNetwork { path: list.source.clone(), bridge_deleted: None, ipam_dir_removed: None };
+    let mut removed = RemovedNetwork {
+        path: list.source.clone(),
+        bridge_deleted: None,
+        ipam_dir_removed: None,
+    };
     if let Some(bridge) = &info.bridge {
         let (others, _) = load_all(&rt.paths().conf_dir)?;
-        let shared = others.iter().map(NetworkInfo::from_list).any(|o| o.bridge.as_ref() == Some(bridge));
+        let shared = others
+            .iter()
+            .map(NetworkInfo::from_list)
+            .any(|o| o.bridge.as_ref() == Some(bridge));
         if !shared && delete_bridge_if_unused(rt.plugin_netns(), bridge)? {
             removed.bridge_deleted = Some(bridge.clone());
         }
@@ -316,7 +373,8 @@ fn delete_bridge_if_unused(host_netns: Option<&Path>, bridge: &str) -> Result<bo
     let Some(br) = links.iter().find(|l| l.name == bridge) else {
         return Ok(false);
     };
-    if br.kind.as_deref() != Some("bridge") || links.iter().any(|l| l.controller == Some(br.index)) {
+    if br.kind.as_deref() != Some("bridge") || links.iter().any(|l| l.controller == Some(br.index))
+    {
         return Ok(false);
     }
     netlink::delete_link(host_netns, bridge)
@@ -348,7 +406,10 @@ pub fn ensure_default_network(rt: &CniRuntime) -> Result<NetworkInfo> {
         Err(e) => return Err(e),
     }
     let (lists, _) = load_all(&rt.paths().conf_dir)?;
-    let mut taken: Vec<IpNet> = lists.iter().flat_map(|l| NetworkInfo::from_list(l).parsed_subnets()).collect();
+    let mut taken: Vec<IpNet> = lists
+        .iter()
+        .flat_map(|l| NetworkInfo::from_list(l).parsed_subnets())
+        .collect();
     taken.extend(host_routes(rt.plugin_netns())?);
     let subnet = (0..=255u8)
         .map(|n| IpNet { addr: IpAddr::V4(Ipv4Addr::new(10, 213, n, 0)), prefix_len: 24 })
@@ -361,7 +422,9 @@ pub fn ensure_default_network(rt: &CniRuntime) -> Result<NetworkInfo> {
     spec.ip_masq = true;
     match create_network(rt, &spec) {
         // Lost a race with another firebuild: use theirs.
-        Err(CniError::NetworkExists { .. }) => Ok(NetworkInfo::from_list(&rt.load_network(DEFAULT_NETWORK)?)),
+        Err(CniError::NetworkExists { .. }) => {
+            Ok(NetworkInfo::from_list(&rt.load_network(DEFAULT_NETWORK)?))
+        }
         other => other,
     }
 }
@@ -369,8 +432,10 @@ pub fn ensure_default_network(rt: &CniRuntime) -> Result<NetworkInfo> {
 /// IPv4 routes of the host namespace (default routes excluded).
 fn host_routes(host_netns: Option<&Path>) -> Result<Vec<IpNet>> {
     // /proc/thread-self/net shows the calling thread's namespace.
-    let text = in_netns(host_netns, || fs::read_to_string("/proc/thread-self/net/route"))?
-        .map_err(|e| CniError::io("/proc/thread-self/net/route", e))?;
+    let text = in_netns(host_netns, || {
+        fs::read_to_string("/proc/thread-self/net/route")
+    })?
+    .map_err(|e| CniError::io("/proc/thread-self/net/route", e))?;
     Ok(parse_proc_routes(&text))
 }
 
@@ -387,7 +452,10 @@ fn parse_proc_routes(text: &str) -> Vec<IpNet> {
             // The kernel prints the big-endian words as native integers.
             let addr = Ipv4Addr::from(dst.to_ne_bytes());
             let prefix = mask.count_ones() as u8;
-            Some(IpNet { addr: IpAddr::V4(addr), prefix_len: prefix })
+            Some(IpNet {
+                addr: IpAddr::V4(addr),
+                prefix_len: prefix,
+            })
         })
         .collect()
 }
@@ -415,7 +483,10 @@ mod tests {
         assert_eq!(v["plugins"][0]["type"], "bridge");
         assert_eq!(v["plugins"][0]["bridge"], "fb-machines");
         assert_eq!(v["plugins"][0]["ipMasq"], true);
-        assert_eq!(v["plugins"][0]["ipam"]["ranges"][0][0]["gateway"], "192.168.127.1");
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][0][0]["gateway"],
+            "192.168.127.1"
+        );
         assert_eq!(v["plugins"][0]["ipam"]["dataDir"], "/var/lib/cni/networks");
         assert_eq!(v["plugins"][0]["dns"]["nameservers"][0], "192.168.127.1");
         assert_eq!(v["plugins"][1]["type"], "firewall");
@@ -441,7 +512,8 @@ mod tests {
 
     #[test]
     fn proc_routes() {
-        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                     eth0\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
                     eth0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         let routes = parse_proc_routes(text);

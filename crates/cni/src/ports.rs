@@ -76,14 +76,20 @@ impl FromStr for PortMapping {
         let port = |s: &str, what: &str| -> Result<u16> {
             match s.parse::<u16>() {
                 Ok(p) if p > 0 => Ok(p),
-                _ => Err(bad(&format!("{what} port {s:?} is not a number from 1 to 65535"))),
+                _ => Err(bad(&format!(
+                    "{what} port {s:?} is not a number from 1 to 65535"
+                ))),
             }
         };
         // `[v6]:HOST:GUEST`
         if let Some(rest) = body.strip_prefix('[') {
-            let (ip, ports) = rest.split_once("]:").ok_or_else(|| bad("unclosed [ in IPv6 host address"))?;
+            let (ip, ports) = rest
+                .split_once("]:")
+                .ok_or_else(|| bad("unclosed [ in IPv6 host address"))?;
             let ip: IpAddr = ip.parse().map_err(|_| bad("bad IPv6 host address"))?;
-            let (h, g) = ports.split_once(':').ok_or_else(|| bad("expected [IP]:HOST:GUEST"))?;
+            let (h, g) = ports
+                .split_once(':')
+                .ok_or_else(|| bad("expected [IP]:HOST:GUEST"))?;
             return Ok(PortMapping {
                 host: HostBinding::Ip(ip),
                 host_port: port(h, "host")?,
@@ -100,7 +106,9 @@ impl FromStr for PortMapping {
                     Ok(ip) => HostBinding::Ip(ip),
                     Err(_) if iface.is_empty() => HostBinding::Any,
                     Err(_) => {
-                        validate_ifname(iface).map_err(|_| bad("first part is neither an IP address nor an interface name"))?;
+                        validate_ifname(iface).map_err(|_| {
+                            bad("first part is neither an IP address nor an interface name")
+                        })?;
                         HostBinding::Interface(iface.to_string())
                     }
                 };
@@ -141,11 +149,17 @@ pub fn parse_port_specs<S: AsRef<str>>(specs: &[S]) -> Result<Vec<PortMapping>> 
     for s in specs {
         let m: PortMapping = s.as_ref().parse()?;
         if let Some(prev) = out.iter().find(|p| {
-            p.host_port == m.host_port && p.protocol == m.protocol && (p.host == m.host || p.host == HostBinding::Any || m.host == HostBinding::Any)
+            p.host_port == m.host_port
+                && p.protocol == m.protocol
+                && (p.host == m.host || p.host == HostBinding::Any || m.host == HostBinding::Any)
         }) {
             return Err(CniError::InvalidPortSpec {
                 spec: s.as_ref().to_string(),
-                reason: format!("host port {}/{} is already published by {prev}", m.host_port, m.protocol.as_str()),
+                reason: format!(
+                    "host port {}/{} is already published by {prev}",
+                    m.host_port,
+                    m.protocol.as_str()
+                ),
             });
         }
         out.push(m);
@@ -173,14 +187,18 @@ pub fn port_mappings_arg(ports: &[PortMapping], host_netns: Option<&Path>) -> Re
             HostBinding::Any => out.push(entry(None)),
             HostBinding::Ip(ip) => out.push(entry(Some(*ip))),
             HostBinding::Interface(iface) => {
-                let addrs = netlink::link_addresses(host_netns, iface).map_err(|e| CniError::PortInterface {
-                    spec: p.to_string(),
-                    iface: iface.clone(),
-                    reason: e.to_string(),
+                let addrs = netlink::link_addresses(host_netns, iface).map_err(|e| {
+                    CniError::PortInterface {
+                        spec: p.to_string(),
+                        iface: iface.clone(),
+                        reason: e.to_string(),
+                    }
                 })?;
                 let usable: Vec<IpAddr> = addrs
                     .into_iter()
-                    .filter(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+                    .filter(
+                        |ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80),
+                    )
                     .collect();
                 // portmap needs the address family to match the guest's; prefer IPv4.
                 let v4: Vec<IpAddr> = usable.iter().copied().filter(IpAddr::is_ipv4).collect();
@@ -211,33 +229,69 @@ mod tests {
     fn all_forms() {
         assert_eq!(
             p("80"),
-            PortMapping { host: HostBinding::Any, host_port: 80, guest_port: 80, protocol: Protocol::Tcp }
+            PortMapping {
+                host: HostBinding::Any,
+                host_port: 80,
+                guest_port: 80,
+                protocol: Protocol::Tcp
+            }
         );
         assert_eq!(
             p("8080:80/udp"),
-            PortMapping { host: HostBinding::Any, host_port: 8080, guest_port: 80, protocol: Protocol::Udp }
+            PortMapping {
+                host: HostBinding::Any,
+                host_port: 8080,
+                guest_port: 80,
+                protocol: Protocol::Udp
+            }
         );
         assert_eq!(p("8080:80/TCP").protocol, Protocol::Tcp);
         assert_eq!(p("53/udp").guest_port, 53);
-        assert_eq!(p("192.168.127.1:8080:80/tcp").host, HostBinding::Ip("192.168.127.1".parse().unwrap()));
-        assert_eq!(p("eth0:8080:80/tcp").host, HostBinding::Interface("eth0".into()));
-        assert_eq!(p("[::1]:8080:80").host, HostBinding::Ip("::1".parse().unwrap()));
+        assert_eq!(
+            p("192.168.127.1:8080:80/tcp").host,
+            HostBinding::Ip("192.168.127.1".parse().unwrap())
+        );
+        assert_eq!(
+            p("eth0:8080:80/tcp").host,
+            HostBinding::Interface("eth0".into())
+        );
+        assert_eq!(
+            p("[::1]:8080:80").host,
+            HostBinding::Ip("::1".parse().unwrap())
+        );
         assert_eq!(p(":8080:80").host, HostBinding::Any);
-        assert_eq!(p("[fd00::1]:8080:80/udp").to_string(), "[fd00::1]:8080:80/udp");
+        assert_eq!(
+            p("[fd00::1]:8080:80/udp").to_string(),
+            "[fd00::1]:8080:80/udp"
+        );
         assert_eq!(p("eth0:1:2").to_string(), "eth0:1:2/tcp");
     }
 
     #[test]
     fn rejects_bad_specs() {
         for bad in [
-            "", "0", "70000", "80/icmp", "a:b", "8080:", ":80", "1:2:3:4", "::1:80:80", "[::1:80:80",
-            "bad/iface:1:2", "8080:80/", "-1",
+            "",
+            "0",
+            "70000",
+            "80/icmp",
+            "a:b",
+            "8080:",
+            ":80",
+            "1:2:3:4",
+            "::1:80:80",
+            "[::1:80:80",
+            "bad/iface:1:2",
+            "8080:80/",
+            "-1",
         ] {
             let e = bad.parse::<PortMapping>();
             assert!(e.is_err(), "{bad} parsed as {:?}", e);
         }
         let msg = "80/icmp".parse::<PortMapping>().unwrap_err().to_string();
-        assert!(msg.contains("80/icmp") && msg.contains("tcp, udp or sctp"), "{msg}");
+        assert!(
+            msg.contains("80/icmp") && msg.contains("tcp, udp or sctp"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -89,7 +89,9 @@ impl CniResult {
             .filter_map(|ip| ip.interface)
             .find(|&i| i >= interfaces.len())
         {
-            return Err(format!("ips refer to interface index {bad}, which is not in interfaces"));
+            return Err(format!(
+                "ips refer to interface index {bad}, which is not in interfaces"
+            ));
         }
         Ok(CniResult {
             cni_version,
@@ -208,7 +210,10 @@ mod tests {
             "ips": [{"interface": 0, "address": "fd00::2/64", "gateway": "fd00::1"}]
         });
         let r = CniResult::parse(raw).unwrap();
-        assert_eq!(r.address_for("eth0").unwrap().address.to_string(), "fd00::2/64");
+        assert_eq!(
+            r.address_for("eth0").unwrap().address.to_string(),
+            "fd00::2/64"
+        );
         assert!(r.routes.is_empty());
         assert_eq!(r.dns, Dns::default());
     }
@@ -220,7 +225,10 @@ mod tests {
             "ip4": {"ip": "10.1.0.5/16", "gateway": "10.1.0.1", "routes": [{"dst": "0.0.0.0/0"}]}
         });
         let r = CniResult::parse(raw).unwrap();
-        assert_eq!(r.address_for("eth0").unwrap().address.to_string(), "10.1.0.5/16");
+        assert_eq!(
+            r.address_for("eth0").unwrap().address.to_string(),
+            "10.1.0.5/16"
+        );
         assert_eq!(r.routes.len(), 1);
     }
 
@@ -228,6 +236,8 @@ mod tests {
     fn rejects_malformed() {
         assert!(CniResult::parse(json!([1])).is_err());
         assert!(CniResult::parse(json!({"ips": [{"address": "nope"}]})).is_err());
-        assert!(CniResult::parse(json!({"ips": [{"address": "10.0.0.1/8", "interface": 3}]})).is_err());
+        assert!(
+            CniResult::parse(json!({"ips": [{"address": "10.0.0.1/8", "interface": 3}]})).is_err()
+        );
     }
 }

@@ -157,9 +157,14 @@ impl CniRuntime {
             if_name: rt.ifname.clone(),
             network_name: list.name.clone(),
             netns: rt.netns.display().to_string(),
-            cni_args: rt.args.iter().map(|(k, v)| [k.clone(), v.clone()]).collect(),
+            cni_args: rt
+                .args
+                .iter()
+                .map(|(k, v)| [k.clone(), v.clone()])
+                .collect(),
             capability_args: rt.capability_args.clone(),
             result: None,
+            partial_result: None,
             firebuild: fb,
         };
         // Written before ADD so a crash mid-chain still leaves what DEL needs.
@@ -167,7 +172,7 @@ impl CniRuntime {
 
         let args = rt.cni_args();
         let mut prev: Option<Value> = None;
-        for plugin in &list.plugins {
+        for (i, plugin) in list.plugins.iter().enumerate() {
             let ty = config::str_field(plugin, "type").unwrap_or_default();
             let stdin = plugin_stdin(list, plugin, prev.as_ref(), &rt.capability_args)?;
             let out = run_plugin(&ty, &stdin, &self.invocation(CniCommand::Add, rt, &args))?;
@@ -177,6 +182,10 @@ impl CniRuntime {
                 reason: e.to_string(),
                 output: String::from_utf8_lossy(&out).into_owned(),
             })?;
+            if i + 1 < list.plugins.len() {
+                entry.partial_result = Some(value.clone());
+                cache.store(&entry)?;
+            }
             prev = Some(value);
         }
         let raw = prev.unwrap_or(Value::Null);
@@ -187,6 +196,7 @@ impl CniRuntime {
             output: raw.to_string(),
         })?;
         entry.result = Some(raw);
+        entry.partial_result = None;
         cache.store(&entry)?;
         tracing::info!(network = %list.name, container_id = %rt.container_id, "CNI ADD done");
         Ok(result)
@@ -232,10 +242,10 @@ impl CniRuntime {
         validate_rt(rt)?;
         let cached = self
             .cache()
-            .load(&list.name, &rt.container_id, &rt.ifname)?
-            .and_then(|e| e.result);
-        self.run_del(list, rt, cached.as_ref())?;
-        self.cache().remove(&list.name, &rt.container_id, &rt.ifname)
+            .load(&list.name, &rt.container_id, &rt.ifname)?;
+        self.run_del(list, rt, cached.as_ref().and_then(CacheEntry::prev_result))?;
+        self.cache()
+            .remove(&list.name, &rt.container_id, &rt.ifname)
     }
 
     /// DEL of a cached attachment with the exact config, arguments and netns
@@ -243,12 +253,17 @@ impl CniRuntime {
     pub fn del_cached(&self, entry: &CacheEntry) -> Result<()> {
         let list = NetworkConfigList::from_bytes(&entry.config, None)?;
         let rt = entry_runtime_conf(entry);
-        self.run_del(&list, &rt, entry.result.as_ref())?;
+        self.run_del(&list, &rt, entry.prev_result())?;
         self.cache()
             .remove(&entry.network_name, &entry.container_id, &entry.if_name)
     }
 
-    fn run_del(&self, list: &NetworkConfigList, rt: &RuntimeConf, cached: Option<&Value>) -> Result<()> {
+    fn run_del(
+        &self,
+        list: &NetworkConfigList,
+        rt: &RuntimeConf,
+        cached: Option<&Value>,
+    ) -> Result<()> {
         // Pre-0.4.0 plugins did not get prevResult on DEL.
         let prev = cached.filter(|_| version_at_least(&list.cni_version, "0.4.0"));
         let args = rt.cni_args();
@@ -272,7 +287,12 @@ impl CniRuntime {
         }
     }
 
-    fn invocation<'a>(&'a self, command: CniCommand, rt: &'a RuntimeConf, args: &'a str) -> Invocation<'a> {
+    fn invocation<'a>(
+        &'a self,
+        command: CniCommand,
+        rt: &'a RuntimeConf,
+        args: &'a str,
+    ) -> Invocation<'a> {
         Invocation {
             command,
             container_id: &rt.container_id,
@@ -366,19 +386,25 @@ mod tests {
         )
         .unwrap();
         let mut caps = Map::new();
-        caps.insert("portMappings".into(), json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]));
+        caps.insert(
+            "portMappings".into(),
+            json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+        );
         caps.insert("bandwidth".into(), json!({"ingressRate": 1}));
         let prev = json!({"cniVersion": "1.0.0", "ips": []});
 
         let bridge: Value =
-            serde_json::from_slice(&plugin_stdin(&list, &list.plugins[0], None, &caps).unwrap()).unwrap();
+            serde_json::from_slice(&plugin_stdin(&list, &list.plugins[0], None, &caps).unwrap())
+                .unwrap();
         assert_eq!(bridge["name"], "n");
         assert_eq!(bridge["cniVersion"], "1.0.0");
         assert!(bridge.get("runtimeConfig").is_none());
         assert!(bridge.get("prevResult").is_none());
 
-        let pm: Value =
-            serde_json::from_slice(&plugin_stdin(&list, &list.plugins[1], Some(&prev), &caps).unwrap()).unwrap();
+        let pm: Value = serde_json::from_slice(
+            &plugin_stdin(&list, &list.plugins[1], Some(&prev), &caps).unwrap(),
+        )
+        .unwrap();
         assert_eq!(pm["prevResult"], prev);
         assert_eq!(pm["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
         assert!(pm["runtimeConfig"].get("bandwidth").is_none());
@@ -397,8 +423,18 @@ mod tests {
     #[test]
     fn flags_put_given_bin_dir_first() {
         let p = CniPaths::from_flags(None, Some("/x".into()), None);
-        assert_eq!(p.bin_dirs, vec![PathBuf::from("/x"), "/opt/cni/bin".into(), "/usr/lib/cni".into()]);
+        assert_eq!(
+            p.bin_dirs,
+            vec![
+                PathBuf::from("/x"),
+                "/opt/cni/bin".into(),
+                "/usr/lib/cni".into()
+            ]
+        );
         let p = CniPaths::from_flags(None, Some("/usr/lib/cni".into()), None);
-        assert_eq!(p.bin_dirs, vec![PathBuf::from("/usr/lib/cni"), "/opt/cni/bin".into()]);
+        assert_eq!(
+            p.bin_dirs,
+            vec![PathBuf::from("/usr/lib/cni"), "/opt/cni/bin".into()]
+        );
     }
 }

@@ -131,7 +131,7 @@ pub fn wire_tap(netns: &Path, veth: &str, tap: &str) -> Result<TapWiring> {
             h.traffic_filter(from.index as i32)
                 .add()
                 .ingress()
-                .protocol(libc::ETH_P_ALL as u16)
+                .protocol((libc::ETH_P_ALL as u16).to_be()) // tc wants network order
                 .redirect(to.index)
                 .map_err(|e| nl_err(op(), ns, e))?
                 .execute()
@@ -147,25 +147,33 @@ pub fn wire_tap(netns: &Path, veth: &str, tap: &str) -> Result<TapWiring> {
     })
 }
 
-/// Verifies the wiring made by [`wire_tap`]: both links exist, the tap is up,
-/// and each has an ingress u32 filter.
+/// Verifies the wiring made by [`wire_tap`]: both links exist, the tap is
+/// up, and each one's ingress redirects every protocol to the other.
 pub fn check_tap(netns: &Path, veth: &str, tap: &str) -> Result<()> {
     let ns = Some(netns);
     netlink::run(ns, |h| async move {
+        let mut links = Vec::new();
         for name in [veth, tap] {
-            let op = || format!("check {name}");
             let link = netlink::link_by_name(&h, name)
                 .await
-                .map_err(|e| nl_err(op(), ns, e))?
-                .ok_or_else(|| nl_err(op(), ns, "missing"))?;
-            if name == tap && !link.up {
-                return Err(nl_err(op(), ns, "tap is down"));
-            }
-            let kinds = netlink::ingress_filter_kinds(&h, link.index)
+                .map_err(|e| nl_err(format!("check {name}"), ns, e))?
+                .ok_or_else(|| nl_err(format!("check {name}"), ns, "missing"))?;
+            links.push(link);
+        }
+        if !links[1].up {
+            return Err(nl_err(format!("check {tap}"), ns, "tap is down"));
+        }
+        for (from, to) in [(&links[0], &links[1]), (&links[1], &links[0])] {
+            let op = || format!("check redirect {} -> {}", from.name, to.name);
+            let redirects = netlink::ingress_redirects(&h, from.index)
                 .await
                 .map_err(|e| nl_err(op(), ns, e))?;
-            if !kinds.iter().any(|k| k == "u32") {
-                return Err(nl_err(op(), ns, "no ingress redirect filter"));
+            if !redirects.contains(&(libc::ETH_P_ALL as u16, to.index)) {
+                return Err(nl_err(
+                    op(),
+                    ns,
+                    format!("no ingress filter redirecting all traffic (found {redirects:?})"),
+                ));
             }
         }
         Ok(())

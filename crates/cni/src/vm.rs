@@ -175,21 +175,33 @@ impl CniRuntime {
         let name = vm_netns_name(&req.vm_id);
         let path = netns::netns_path(&name);
         if !self.cache().for_vm(&req.vm_id)?.is_empty() {
-            return Err(CniError::AlreadyAttached { vm_id: req.vm_id.clone(), what: "cached CNI attachment".into() });
+            return Err(CniError::AlreadyAttached {
+                vm_id: req.vm_id.clone(),
+                what: "cached CNI attachment".into(),
+            });
         }
         if path.exists() {
-            return Err(CniError::AlreadyAttached { vm_id: req.vm_id.clone(), what: format!("namespace {}", path.display()) });
+            return Err(CniError::AlreadyAttached {
+                vm_id: req.vm_id.clone(),
+                what: format!("namespace {}", path.display()),
+            });
         }
 
         let mut capability_args = Map::new();
         if !req.ports.is_empty() {
-            capability_args.insert("portMappings".into(), port_mappings_arg(&req.ports, self.plugin_netns())?);
+            capability_args.insert(
+                "portMappings".into(),
+                port_mappings_arg(&req.ports, self.plugin_netns())?,
+            );
         }
         let rt = RuntimeConf {
             container_id: req.vm_id.clone(),
             netns: path.clone(),
             ifname: req.ifname.clone(),
-            args: req.ip.map(|ip| vec![("IP".to_string(), ip.to_string())]).unwrap_or_default(),
+            args: req
+                .ip
+                .map(|ip| vec![("IP".to_string(), ip.to_string())])
+                .unwrap_or_default(),
             capability_args,
         };
         let attachment = FirebuildAttachment {
@@ -236,9 +248,13 @@ impl CniRuntime {
         // A chain with its own tap plugin (tc-redirect-tap) already did the wiring.
         let (tap_name, mac, mtu) = match tap::find_existing_tap(ns, &rt.ifname)? {
             Some(existing) => {
-                let veth = netlink::get_link(Some(ns), &rt.ifname)?
-                    .ok_or_else(|| netlink::nl_err(format!("get {}", rt.ifname), Some(ns), "missing after ADD"))?;
-                let mac = veth.mac.map(|m| netlink::format_mac(&m)).unwrap_or_default();
+                let veth = netlink::get_link(Some(ns), &rt.ifname)?.ok_or_else(|| {
+                    netlink::nl_err(format!("get {}", rt.ifname), Some(ns), "missing after ADD")
+                })?;
+                let mac = veth
+                    .mac
+                    .map(|m| netlink::format_mac(&m))
+                    .unwrap_or_default();
                 (existing, mac, veth.mtu)
             }
             None => {
@@ -255,12 +271,26 @@ impl CniRuntime {
                 cache.store(&entry)?;
             }
         }
-        vm_network_from(&req.vm_id, &list.name, &attachment, &rt.ifname, result, mac, mtu, req.ports.clone())
+        vm_network_from(
+            &req.vm_id,
+            &list.name,
+            &attachment,
+            &rt.ifname,
+            result,
+            mac,
+            mtu,
+            req.ports.clone(),
+        )
     }
 
     /// The network of a VM as recorded in the cache (for `inspect`), or `None`.
     pub fn vm_network(&self, vm_id: &str) -> Result<Option<VmNetwork>> {
-        let Some(entry) = self.cache().for_vm(vm_id)?.into_iter().find(|e| e.result.is_some()) else {
+        let Some(entry) = self
+            .cache()
+            .for_vm(vm_id)?
+            .into_iter()
+            .find(|e| e.result.is_some())
+        else {
             return Ok(None);
         };
         let Some(fb) = entry.firebuild.clone() else {
@@ -268,12 +298,27 @@ impl CniRuntime {
         };
         let raw = entry.result.clone().unwrap_or(Value::Null);
         let result = CniResult::parse(raw).map_err(|reason| CniError::CacheCorrupt {
-            path: self.cache().path(&entry.network_name, &entry.container_id, &entry.if_name),
+            path: self
+                .cache()
+                .path(&entry.network_name, &entry.container_id, &entry.if_name),
             reason,
         })?;
-        let mac = result.sandbox_interface(&entry.if_name).map(|(_, i)| i.mac.clone()).unwrap_or_default();
+        let mac = result
+            .sandbox_interface(&entry.if_name)
+            .map(|(_, i)| i.mac.clone())
+            .unwrap_or_default();
         let ports = cached_ports(&entry);
-        vm_network_from(vm_id, &entry.network_name, &fb, &entry.if_name, result, mac, 0, ports).map(Some)
+        vm_network_from(
+            vm_id,
+            &entry.network_name,
+            &fb,
+            &entry.if_name,
+            result,
+            mac,
+            0,
+            ports,
+        )
+        .map(Some)
     }
 
     /// CNI CHECK of every attachment of the VM, plus the tap wiring.
@@ -343,7 +388,10 @@ impl CniRuntime {
             tracing::info!(vm_id, "VM network torn down");
             Ok(report)
         } else {
-            Err(CniError::Teardown { vm_id: vm_id.to_string(), problems })
+            Err(CniError::Teardown {
+                vm_id: vm_id.to_string(),
+                problems,
+            })
         }
     }
 
@@ -366,13 +414,16 @@ impl CniRuntime {
                 attachments: Vec::new(),
                 netns: None,
             });
-            o.attachments.push(format!("{}/{}", entry.network_name, entry.if_name));
+            o.attachments
+                .push(format!("{}/{}", entry.network_name, entry.if_name));
             if fb.owns_netns && netns::exists(&fb.netns_path) {
                 o.netns = Some(fb.netns_path.clone());
             }
         }
         for name in netns::list()? {
-            let Some(vm_id) = name.strip_prefix(NETNS_PREFIX) else { continue };
+            let Some(vm_id) = name.strip_prefix(NETNS_PREFIX) else {
+                continue;
+            };
             if vm_id.is_empty() || is_live(vm_id) {
                 continue;
             }
@@ -401,9 +452,13 @@ fn cached_ports(entry: &CacheEntry) -> Vec<PortMapping> {
                         Some(ip) => format!("{ip}:"),
                         None => String::new(),
                     };
-                    format!("{spec}{}:{}/{proto}", m.get("hostPort")?, m.get("containerPort")?)
-                        .parse()
-                        .ok()
+                    format!(
+                        "{spec}{}:{}/{proto}",
+                        m.get("hostPort")?,
+                        m.get("containerPort")?
+                    )
+                    .parse()
+                    .ok()
                 })
                 .collect()
         })
@@ -421,11 +476,14 @@ fn vm_network_from(
     mtu: u32,
     ports: Vec<PortMapping>,
 ) -> Result<VmNetwork> {
-    let ip = result.address_for(ifname).cloned().ok_or_else(|| CniError::IncompleteResult {
-        vm_id: vm_id.to_string(),
-        ifname: ifname.to_string(),
-        what: "IP address",
-    })?;
+    let ip = result
+        .address_for(ifname)
+        .cloned()
+        .ok_or_else(|| CniError::IncompleteResult {
+            vm_id: vm_id.to_string(),
+            ifname: ifname.to_string(),
+            what: "IP address",
+        })?;
     let netns_name = fb
         .netns_path
         .file_name()
@@ -482,7 +540,17 @@ mod tests {
             tap_name: "tap0".into(),
             owns_netns: true,
         };
-        vm_network_from("vm1", "machines", &fb, "eth0", result, "02:00:00:00:00:01".into(), 1500, vec![]).unwrap()
+        vm_network_from(
+            "vm1",
+            "machines",
+            &fb,
+            "eth0",
+            result,
+            "02:00:00:00:00:01".into(),
+            1500,
+            vec![],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -508,8 +576,17 @@ mod tests {
     #[test]
     fn result_without_address_is_an_error() {
         let result = CniResult::parse(json!({"cniVersion": "1.0.0"})).unwrap();
-        let e = vm_network_from("vm1", "n", &FirebuildAttachment::default(), "eth0", result, String::new(), 0, vec![])
-            .unwrap_err();
+        let e = vm_network_from(
+            "vm1",
+            "n",
+            &FirebuildAttachment::default(),
+            "eth0",
+            result,
+            String::new(),
+            0,
+            vec![],
+        )
+        .unwrap_err();
         assert!(matches!(e, CniError::IncompleteResult { .. }));
     }
 
@@ -517,7 +594,11 @@ mod tests {
     fn resolv_conf_fallback() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("resolv.conf");
-        std::fs::write(&p, "# x\nnameserver 127.0.0.53\nnameserver 192.168.127.1\nsearch lan\nnameserver ::1\n").unwrap();
+        std::fs::write(
+            &p,
+            "# x\nnameserver 127.0.0.53\nnameserver 192.168.127.1\nsearch lan\nnameserver ::1\n",
+        )
+        .unwrap();
         assert_eq!(host_nameservers(&p), vec!["192.168.127.1"]);
         assert!(host_nameservers(&dir.path().join("missing")).is_empty());
     }
