@@ -15,7 +15,7 @@ use crate::jail::Jail;
 pub struct VmProcess {
     pub vm_id: String,
     pub pid: u32,
-    /// Start time of the process in clock ticks after boot (/proc/<pid>/stat
+    /// Start time of the process in clock ticks after boot (`/proc/<pid>/stat`
     /// field 22): a pid whose start time differs is another process.
     pub start_time: u64,
     /// The API socket, as a host path.

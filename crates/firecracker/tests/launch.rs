@@ -73,14 +73,16 @@ impl Fixture {
             ..VmSpec::new(id, run.join("vmlinux"), run.join("rootfs.ext4"))
         }
     }
+    /// Generous timeouts: the stand-in is a whole test binary starting up
+    /// on a loaded 2-core CI machine.
     fn direct(&self) -> LaunchConfig {
-        LaunchConfig::new(
+        patient(LaunchConfig::new(
             self.path().join("bin/firecracker"),
             LaunchMode::Direct {
                 run_dir: self.run_dir(),
                 netns: None,
             },
-        )
+        ))
     }
     fn jailer_config(&self) -> JailerConfig {
         JailerConfig {
@@ -92,10 +94,10 @@ impl Fixture {
         }
     }
     fn jailed(&self) -> LaunchConfig {
-        LaunchConfig::new(
+        patient(LaunchConfig::new(
             self.path().join("bin/firecracker"),
             LaunchMode::Jailed(self.jailer_config()),
-        )
+        ))
     }
     /// Pids of every stand-in process started.
     fn pids(&self) -> Vec<u32> {
@@ -116,6 +118,12 @@ impl Drop for Fixture {
             }
         }
     }
+}
+
+fn patient(mut config: LaunchConfig) -> LaunchConfig {
+    config.socket_timeout = Duration::from_secs(60);
+    config.request_timeout = Duration::from_secs(30);
+    config
 }
 
 /// Alive and not a zombie.
@@ -281,8 +289,7 @@ fn direct_launch_of_a_binary_that_dies_reports_its_output() {
         "firecracker",
         "#!/bin/sh\necho 'Error: KVM not supported on this CPU' >&2\nexit 1\n",
     );
-    let mut config = fx.direct();
-    config.socket_timeout = Duration::from_secs(30);
+    let config = fx.direct();
     let err = Machine::launch(&config, &fx.spec("vm-dies")).unwrap_err();
     assert!(matches!(err, Error::ExitedEarly { .. }), "{err}");
     assert!(err.to_string().contains("KVM not supported"), "{err}");
