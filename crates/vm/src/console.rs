@@ -12,13 +12,16 @@ use crate::error::VmError;
 
 /// Drops the `firebuild-exit-code=<n>` line from a byte stream, passing
 /// everything else through as soon as it cannot be that line (so prompts
-/// without a newline are not held back).
+/// without a newline are not held back). What follows the marker is the
+/// kernel powering off, and is dropped too.
 #[derive(Debug, Default)]
 pub struct MarkerFilter {
     /// The current line, held while it may still be the marker.
     held: Vec<u8>,
     /// The current line was already let through (it is not the marker).
     passing: bool,
+    /// The marker was seen: the guest is shutting down.
+    ended: bool,
 }
 
 /// Could `line` (the start of a line) still be, or be, a marker line?
@@ -56,6 +59,9 @@ impl MarkerFilter {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len());
         for &b in bytes {
+            if self.ended {
+                break;
+            }
             if self.passing {
                 out.push(b);
                 if b == b'\n' {
@@ -64,7 +70,9 @@ impl MarkerFilter {
                 continue;
             }
             if b == b'\n' {
-                if !is_marker_line(&self.held) {
+                if is_marker_line(&self.held) {
+                    self.ended = true;
+                } else {
                     out.append(&mut self.held);
                     out.push(b);
                 }
@@ -184,11 +192,11 @@ mod tests {
 
     #[test]
     fn drops_only_the_marker_line() {
-        let text = b"hello\r\nfirebuild-exit-code=3\r\nbye\n";
-        assert_eq!(filter_all(&[text]), "hello\r\nbye\n");
+        let text = b"hello\r\nfirebuild-exit-code=3\r\n[ 4.05] reboot: Restarting system\n";
+        assert_eq!(filter_all(&[text]), "hello\r\n");
         // Byte by byte gives the same result.
         let chunks: Vec<&[u8]> = text.chunks(1).collect();
-        assert_eq!(filter_all(&chunks), "hello\r\nbye\n");
+        assert_eq!(filter_all(&chunks), "hello\r\n");
     }
 
     #[test]
@@ -234,8 +242,11 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap();
-        f.write_all(b"two\nfirebuild-exit-code=0\npartial").unwrap();
+        f.write_all(b"two\npartial").unwrap();
+        assert!(follower.pump(&mut sink).await.unwrap());
+        f.write_all(b" line\nfirebuild-exit-code=0\nreboot\n")
+            .unwrap();
         follower.finish(&mut sink).await.unwrap();
-        assert_eq!(String::from_utf8(sink).unwrap(), "one\ntwo\npartial");
+        assert_eq!(String::from_utf8(sink).unwrap(), "one\ntwo\npartial line\n");
     }
 }
