@@ -8,6 +8,26 @@
 //!
 //! Every step that touches files takes a root prefix, so it can be tested on
 //! the host in a temporary directory.
+//!
+//! # Contract with the host
+//!
+//! - Kernel arguments: `init=/.firebuild/init`, `firebuild.metadata=mmds`
+//!   or `firebuild.metadata=/dev/vdX` (a raw config drive), optionally the
+//!   kernel's `ip=` (then the init keeps the kernel's address and route and
+//!   applies only the MTU) and `firebuild.debug` (info lines on the console).
+//!   `reboot=k panic=1` with QEMU's `-no-reboot` makes the final reboot end
+//!   the VM.
+//! - Exit status: a line `firebuild-exit-code=<n>` (preceded by a newline)
+//!   is printed right before the reboot: the entrypoint's code (128+signal
+//!   when killed), or 240 (metadata), 241 (mounts), 242 (configuration),
+//!   243 (start), 244 (internal error). In `init-mode: image` the image's
+//!   own init decides, and no marker is printed.
+//! - Graceful stop: ctrl-alt-del (QEMU `sendkey ctrl-alt-delete` or QMP
+//!   `send-key`, Firecracker `SendCtrlAltDel`) reaches PID 1 as SIGINT
+//!   because the init disables the kernel's ctrl-alt-del reboot. The init
+//!   sends the image's STOPSIGNAL to the entrypoint and SIGKILL after
+//!   `stop-timeout-seconds` (0 means 10). SIGTERM and SIGPWR to PID 1 do
+//!   the same; other signals are forwarded to the entrypoint as they are.
 
 pub mod cmdline;
 pub mod files;

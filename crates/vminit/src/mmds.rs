@@ -154,9 +154,14 @@ impl MmdsClient {
             .map_err(io_err)?;
 
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.addr.ip()
         );
+        // An empty body is announced only where one is expected: MMDS
+        // refuses a GET that carries a body.
+        if method != "GET" {
+            req.push_str("Content-Length: 0\r\n");
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -400,6 +405,9 @@ mod tests {
                 Some(1..=21600) => ("200 OK", TOKEN.to_string()),
                 _ => ("400 Bad Request", "missing or invalid TTL".to_string()),
             },
+            ["GET", _] if header("content-length").is_some() => {
+                ("400 Bad Request", "GET request cannot have a body.".into())
+            }
             ["GET", METADATA_PATH] => match header(TOKEN_HEADER) {
                 None => ("401 Unauthorized", "No MMDS token provided.".into()),
                 Some(t) if t != TOKEN => ("401 Unauthorized", "MMDS token not valid.".into()),

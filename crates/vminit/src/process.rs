@@ -185,6 +185,13 @@ pub fn spawn(
     // touches memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            // The init keeps its handled signals blocked; the mask survives
+            // exec, and the standard library does not reset it.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
             // A new session without a controlling terminal, as Docker runs
             // a container process without a TTY.
             if libc::setsid() < 0 {

@@ -100,6 +100,13 @@ fn main() {
         assert_eq!(process::supervise(pid, policy(libc::SIGTERM, 10_000)), 3);
     });
 
+    case("the entrypoint starts with no signal blocked", || {
+        // The supervisor keeps its signals blocked; the child must not
+        // inherit that mask (a shell's traps would never fire).
+        let pid = start("m=$(sed -n 's/^SigBlk:[[:space:]]*//p' /proc/$$/status); [ \"$m\" = 0000000000000000 ]");
+        assert_eq!(process::supervise(pid, policy(libc::SIGTERM, 10_000)), 0);
+    });
+
     case("killed by a signal is 128+n", || {
         let pid = start("kill -9 $$");
         assert_eq!(process::supervise(pid, policy(libc::SIGTERM, 10_000)), 137);
