@@ -221,6 +221,16 @@ impl ProfileDir {
 }
 
 impl Profile {
+    /// The jailer names each jail's directory after the Firecracker
+    /// executable's real file name (a symlink is resolved first).
+    fn jail_dir_name(&self) -> String {
+        self.binary_firecracker
+            .as_deref()
+            .and_then(|path| fs::canonicalize(path).ok())
+            .and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "firecracker".to_owned())
+    }
+
     /// Overlays the settings given on the command line.
     pub fn apply(&mut self, args: &SettingsArgs) {
         fn set<T: Clone>(field: &mut Option<T>, value: &Option<T>) {
@@ -287,7 +297,7 @@ impl Profile {
             check_dir("cni-bin-dir", path)?;
         }
         if let Some(base) = &self.chroot_base {
-            check_chroot_base(base)?;
+            check_chroot_base(base, &self.jail_dir_name())?;
         }
         if let Some(provider) = &self.storage_provider {
             if provider != DIRECTORY_PROVIDER {
@@ -354,8 +364,8 @@ fn check_dir(flag: &'static str, path: &Path) -> Result<(), ProfileError> {
     }
 }
 
-/// The jail's API socket is `<base>/firecracker/<vm-id>/root/run/firecracker.socket`.
-fn check_chroot_base(base: &Path) -> Result<(), ProfileError> {
+/// The jail's API socket is `<base>/<exec-name>/<vm-id>/root/run/firecracker.socket`.
+fn check_chroot_base(base: &Path, exec_name: &str) -> Result<(), ProfileError> {
     check_dir("chroot-base", base)?;
     if base == Path::new("/") {
         return Err(ProfileError::BadPath {
@@ -364,7 +374,7 @@ fn check_chroot_base(base: &Path) -> Result<(), ProfileError> {
             problem: "can't be /; use a dedicated directory such as /srv/jailer",
         });
     }
-    let example = jail_socket_path(base, &"x".repeat(MAX_VM_ID_LEN));
+    let example = jail_socket_path(base, exec_name, &"x".repeat(MAX_VM_ID_LEN));
     let len = base.as_os_str().len();
     let fixed = example.len() - len;
     if example.len() > UNIX_SOCKET_PATH_MAX {
@@ -379,9 +389,9 @@ fn check_chroot_base(base: &Path) -> Result<(), ProfileError> {
     Ok(())
 }
 
-fn jail_socket_path(base: &Path, vm_id: &str) -> String {
+fn jail_socket_path(base: &Path, exec_name: &str, vm_id: &str) -> String {
     format!(
-        "{}/firecracker/{vm_id}/root/run/firecracker.socket",
+        "{}/{exec_name}/{vm_id}/root/run/firecracker.socket",
         base.display().to_string().trim_end_matches('/')
     )
 }
