@@ -131,13 +131,11 @@ fn fetch(spec: &GitSpec, git_dir: &Path) -> Result<String, SourceError> {
         ],
     );
     match shallow {
-        Ok(_) => {
-            return run_git(
-                repo,
-                git_dir,
-                &["rev-parse", "--verify", "FETCH_HEAD^{commit}"],
-            )
-        }
+        Ok(_) => run_git(
+            repo,
+            git_dir,
+            &["rev-parse", "--verify", "FETCH_HEAD^{commit}"],
+        ),
         Err(e) => {
             let Some(r) = reference.filter(|r| looks_like_commit(r)) else {
                 // Not a commit id: the ref does not exist (or the remote
