@@ -34,6 +34,8 @@ pub mod init_failure {
     pub const CONFIGURE: i32 = 242;
     /// The entrypoint could not be started (not found, bad user, ...).
     pub const START: i32 = 243;
+    /// The guest init itself failed unexpectedly (a bug: please report it).
+    pub const INTERNAL: i32 = 244;
 }
 
 /// Finds the exit code in a console log: the last marker line wins.
