@@ -7,9 +7,8 @@ use std::io::Write;
 
 use firebuild_metadata::boot::EXIT_CODE_MARKER;
 
-/// Exit status for an unexpected internal error of the init itself (a
-/// panic); outside the [`firebuild_metadata::boot::init_failure`] codes.
-pub const INTERNAL_FAILURE: i32 = 244;
+/// Exit status for an unexpected internal error of the init itself (a panic).
+pub const INTERNAL_FAILURE: i32 = firebuild_metadata::boot::init_failure::INTERNAL;
 
 /// The console line carrying the exit status. It starts with a newline so
 /// the marker begins a line even when the entrypoint's last output did not
