@@ -39,6 +39,7 @@ mod pattern;
 mod render;
 mod scope;
 mod stages;
+mod values;
 mod words;
 
 pub use ast::*;
@@ -50,6 +51,7 @@ pub use mount::{CacheSharing, Mount, MountSpec, MountType};
 pub use render::render;
 pub use scope::{GlobalScope, Platform, StageScope};
 pub use stages::{Dependency, FromRef, ResolvedStage, StageBase, StageGraph};
+pub use values::{parse_signal, PortSpec};
 
 /// Serialize the AST as pretty JSON (`firebuild dockerfile parse --json`).
 pub fn to_json(df: &Dockerfile) -> String {
