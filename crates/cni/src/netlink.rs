@@ -144,7 +144,7 @@ where
     F: FnOnce(Handle) -> Fut + Send,
     Fut: Future<Output = Result<T>>,
 {
-    in_netns(netns, move || {
+    let job = move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
@@ -157,7 +157,14 @@ where
             task.abort();
             out
         })
-    })?
+    };
+    match netns {
+        Some(_) => in_netns(netns, job)?,
+        // A thread of our own even here: the caller may be inside a tokio
+        // runtime, where starting another one on its thread panics.
+        None => std::thread::scope(|s| s.spawn(job).join())
+            .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+    }
 }
 
 pub(crate) async fn link_by_name(
@@ -320,6 +327,15 @@ mod tests {
         for bad in ["", "a/b", "a:b", "a b", "0123456789abcdef", "..", "."] {
             assert!(validate_ifname(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn works_from_inside_a_tokio_runtime() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let links = rt.block_on(async { list_links(None) }).unwrap();
+        assert!(links.iter().any(|l| l.name == "lo"), "{links:?}");
     }
 
     #[test]

@@ -264,3 +264,31 @@ fn requested_ip_and_published_ports_reach_a_server() {
     );
     assert!(!rules.contains("8080"), "rules left after DEL:\n{rules}");
 }
+
+#[test]
+fn spec_040_chain_and_versions_without_check() {
+    let w = World::new("v040");
+    create_network(&w.rt, &w.spec("v040", "192.168.127.0/24")).unwrap();
+    // The same chain declared as spec 0.4.0: results carry `version` fields.
+    let path = w.rt.paths().conf_dir.join("v040.conflist");
+    let mut conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    conf["cniVersion"] = "0.4.0".into();
+    std::fs::write(&path, serde_json::to_vec(&conf).unwrap()).unwrap();
+    let list = w.rt.load_network("v040").unwrap();
+    let ns = vm_netns(&w, "a");
+    let rt = rt_conf(&w, "a", &ns);
+    let result = w.rt.add(&list, &rt).unwrap();
+    assert_eq!(result.cni_version, "0.4.0");
+    assert_eq!(result.raw["ips"][0]["version"], "4");
+    assert!(result.address_for("eth0").is_some());
+    w.rt.check(&list, &rt).unwrap();
+    w.rt.del(&list, &rt).unwrap();
+    assert!(common::leases(&w.ipam_dir().join("v040")).is_empty());
+
+    // 0.3.1 has no CHECK: refused before any plugin runs.
+    conf["cniVersion"] = "0.3.1".into();
+    let old = NetworkConfigList::from_bytes(&serde_json::to_vec(&conf).unwrap(), None).unwrap();
+    let err = w.rt.check(&old, &rt).unwrap_err();
+    assert!(matches!(err, CniError::CheckUnsupported { .. }), "{err}");
+}

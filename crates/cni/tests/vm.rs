@@ -40,7 +40,22 @@ fn tap_carries_frames_both_ways() {
     let vm = w.vm("a");
     let mut req = VmNetworkRequest::new(&vm, "tapnet");
     req.ip = Some("192.168.127.20".parse().unwrap());
+    // An owner no user has, so `ip` prints it as a number.
+    req.tap_owner = Some(firebuild_cni::TapOwner {
+        uid: 4242,
+        gid: 4243,
+    });
     let net = w.rt.setup_vm_network(&req).unwrap();
+    let details = String::from_utf8_lossy(
+        &run_in(&net.netns_path, &["ip", "-d", "link", "show", "tap0"])
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        details.contains("tun type tap") && details.contains("user 4242 group 4243"),
+        "{details}"
+    );
 
     assert_eq!(
         net.netns_path,
