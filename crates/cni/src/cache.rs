@@ -32,6 +32,10 @@ pub struct FirebuildAttachment {
     /// The tap device inside that netns, empty if the chain made none.
     #[serde(default)]
     pub tap_name: String,
+    /// Whether we made and wired the tap (CHECK then verifies the wiring);
+    /// false when a plugin of the chain made it.
+    #[serde(default)]
+    pub tap_wired: bool,
     /// Whether we created the netns (and so must delete it).
     #[serde(default)]
     pub owns_netns: bool,
@@ -261,6 +265,7 @@ mod tests {
                 vm_id: v.into(),
                 netns_path: "/run/netns/x".into(),
                 tap_name: "tap0".into(),
+                tap_wired: true,
                 owns_netns: true,
             }),
         }

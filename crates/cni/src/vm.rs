@@ -208,6 +208,7 @@ impl CniRuntime {
             vm_id: req.vm_id.clone(),
             netns_path: path.clone(),
             tap_name: req.tap_name.clone(),
+            tap_wired: false,
             owns_netns: true,
         };
 
@@ -246,7 +247,7 @@ impl CniRuntime {
         let result = self.add_with(list, rt, Some(attachment.clone()))?;
         let ns = rt.netns.as_path();
         // A chain with its own tap plugin (tc-redirect-tap) already did the wiring.
-        let (tap_name, mac, mtu) = match tap::find_existing_tap(ns, &rt.ifname)? {
+        let (tap_name, mac, mtu, wired) = match tap::find_existing_tap(ns, &rt.ifname)? {
             Some(existing) => {
                 let veth = netlink::get_link(Some(ns), &rt.ifname)?.ok_or_else(|| {
                     netlink::nl_err(format!("get {}", rt.ifname), Some(ns), "missing after ADD")
@@ -255,16 +256,17 @@ impl CniRuntime {
                     .mac
                     .map(|m| netlink::format_mac(&m))
                     .unwrap_or_default();
-                (existing, mac, veth.mtu)
+                (existing, mac, veth.mtu, false)
             }
             None => {
                 tap::create_tap(ns, &req.tap_name, req.tap_owner)?;
                 let w = tap::wire_tap(ns, &rt.ifname, &req.tap_name)?;
-                (w.tap_name, w.mac, w.mtu)
+                (w.tap_name, w.mac, w.mtu, true)
             }
         };
-        if tap_name != attachment.tap_name {
+        if tap_name != attachment.tap_name || wired != attachment.tap_wired {
             attachment.tap_name = tap_name.clone();
+            attachment.tap_wired = wired;
             let cache = self.cache();
             if let Some(mut entry) = cache.load(&list.name, &rt.container_id, &rt.ifname)? {
                 entry.firebuild = Some(attachment.clone());
@@ -283,7 +285,8 @@ impl CniRuntime {
         )
     }
 
-    /// The network of a VM as recorded in the cache (for `inspect`), or `None`.
+    /// The network of a VM as recorded in the cache (for `inspect`), or
+    /// `None`. `mtu` is 0 once the namespace is gone.
     pub fn vm_network(&self, vm_id: &str) -> Result<Option<VmNetwork>> {
         let Some(entry) = self
             .cache()
@@ -308,6 +311,12 @@ impl CniRuntime {
             .map(|(_, i)| i.mac.clone())
             .unwrap_or_default();
         let ports = cached_ports(&entry);
+        // The MTU is not in the result; read it live while the namespace exists.
+        let mtu = if netns::exists(&fb.netns_path) {
+            netlink::get_link(Some(&fb.netns_path), &entry.if_name)?.map_or(0, |l| l.mtu)
+        } else {
+            0
+        };
         vm_network_from(
             vm_id,
             &entry.network_name,
@@ -315,7 +324,7 @@ impl CniRuntime {
             &entry.if_name,
             result,
             mac,
-            0,
+            mtu,
             ports,
         )
         .map(Some)
@@ -336,7 +345,7 @@ impl CniRuntime {
             let list = NetworkConfigList::from_bytes(&entry.config, None)?;
             let rt = entry_runtime_conf(&entry);
             self.check(&list, &rt)?;
-            if let Some(fb) = entry.firebuild.as_ref().filter(|f| !f.tap_name.is_empty()) {
+            if let Some(fb) = entry.firebuild.as_ref().filter(|f| f.tap_wired) {
                 tap::check_tap(&fb.netns_path, &entry.if_name, &fb.tap_name)?;
             }
         }
@@ -538,6 +547,7 @@ mod tests {
             vm_id: "vm1".into(),
             netns_path: "/run/netns/firebuild-vm1".into(),
             tap_name: "tap0".into(),
+            tap_wired: true,
             owns_netns: true,
         };
         vm_network_from(

@@ -77,10 +77,7 @@ fn tap_carries_frames_both_ways() {
     w.rt.check_vm_network(&vm).unwrap();
     // inspect reads the same back from the cache.
     let cached = w.rt.vm_network(&vm).unwrap().unwrap();
-    assert_eq!(
-        (cached.address, cached.mac.clone(), cached.tap_name.clone()),
-        (net.address, net.mac.clone(), net.tap_name.clone())
-    );
+    assert_eq!(cached, net);
 
     // Nothing holds the tap yet: nobody answers.
     assert!(ping(&w, "192.168.127.20").is_err());
@@ -353,4 +350,50 @@ fn default_network_is_made_on_first_use() {
     );
     // Idempotent.
     assert_eq!(ensure_default_network(&w.rt).unwrap(), info);
+}
+
+#[test]
+fn a_tap_made_by_the_chain_is_used_as_is() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new("ownt");
+    // A stand-in for tc-redirect-tap: a plugin (first in the chain, searched
+    // in an extra bin dir) that makes a tap in the VM namespace.
+    let bin = w.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let plugin = bin.join("fake-tap");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  ip -n \"$(basename \"$CNI_NETNS\")\" tuntap add tap7 mode tap || exit 1\n  echo '{\"cniVersion\":\"1.0.0\"}'\nfi\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut paths = w.rt.paths().clone();
+    paths.bin_dirs.insert(0, bin);
+    let rt = CniRuntime::new(paths).with_plugin_netns(&w.host_path);
+    create_network(&rt, &w.spec("ownt", "192.168.127.0/24")).unwrap();
+    let path = rt.paths().conf_dir.join("ownt.conflist");
+    let mut conf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    conf["plugins"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, serde_json::json!({"type": "fake-tap"}));
+    std::fs::write(&path, serde_json::to_vec(&conf).unwrap()).unwrap();
+
+    let vm = w.vm("a");
+    let net = rt
+        .setup_vm_network(&VmNetworkRequest::new(&vm, "ownt"))
+        .unwrap();
+    assert_eq!(net.tap_name, "tap7");
+    let links = String::from_utf8_lossy(
+        &run_in(&net.netns_path, &["ip", "-o", "link"])
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(!links.contains("tap0"), "we made a second tap: {links}");
+    assert_eq!(rt.vm_network(&vm).unwrap().unwrap().tap_name, "tap7");
+    rt.check_vm_network(&vm).unwrap();
+    rt.teardown_vm_network(&vm, false).unwrap();
+    assert!(!netns::exists(&net.netns_path));
 }
