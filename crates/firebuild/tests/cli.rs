@@ -142,12 +142,12 @@ fn profile_errors_are_one_clear_line() {
 
 #[test]
 fn unimplemented_commands_fail_cleanly() {
-    let out = firebuild(&["network", "ls"]);
+    let out = firebuild(&["purge"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert_eq!(
         err.trim(),
-        "error: `firebuild network` is not implemented yet"
+        "error: `firebuild purge` is not implemented yet"
     );
 }
 
@@ -200,4 +200,67 @@ fn image_ls_inspect_rm_on_a_store() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn network_create_ls_rm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("conf");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::create_dir(&cache).unwrap();
+    let dirs = [
+        format!("--cni-conf-dir={}", conf.display()),
+        format!("--cni-cache-dir={}", cache.display()),
+    ];
+    let with_dirs = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(dirs.iter().map(String::as_str));
+        firebuild(&all)
+    };
+
+    let out = with_dirs(&[
+        "network",
+        "create",
+        "machines",
+        "--subnet",
+        "192.168.127.0/24",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conflist: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stdout(&out).trim()).unwrap()).unwrap();
+    let types: Vec<&str> = conflist["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["bridge", "firewall", "portmap"]);
+
+    let out = with_dirs(&["network", "ls"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("machines") && text.contains("192.168.127.0/24"),
+        "{text}"
+    );
+
+    let out = with_dirs(&[
+        "network",
+        "create",
+        "machines",
+        "--subnet",
+        "192.168.128.0/24",
+    ]);
+    assert!(!out.status.success(), "a duplicate name must be refused");
+
+    let out = with_dirs(&["network", "create", "bad", "--subnet", "192.168.1.0/33"]);
+    assert!(
+        stderr(&out).contains("--subnet 192.168.1.0/33"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = with_dirs(&["network", "rm", "machines"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&with_dirs(&["network", "ls"])).contains("machines"));
 }

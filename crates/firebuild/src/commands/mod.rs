@@ -2,6 +2,7 @@
 //! global flags, and does the work through the library crates.
 
 mod image;
+mod network;
 mod profile;
 
 use std::process::ExitCode;
@@ -35,14 +36,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(_) => Err(NotImplemented("logs").into()),
         Command::Kernel(_) => Err(NotImplemented("kernel").into()),
         Command::Dockerfile(_) => Err(NotImplemented("dockerfile").into()),
-        Command::Network(_) => Err(NotImplemented("network").into()),
+        Command::Network(command) => network::run(global, command),
     }?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Privileged work (namespaces, mounts, netlink, taps, KVM) needs root: say
 /// so before doing anything.
-#[allow(dead_code)] // used by the privileged commands as they land
 pub fn require_root(command: &str) -> anyhow::Result<()> {
     if rustix::process::geteuid().is_root() {
         Ok(())
