@@ -426,52 +426,78 @@ fn unescape(p: &str) -> String {
 pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    glob_at(&p, &n)
+    // Memoize failed (pattern, name) positions: linear in |p|·|n| even
+    // for patterns with many stars.
+    let mut failed = std::collections::HashSet::new();
+    glob_at(&p, 0, &n, 0, &mut failed)
 }
 
-fn glob_at(p: &[char], n: &[char]) -> bool {
-    if p.is_empty() {
-        return n.is_empty();
+/// Match one `[...]` class at `p[i]` against `c`; returns the index after
+/// the class, or None if the class is unterminated.
+fn class_match(p: &[char], mut i: usize, c: char) -> Option<(usize, bool)> {
+    i += 1;
+    let negate = p.get(i) == Some(&'^');
+    if negate {
+        i += 1;
     }
-    match p[0] {
-        '*' => (0..=n.len()).any(|i| glob_at(&p[1..], &n[i..])),
-        '?' => !n.is_empty() && glob_at(&p[1..], &n[1..]),
-        '[' => {
-            if n.is_empty() {
-                return false;
-            }
-            let mut i = 1;
-            let negate = p.get(1) == Some(&'^');
-            if negate {
-                i += 1;
-            }
-            let mut matched = false;
-            let mut first = true;
-            while i < p.len() && (first || p[i] != ']') {
-                first = false;
-                let mut lo = p[i];
-                if lo == '\\' && i + 1 < p.len() {
-                    i += 1;
-                    lo = p[i];
-                }
-                let mut hi = lo;
-                if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|c| *c != ']') {
-                    hi = p[i + 2];
-                    i += 2;
-                }
-                if lo <= n[0] && n[0] <= hi {
-                    matched = true;
-                }
-                i += 1;
-            }
-            if i >= p.len() {
-                return false; // unterminated class matches nothing
-            }
-            matched != negate && glob_at(&p[i + 1..], &n[1..])
+    let mut matched = false;
+    let mut first = true;
+    while i < p.len() && (first || p[i] != ']') {
+        first = false;
+        let mut lo = p[i];
+        if lo == '\\' && i + 1 < p.len() {
+            i += 1;
+            lo = p[i];
         }
-        '\\' if p.len() > 1 => !n.is_empty() && n[0] == p[1] && glob_at(&p[2..], &n[1..]),
-        c => !n.is_empty() && n[0] == c && glob_at(&p[1..], &n[1..]),
+        let mut hi = lo;
+        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|c| *c != ']') {
+            hi = p[i + 2];
+            i += 2;
+        }
+        if lo <= c && c <= hi {
+            matched = true;
+        }
+        i += 1;
     }
+    if i >= p.len() {
+        return None;
+    }
+    Some((i + 1, matched != negate))
+}
+
+fn glob_at(
+    p: &[char],
+    pi: usize,
+    n: &[char],
+    ni: usize,
+    failed: &mut std::collections::HashSet<(usize, usize)>,
+) -> bool {
+    if failed.contains(&(pi, ni)) {
+        return false;
+    }
+    let ok = if pi == p.len() {
+        ni == n.len()
+    } else {
+        match p[pi] {
+            '*' => (ni..=n.len()).any(|k| glob_at(p, pi + 1, n, k, failed)),
+            '?' => ni < n.len() && glob_at(p, pi + 1, n, ni + 1, failed),
+            '[' => {
+                ni < n.len()
+                    && match class_match(p, pi, n[ni]) {
+                        Some((next, true)) => glob_at(p, next, n, ni + 1, failed),
+                        _ => false,
+                    }
+            }
+            '\\' if pi + 1 < p.len() => {
+                ni < n.len() && n[ni] == p[pi + 1] && glob_at(p, pi + 2, n, ni + 1, failed)
+            }
+            c => ni < n.len() && n[ni] == c && glob_at(p, pi + 1, n, ni + 1, failed),
+        }
+    };
+    if !ok {
+        failed.insert((pi, ni));
+    }
+    ok
 }
 
 /// Files fetched relative to the directory of a Dockerfile URL.
@@ -530,5 +556,7 @@ mod tests {
         assert!(!glob_match("[^a-c]x", "bx"));
         assert!(glob_match("\\*", "*"));
         assert!(!glob_match("[a", "a"));
+        let long = "a".repeat(60);
+        assert!(!glob_match("*a*a*a*a*a*a*a*a*a*a*b", &long));
     }
 }
