@@ -1,0 +1,362 @@
+//! [`FirecrackerVmm`]: the runtime's [`Vmm`] trait over the Firecracker
+//! driver.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use firebuild_firecracker::{self as fc, NetworkSpec, VmProcess, VmSpec};
+use firebuild_vm::rundir::RunDir;
+use firebuild_vm::{
+    Availability, LaunchConfig, NetworkAttachment, RunMetadata, StartedVm, VmError, Vmm, VmmKind,
+};
+use serde_json::json;
+
+use crate::boot;
+use crate::config::{find_binary, FirecrackerConfig};
+use crate::details::{FirecrackerDetails, Mode};
+use crate::host;
+
+/// Firecracker's own log, in the run directory.
+pub const LOG_FILE: &str = "firecracker.log";
+/// Firecracker's metrics, in the run directory.
+pub const METRICS_FILE: &str = "firecracker.metrics";
+
+/// How long a SIGKILLed Firecracker may take to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(20);
+
+/// The Firecracker [`Vmm`].
+///
+/// Only `availability`, `preflight` and `start` use the configuration;
+/// stopping, describing and cleaning up work from the VM's stored
+/// `vmm_details` ([`FirecrackerDetails`]), so `kill`, `ls` and `purge`
+/// manage a VM whatever the profile says now.
+#[derive(Debug, Clone, Default)]
+pub struct FirecrackerVmm {
+    config: FirecrackerConfig,
+}
+
+impl FirecrackerVmm {
+    pub fn new(config: FirecrackerConfig) -> Self {
+        FirecrackerVmm { config }
+    }
+
+    pub fn config(&self) -> &FirecrackerConfig {
+        &self.config
+    }
+
+    /// The resolved `firecracker` binary, and the `jailer` unless
+    /// `--no-jailer`; the error says which is missing and what to do.
+    fn binaries(&self) -> Result<(PathBuf, Option<PathBuf>), String> {
+        let firecracker = find_binary(&self.config.firecracker).ok_or_else(|| {
+            missing(
+                &self.config.firecracker,
+                "install Firecracker v1.16 from its release tarball (see the README) or set --binary-firecracker",
+            )
+        })?;
+        if self.config.no_jailer {
+            return Ok((firecracker, None));
+        }
+        let jailer = find_binary(&self.config.jailer).ok_or_else(|| {
+            missing(
+                &self.config.jailer,
+                "install the jailer from the same Firecracker release tarball and set --binary-jailer, or use --no-jailer on a development host",
+            )
+        })?;
+        Ok((firecracker, Some(jailer)))
+    }
+
+    fn check_available(&self, kernel: &Path, run_cache: &Path) -> Result<(), String> {
+        let (firecracker, jailer) = self.binaries()?;
+        let config = self
+            .config
+            .launch_config(firecracker, jailer, run_cache, None);
+        fc::availability(&config).map_err(|e| match e {
+            fc::Error::Io { path, source, .. } if path == Path::new("/dev/kvm") => format!(
+                "cannot open /dev/kvm read-write ({source}); Firecracker needs KVM: run as root (or a member of the kvm group) on a host with KVM enabled"
+            ),
+            other => other.to_string(),
+        })?;
+        host::check_elf_kernel(kernel)
+    }
+
+    /// The VM description for Firecracker; creates the console, log and
+    /// metrics files (0600) in the run directory.
+    fn vm_spec(&self, launch: &LaunchConfig, net: &NetworkAttachment) -> Result<VmSpec, VmError> {
+        let vcpu_count = u8::try_from(launch.cpus).map_err(|_| {
+            start_error(
+                &launch.id,
+                format!("{} vCPUs: Firecracker runs at most 32", launch.cpus),
+            )
+        })?;
+        let mtu =
+            net.mtu.map(u16::try_from).transpose().map_err(|_| {
+                start_error(&launch.id, format!("MTU {:?} is above 65535", net.mtu))
+            })?;
+        let mmds = serde_json::to_value(&launch.guest).map_err(VmError::GuestMetadata)?;
+        let console = launch.run_dir.console_log();
+        let log = launch.run_dir.file(LOG_FILE);
+        let metrics = launch.run_dir.file(METRICS_FILE);
+        for file in [&console, &log, &metrics] {
+            create_private(file)?;
+        }
+        Ok(VmSpec {
+            boot_args: launch.kernel_args.clone(),
+            vcpu_count,
+            mem_size_mib: launch.mem_mib,
+            network: Some(NetworkSpec {
+                tap: net.tap.clone(),
+                guest_mac: Some(net.guest_mac.clone()),
+                mtu,
+            }),
+            mmds: Some(mmds),
+            log_path: Some(log),
+            metrics_path: Some(metrics),
+            console_path: Some(console),
+            ..VmSpec::new(&launch.id, &launch.kernel, &launch.rootfs)
+        })
+    }
+}
+
+/// "`what` is missing", naming the path or the `PATH` lookup.
+fn missing(binary: &Path, todo: &str) -> String {
+    if binary.components().count() > 1 {
+        format!(
+            "{} is missing or not an executable file; {todo}",
+            binary.display()
+        )
+    } else {
+        format!("{} was not found in PATH; {todo}", binary.display())
+    }
+}
+
+fn start_error(id: &str, reason: impl Into<String>) -> VmError {
+    VmError::Start {
+        kind: VmmKind::Firecracker,
+        id: id.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn stop_error(id: &str, reason: impl Into<String>) -> VmError {
+    VmError::Stop {
+        id: id.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Creates (or truncates) `path` with mode 0600.
+fn create_private(path: &Path) -> Result<(), VmError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| VmError::Io {
+            what: "creating",
+            path: path.to_owned(),
+            source: e,
+        })
+}
+
+/// The stored details of `vm`, for an action that needs the process.
+fn stored_details(vm: &RunMetadata) -> Result<Option<FirecrackerDetails>, String> {
+    FirecrackerDetails::from_metadata(vm).map_err(|e| {
+        format!(
+            "its run metadata's vmm_details are not a Firecracker process record ({e}); was run.json edited?"
+        )
+    })
+}
+
+/// Ends a VM we cannot hand over to the runtime (a failure after launch).
+fn abandon(process: &VmProcess) {
+    if let Err(e) = process.kill() {
+        tracing::warn!(vm_id = %process.vm_id, "cannot kill Firecracker after a failed start: {e}");
+    }
+    if process.wait_exit(KILL_WAIT) {
+        if let Err(e) = process.cleanup() {
+            tracing::warn!(vm_id = %process.vm_id, "cannot clean up after a failed start: {e}");
+        }
+    }
+}
+
+#[async_trait]
+impl Vmm for FirecrackerVmm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Firecracker
+    }
+
+    async fn availability(&self, kernel: &Path, run_cache: &Path) -> Availability {
+        match self.check_available(kernel, run_cache) {
+            Ok(()) => Availability::Usable,
+            Err(reason) => Availability::Unusable { reason },
+        }
+    }
+
+    fn kernel_args(&self) -> Vec<String> {
+        boot::kernel_args()
+    }
+
+    fn preflight(&self, run_dir: &RunDir) -> Result<(), VmError> {
+        let id = run_dir
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let (firecracker, jailer) = self.binaries().map_err(|r| start_error(id, r))?;
+        if jailer.is_some() {
+            host::check_same_filesystem(run_dir.path(), &self.config.chroot_base)
+                .map_err(|r| start_error(id, r))?;
+        }
+        let config = self
+            .config
+            .launch_config(firecracker, jailer, run_dir.path(), None);
+        fc::preflight(&config, id).map_err(|e| match e {
+            fc::Error::InvalidVmId { id, reason } => VmError::InvalidName {
+                name: id,
+                reason: format!(
+                    "Firecracker refuses it: {reason}; use 1 to 64 letters, digits and hyphens"
+                ),
+            },
+            other => start_error(id, other.to_string()),
+        })
+    }
+
+    async fn start(&self, launch: &LaunchConfig) -> Result<StartedVm, VmError> {
+        let id = launch.id.as_str();
+        let net = launch.network.as_ref().ok_or_else(|| {
+            start_error(
+                id,
+                "Firecracker serves the guest metadata over MMDS, which needs the VM's network; set the network up or use --vmm qemu",
+            )
+        })?;
+        let (binary, jailer) = self.binaries().map_err(|r| start_error(id, r))?;
+        let run_dir = launch.run_dir.path();
+        let mode = if jailer.is_some() {
+            host::check_same_filesystem(run_dir, &self.config.chroot_base)
+                .map_err(|r| start_error(id, r))?;
+            Mode::Jailed
+        } else {
+            Mode::Direct
+        };
+        let spec = self.vm_spec(launch, net)?;
+        let config =
+            self.config
+                .launch_config(binary.clone(), jailer, run_dir, Some(net.netns.clone()));
+        let process = fc::launch(&config, &spec)
+            .await
+            .map_err(|e| start_error(id, e.to_string()))?;
+        let details = FirecrackerDetails {
+            process,
+            mode,
+            binary,
+            log_path: spec.log_path.unwrap_or_default(),
+            metrics_path: spec.metrics_path.unwrap_or_default(),
+        };
+        let recorded = serde_json::to_value(&details).map_err(VmError::GuestMetadata);
+        let pid = i32::try_from(details.process.pid).map_err(|_| {
+            start_error(
+                id,
+                format!("pid {} does not fit the run metadata", details.process.pid),
+            )
+        });
+        match (recorded, pid) {
+            (Ok(value), Ok(pid)) => {
+                tracing::info!(id, pid, mode = ?mode, "Firecracker started");
+                Ok(StartedVm {
+                    pid,
+                    start_time: Some(details.process.start_time),
+                    details: value,
+                })
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                abandon(&details.process);
+                Err(e)
+            }
+        }
+    }
+
+    async fn graceful_stop(&self, vm: &RunMetadata) -> Result<(), VmError> {
+        if !self.is_running(vm) {
+            return Ok(());
+        }
+        let details = stored_details(vm)
+            .map_err(|r| stop_error(&vm.id, r))?
+            .ok_or_else(|| stop_error(&vm.id, "no Firecracker process is recorded for it"))?;
+        details
+            .process
+            .client()
+            .with_timeout(self.config.request_timeout)
+            .send_ctrl_alt_del()
+            .await
+            .map_err(|e| stop_error(&vm.id, format!("asking the guest to shut down: {e}")))
+    }
+
+    async fn force_stop(&self, vm: &RunMetadata) -> Result<(), VmError> {
+        let details = stored_details(vm).map_err(|r| stop_error(&vm.id, r))?;
+        let Some(process) = details.map(|d| d.process) else {
+            // Nothing recorded beyond the pid: the runtime's identity of it.
+            let Some(p) = vm.process() else {
+                return Ok(());
+            };
+            p.signal(rustix::process::Signal::KILL)
+                .map_err(|e| stop_error(&vm.id, format!("SIGKILL to pid {}: {e}", p.pid)))?;
+            return if p.wait_exit(KILL_WAIT, POLL).await {
+                Ok(())
+            } else {
+                Err(stop_error(
+                    &vm.id,
+                    format!("pid {} survived SIGKILL", p.pid),
+                ))
+            };
+        };
+        process
+            .kill()
+            .map_err(|e| stop_error(&vm.id, e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        while process.is_running() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(stop_error(
+                    &vm.id,
+                    format!("Firecracker pid {} survived SIGKILL", process.pid),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    }
+
+    fn describe(&self, vm: &RunMetadata) -> serde_json::Value {
+        let mut described = vm.vmm_details.clone();
+        if let Some(obj) = described.as_object_mut() {
+            obj.insert("running".into(), json!(self.is_running(vm)));
+            if let Ok(Some(d)) = FirecrackerDetails::from_metadata(vm) {
+                if let Some(jail) = &d.process.jail {
+                    obj.insert("jail_dir".into(), json!(jail.instance_dir()));
+                }
+            }
+        }
+        described
+    }
+
+    async fn cleanup(&self, vm: &RunMetadata) -> Result<(), VmError> {
+        let details = stored_details(vm).map_err(|r| {
+            stop_error(
+                &vm.id,
+                format!("{r}; remove its jail under the chroot base by hand"),
+            )
+        })?;
+        let Some(details) = details else {
+            // The VMM never started: no jail, no socket.
+            return Ok(());
+        };
+        details.process.cleanup().map_err(|e| match e {
+            fc::Error::StillRunning { .. } => VmError::StillRunning { id: vm.id.clone() },
+            other => stop_error(&vm.id, format!("cleaning up after Firecracker: {other}")),
+        })
+    }
+}
