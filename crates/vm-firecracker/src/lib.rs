@@ -23,3 +23,6 @@ pub use boot::kernel_args;
 pub use config::FirecrackerConfig;
 pub use details::{FirecrackerDetails, Mode};
 pub use vmm::{FirecrackerVmm, LOG_FILE, METRICS_FILE};
+
+/// The jail user type of [`FirecrackerConfig::user`], re-exported for callers.
+pub use firebuild_firecracker::JailUser;
