@@ -50,6 +50,11 @@ impl Settings {
         Ok(Settings::from_profile(profile))
     }
 
+    /// Where git sources are cloned and kept between builds.
+    pub fn sources_cache(&self) -> PathBuf {
+        self.cache_dir.join("sources")
+    }
+
     fn from_profile(p: Profile) -> Settings {
         let state = Path::new(STATE_DIR);
         let property = |key: &str, default: &str| {

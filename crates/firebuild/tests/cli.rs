@@ -264,3 +264,30 @@ fn network_create_ls_rm() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stdout(&with_dirs(&["network", "ls"])).contains("machines"));
 }
+
+#[test]
+fn dockerfile_parse_shows_stages_and_errors_point_at_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = format!("--cache-dir={}", tmp.path().display());
+    let file = tmp.path().join("Dockerfile");
+    std::fs::write(
+        &file,
+        "from alpine:3.20 AS base\nrun echo hi\nFROM base\nCMD [\"sh\"]\n",
+    )
+    .unwrap();
+    let out = firebuild(&[
+        "dockerfile",
+        "parse",
+        file.to_str().unwrap(),
+        "--json",
+        &cache,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["stages"].as_array().unwrap().len(), 2);
+
+    let out = firebuild(&["dockerfile", "parse", "FROM scratch\nENV FOO\n", &cache]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(":2:") && err.contains("ENV"), "{err}");
+}

@@ -1,6 +1,7 @@
 //! One module per command group; each takes its parsed arguments and the
 //! global flags, and does the work through the library crates.
 
+mod dockerfile;
 mod image;
 mod network;
 mod profile;
@@ -35,7 +36,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Purge(_) => Err(NotImplemented("purge").into()),
         Command::Logs(_) => Err(NotImplemented("logs").into()),
         Command::Kernel(_) => Err(NotImplemented("kernel").into()),
-        Command::Dockerfile(_) => Err(NotImplemented("dockerfile").into()),
+        Command::Dockerfile(command) => dockerfile::run(global, command),
         Command::Network(command) => network::run(global, command),
     }?;
     Ok(ExitCode::SUCCESS)
