@@ -12,8 +12,6 @@ use crate::profile::{Profile, ProfileDir, KERNEL_STORAGE_ROOT, ROOTFS_STORAGE_RO
 /// Where state lives when no profile says otherwise.
 const STATE_DIR: &str = "/var/lib/firebuild";
 const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
-/// Default uid/gid of jailed Firecracker: not root (the original ran it as root).
-const DEFAULT_JAILER_ID: u32 = 10000;
 
 #[derive(Debug, Clone)]
 #[allow(dead_code)] // some fields are read only by commands still being wired
@@ -27,8 +25,10 @@ pub struct Settings {
     pub rootfs_storage_root: PathBuf,
     pub kernel_storage_root: PathBuf,
     pub vmm: VmmChoice,
-    pub jailer_uid: u32,
-    pub jailer_gid: u32,
+    /// Unset: the jailer driver picks a `firebuild` system user if there is
+    /// one, else 10000 — never root (the original ran it as root).
+    pub jailer_uid: Option<u32>,
+    pub jailer_gid: Option<u32>,
     pub insecure_registries: Vec<String>,
     pub registry_mirrors: BTreeMap<String, Vec<String>>,
     pub cni_conf_dir: PathBuf,
@@ -73,8 +73,8 @@ impl Settings {
             run_cache: p.run_cache.unwrap_or_else(|| state.join("runs")),
             cache_dir: p.cache_dir.unwrap_or_else(|| state.join("cache")),
             vmm: p.vmm.unwrap_or(VmmChoice::Auto),
-            jailer_uid: p.jailer_uid.unwrap_or(DEFAULT_JAILER_ID),
-            jailer_gid: p.jailer_gid.unwrap_or(DEFAULT_JAILER_ID),
+            jailer_uid: p.jailer_uid,
+            jailer_gid: p.jailer_gid,
             insecure_registries: p.insecure_registries,
             registry_mirrors: p.registry_mirrors,
             cni_conf_dir: p.cni_conf_dir.unwrap_or_else(|| "/etc/cni/conf.d".into()),
@@ -125,9 +125,9 @@ mod tests {
         );
         assert_eq!(s.chroot_base, Path::new("/srv/jailer"));
         assert_eq!(s.vmm, VmmChoice::Auto);
-        assert_ne!(
-            s.jailer_uid, 0,
-            "jailed Firecracker must not run as root by default"
+        assert_eq!(
+            s.jailer_uid, None,
+            "the jailer driver's non-root default applies"
         );
     }
 
