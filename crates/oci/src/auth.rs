@@ -162,13 +162,19 @@ fn from_helper(helper: &str, registry: &str, config: &Path) -> Result<Option<Cre
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| failed(format!("cannot run it ({e}); install it or remove it from the config")))?;
+        .map_err(|e| {
+            failed(format!(
+                "cannot run it ({e}); install it or remove it from the config"
+            ))
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(server.as_bytes())
             .map_err(|e| failed(e.to_string()))?;
     }
-    let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
         // Helpers answer "credentials not found" with a failure status.
         tracing::debug!(%program, %registry, "credential helper has no entry");
@@ -206,7 +212,10 @@ mod tests {
             ),
         );
         let c = lookup(Some(dir.path()), "docker.io").unwrap().unwrap();
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("alice", "s3cr:et"));
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("alice", "s3cr:et")
+        );
         let c = lookup(Some(dir.path()), "127.0.0.1:5000").unwrap().unwrap();
         assert_eq!(c.username, "bob");
         assert!(lookup(Some(dir.path()), "ghcr.io").unwrap().is_none());
@@ -217,7 +226,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(lookup(Some(dir.path()), "docker.io").unwrap().is_none());
         write_config(dir.path(), "{not json");
-        let err = lookup(Some(dir.path()), "docker.io").unwrap_err().to_string();
+        let err = lookup(Some(dir.path()), "docker.io")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("config.json"), "{err}");
         write_config(dir.path(), r#"{"auths":{"x.io":{"auth":"!!!"}}}"#);
         let err = lookup(Some(dir.path()), "x.io").unwrap_err().to_string();
@@ -227,8 +238,14 @@ mod tests {
     #[test]
     fn missing_helper_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        write_config(dir.path(), r#"{"credHelpers":{"x.io":"firebuild-no-such-helper"}}"#);
+        write_config(
+            dir.path(),
+            r#"{"credHelpers":{"x.io":"firebuild-no-such-helper"}}"#,
+        );
         let err = lookup(Some(dir.path()), "x.io").unwrap_err().to_string();
-        assert!(err.contains("docker-credential-firebuild-no-such-helper"), "{err}");
+        assert!(
+            err.contains("docker-credential-firebuild-no-such-helper"),
+            "{err}"
+        );
     }
 }

@@ -9,7 +9,9 @@ use crate::cache::BlobCache;
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::error::{Error, Result};
 use crate::image_config::{History, ImageConfig, ImageConfigFile};
-use crate::images::{now_utc, split_local_name, ImageRecord, ImageSource, LayerRecord, LOCAL_REGISTRY};
+use crate::images::{
+    now_utc, split_local_name, ImageRecord, ImageSource, LayerRecord, LOCAL_REGISTRY,
+};
 use crate::manifest::{self, Compression, Descriptor, ImageManifest};
 use crate::reference::Platform;
 
@@ -45,7 +47,11 @@ impl<'c> ImageBuilder<'c> {
 
     /// Adds an uncompressed tar stream as a layer, compressed as asked.
     /// Returns the layer blob's digest.
-    pub fn add_layer_reader(&mut self, tar: &mut dyn Read, compression: Compression) -> Result<Digest> {
+    pub fn add_layer_reader(
+        &mut self,
+        tar: &mut dyn Read,
+        compression: Compression,
+    ) -> Result<Digest> {
         let tmp = self.cache.temp_file()?;
         let tmp_path = tmp.path().to_path_buf();
         let io_err = Error::io("writing layer blob", &tmp_path);
@@ -64,7 +70,8 @@ impl<'c> ImageBuilder<'c> {
                     .map_err(io_err)?
             }
             Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(out, 3).map_err(Error::io("starting zstd for", &tmp_path))?;
+                let mut enc = zstd::stream::write::Encoder::new(out, 3)
+                    .map_err(Error::io("starting zstd for", &tmp_path))?;
                 std::io::copy(&mut src, &mut enc)
                     .and_then(|_| enc.finish())
                     .map_err(io_err)?
@@ -72,7 +79,8 @@ impl<'c> ImageBuilder<'c> {
         };
         let (diff_id, _) = src.finish();
         let (mut tmp, digest, size) = out.finish();
-        tmp.flush().map_err(Error::io("writing layer blob", &tmp_path))?;
+        tmp.flush()
+            .map_err(Error::io("writing layer blob", &tmp_path))?;
         if !self.cache.contains(&digest) {
             self.cache.persist(tmp, &digest)?;
         }
@@ -98,7 +106,10 @@ impl<'c> ImageBuilder<'c> {
     /// Adds a layer blob that is already in the cache.
     pub fn add_cached_layer(&mut self, digest: &Digest) -> Result<()> {
         let size = std::fs::metadata(self.cache.blob_path(digest))
-            .map_err(Error::io("reading cached layer", self.cache.blob_path(digest)))?
+            .map_err(Error::io(
+                "reading cached layer",
+                self.cache.blob_path(digest),
+            ))?
             .len();
         let (compression, diff_id) = diff_id_of(self.cache, digest)?;
         self.push_layer(digest.clone(), compression.oci_media_type(), size, diff_id);
@@ -130,7 +141,11 @@ impl<'c> ImageBuilder<'c> {
         let manifest = ImageManifest {
             schema_version: 2,
             media_type: Some(manifest::OCI_MANIFEST.to_string()),
-            config: Descriptor::new(manifest::OCI_CONFIG, config_digest.clone(), config_json.len() as u64),
+            config: Descriptor::new(
+                manifest::OCI_CONFIG,
+                config_digest.clone(),
+                config_json.len() as u64,
+            ),
             layers: self
                 .layers
                 .iter()
@@ -166,13 +181,18 @@ pub(crate) fn diff_id_of(cache: &BlobCache, digest: &Digest) -> Result<(Compress
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let head = {
         use std::io::BufRead;
-        reader.fill_buf().map_err(Error::io("reading layer", &path))?.to_vec()
+        reader
+            .fill_buf()
+            .map_err(Error::io("reading layer", &path))?
+            .to_vec()
     };
     let compression = Compression::sniff(&head);
     let mut sink = HashingWriter::new(std::io::sink());
     let copied = match compression {
         Compression::None => std::io::copy(&mut reader, &mut sink),
-        Compression::Gzip => std::io::copy(&mut flate2::read::MultiGzDecoder::new(reader), &mut sink),
+        Compression::Gzip => {
+            std::io::copy(&mut flate2::read::MultiGzDecoder::new(reader), &mut sink)
+        }
         Compression::Zstd => zstd::stream::read::Decoder::with_buffer(reader)
             .and_then(|mut d| std::io::copy(&mut d, &mut sink)),
     };

@@ -177,7 +177,7 @@ impl BlobCache {
             digest: digest.clone(),
         };
         partial.rehash_existing()?;
-        Ok(Download::Partial(partial))
+        Ok(Download::Partial(Box::new(partial)))
     }
 }
 
@@ -208,7 +208,7 @@ pub(crate) enum Download {
     /// The blob is already cached.
     Present,
     /// Write the (rest of the) blob here.
-    Partial(PartialBlob),
+    Partial(Box<PartialBlob>),
 }
 
 /// A locked, possibly non-empty `<hex>.partial` file being filled.
@@ -339,7 +339,10 @@ mod tests {
         p.write(&data[300..]).unwrap();
         p.commit(Some(1000)).unwrap();
         assert!(cache.contains(&d));
-        assert!(matches!(cache.begin_download(&d).unwrap(), Download::Present));
+        assert!(matches!(
+            cache.begin_download(&d).unwrap(),
+            Download::Present
+        ));
 
         let d2 = Digest::sha256_of(b"good");
         let Download::Partial(mut p) = cache.begin_download(&d2).unwrap() else {

@@ -175,7 +175,13 @@ mod tests {
     #[test]
     fn rejects_bad_mirrors() {
         let mut c = RegistryConfig::default();
-        for bad in ["docker.io", "=http://x", "docker.io=ftp://x", "docker.io=http://x/path", "docker.io="] {
+        for bad in [
+            "docker.io",
+            "=http://x",
+            "docker.io=ftp://x",
+            "docker.io=http://x/path",
+            "docker.io=",
+        ] {
             assert!(c.add_mirror(bad).is_err(), "{bad} accepted");
         }
     }

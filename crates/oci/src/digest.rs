@@ -85,7 +85,9 @@ impl FromStr for Digest {
             _ => return Err(bad("only sha256 and sha512 are supported")),
         };
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(bad("hex part has the wrong length or characters"));
         }
@@ -227,7 +229,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_digests() {
-        for bad in ["", "sha256", "md5:abcd", "sha256:XYZ", "sha256:abc", "sha256:../../etc"] {
+        for bad in [
+            "",
+            "sha256",
+            "md5:abcd",
+            "sha256:XYZ",
+            "sha256:abc",
+            "sha256:../../etc",
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad} accepted");
         }
     }

@@ -89,7 +89,12 @@ impl ImageRecord {
             }
         }
         for layer in &self.layers {
-            apply_layer_file(rootfs, &cache.blob_path(&layer.digest), &layer.digest.to_string(), opts)?;
+            apply_layer_file(
+                rootfs,
+                &cache.blob_path(&layer.digest),
+                &layer.digest.to_string(),
+                opts,
+            )?;
         }
         Ok(())
     }
@@ -116,22 +121,36 @@ impl ImageRecords {
         p.join(key)
     }
 
-    fn record_path(&self, registry: &str, repository: &str, key: &str, platform: &Platform) -> PathBuf {
+    fn record_path(
+        &self,
+        registry: &str,
+        repository: &str,
+        key: &str,
+        platform: &Platform,
+    ) -> PathBuf {
         self.key_dir(registry, repository, key)
             .join(format!("{}.json", platform.file_stem()))
     }
 
     /// Writes `record` (atomically) under its registry/repository/key.
     pub fn save(&self, record: &ImageRecord) -> Result<PathBuf> {
-        let path = self.record_path(&record.registry, &record.repository, &record.key, &record.platform);
+        let path = self.record_path(
+            &record.registry,
+            &record.repository,
+            &record.key,
+            &record.platform,
+        );
         let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(Error::io("creating image record directory", &dir))?;
-        let json = serde_json::to_vec_pretty(record).map_err(|e| Error::io("encoding image record", &path)(e.into()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(Error::io("creating image record directory", &dir))?;
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| Error::io("encoding image record", &path)(e.into()))?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp-")
             .tempfile_in(&dir)
             .map_err(Error::io("creating image record in", &dir))?;
-        std::io::Write::write_all(&mut tmp, &json).map_err(Error::io("writing image record", &path))?;
+        std::io::Write::write_all(&mut tmp, &json)
+            .map_err(Error::io("writing image record", &path))?;
         tmp.persist(&path)
             .map_err(|e| Error::io("storing image record", &path)(e.error))?;
         Ok(path)
@@ -139,7 +158,12 @@ impl ImageRecords {
 
     /// The record for a registry reference and platform, if pulled.
     pub fn lookup(&self, reference: &ImageRef, platform: &Platform) -> Result<Option<ImageRecord>> {
-        self.lookup_key(reference.registry(), reference.repository(), &reference.record_key(), platform)
+        self.lookup_key(
+            reference.registry(),
+            reference.repository(),
+            &reference.record_key(),
+            platform,
+        )
     }
 
     /// The record of an imported image (`name:version`), if any.
@@ -148,7 +172,13 @@ impl ImageRecords {
         self.lookup_key(LOCAL_REGISTRY, &repo, &tag, platform)
     }
 
-    fn lookup_key(&self, registry: &str, repository: &str, key: &str, platform: &Platform) -> Result<Option<ImageRecord>> {
+    fn lookup_key(
+        &self,
+        registry: &str,
+        repository: &str,
+        key: &str,
+        platform: &Platform,
+    ) -> Result<Option<ImageRecord>> {
         let dir = self.key_dir(registry, repository, key);
         let exact = self.record_path(registry, repository, key, platform);
         if let Some(r) = read_record(&exact)? {
@@ -197,14 +227,21 @@ impl ImageRecords {
                 }
             }
         }
-        out.sort_by(|a, b| (&a.reference, a.platform.to_string()).cmp(&(&b.reference, b.platform.to_string())));
+        out.sort_by(|a, b| {
+            (&a.reference, a.platform.to_string()).cmp(&(&b.reference, b.platform.to_string()))
+        });
         Ok(out)
     }
 
     /// Removes the records of `record`'s reference for its platform. Blobs
     /// stay in the cache (other images may share them).
     pub fn remove(&self, record: &ImageRecord) -> Result<()> {
-        let path = self.record_path(&record.registry, &record.repository, &record.key, &record.platform);
+        let path = self.record_path(
+            &record.registry,
+            &record.repository,
+            &record.key,
+            &record.platform,
+        );
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -241,12 +278,16 @@ pub(crate) fn split_local_name(name: &str) -> Result<(String, String)> {
             .split('/')
             .all(|c| !c.is_empty() && c != "." && c != ".." && c.chars().all(ok_char));
     if !repo_ok {
-        return Err(bad("the name must be lowercase letters, digits, '.', '_', '-' and '/'"));
+        return Err(bad(
+            "the name must be lowercase letters, digits, '.', '_', '-' and '/'",
+        ));
     }
     let tag_ok = !tag.is_empty()
         && tag.len() <= 128
         && !tag.starts_with('.')
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if !tag_ok {
         return Err(bad("the version must be letters, digits, '.', '_' and '-'"));
     }
@@ -264,8 +305,14 @@ mod tests {
 
     #[test]
     fn local_names() {
-        assert_eq!(split_local_name("org/app:1.0").unwrap(), ("org/app".into(), "1.0".into()));
-        assert_eq!(split_local_name("app").unwrap(), ("app".into(), "latest".into()));
+        assert_eq!(
+            split_local_name("org/app:1.0").unwrap(),
+            ("org/app".into(), "1.0".into())
+        );
+        assert_eq!(
+            split_local_name("app").unwrap(),
+            ("app".into(), "latest".into())
+        );
         for bad in ["", "../x:1", "a//b:1", "A:1", "a:", "a:.x", "a/./b"] {
             assert!(split_local_name(bad).is_err(), "{bad} accepted");
         }

@@ -15,7 +15,9 @@ use crate::cache::BlobCache;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
 use crate::image_config::ImageConfigFile;
-use crate::images::{now_utc, split_local_name, ImageRecord, ImageRecords, ImageSource, LayerRecord, LOCAL_REGISTRY};
+use crate::images::{
+    now_utc, split_local_name, ImageRecord, ImageRecords, ImageSource, LayerRecord, LOCAL_REGISTRY,
+};
 use crate::manifest::{self, Compression, Descriptor, ImageIndex, ImageManifest, Manifest};
 use crate::reference::Platform;
 use crate::unpack::{apply_layer, UnpackOptions};
@@ -33,17 +35,31 @@ pub enum ImportKind {
 /// (`org/name:version`, recorded in the local namespace) and returns the
 /// saved record. `platform` picks the image from multi-platform layouts and
 /// labels rootfs imports.
-pub fn import(cache_root: &Path, source: &Path, name: &str, platform: &Platform) -> Result<(ImportKind, ImageRecord)> {
+pub fn import(
+    cache_root: &Path,
+    source: &Path,
+    name: &str,
+    platform: &Platform,
+) -> Result<(ImportKind, ImageRecord)> {
     split_local_name(name)?; // fail before any work on a bad name
     let cache = BlobCache::new(cache_root);
     let meta = std::fs::metadata(source).map_err(Error::io("reading import source", source))?;
     let (kind, record) = if meta.is_dir() {
         if source.join("oci-layout").is_file() {
-            (ImportKind::OciLayout, from_oci_layout(&cache, source, source, name, platform)?)
+            (
+                ImportKind::OciLayout,
+                from_oci_layout(&cache, source, source, name, platform)?,
+            )
         } else if source.join("manifest.json").is_file() {
-            (ImportKind::DockerSave, from_docker_save(&cache, source, source, name)?)
+            (
+                ImportKind::DockerSave,
+                from_docker_save(&cache, source, source, name)?,
+            )
         } else {
-            (ImportKind::RootfsDirectory, from_rootfs_dir(&cache, source, name, platform)?)
+            (
+                ImportKind::RootfsDirectory,
+                from_rootfs_dir(&cache, source, name, platform)?,
+            )
         }
     } else {
         match archive_kind(source)? {
@@ -64,11 +80,22 @@ pub fn import(cache_root: &Path, source: &Path, name: &str, platform: &Platform)
                 let opts = UnpackOptions {
                     preserve_ownership: false,
                 };
-                apply_layer(tmp.path(), decompressed(source)?, &source.display().to_string(), &opts)?;
+                apply_layer(
+                    tmp.path(),
+                    decompressed(source)?,
+                    &source.display().to_string(),
+                    &opts,
+                )?;
                 if kind == ArchiveKind::OciLayout {
-                    (ImportKind::OciLayout, from_oci_layout(&cache, tmp.path(), source, name, platform)?)
+                    (
+                        ImportKind::OciLayout,
+                        from_oci_layout(&cache, tmp.path(), source, name, platform)?,
+                    )
                 } else {
-                    (ImportKind::DockerSave, from_docker_save(&cache, tmp.path(), source, name)?)
+                    (
+                        ImportKind::DockerSave,
+                        from_docker_save(&cache, tmp.path(), source, name)?,
+                    )
                 }
             }
         }
@@ -102,12 +129,16 @@ enum ArchiveKind {
 fn decompressed(path: &Path) -> Result<Box<dyn Read>> {
     let file = File::open(path).map_err(Error::io("opening", path))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let head = reader.fill_buf().map_err(Error::io("reading", path))?.to_vec();
+    let head = reader
+        .fill_buf()
+        .map_err(Error::io("reading", path))?
+        .to_vec();
     Ok(match Compression::sniff(&head) {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
         Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(reader).map_err(Error::io("starting zstd on", path))?,
+            zstd::stream::read::Decoder::with_buffer(reader)
+                .map_err(Error::io("starting zstd on", path))?,
         ),
     })
 }
@@ -149,7 +180,9 @@ fn adopt_blob(cache: &BlobCache, path: &Path, digest: &Digest, source: &Path) ->
             .map_err(Error::io("reading cached blob", cache.blob_path(digest)));
     }
     let mut file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => import_err(source, format!("blob {digest} is missing from the archive")),
+        std::io::ErrorKind::NotFound => {
+            import_err(source, format!("blob {digest} is missing from the archive"))
+        }
         _ => Error::io("opening blob", path)(e),
     })?;
     let (got, size) = cache.insert_reader(&mut file)?;
@@ -164,15 +197,24 @@ fn adopt_blob(cache: &BlobCache, path: &Path, digest: &Digest, source: &Path) ->
 }
 
 fn layout_blob(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs").join(digest.algorithm().as_str()).join(digest.hex())
+    dir.join("blobs")
+        .join(digest.algorithm().as_str())
+        .join(digest.hex())
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, source: &Path) -> Result<T> {
     let data = std::fs::read(path).map_err(Error::io("reading", path))?;
-    serde_json::from_slice(&data).map_err(|e| import_err(source, format!("{}: {e}", path.display())))
+    serde_json::from_slice(&data)
+        .map_err(|e| import_err(source, format!("{}: {e}", path.display())))
 }
 
-fn from_oci_layout(cache: &BlobCache, dir: &Path, source: &Path, name: &str, platform: &Platform) -> Result<ImageRecord> {
+fn from_oci_layout(
+    cache: &BlobCache,
+    dir: &Path,
+    source: &Path,
+    name: &str,
+    platform: &Platform,
+) -> Result<ImageRecord> {
     let index: ImageIndex = read_json(&dir.join("index.json"), source)?;
     let mut desc = pick_from_index(&index, platform, source)?.clone();
     // Follow nested indexes down to one image manifest.
@@ -182,7 +224,7 @@ fn from_oci_layout(cache: &BlobCache, dir: &Path, source: &Path, name: &str, pla
         adopt_blob(cache, &path, &desc.digest, source)?;
         let body = cache.read(&desc.digest)?;
         match Manifest::parse(&body, &source.display().to_string())? {
-            Manifest::Image(m) => break m,
+            Manifest::Image(m) => break *m,
             Manifest::Index(i) => {
                 if index_digest.is_some() {
                     return Err(import_err(source, "indexes nested too deep"));
@@ -192,21 +234,46 @@ fn from_oci_layout(cache: &BlobCache, dir: &Path, source: &Path, name: &str, pla
             }
         }
     };
-    adopt_blob(cache, &layout_blob(dir, &manifest.config.digest), &manifest.config.digest, source)?;
+    adopt_blob(
+        cache,
+        &layout_blob(dir, &manifest.config.digest),
+        &manifest.config.digest,
+        source,
+    )?;
     for layer in &manifest.layers {
-        adopt_blob(cache, &layout_blob(dir, &layer.digest), &layer.digest, source)?;
+        adopt_blob(
+            cache,
+            &layout_blob(dir, &layer.digest),
+            &layer.digest,
+            source,
+        )?;
     }
-    record_from_manifest(cache, manifest, desc.digest, index_digest, name, source, platform)
+    record_from_manifest(
+        cache,
+        manifest,
+        desc.digest,
+        index_digest,
+        name,
+        source,
+        platform,
+    )
 }
 
-fn pick_from_index<'a>(index: &'a ImageIndex, platform: &Platform, source: &Path) -> Result<&'a Descriptor> {
+fn pick_from_index<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+    source: &Path,
+) -> Result<&'a Descriptor> {
     if let [only] = index.manifests.as_slice() {
         return Ok(only);
     }
     index.select(platform).ok_or_else(|| {
         import_err(
             source,
-            format!("no image for platform {platform} in the layout (it has: {})", index.platforms()),
+            format!(
+                "no image for platform {platform} in the layout (it has: {})",
+                index.platforms()
+            ),
         )
     })
 }
@@ -225,10 +292,20 @@ fn record_from_manifest(
         .map_err(|e| import_err(source, format!("image config: {e}")))?;
     for layer in &manifest.layers {
         if Compression::from_media_type(&layer.media_type).is_none() {
-            return Err(import_err(source, format!("layer {} has unsupported media type {}", layer.digest, layer.media_type)));
+            return Err(import_err(
+                source,
+                format!(
+                    "layer {} has unsupported media type {}",
+                    layer.digest, layer.media_type
+                ),
+            ));
         }
     }
-    let platform = if config.os.is_empty() { platform.clone() } else { config.platform() };
+    let platform = if config.os.is_empty() {
+        platform.clone()
+    } else {
+        config.platform()
+    };
     Ok(ImageRecord {
         reference: format!("{repository}:{tag}"),
         registry: LOCAL_REGISTRY.to_string(),
@@ -238,7 +315,10 @@ fn record_from_manifest(
         digest,
         index_digest,
         platform,
-        manifest_media_type: manifest.media_type.clone().unwrap_or_else(|| manifest::OCI_MANIFEST.into()),
+        manifest_media_type: manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| manifest::OCI_MANIFEST.into()),
         config_digest: manifest.config.digest.clone(),
         layers: manifest
             .layers
@@ -267,33 +347,53 @@ struct SaveEntry {
 fn save_path(dir: &Path, rel: &str, source: &Path) -> Result<PathBuf> {
     let ok = !rel.is_empty() && !rel.starts_with('/') && rel.split('/').all(|c| c != "..");
     if !ok {
-        return Err(import_err(source, format!("manifest.json names {rel:?}, outside the archive")));
+        return Err(import_err(
+            source,
+            format!("manifest.json names {rel:?}, outside the archive"),
+        ));
     }
     Ok(dir.join(rel))
 }
 
-fn from_docker_save(cache: &BlobCache, dir: &Path, source: &Path, name: &str) -> Result<ImageRecord> {
+fn from_docker_save(
+    cache: &BlobCache,
+    dir: &Path,
+    source: &Path,
+    name: &str,
+) -> Result<ImageRecord> {
     let entries: Vec<SaveEntry> = read_json(&dir.join("manifest.json"), source)?;
     let entry = match entries.as_slice() {
         [only] => only,
         [] => return Err(import_err(source, "manifest.json lists no image")),
         many => {
-            let tags: Vec<String> = many.iter().flat_map(|e| e.repo_tags.clone().unwrap_or_default()).collect();
+            let tags: Vec<String> = many
+                .iter()
+                .flat_map(|e| e.repo_tags.clone().unwrap_or_default())
+                .collect();
             return Err(import_err(
                 source,
-                format!("the archive holds {} images ({}); save one image per archive", many.len(), tags.join(", ")),
+                format!(
+                    "the archive holds {} images ({}); save one image per archive",
+                    many.len(),
+                    tags.join(", ")
+                ),
             ));
         }
     };
     let config_path = save_path(dir, &entry.config, source)?;
-    let mut f = File::open(&config_path).map_err(Error::io("opening image config", &config_path))?;
+    let mut f =
+        File::open(&config_path).map_err(Error::io("opening image config", &config_path))?;
     let (config_digest, config_size) = cache.insert_reader(&mut f)?;
     let config: ImageConfigFile = serde_json::from_slice(&cache.read(&config_digest)?)
         .map_err(|e| import_err(source, format!("image config: {e}")))?;
     if config.rootfs.diff_ids.len() != entry.layers.len() {
         return Err(import_err(
             source,
-            format!("config lists {} layers, manifest.json {}", config.rootfs.diff_ids.len(), entry.layers.len()),
+            format!(
+                "config lists {} layers, manifest.json {}",
+                config.rootfs.diff_ids.len(),
+                entry.layers.len()
+            ),
         ));
     }
     let mut layers = Vec::new();
@@ -323,7 +423,12 @@ fn from_docker_save(cache: &BlobCache, dir: &Path, source: &Path, name: &str) ->
     record_from_manifest(cache, manifest, digest, None, name, source, &platform)
 }
 
-fn from_rootfs_dir(cache: &BlobCache, dir: &Path, name: &str, platform: &Platform) -> Result<ImageRecord> {
+fn from_rootfs_dir(
+    cache: &BlobCache,
+    dir: &Path,
+    name: &str,
+    platform: &Platform,
+) -> Result<ImageRecord> {
     let tmp = cache.temp_file()?;
     let tmp_path = tmp.path().to_path_buf();
     let mut builder = tar::Builder::new(HashingWriter::new(tmp));
@@ -352,7 +457,9 @@ fn append_tree<W: std::io::Write>(
     links: &mut HashMap<(u64, u64), PathBuf>,
 ) -> std::io::Result<()> {
     let dir = base.join(rel);
-    let mut names: Vec<_> = std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+    let mut names: Vec<_> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
     names.sort();
     for name in names {
         let rel_path = rel.join(&name);
@@ -399,7 +506,10 @@ fn append_tree<W: std::io::Write>(
 }
 
 /// Writes the file's extended attributes as a PAX header for the next entry.
-fn append_xattrs<W: std::io::Write>(builder: &mut tar::Builder<W>, path: &Path) -> std::io::Result<()> {
+fn append_xattrs<W: std::io::Write>(
+    builder: &mut tar::Builder<W>,
+    path: &Path,
+) -> std::io::Result<()> {
     let mut names = vec![0u8; 4096];
     let n = match rustix::fs::llistxattr(path, &mut names[..]) {
         Ok(n) => n,

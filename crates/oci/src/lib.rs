@@ -19,14 +19,14 @@ pub mod registry;
 pub mod testing;
 pub mod unpack;
 
+pub use builder::ImageBuilder;
 pub use cache::BlobCache;
 pub use config::RegistryConfig;
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use image_config::{HealthConfig, ImageConfig, ImageConfigFile};
-pub use reference::{ImageRef, Platform};
-pub use unpack::{apply_layer, apply_layer_file, LayerStats, UnpackOptions};
 pub use images::{ImageRecord, ImageRecords, ImageSource, LayerRecord};
-pub use registry::{Registry, Resolved};
-pub use builder::ImageBuilder;
 pub use import::{import, ImportKind};
+pub use reference::{ImageRef, Platform};
+pub use registry::{Registry, Resolved};
+pub use unpack::{apply_layer, apply_layer_file, LayerStats, UnpackOptions};

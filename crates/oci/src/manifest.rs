@@ -20,7 +20,12 @@ pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// Media types we send in `Accept` when fetching manifests.
-pub const ACCEPTED_MANIFESTS: &[&str] = &[OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+pub const ACCEPTED_MANIFESTS: &[&str] = &[
+    OCI_INDEX,
+    DOCKER_MANIFEST_LIST,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST,
+];
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +44,9 @@ impl Compression {
             .replace(".nondistributable", "")
             .replace("rootfs.foreign.diff", "rootfs.diff");
         match base.as_str() {
-            OCI_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+            OCI_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => {
+                Some(Compression::None)
+            }
             OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => Some(Compression::Gzip),
             OCI_LAYER_ZSTD | "application/vnd.docker.image.rootfs.diff.tar.zstd" => {
                 Some(Compression::Zstd)
@@ -75,7 +82,11 @@ impl Compression {
 pub struct PlatformSpec {
     pub architecture: String,
     pub os: String,
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -149,7 +160,7 @@ pub struct ImageIndex {
 /// A manifest document of either kind.
 #[derive(Debug, Clone)]
 pub enum Manifest {
-    Image(ImageManifest),
+    Image(Box<ImageManifest>),
     Index(ImageIndex),
 }
 
@@ -167,17 +178,24 @@ impl Manifest {
                 "Docker schema 1 manifests are deprecated and not supported; re-push the image with a current tool".into(),
             ));
         }
-        let media_type = value.get("mediaType").and_then(|v| v.as_str()).unwrap_or("");
+        let media_type = value
+            .get("mediaType")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         let is_index = match media_type {
             OCI_INDEX | DOCKER_MANIFEST_LIST => true,
             OCI_MANIFEST | DOCKER_MANIFEST => false,
             "" => value.get("manifests").is_some(),
-            other => return Err(unsupported(format!("media type {other} is not an image manifest or index"))),
+            other => {
+                return Err(unsupported(format!(
+                    "media type {other} is not an image manifest or index"
+                )))
+            }
         };
         let parsed = if is_index {
             serde_json::from_value(value).map(Manifest::Index)
         } else {
-            serde_json::from_value(value).map(Manifest::Image)
+            serde_json::from_value(value).map(|m| Manifest::Image(Box::new(m)))
         };
         parsed.map_err(|e| unsupported(format!("malformed: {e}")))
     }
@@ -188,11 +206,16 @@ impl ImageIndex {
     pub fn select(&self, platform: &Platform) -> Option<&Descriptor> {
         self.manifests
             .iter()
-            .filter(|d| matches!(d.media_type.as_str(), OCI_MANIFEST | DOCKER_MANIFEST | OCI_INDEX | DOCKER_MANIFEST_LIST))
+            .filter(|d| {
+                matches!(
+                    d.media_type.as_str(),
+                    OCI_MANIFEST | DOCKER_MANIFEST | OCI_INDEX | DOCKER_MANIFEST_LIST
+                )
+            })
             .find(|d| {
-                d.platform.as_ref().is_some_and(|p| {
-                    platform.matches(&p.os, &p.architecture, p.variant.as_deref())
-                })
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| platform.matches(&p.os, &p.architecture, p.variant.as_deref()))
             })
     }
 
@@ -225,7 +248,10 @@ mod tests {
         let m = format!(
             r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"{DOCKER_CONFIG}","digest":"{d}","size":1}},"layers":[]}}"#
         );
-        assert!(matches!(Manifest::parse(m.as_bytes(), "t").unwrap(), Manifest::Image(_)));
+        assert!(matches!(
+            Manifest::parse(m.as_bytes(), "t").unwrap(),
+            Manifest::Image(_)
+        ));
         let i = format!(
             r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"arm64"}}}}]}}"#
         );
@@ -241,9 +267,14 @@ mod tests {
 
     #[test]
     fn layer_compression() {
-        assert_eq!(Compression::from_media_type(DOCKER_LAYER_GZIP), Some(Compression::Gzip));
         assert_eq!(
-            Compression::from_media_type("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"),
+            Compression::from_media_type(DOCKER_LAYER_GZIP),
+            Some(Compression::Gzip)
+        );
+        assert_eq!(
+            Compression::from_media_type(
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+            ),
             Some(Compression::Zstd)
         );
         assert_eq!(Compression::from_media_type("application/json"), None);

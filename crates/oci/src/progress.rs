@@ -23,8 +23,10 @@ impl Progress {
         let Some(multi) = &self.multi else {
             return Bar(ProgressBar::hidden());
         };
-        let style = ProgressStyle::with_template("{prefix:.bold} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template(
+            "{prefix:.bold} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
         let pb = multi.add(ProgressBar::new(size).with_style(style));
         pb.set_prefix(label.to_string());
         Bar(pb)

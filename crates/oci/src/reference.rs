@@ -87,9 +87,11 @@ impl ImageRef {
     /// The `oci-client` form of this reference (digest wins over tag).
     pub(crate) fn to_oci(&self) -> Reference {
         match (&self.digest, &self.tag) {
-            (Some(d), _) => {
-                Reference::with_digest(self.registry.clone(), self.repository.clone(), d.to_string())
-            }
+            (Some(d), _) => Reference::with_digest(
+                self.registry.clone(),
+                self.repository.clone(),
+                d.to_string(),
+            ),
             (None, tag) => Reference::with_tag(
                 self.registry.clone(),
                 self.repository.clone(),
@@ -128,7 +130,9 @@ impl FromStr for ImageRef {
                     .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
         };
         if !path_safe(&r.registry) || !path_safe(&r.repository) {
-            return Err(bad("registry or repository has an empty, '.' or '..' component".into()));
+            return Err(bad(
+                "registry or repository has an empty, '.' or '..' component".into(),
+            ));
         }
         Ok(r)
     }
@@ -211,7 +215,11 @@ impl FromStr for Platform {
 
     fn from_str(s: &str) -> Result<Platform, Error> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = |p: &&str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(ok) {
             return Err(Error::InvalidPlatform(s.to_string()));
         }

@@ -99,10 +99,12 @@ impl Registry {
     }
 
     fn auth(&self, host: &str) -> Result<RegistryAuth> {
-        Ok(match auth::lookup(self.config.docker_config_dir.as_deref(), host)? {
-            Some(c) => RegistryAuth::Basic(c.username, c.password),
-            None => RegistryAuth::Anonymous,
-        })
+        Ok(
+            match auth::lookup(self.config.docker_config_dir.as_deref(), host)? {
+                Some(c) => RegistryAuth::Basic(c.username, c.password),
+                None => RegistryAuth::Anonymous,
+            },
+        )
     }
 
     /// Resolves `reference` to `platform`'s manifest and config (fetching
@@ -147,7 +149,12 @@ impl Registry {
         }))
     }
 
-    async fn resolve_at(&self, ep: Endpoint, reference: &ImageRef, platform: &Platform) -> Result<Resolved> {
+    async fn resolve_at(
+        &self,
+        ep: Endpoint,
+        reference: &ImageRef,
+        platform: &Platform,
+    ) -> Result<Resolved> {
         let ctx = Ctx::new(self, &ep, reference)?;
         let oref = reference.on_registry(&ep.host).to_oci();
         let (body, mut digest) = ctx.manifest(&oref, reference.digest()).await?;
@@ -155,10 +162,16 @@ impl Registry {
         let mut manifest = Manifest::parse(&body, &reference.to_string())?;
         // An index may point at another index (rare): follow two levels.
         for _ in 0..2 {
-            let Manifest::Index(index) = &manifest else { break };
+            let Manifest::Index(index) = &manifest else {
+                break;
+            };
             let entry = select(index, platform, reference)?;
             index_digest.get_or_insert(digest.clone());
-            let child = Reference::with_digest(ep.host.clone(), reference.repository().to_string(), entry.digest.to_string());
+            let child = Reference::with_digest(
+                ep.host.clone(),
+                reference.repository().to_string(),
+                entry.digest.to_string(),
+            );
             let (body, d) = ctx.manifest(&child, Some(&entry.digest)).await?;
             digest = d;
             manifest = Manifest::parse(&body, &format!("{reference}@{digest}"))?;
@@ -171,11 +184,12 @@ impl Registry {
         };
         check_image_manifest(&manifest, reference)?;
         let config_bytes = ctx.small_blob(&oref, &manifest.config).await?;
-        let config: ImageConfigFile = serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidJson {
-            what: "image config",
-            digest: manifest.config.digest.to_string(),
-            reason: e.to_string(),
-        })?;
+        let config: ImageConfigFile =
+            serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidJson {
+                what: "image config",
+                digest: manifest.config.digest.to_string(),
+                reason: e.to_string(),
+            })?;
         let manifest_media_type = manifest
             .media_type
             .clone()
@@ -184,7 +198,7 @@ impl Registry {
             endpoint: ep.host.clone(),
             config_digest: manifest.config.digest.clone(),
             platform: resolved_platform(&config, platform),
-            manifest,
+            manifest: *manifest,
             manifest_media_type,
             digest,
             index_digest,
@@ -192,7 +206,12 @@ impl Registry {
         })
     }
 
-    async fn pull_at(&self, ep: Endpoint, reference: &ImageRef, platform: &Platform) -> Result<ImageRecord> {
+    async fn pull_at(
+        &self,
+        ep: Endpoint,
+        reference: &ImageRef,
+        platform: &Platform,
+    ) -> Result<ImageRecord> {
         let resolved = self.resolve_at(ep.clone(), reference, platform).await?;
         let ctx = Ctx::new(self, &ep, reference)?;
         let oref = reference.on_registry(&ep.host).to_oci();
@@ -262,7 +281,8 @@ impl Registry {
         }
         ctx.push_blob(&oref, &record.config_digest).await?;
         let body = self.cache.read(&record.digest)?;
-        ctx.push_manifest(&oref, body, &record.manifest_media_type).await?;
+        ctx.push_manifest(&oref, body, &record.manifest_media_type)
+            .await?;
         Ok(record.digest.clone())
     }
 
@@ -294,7 +314,8 @@ impl Registry {
             reason: e.to_string(),
         })?;
         let digest = self.cache.insert_bytes(&body)?;
-        ctx.push_manifest(&target.to_oci(), body, manifest::OCI_INDEX).await?;
+        ctx.push_manifest(&target.to_oci(), body, manifest::OCI_INDEX)
+            .await?;
         Ok(digest)
     }
 
@@ -308,12 +329,18 @@ impl Registry {
 }
 
 /// The index entry for `platform`, or an error listing what the index has.
-fn select<'a>(index: &'a ImageIndex, platform: &Platform, reference: &ImageRef) -> Result<&'a Descriptor> {
-    index.select(platform).ok_or_else(|| Error::PlatformNotFound {
-        reference: reference.to_string(),
-        platform: platform.to_string(),
-        available: index.platforms(),
-    })
+fn select<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+    reference: &ImageRef,
+) -> Result<&'a Descriptor> {
+    index
+        .select(platform)
+        .ok_or_else(|| Error::PlatformNotFound {
+            reference: reference.to_string(),
+            platform: platform.to_string(),
+            available: index.platforms(),
+        })
 }
 
 /// The platform to record: the config's own, when it declares one.
@@ -333,7 +360,10 @@ fn check_image_manifest(m: &ImageManifest, reference: &ImageRef) -> Result<()> {
         reference: reference.to_string(),
         reason,
     };
-    if !matches!(m.config.media_type.as_str(), manifest::OCI_CONFIG | manifest::DOCKER_CONFIG) {
+    if !matches!(
+        m.config.media_type.as_str(),
+        manifest::OCI_CONFIG | manifest::DOCKER_CONFIG
+    ) {
         return Err(unsupported(format!(
             "config media type {} is not a container image config (an OCI artifact?)",
             m.config.media_type
@@ -381,7 +411,10 @@ impl<'r> Ctx<'r> {
         match e {
             OciDistributionError::RequestError(re) if re.is_connect() || re.is_timeout() => {
                 let hint = if !self.plain_http {
-                    format!("; if it serves plain http, pass --insecure-registry {}", self.host)
+                    format!(
+                        "; if it serves plain http, pass --insecure-registry {}",
+                        self.host
+                    )
                 } else {
                     String::new()
                 };
@@ -392,20 +425,29 @@ impl<'r> Ctx<'r> {
                     hint,
                 }
             }
-            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
-                self.unauthorized(reason)
-            }
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => self.unauthorized(reason),
             OciDistributionError::RequestError(ref re)
-                if re.status().is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+                if re
+                    .status()
+                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
             {
                 self.unauthorized(reason)
             }
             OciDistributionError::RegistryError { ref envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+                if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+                {
                     self.unauthorized(reason)
                 } else if codes.iter().any(|c| {
-                    matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::BlobUnknown)
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::BlobUnknown
+                    )
                 }) {
                     Error::NotFound {
                         registry: self.host.clone(),
@@ -416,18 +458,18 @@ impl<'r> Ctx<'r> {
                     self.registry_err(what, reason)
                 }
             }
-            OciDistributionError::ServerError { code: 404, .. } | OciDistributionError::ImageManifestNotFoundError(_) => {
-                Error::NotFound {
-                    registry: self.host.clone(),
-                    reference: self.reference.clone(),
-                    what: what.to_string(),
-                }
-            }
-            OciDistributionError::ServerError { code: 401 | 403, .. } => self.unauthorized(reason),
-            OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
-                expected,
-                actual,
-            }) => Error::DigestMismatch { expected, actual },
+            OciDistributionError::ServerError { code: 404, .. }
+            | OciDistributionError::ImageManifestNotFoundError(_) => Error::NotFound {
+                registry: self.host.clone(),
+                reference: self.reference.clone(),
+                what: what.to_string(),
+            },
+            OciDistributionError::ServerError {
+                code: 401 | 403, ..
+            } => self.unauthorized(reason),
+            OciDistributionError::DigestError(
+                oci_client::errors::DigestError::VerificationError { expected, actual },
+            ) => Error::DigestMismatch { expected, actual },
             _ => self.registry_err(what, reason),
         }
     }
@@ -482,7 +524,8 @@ impl<'r> Ctx<'r> {
     /// A small blob (the config), cached and verified.
     async fn small_blob(&self, oref: &Reference, desc: &Descriptor) -> Result<Vec<u8>> {
         if !self.reg.cache.contains(&desc.digest) {
-            self.blob(oref, desc, &Progress::new(false).bar("", 0)).await?;
+            self.blob(oref, desc, &Progress::new(false).bar("", 0))
+                .await?;
         }
         self.reg.cache.read(&desc.digest)
     }

@@ -25,7 +25,11 @@ impl Sandbox {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("victim"), b"original").unwrap();
-        Sandbox { _dir: dir, root, outside }
+        Sandbox {
+            _dir: dir,
+            root,
+            outside,
+        }
     }
 
     fn apply(&self, tar: &[u8]) -> Result<firebuild_oci::LayerStats, Error> {
@@ -42,11 +46,25 @@ impl Sandbox {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, vec!["victim"], "something was written outside the root");
-        assert_eq!(std::fs::read(self.outside.join("victim")).unwrap(), b"original");
+        assert_eq!(
+            names,
+            vec!["victim"],
+            "something was written outside the root"
+        );
+        assert_eq!(
+            std::fs::read(self.outside.join("victim")).unwrap(),
+            b"original"
+        );
         let meta = std::fs::metadata(self.outside.join("victim")).unwrap();
         assert_eq!(meta.nlink(), 1, "the victim was hard-linked");
-        assert_eq!(std::fs::metadata(&self.outside).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            std::fs::metadata(&self.outside)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -70,7 +88,14 @@ fn preserves_modes_owners_times_links_devices_and_xattrs() {
     let tar = TarBuilder::new()
         .mtime(1_500_000_000)
         .dir("usr/bin", 0o755)
-        .file_with("usr/bin/ping", 0o755, 0, 0, &[("security.capability", &cap), ("user.note", b"hi")], b"ping")
+        .file_with(
+            "usr/bin/ping",
+            0o755,
+            0,
+            0,
+            &[("security.capability", &cap), ("user.note", b"hi")],
+            b"ping",
+        )
         .file_with("usr/bin/su", 0o4755, 0, 0, &[], b"su")
         .file_with("home/app/data", 0o640, 1000, 1001, &[], b"data")
         .symlink("usr/bin/ping6", "ping")
@@ -88,21 +113,51 @@ fn preserves_modes_owners_times_links_devices_and_xattrs() {
     let m = std::fs::metadata(sb.p("home/app/data")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1001, 0o640));
     assert_eq!(m.mtime(), 1_500_000_000);
-    assert_eq!(std::fs::metadata(sb.p("usr/bin")).unwrap().mtime(), 1_500_000_000, "dir mtime not kept");
-    assert_eq!(std::fs::read_link(sb.p("usr/bin/ping6")).unwrap(), Path::new("ping"));
-    let (a, b) = (std::fs::metadata(sb.p("usr/bin/ping")).unwrap(), std::fs::metadata(sb.p("usr/bin/ping-hard")).unwrap());
+    assert_eq!(
+        std::fs::metadata(sb.p("usr/bin")).unwrap().mtime(),
+        1_500_000_000,
+        "dir mtime not kept"
+    );
+    assert_eq!(
+        std::fs::read_link(sb.p("usr/bin/ping6")).unwrap(),
+        Path::new("ping")
+    );
+    let (a, b) = (
+        std::fs::metadata(sb.p("usr/bin/ping")).unwrap(),
+        std::fs::metadata(sb.p("usr/bin/ping-hard")).unwrap(),
+    );
     assert_eq!(a.ino(), b.ino());
     let null = std::fs::metadata(sb.p("dev/null")).unwrap();
     assert!(null.file_type().is_char_device());
-    assert_eq!((rustix::fs::major(null.rdev()), rustix::fs::minor(null.rdev())), (1, 3));
+    assert_eq!(
+        (
+            rustix::fs::major(null.rdev()),
+            rustix::fs::minor(null.rdev())
+        ),
+        (1, 3)
+    );
     assert_eq!(null.mode() & 0o777, 0o666);
-    assert!(std::fs::metadata(sb.p("dev/loop9")).unwrap().file_type().is_block_device());
-    assert!(std::fs::metadata(sb.p("run/fifo")).unwrap().file_type().is_fifo());
-    assert_eq!(std::fs::metadata(sb.p("sticky")).unwrap().mode() & 0o7777, 0o1777);
-    let got = rustix::fs::getxattr(&sb.p("usr/bin/ping"), "security.capability", &mut [0u8; 64][..]).unwrap();
+    assert!(std::fs::metadata(sb.p("dev/loop9"))
+        .unwrap()
+        .file_type()
+        .is_block_device());
+    assert!(std::fs::metadata(sb.p("run/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(
+        std::fs::metadata(sb.p("sticky")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+    let got = rustix::fs::getxattr(
+        sb.p("usr/bin/ping"),
+        "security.capability",
+        &mut [0u8; 64][..],
+    )
+    .unwrap();
     assert_eq!(got, cap.len(), "file capability not set");
     let mut buf = [0u8; 16];
-    let n = rustix::fs::getxattr(&sb.p("usr/bin/ping"), "user.note", &mut buf[..]).unwrap();
+    let n = rustix::fs::getxattr(sb.p("usr/bin/ping"), "user.note", &mut buf[..]).unwrap();
     assert_eq!(&buf[..n], b"hi");
 }
 
@@ -153,18 +208,37 @@ fn whiteouts_and_opaque_directories_hide_lower_layers_only() {
 #[test]
 fn later_entries_replace_earlier_ones_of_another_type() {
     let sb = Sandbox::new();
-    sb.apply(&TarBuilder::new().file("a", 0o644, b"file").dir("b/c", 0o755).symlink("d", "/x").finish()).unwrap();
-    sb.apply(&TarBuilder::new().dir("a", 0o700).file("b", 0o600, b"now a file").file("d", 0o644, b"real").finish()).unwrap();
+    sb.apply(
+        &TarBuilder::new()
+            .file("a", 0o644, b"file")
+            .dir("b/c", 0o755)
+            .symlink("d", "/x")
+            .finish(),
+    )
+    .unwrap();
+    sb.apply(
+        &TarBuilder::new()
+            .dir("a", 0o700)
+            .file("b", 0o600, b"now a file")
+            .file("d", 0o644, b"real")
+            .finish(),
+    )
+    .unwrap();
     assert!(sb.p("a").is_dir());
     assert_eq!(std::fs::read(sb.p("b")).unwrap(), b"now a file");
-    assert!(!std::fs::symlink_metadata(sb.p("d")).unwrap().file_type().is_symlink());
+    assert!(!std::fs::symlink_metadata(sb.p("d"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
 
 #[test]
 fn dot_dot_climbing_out_is_refused() {
     for path in ["../victim", "a/../../victim", "./../../outside/victim"] {
         let sb = Sandbox::new();
-        let err = sb.apply(&TarBuilder::new().file(path, 0o644, b"pwned").finish()).unwrap_err();
+        let err = sb
+            .apply(&TarBuilder::new().file(path, 0o644, b"pwned").finish())
+            .unwrap_err();
         assert!(matches!(err, Error::Unpack { .. }), "{path}: {err}");
         assert!(err.to_string().contains("climbs out"), "{err}");
         sb.assert_outside_untouched();
@@ -175,9 +249,13 @@ fn dot_dot_climbing_out_is_refused() {
 fn absolute_paths_stay_inside() {
     let sb = Sandbox::new();
     let abs = format!("{}/victim", sb.outside_str());
-    sb.apply(&TarBuilder::new().file(&abs, 0o644, b"contained").finish()).unwrap();
+    sb.apply(&TarBuilder::new().file(&abs, 0o644, b"contained").finish())
+        .unwrap();
     sb.assert_outside_untouched();
-    assert_eq!(std::fs::read(sb.root.join(abs.trim_start_matches('/'))).unwrap(), b"contained");
+    assert_eq!(
+        std::fs::read(sb.root.join(abs.trim_start_matches('/'))).unwrap(),
+        b"contained"
+    );
 }
 
 #[test]
@@ -217,13 +295,25 @@ fn symlink_then_write_through_is_contained() {
 #[test]
 fn symlink_from_an_earlier_layer_is_contained() {
     let sb = Sandbox::new();
-    sb.apply(&TarBuilder::new().symlink("link", &sb.outside_str()).symlink("rel", "../outside").finish()).unwrap();
+    sb.apply(
+        &TarBuilder::new()
+            .symlink("link", &sb.outside_str())
+            .symlink("rel", "../outside")
+            .finish(),
+    )
+    .unwrap();
     for upper in [
-        TarBuilder::new().file("link/victim", 0o644, b"pwned").finish(),
+        TarBuilder::new()
+            .file("link/victim", 0o644, b"pwned")
+            .finish(),
         TarBuilder::new().file("link/new", 0o644, b"pwned").finish(),
-        TarBuilder::new().file("rel/victim", 0o644, b"pwned").finish(),
+        TarBuilder::new()
+            .file("rel/victim", 0o644, b"pwned")
+            .finish(),
         TarBuilder::new().dir("link/newdir", 0o755).finish(),
-        TarBuilder::new().symlink("link/sym", "/etc/passwd").finish(),
+        TarBuilder::new()
+            .symlink("link/sym", "/etc/passwd")
+            .finish(),
         TarBuilder::new().hardlink("link/hl", "bin/sh").finish(),
     ] {
         let _ = sb.apply(&upper); // refused (dangling in root) or contained
@@ -240,8 +330,19 @@ fn symlink_from_an_earlier_layer_is_contained() {
         sb.assert_outside_untouched();
     }
     // A final-component symlink is replaced, never written through.
-    sb.apply(&TarBuilder::new().symlink("f", &format!("{}/victim", sb.outside_str())).finish()).unwrap();
-    sb.apply(&TarBuilder::new().file("f", 0o644, b"replaced").dir("link", 0o700).finish()).unwrap();
+    sb.apply(
+        &TarBuilder::new()
+            .symlink("f", &format!("{}/victim", sb.outside_str()))
+            .finish(),
+    )
+    .unwrap();
+    sb.apply(
+        &TarBuilder::new()
+            .file("f", 0o644, b"replaced")
+            .dir("link", 0o700)
+            .finish(),
+    )
+    .unwrap();
     sb.assert_outside_untouched();
     assert_eq!(std::fs::read(sb.p("f")).unwrap(), b"replaced");
     assert!(sb.p("link").is_dir());
@@ -252,13 +353,24 @@ fn hardlinks_to_outside_are_refused() {
     let sb = Sandbox::new();
     let victim = format!("{}/victim", sb.outside_str());
     let cases = [
-        TarBuilder::new().hardlink("hl", "../outside/victim").finish(),
+        TarBuilder::new()
+            .hardlink("hl", "../outside/victim")
+            .finish(),
         TarBuilder::new().hardlink("hl", &victim).finish(),
-        TarBuilder::new().symlink("s", &sb.outside_str()).hardlink("hl", "s/victim").finish(),
-        TarBuilder::new().symlink("s2", "..").hardlink("hl", "s2/outside/victim").finish(),
+        TarBuilder::new()
+            .symlink("s", &sb.outside_str())
+            .hardlink("hl", "s/victim")
+            .finish(),
+        TarBuilder::new()
+            .symlink("s2", "..")
+            .hardlink("hl", "s2/outside/victim")
+            .finish(),
     ];
     for tar in cases {
-        assert!(sb.apply(&tar).is_err(), "hard link outside the root was made");
+        assert!(
+            sb.apply(&tar).is_err(),
+            "hard link outside the root was made"
+        );
         sb.assert_outside_untouched();
         assert!(!exists(&sb.p("hl")));
     }
@@ -267,7 +379,9 @@ fn hardlinks_to_outside_are_refused() {
 #[test]
 fn truncated_layer_is_an_error_naming_the_layer() {
     let sb = Sandbox::new();
-    let mut tar = TarBuilder::new().file("big", 0o644, &common::noise(100_000, 5)).finish();
+    let mut tar = TarBuilder::new()
+        .file("big", 0o644, &common::noise(100_000, 5))
+        .finish();
     tar.truncate(50_000);
     let err = sb.apply(&tar).unwrap_err();
     assert!(err.to_string().contains("test-layer"), "{err}");

@@ -38,8 +38,18 @@ impl TarBuilder {
 
     /// Appends an entry with `path` written verbatim (may contain `..`, be
     /// absolute, …): PAX records carry long paths and link names.
-    fn raw(&mut self, mut h: tar::Header, path: &str, link: Option<&str>, data: &[u8], pax: &[(&str, &[u8])]) -> &mut Self {
-        let mut records: Vec<(String, Vec<u8>)> = pax.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+    fn raw(
+        &mut self,
+        mut h: tar::Header,
+        path: &str,
+        link: Option<&str>,
+        data: &[u8],
+        pax: &[(&str, &[u8])],
+    ) -> &mut Self {
+        let mut records: Vec<(String, Vec<u8>)> = pax
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect();
         let name_field = &mut h.as_old_mut().name;
         if path.len() <= name_field.len() {
             name_field.fill(0);
@@ -57,7 +67,10 @@ impl TarBuilder {
             }
         }
         if !records.is_empty() {
-            let exts: Vec<(&str, &[u8])> = records.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+            let exts: Vec<(&str, &[u8])> = records
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
             // Errors only come from the Vec writer, which cannot fail.
             let _ = self.out.append_pax_extensions(exts);
         }
@@ -73,11 +86,22 @@ impl TarBuilder {
     }
 
     /// A regular file with owner and PAX extended attributes.
-    pub fn file_with(&mut self, path: &str, mode: u32, uid: u64, gid: u64, xattrs: &[(&str, &[u8])], data: &[u8]) -> &mut Self {
+    pub fn file_with(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        xattrs: &[(&str, &[u8])],
+        data: &[u8],
+    ) -> &mut Self {
         let mut h = self.header(tar::EntryType::Regular, mode, data.len() as u64);
         h.set_uid(uid);
         h.set_gid(gid);
-        let keys: Vec<(String, &[u8])> = xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
+        let keys: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
         let pax: Vec<(&str, &[u8])> = keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         self.raw(h, path, None, data, &pax)
     }
@@ -98,8 +122,19 @@ impl TarBuilder {
     }
 
     /// A character (`'c'`) or block (`'b'`) device.
-    pub fn device(&mut self, path: &str, kind: char, major: u32, minor: u32, mode: u32) -> &mut Self {
-        let t = if kind == 'b' { tar::EntryType::Block } else { tar::EntryType::Char };
+    pub fn device(
+        &mut self,
+        path: &str,
+        kind: char,
+        major: u32,
+        minor: u32,
+        mode: u32,
+    ) -> &mut Self {
+        let t = if kind == 'b' {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Char
+        };
         let mut h = self.header(t, mode, 0);
         let _ = h.set_device_major(major);
         let _ = h.set_device_minor(minor);
@@ -146,13 +181,17 @@ impl TarBuilder {
 /// minimal `/etc/passwd` and `/etc/group`.
 pub fn busybox_rootfs_tar() -> anyhow::Result<Vec<u8>> {
     let busybox = Path::new("/bin/busybox");
-    let data = std::fs::read(busybox).context("reading /bin/busybox: install the Debian package `busybox-static`")?;
+    let data = std::fs::read(busybox)
+        .context("reading /bin/busybox: install the Debian package `busybox-static`")?;
     let out = std::process::Command::new(busybox)
         .arg("--list-full")
         .output()
         .context("running busybox --list-full")?;
     let mut t = TarBuilder::new();
-    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "proc", "sys", "dev", "var", "run"] {
+    for d in [
+        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "proc", "sys", "dev", "var",
+        "run",
+    ] {
         t.dir(d, 0o755);
     }
     t.dir("tmp", 0o1777);
@@ -164,7 +203,11 @@ pub fn busybox_rootfs_tar() -> anyhow::Result<Vec<u8>> {
         }
         t.symlink(applet, "/bin/busybox");
     }
-    t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n");
+    t.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    );
     t.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
     Ok(t.finish())
 }

@@ -30,6 +30,9 @@ use crate::reference::{ImageRef, Platform};
 use crate::registry::Registry;
 use crate::BlobCache;
 
+/// An uncompressed layer tar and how to compress it in the image.
+pub type TestLayer = (Vec<u8>, Compression);
+
 /// Builds an image for the host platform from uncompressed layer tars (each
 /// compressed as given), lets `configure` fill the run config, and pushes it
 /// as `target` using a blob cache under `cache_root` (credentials, if the
@@ -53,7 +56,7 @@ pub async fn push_multi_platform(
     cache_root: &Path,
     config: &RegistryConfig,
     target: &ImageRef,
-    images: &[(Platform, Vec<(Vec<u8>, Compression)>)],
+    images: &[(Platform, Vec<TestLayer>)],
 ) -> anyhow::Result<crate::Digest> {
     let mut records = Vec::new();
     for (platform, layers) in images {

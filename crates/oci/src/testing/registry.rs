@@ -102,13 +102,20 @@ impl TestRegistry {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let req = format!("GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
                 let mut head = [0u8; 12];
-                if s.write_all(req.as_bytes()).is_ok() && s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") {
+                if s.write_all(req.as_bytes()).is_ok()
+                    && s.read_exact(&mut head).is_ok()
+                    && head.starts_with(b"HTTP/1.")
+                {
                     return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("docker-registry did not answer on {} within 20 s: {}", self.addr, self.log())
+        bail!(
+            "docker-registry did not answer on {} within 20 s: {}",
+            self.addr,
+            self.log()
+        )
     }
 
     /// The registry's log so far (for failure messages).
@@ -135,7 +142,9 @@ impl TestRegistry {
 
     /// The user and password, if started with auth.
     pub fn credentials(&self) -> Option<(&str, &str)> {
-        self.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+        self.credentials
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
     /// The registry's storage directory.
@@ -168,7 +177,12 @@ impl Drop for TestRegistry {
 
 /// Writes a Docker `config.json` into `dir` with a base64 `auth` entry for
 /// `host`. Point `RegistryConfig::docker_config_dir` at `dir`.
-pub fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) -> anyhow::Result<()> {
+pub fn write_docker_config(
+    dir: &Path,
+    host: &str,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<()> {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     let json = serde_json::json!({ "auths": { host: { "auth": auth } } });
     std::fs::create_dir_all(dir)?;

@@ -48,7 +48,6 @@ impl RelPath {
         Ok(RelPath(out))
     }
 
-
     /// Parent path and final name (`None` for the root).
     pub fn split_last(&self) -> Option<(RelPath, &OsStr)> {
         let (last, rest) = self.0.split_last()?;
@@ -106,7 +105,13 @@ impl Root {
         let mut tries = 0;
         loop {
             // EAGAIN means a concurrent rename raced the walk: retry a little.
-            match rustix::fs::openat2(&self.fd, &path, flags | OFlags::CLOEXEC, Mode::empty(), RESOLVE) {
+            match rustix::fs::openat2(
+                &self.fd,
+                &path,
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE,
+            ) {
                 Err(Errno::AGAIN) if tries < 8 => tries += 1,
                 other => return other,
             }
@@ -186,8 +191,7 @@ pub(crate) fn remove_all(dir: impl AsFd, name: &OsStr) -> rustix::io::Result<()>
 /// filesystem reports them.
 pub(crate) fn list_dir(dir: &OwnedFd) -> rustix::io::Result<Vec<(OsString, Option<FileType>)>> {
     let mut out = Vec::new();
-    let mut d = Dir::read_from(dir)?;
-    while let Some(entry) = d.next() {
+    for entry in Dir::read_from(dir)? {
         let entry = entry?;
         let name: &CStr = entry.file_name();
         let bytes = name.to_bytes();
@@ -240,7 +244,9 @@ mod tests {
         }
         // A dangling symlink as a parent is refused, not created outside.
         std::os::unix::fs::symlink("/nonexistent-firebuild", root_path.join("dangling")).unwrap();
-        let err = root.dir_create(&RelPath::clean(b"dangling/x").unwrap()).unwrap_err();
+        let err = root
+            .dir_create(&RelPath::clean(b"dangling/x").unwrap())
+            .unwrap_err();
         assert_eq!(err, Errno::NOENT);
         assert!(!Path::new("/nonexistent-firebuild").exists());
         // mkdir -p inside the root.

@@ -51,30 +51,47 @@ pub struct LayerStats {
 
 /// Applies a layer blob (gzip, zstd or plain tar, detected from its first
 /// bytes) to `root`. `layer` names the layer in errors.
-pub fn apply_layer_file(root: &Path, blob: &Path, layer: &str, opts: &UnpackOptions) -> Result<LayerStats> {
+pub fn apply_layer_file(
+    root: &Path,
+    blob: &Path,
+    layer: &str,
+    opts: &UnpackOptions,
+) -> Result<LayerStats> {
     let file = File::open(blob).map_err(Error::io("opening layer blob", blob))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let head = {
         use std::io::BufRead;
-        reader.fill_buf().map_err(Error::io("reading layer blob", blob))?.to_vec()
+        reader
+            .fill_buf()
+            .map_err(Error::io("reading layer blob", blob))?
+            .to_vec()
     };
     match Compression::sniff(&head) {
         Compression::None => apply_layer(root, reader, layer, opts),
-        Compression::Gzip => apply_layer(root, flate2::read::MultiGzDecoder::new(reader), layer, opts),
+        Compression::Gzip => {
+            apply_layer(root, flate2::read::MultiGzDecoder::new(reader), layer, opts)
+        }
         Compression::Zstd => {
-            let dec = zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| Error::Layer {
-                layer: layer.to_string(),
-                reason: format!("zstd: {e}"),
-            })?;
+            let dec =
+                zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| Error::Layer {
+                    layer: layer.to_string(),
+                    reason: format!("zstd: {e}"),
+                })?;
             apply_layer(root, dec, layer, opts)
         }
     }
 }
 
 /// Applies an uncompressed tar stream to `root` (created if missing).
-pub fn apply_layer(root: &Path, reader: impl Read, layer: &str, opts: &UnpackOptions) -> Result<LayerStats> {
+pub fn apply_layer(
+    root: &Path,
+    reader: impl Read,
+    layer: &str,
+    opts: &UnpackOptions,
+) -> Result<LayerStats> {
     std::fs::create_dir_all(root).map_err(Error::io("creating root directory", root))?;
-    let root_dir = Root::open(root).map_err(|e| Error::io("opening root directory", root)(e.into()))?;
+    let root_dir =
+        Root::open(root).map_err(|e| Error::io("opening root directory", root)(e.into()))?;
     let mut applier = Applier {
         root: root_dir,
         layer,
@@ -92,7 +109,12 @@ pub fn apply_layer(root: &Path, reader: impl Read, layer: &str, opts: &UnpackOpt
         applier.entry(entry)?;
     }
     applier.finish_dir_times();
-    tracing::debug!(layer, entries = applier.stats.entries, bytes = applier.stats.bytes, "layer applied");
+    tracing::debug!(
+        layer,
+        entries = applier.stats.entries,
+        bytes = applier.stats.bytes,
+        "layer applied"
+    );
     Ok(applier.stats)
 }
 
@@ -140,11 +162,17 @@ impl<'a> Applier<'a> {
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let kind = entry.header().entry_type();
-        if matches!(kind, T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink) {
+        if matches!(
+            kind,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
+        ) {
             return Ok(());
         }
         let rel = RelPath::clean(&raw_path).map_err(|e| match e {
-            PathError::ClimbsOut => self.entry_err(&shown, "path climbs out of the root with '..'; the layer is malicious or broken"),
+            PathError::ClimbsOut => self.entry_err(
+                &shown,
+                "path climbs out of the root with '..'; the layer is malicious or broken",
+            ),
             PathError::Nul => self.entry_err(&shown, "path contains a NUL byte"),
         })?;
         let Some((parent, name)) = rel.split_last() else {
@@ -172,7 +200,9 @@ impl<'a> Applier<'a> {
         for p in rel.prefixes() {
             self.seen.insert(p);
         }
-        let meta = self.meta(&mut entry).map_err(|e| self.entry_err(&shown, e))?;
+        let meta = self
+            .meta(&mut entry)
+            .map_err(|e| self.entry_err(&shown, e))?;
         let is_dir = kind == T::Directory || (kind == T::Regular && raw_path.ends_with(b"/"));
         let parent_fd = self
             .root
@@ -191,12 +221,18 @@ impl<'a> Applier<'a> {
                     self.regular(&parent_fd, &name, &meta, &mut entry, &shown)
                 }
                 T::Symlink => {
-                    let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default();
                     self.symlink(&parent_fd, &name, &target, &meta)
                         .map_err(|e| self.entry_err(&shown, e))
                 }
                 T::Link => {
-                    let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default();
                     return self.hardlink(&parent_fd, &rel, &name, &target, &shown);
                 }
                 T::Char | T::Block | T::Fifo => {
@@ -308,7 +344,12 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn directory(&mut self, parent: &OwnedFd, name: &OsStr, meta: &Meta) -> std::result::Result<(), Errno> {
+    fn directory(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        meta: &Meta,
+    ) -> std::result::Result<(), Errno> {
         match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
             Ok(()) => {}
             Err(Errno::EXIST) => {
@@ -339,7 +380,8 @@ impl<'a> Applier<'a> {
         data: &mut tar::Entry<'_, R>,
         shown: &str,
     ) -> Result<()> {
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600)) {
             Err(Errno::EXIST) => {
                 remove_all(parent, name).map_err(|e| self.entry_err(shown, e))?;
@@ -362,14 +404,22 @@ impl<'a> Applier<'a> {
         }
         let fd = OwnedFd::from(file);
         // Owner first: chown clears setuid bits and file capabilities.
-        self.chown_fd(&fd, meta).map_err(|e| self.entry_err(shown, e))?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(|e| self.entry_err(shown, e))?;
+        self.chown_fd(&fd, meta)
+            .map_err(|e| self.entry_err(shown, e))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))
+            .map_err(|e| self.entry_err(shown, e))?;
         self.xattrs_fd(&fd, meta);
         rustix::fs::futimens(&fd, &meta.times).map_err(|e| self.entry_err(shown, e))?;
         Ok(())
     }
 
-    fn symlink(&mut self, parent: &OwnedFd, name: &OsStr, target: &[u8], meta: &Meta) -> std::result::Result<(), Errno> {
+    fn symlink(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        target: &[u8],
+        meta: &Meta,
+    ) -> std::result::Result<(), Errno> {
         // The target is stored verbatim: it is resolved later, inside the VM.
         let target = OsStr::from_bytes(target);
         match rustix::fs::symlinkat(target, parent, name) {
@@ -384,9 +434,22 @@ impl<'a> Applier<'a> {
         rustix::fs::utimensat(parent, name, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
     }
 
-    fn hardlink(&mut self, parent: &OwnedFd, rel: &RelPath, name: &OsStr, target: &[u8], shown: &str) -> Result<()> {
+    fn hardlink(
+        &mut self,
+        parent: &OwnedFd,
+        rel: &RelPath,
+        name: &OsStr,
+        target: &[u8],
+        shown: &str,
+    ) -> Result<()> {
         let target_rel = RelPath::clean(target).map_err(|_| {
-            self.entry_err(shown, format!("hard link target {:?} is outside the root", String::from_utf8_lossy(target)))
+            self.entry_err(
+                shown,
+                format!(
+                    "hard link target {:?} is outside the root",
+                    String::from_utf8_lossy(target)
+                ),
+            )
         })?;
         if &target_rel == rel {
             return Ok(());
@@ -395,7 +458,13 @@ impl<'a> Applier<'a> {
             return Err(self.entry_err(shown, "hard link to the root directory"));
         };
         let tdir = self.root.dir(&tparent).map_err(|e| {
-            self.entry_err(shown, format!("hard link target {:?}: {e}", String::from_utf8_lossy(target)))
+            self.entry_err(
+                shown,
+                format!(
+                    "hard link target {:?}: {e}",
+                    String::from_utf8_lossy(target)
+                ),
+            )
         })?;
         let link = || rustix::fs::linkat(&tdir, tname, parent, name, AtFlags::empty());
         match link() {
@@ -405,7 +474,12 @@ impl<'a> Applier<'a> {
             }
             other => other,
         }
-        .map_err(|e| self.entry_err(shown, format!("linking to {:?}: {e}", String::from_utf8_lossy(target))))
+        .map_err(|e| {
+            self.entry_err(
+                shown,
+                format!("linking to {:?}: {e}", String::from_utf8_lossy(target)),
+            )
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -431,7 +505,11 @@ impl<'a> Applier<'a> {
         };
         match made {
             Err(Errno::PERM) if ft != FileType::Fifo && !self.opts.preserve_ownership => {
-                tracing::warn!(layer = self.layer, entry = shown, "skipping device node: creating it needs root");
+                tracing::warn!(
+                    layer = self.layer,
+                    entry = shown,
+                    "skipping device node: creating it needs root"
+                );
                 return Ok(());
             }
             other => other?,
@@ -457,7 +535,12 @@ impl<'a> Applier<'a> {
         rustix::fs::fchown(fd, u, g)
     }
 
-    fn chown_at(&self, parent: &OwnedFd, name: &OsStr, meta: &Meta) -> std::result::Result<(), Errno> {
+    fn chown_at(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        meta: &Meta,
+    ) -> std::result::Result<(), Errno> {
         if !self.opts.preserve_ownership {
             return Ok(());
         }
@@ -467,7 +550,9 @@ impl<'a> Applier<'a> {
 
     fn xattrs_fd(&mut self, fd: &OwnedFd, meta: &Meta) {
         for (k, v) in &meta.xattrs {
-            if let Err(e) = rustix::fs::fsetxattr(fd, k.as_os_str(), v, rustix::fs::XattrFlags::empty()) {
+            if let Err(e) =
+                rustix::fs::fsetxattr(fd, k.as_os_str(), v, rustix::fs::XattrFlags::empty())
+            {
                 self.xattr_failed(k, e);
             }
         }
@@ -479,7 +564,9 @@ impl<'a> Applier<'a> {
         }
         let path = fsops::proc_path(parent, name);
         for (k, v) in &meta.xattrs {
-            if let Err(e) = rustix::fs::lsetxattr(&path, k.as_os_str(), v, rustix::fs::XattrFlags::empty()) {
+            if let Err(e) =
+                rustix::fs::lsetxattr(&path, k.as_os_str(), v, rustix::fs::XattrFlags::empty())
+            {
                 self.xattr_failed(k, e);
             }
         }
@@ -496,7 +583,10 @@ impl<'a> Applier<'a> {
 
     fn finish_dir_times(&mut self) {
         for (rel, times) in self.dir_times.iter().rev() {
-            if let Ok(fd) = self.root.resolve(rel, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW) {
+            if let Ok(fd) = self
+                .root
+                .resolve(rel, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
+            {
                 let _ = rustix::fs::futimens(&fd, times);
             }
         }
@@ -528,7 +618,10 @@ fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
     } else {
         (tv_sec, tv_nsec)
     };
-    Some(Timespec { tv_sec, tv_nsec: tv_nsec as _ })
+    Some(Timespec {
+        tv_sec,
+        tv_nsec: tv_nsec as _,
+    })
 }
 
 #[cfg(test)]

@@ -24,7 +24,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -126,7 +128,10 @@ fn serve(client: TcpStream, up: TcpStream, cap: u64, saw_resume: Arc<AtomicBool>
             };
             let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
             if let Some(pos) = text.find("range: bytes=") {
-                let start: String = text[pos + 13..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                let start: String = text[pos + 13..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
                 if start.parse::<u64>().unwrap_or(0) > 0 {
                     saw_resume.store(true, Ordering::SeqCst);
                 }
