@@ -408,7 +408,8 @@ fn copy_hashing(src: &mut File, dst: &mut File) -> io::Result<(u64, String)> {
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-fn hash_file(path: &Path) -> Result<String> {
+/// SHA-256 (hex) of a file.
+pub(crate) fn hash_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher).map_err(|e| Error::io("read", path, e))?;

@@ -147,7 +147,7 @@ pub fn ensure_cached_with(
         version: Some(built.release.clone()),
         arch: "x86_64".into(),
         size,
-        sha256: String::new(),
+        sha256: crate::store::hash_file(&built.vmlinux)?,
         origin: KernelOrigin::Built,
         source: opts.source.display().to_string(),
         config_digest: Some(built.config_digest.clone()),
