@@ -12,14 +12,18 @@ use crate::error::VmError;
 
 /// Drops the `firebuild-exit-code=<n>` line from a byte stream, passing
 /// everything else through as soon as it cannot be that line (so prompts
-/// without a newline are not held back). What follows the marker is the
-/// kernel powering off, and is dropped too.
+/// without a newline are not held back). The guest init prints a newline
+/// before the marker (so it starts a line), which makes a blank line right
+/// before it: that one is dropped too. What follows the marker is the
+/// kernel powering off, and is dropped as well.
 #[derive(Debug, Default)]
 pub struct MarkerFilter {
     /// The current line, held while it may still be the marker.
     held: Vec<u8>,
     /// The current line was already let through (it is not the marker).
     passing: bool,
+    /// A blank line, held until we know whether the marker follows.
+    blank: Option<Vec<u8>>,
     /// The marker was seen: the guest is shutting down.
     ended: bool,
 }
@@ -72,7 +76,14 @@ impl MarkerFilter {
             if b == b'\n' {
                 if is_marker_line(&self.held) {
                     self.ended = true;
+                    self.blank = None;
+                } else if self.held.iter().all(u8::is_ascii_whitespace) {
+                    out.extend(self.blank.take().unwrap_or_default());
+                    let mut line = std::mem::take(&mut self.held);
+                    line.push(b);
+                    self.blank = Some(line);
                 } else {
+                    out.extend(self.blank.take().unwrap_or_default());
                     out.append(&mut self.held);
                     out.push(b);
                 }
@@ -81,6 +92,7 @@ impl MarkerFilter {
             }
             self.held.push(b);
             if !may_be_marker(&self.held) {
+                out.extend(self.blank.take().unwrap_or_default());
                 out.append(&mut self.held);
                 self.passing = true;
             }
@@ -88,16 +100,16 @@ impl MarkerFilter {
         out
     }
 
-    /// Ends the stream: a held partial line that is not a full marker is
-    /// shown.
+    /// Ends the stream: held output that is not the marker is shown.
     pub fn finish(&mut self) -> Vec<u8> {
         self.passing = false;
         let held = std::mem::take(&mut self.held);
-        if is_marker_line(&held) {
-            Vec::new()
-        } else {
-            held
+        if self.ended || is_marker_line(&held) {
+            return Vec::new();
         }
+        let mut out = self.blank.take().unwrap_or_default();
+        out.extend(held);
+        out
     }
 }
 
@@ -197,6 +209,20 @@ mod tests {
         // Byte by byte gives the same result.
         let chunks: Vec<&[u8]> = text.chunks(1).collect();
         assert_eq!(filter_all(&chunks), "hello\r\n");
+    }
+
+    #[test]
+    fn the_blank_line_before_the_marker_goes_too() {
+        let text = "hello\r\n\r\nfirebuild-exit-code=0\r\n";
+        assert_eq!(filter_all(&[text.as_bytes()]), "hello\r\n");
+        let chunks: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
+        assert_eq!(filter_all(&chunks), "hello\r\n");
+        // Other blank lines stay.
+        let text = "a\n\n\nb\n\n";
+        assert_eq!(filter_all(&[text.as_bytes()]), text);
+        let mut f = MarkerFilter::default();
+        assert_eq!(f.feed(b"a\n\n"), b"a\n");
+        assert_eq!(f.feed(b"b"), b"\nb");
     }
 
     #[test]

@@ -60,8 +60,9 @@ fn sparse_copy(source: &File, target: &File) -> io::Result<()> {
         copy_range(source, target, data, hole - data)?;
         pos = hole;
     }
-    target.set_len(len)?;
-    target.sync_all()
+    // No fsync: the copy is the VM's scratch disk, worthless after a host
+    // crash, and flushing it would delay every boot.
+    target.set_len(len)
 }
 
 /// Copies `count` bytes at `offset` to the same offset, with

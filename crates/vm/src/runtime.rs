@@ -402,33 +402,33 @@ impl Runtime {
         console: &mut (dyn Write + Send),
         interrupts: Interrupts,
     ) -> Result<RunOutcome, VmError> {
-        let daemonize = spec.daemonize;
+        if spec.daemonize {
+            let metadata = self.launch(self.prepare(spec).await?).await?;
+            return Ok(RunOutcome::Detached { id: metadata.id });
+        }
         // Listen before starting, so an early Ctrl-C is not lost.
-        let (mut stops, _listener) = match (daemonize, interrupts) {
-            (true, _) => (None, None),
-            (false, Interrupts::Channel(rx)) => (Some(rx), None),
-            (false, Interrupts::CtrlC) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let task = tokio::spawn(async move {
-                    while tokio::signal::ctrl_c().await.is_ok() {
-                        if tx.send(()).is_err() {
-                            break;
-                        }
-                    }
-                });
-                (Some(rx), Some(AbortOnDrop(task)))
-            }
-        };
+        let (stops, _listener) = listen(interrupts);
         let prepared = self.prepare(spec).await?;
         let metadata = self.launch(prepared).await?;
-        match stops.take() {
-            None => Ok(RunOutcome::Detached { id: metadata.id }),
-            Some(rx) => self.attach(metadata, console, rx).await,
-        }
+        self.follow_until_exit(metadata, console, stops).await
+    }
+
+    /// The foreground part of `run` for a VM started with
+    /// [`Runtime::launch`] (the two-step flow): streams the console, turns
+    /// stop requests into a graceful then forced stop, and returns once the
+    /// VM has exited (removing it if it was started with `--rm`).
+    pub async fn attach(
+        &self,
+        metadata: RunMetadata,
+        console: &mut (dyn Write + Send),
+        interrupts: Interrupts,
+    ) -> Result<RunOutcome, VmError> {
+        let (stops, _listener) = listen(interrupts);
+        self.follow_until_exit(metadata, console, stops).await
     }
 
     /// Follows a running VM in the foreground until it exits.
-    async fn attach(
+    async fn follow_until_exit(
         &self,
         mut metadata: RunMetadata,
         console: &mut (dyn Write + Send),
@@ -715,6 +715,25 @@ impl Runtime {
             self.refresh(&mut metadata, &dir)?;
         }
         follower.finish(sink).await
+    }
+}
+
+/// Turns an [`Interrupts`] source into a channel of stop requests; the
+/// returned guard ends the Ctrl-C listener.
+fn listen(interrupts: Interrupts) -> (mpsc::UnboundedReceiver<()>, Option<AbortOnDrop>) {
+    match interrupts {
+        Interrupts::Channel(rx) => (rx, None),
+        Interrupts::CtrlC => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(async move {
+                while tokio::signal::ctrl_c().await.is_ok() {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+            (rx, Some(AbortOnDrop(task)))
+        }
     }
 }
 

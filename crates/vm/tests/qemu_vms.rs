@@ -327,10 +327,14 @@ async fn two_vms_at_once_and_a_killed_vmm() {
     assert_eq!(report.removed, ["vm-a"]);
     assert_eq!(world.run_cache_entries(), ["vm-b"]);
 
-    // The shell ignores nothing: SIGTERM ends it (128 + 15).
-    let killed = world.runtime.kill("vm-b", None).await.unwrap();
+    // kill with no grace period: the forced path (QMP quit, then SIGKILL).
+    let killed = world
+        .runtime
+        .kill("vm-b", Some(Duration::ZERO))
+        .await
+        .unwrap();
     assert_eq!(killed.status, VmStatus::Exited);
-    assert_eq!(killed.exit_code, Some(143), "{}", console_log(&killed));
+    assert!(!b.process().unwrap().is_alive());
     assert_eq!(world.runtime.purge().await.unwrap().removed, ["vm-b"]);
     assert!(world.run_cache_entries().is_empty());
     assert_gone(&pa, &world.run_cache);
@@ -436,4 +440,131 @@ fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default()
+}
+
+/// A network namespace with a tap device made by the test, removed on drop.
+struct TestNetns {
+    name: String,
+    path: std::path::PathBuf,
+}
+
+impl TestNetns {
+    fn new(tap: &str, host_cidr: &str) -> Self {
+        let name = format!("fbvm-test-{}", std::process::id());
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["netns", "add", &name]);
+        let ns = TestNetns {
+            path: format!("/var/run/netns/{name}").into(),
+            name: name.clone(),
+        };
+        run(&["-n", &name, "tuntap", "add", "dev", tap, "mode", "tap"]);
+        run(&["-n", &name, "addr", "add", host_cidr, "dev", tap]);
+        run(&["-n", &name, "link", "set", tap, "up"]);
+        run(&["-n", &name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+/// Records what the runtime asks the network layer to release.
+#[derive(Default)]
+struct RecordingReleaser(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl firebuild_vm::NetworkReleaser for RecordingReleaser {
+    async fn release(
+        &self,
+        vm: &firebuild_vm::RunMetadata,
+        attachment: &firebuild_vm::NetworkAttachment,
+    ) -> Result<(), firebuild_vm::NetworkError> {
+        self.0.lock().unwrap().push(format!(
+            "{} {} {}",
+            vm.id, attachment.tap, attachment.release_data
+        ));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_attachment_runs_qemu_in_the_netns_on_its_tap() {
+    let world = World::new();
+    let netns = TestNetns::new("fbtap0", "10.77.0.1/24");
+    let releaser = std::sync::Arc::new(RecordingReleaser::default());
+    let runtime = firebuild_vm::Runtime::with_backends(
+        &world.run_cache,
+        vec![std::sync::Arc::new(firebuild_vm::QemuVmm::new(
+            firebuild_vm::QemuConfig {
+                accel: AccelPolicy::Tcg,
+                ..Default::default()
+            },
+        ))],
+    )
+    .with_network_releaser(releaser.clone());
+
+    let img = shell_image(
+        "for i in 1 2 3 4 5 6 7 8; do ping -c 1 -W 2 10.77.0.1 >/dev/null 2>&1 && { echo ping-ok; ip -4 addr show eth0; exit 0; }; sleep 1; done; ip addr; exit 1",
+    );
+    let mut spec = world.spec(img);
+    spec.name = Some("netvm".into());
+    spec.daemonize = true;
+    spec.remove_on_exit = true;
+    let mut prepared = runtime.prepare(spec).await.unwrap();
+    // The two-step flow: the network is set up once the id is known.
+    prepared
+        .attach_network(firebuild_vm::NetworkAttachment {
+            netns: netns.path.clone(),
+            tap: "fbtap0".into(),
+            guest_mac: "02:fb:00:77:00:02".into(),
+            ip: "10.77.0.2".parse().unwrap(),
+            prefix: 24,
+            gateway: Some("10.77.0.1".parse().unwrap()),
+            nameservers: vec!["10.77.0.1".parse().unwrap()],
+            mtu: None,
+            network_name: "test-net".into(),
+            release_data: serde_json::json!({"container": "netvm"}),
+        })
+        .unwrap();
+    let started = runtime.launch(prepared).await.unwrap();
+    assert_eq!(started.ip.as_deref(), Some("10.77.0.2"));
+    assert!(started
+        .kernel_args
+        .contains("ip=10.77.0.2::10.77.0.1:255.255.255.0:"));
+    // QEMU runs inside the VM's network namespace.
+    let vmm_ns = std::fs::metadata(format!("/proc/{}/ns/net", started.pid.unwrap()))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let want_ns = std::fs::metadata(&netns.path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    assert_eq!(vmm_ns.unwrap(), want_ns.unwrap());
+
+    let exited = runtime.wait("netvm", BOOT).await.unwrap();
+    let log = console_log(&exited);
+    assert_eq!(exited.exit_code, Some(0), "{log}");
+    assert!(
+        log.contains("ping-ok") && log.contains("10.77.0.2/24"),
+        "{log}"
+    );
+    // The daemonless `--rm` clean-up happens on the next ls, and releases
+    // the network through the hook.
+    assert!(runtime.list().await.is_ok_and(|v| v.is_empty()));
+    assert!(world.run_cache_entries().is_empty());
+    assert_eq!(
+        *releaser.0.lock().unwrap(),
+        ["netvm fbtap0 {\"container\":\"netvm\"}"]
+    );
 }
