@@ -291,3 +291,61 @@ fn dockerfile_parse_shows_stages_and_errors_point_at_the_line() {
     let err = stderr(&out);
     assert!(err.contains(":2:") && err.contains("ENV"), "{err}");
 }
+
+#[test]
+fn kernel_add_ls_inspect_rm_and_refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = format!(
+        "--storage-provider-property-string=kernel-storage-root={}",
+        tmp.path().display()
+    );
+    // A bzImage-like file is refused with a hint, and nothing is stored.
+    let not_elf = tmp.path().join("bzImage");
+    std::fs::write(&not_elf, b"MZ not a kernel").unwrap();
+    let out = firebuild(&[
+        "kernel",
+        "add",
+        "--file",
+        not_elf.to_str().unwrap(),
+        "--id",
+        "k1",
+        &root,
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bzImage"), "{}", stderr(&out));
+    assert!(!tmp.path().join("k1").exists());
+
+    let Some(vmlinux) = std::env::var_os("FIREBUILD_TEST_KERNEL").map(std::path::PathBuf::from)
+    else {
+        eprintln!("FIREBUILD_TEST_KERNEL unset: skipping the kernel store round trip");
+        return;
+    };
+    let out = firebuild(&[
+        "kernel",
+        "add",
+        "--file",
+        vmlinux.to_str().unwrap(),
+        "--id",
+        "vmlinux-6.1",
+        &root,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = firebuild(&["kernel", "ls", &root]);
+    assert!(stdout(&out).contains("vmlinux-6.1"), "{}", stdout(&out));
+    let out = firebuild(&["kernel", "inspect", "vmlinux-6.1", &root]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["id"], "vmlinux-6.1");
+    let out = firebuild(&[
+        "kernel",
+        "add",
+        "--file",
+        vmlinux.to_str().unwrap(),
+        "--id",
+        "vmlinux-6.1",
+        &root,
+    ]);
+    assert!(!out.status.success(), "an id in use is refused");
+    let out = firebuild(&["kernel", "rm", "vmlinux-6.1", &root]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!tmp.path().join("vmlinux-6.1").exists());
+}

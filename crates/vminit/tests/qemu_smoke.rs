@@ -4,12 +4,12 @@
 //!
 //! ```sh
 //! FIREBUILD_VMINIT=$(scripts/build-vminit.sh) \
-//! FIREBUILD_TEST_VMLINUX=/var/cache/firebuild-ci/kernels/<id>/vmlinux \
+//! FIREBUILD_TEST_KERNEL=/var/cache/firebuild-ci/kernels/<id>/vmlinux \
 //!     cargo test -p firebuild-vminit --test qemu_smoke
 //! ```
 //!
 //! Needs qemu-system-x86, busybox-static and e2fsprogs. Without
-//! FIREBUILD_TEST_VMLINUX it prints that it was skipped. No libtest
+//! FIREBUILD_TEST_KERNEL it prints that it was skipped. No libtest
 //! harness: the same binary doubles as the MMDS stand-in that QEMU's user
 //! network spawns per connection (`--mmds-stdio`).
 
@@ -236,8 +236,8 @@ fn main() {
         mmds_stdio(args.get(2).map_or("", String::as_str));
         return;
     }
-    let Some(kernel) = std::env::var_os("FIREBUILD_TEST_VMLINUX").map(PathBuf::from) else {
-        println!("qemu_smoke: skipped (set FIREBUILD_TEST_VMLINUX to a guest kernel)");
+    let Some(kernel) = std::env::var_os("FIREBUILD_TEST_KERNEL").map(PathBuf::from) else {
+        println!("qemu_smoke: skipped (set FIREBUILD_TEST_KERNEL to a guest kernel)");
         return;
     };
     let vminit = std::env::var_os("FIREBUILD_VMINIT").map_or_else(

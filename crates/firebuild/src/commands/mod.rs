@@ -3,6 +3,7 @@
 
 mod dockerfile;
 mod image;
+mod kernel;
 mod network;
 mod profile;
 
@@ -35,7 +36,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kill(_) => Err(NotImplemented("kill").into()),
         Command::Purge(_) => Err(NotImplemented("purge").into()),
         Command::Logs(_) => Err(NotImplemented("logs").into()),
-        Command::Kernel(_) => Err(NotImplemented("kernel").into()),
+        Command::Kernel(command) => kernel::run(global, command),
         Command::Dockerfile(command) => dockerfile::run(global, command),
         Command::Network(command) => network::run(global, command),
     }?;
