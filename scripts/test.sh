@@ -12,7 +12,7 @@ export FIREBUILD_VMINIT
 # The guest kernel the VM tests boot: built once from Debian's
 # linux-source-6.1 with the project's config, then reused from
 # /var/cache/firebuild-ci (about 8 minutes on 2 cores when missing).
-FIREBUILD_TEST_KERNEL="$(cargo run -q --release -p firebuild-kernel --example ci-kernel)"
+FIREBUILD_TEST_KERNEL="$(cargo run -q -p firebuild-kernel --example ci-kernel)"
 export FIREBUILD_TEST_KERNEL
 
 cargo test --workspace --all-targets
