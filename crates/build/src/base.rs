@@ -1,0 +1,256 @@
+//! FROM resolution: a stored baseos/rootfs tag first, then an image pulled
+//! before (or imported), then the registry; `scratch` is empty. Each base
+//! becomes one cached layer (or, for a tag this cache built, its layers).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use firebuild_metadata::image::Healthcheck;
+use firebuild_oci::{ImageRef, Platform, Registry, RegistryConfig, UnpackOptions};
+use firebuild_store::{DirectoryStore, Tag};
+
+use crate::config::ImageConfig;
+use crate::error::{BuildError, Result};
+use crate::layers::{Key, LayerId, LayerStore};
+
+/// A resolved base: the filesystem state and the config it brings.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub key: Key,
+    pub top: Option<LayerId>,
+    pub config: ImageConfig,
+    /// What to record as the parent: the stored tag or the image reference.
+    pub parent: Option<String>,
+    /// Registry manifest digest (or the stored rootfs digest).
+    pub digest: Option<String>,
+}
+
+impl Base {
+    pub fn scratch() -> Base {
+        Base {
+            key: Key::derive(None, "scratch"),
+            top: None,
+            config: ImageConfig::default(),
+            parent: None,
+            digest: None,
+        }
+    }
+}
+
+/// Resolves and caches bases for one build.
+pub struct Resolver<'a> {
+    pub store: &'a DirectoryStore,
+    pub layers: &'a LayerStore,
+    pub cache_dir: &'a std::path::Path,
+    pub registry_config: &'a RegistryConfig,
+    pub platform: Platform,
+    registry: Option<Registry>,
+    runtime: Option<tokio::runtime::Runtime>,
+    memo: HashMap<String, Base>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(
+        store: &'a DirectoryStore,
+        layers: &'a LayerStore,
+        cache_dir: &'a std::path::Path,
+        registry_config: &'a RegistryConfig,
+        platform: Platform,
+    ) -> Self {
+        Resolver {
+            store,
+            layers,
+            cache_dir,
+            registry_config,
+            platform,
+            registry: None,
+            runtime: None,
+            memo: HashMap::new(),
+        }
+    }
+
+    /// The base for `reference` (already expanded).
+    pub fn resolve(&mut self, reference: &str) -> Result<Base> {
+        if reference == "scratch" {
+            return Ok(Base::scratch());
+        }
+        if let Some(b) = self.memo.get(reference) {
+            return Ok(b.clone());
+        }
+        let base = match self.stored_tag(reference) {
+            Some(tag) => self.from_store(&tag)?,
+            None => self.from_oci(reference)?,
+        };
+        self.memo.insert(reference.to_owned(), base.clone());
+        Ok(base)
+    }
+
+    /// The stored tag a reference names, if one is stored (`name` alone
+    /// means `name:latest`, as in Docker).
+    fn stored_tag(&self, reference: &str) -> Option<Tag> {
+        if reference.contains('@') {
+            return None;
+        }
+        let with_version = if reference.rsplit('/').next()?.contains(':') {
+            reference.to_owned()
+        } else {
+            format!("{reference}:latest")
+        };
+        let tag = Tag::from_str(&with_version).ok()?;
+        self.store.contains(&tag).then_some(tag)
+    }
+
+    fn from_store(&mut self, tag: &Tag) -> Result<Base> {
+        let stored = self.store.get(tag)?;
+        let md = &stored.metadata;
+        let config = ImageConfig::from_metadata(md);
+        let parent = Some(tag.to_string());
+        // Built by this cache and still whole: reuse its layers directly.
+        if let Some(r) = self.layers.read_ref(&tag.to_string()) {
+            let whole = r.top.as_ref().is_none_or(|t| self.layers.chain(Some(t)).is_ok());
+            if whole && r.rootfs_digest.is_some() && r.rootfs_digest == md.rootfs_digest {
+                if let Some(key) = key_from_hex(&r.key) {
+                    tracing::info!(tag = %tag, "FROM a stored image: reusing its cached layers");
+                    return Ok(Base {
+                        key,
+                        top: r.top,
+                        config,
+                        parent,
+                        digest: md.rootfs_digest.clone(),
+                    });
+                }
+            }
+        }
+        let rootfs = stored.rootfs_path();
+        let digest = match &md.rootfs_digest {
+            Some(d) => d.clone(),
+            None => crate::util::sha256_file(&rootfs).map_err(BuildError::io("hashing", &rootfs))?,
+        };
+        let key = Key::derive(None, &format!("store:{digest}"));
+        if let Some(meta) = self.layers.lookup(&key) {
+            return Ok(Base {
+                key,
+                top: Some(meta.id),
+                config,
+                parent,
+                digest: Some(digest),
+            });
+        }
+        tracing::info!(tag = %tag, "FROM a stored image: reading its files from the ext4 image");
+        let work = self.layers.new_work()?;
+        crate::ext4::import_ext4(&rootfs, &work.diff())?;
+        let meta = self.layers.commit(work, &key, None, &format!("FROM {tag}"))?;
+        Ok(Base {
+            key,
+            top: Some(meta.id),
+            config,
+            parent,
+            digest: Some(digest),
+        })
+    }
+
+    fn registry(&mut self) -> Result<(&Registry, &tokio::runtime::Runtime)> {
+        if self.runtime.is_none() {
+            self.runtime = Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| BuildError::Sandbox(format!("starting the async runtime: {e}")))?,
+            );
+        }
+        if self.registry.is_none() {
+            self.registry = Some(
+                Registry::new(self.cache_dir, self.registry_config.clone())
+                    .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            );
+        }
+        match (&self.registry, &self.runtime) {
+            (Some(r), Some(rt)) => Ok((r, rt)),
+            _ => Err(BuildError::Sandbox("registry client unavailable".into())),
+        }
+    }
+
+    fn from_oci(&mut self, reference: &str) -> Result<Base> {
+        let err = |message: String| BuildError::BaseImage {
+            reference: reference.to_owned(),
+            message,
+        };
+        let image_ref = ImageRef::from_str(reference).map_err(|e| err(e.to_string()))?;
+        let platform = self.platform.clone();
+        let layers = self.layers;
+        let (registry, rt) = self.registry()?;
+        // An image pulled (or imported) before is used as is, like Docker's
+        // FROM with a local image: rebuilds need no registry round trip.
+        let local = registry
+            .records()
+            .lookup(&image_ref, &platform)
+            .ok()
+            .flatten()
+            .filter(|rec| rec.layers.iter().all(|l| registry.cache().contains(&l.digest)));
+        let record = match local {
+            Some(r) => r,
+            None => {
+                tracing::info!(image = %reference, "pulling");
+                rt.block_on(registry.pull(&image_ref, &platform))
+                    .map_err(|e| err(format!("{e} (no stored image has this tag either)")))?
+            }
+        };
+        let digest = record.digest.to_string();
+        let key = Key::derive(None, &format!("oci:{digest}"));
+        let config = from_oci_config(&record.config.config);
+        let top = match layers.lookup(&key) {
+            Some(meta) => meta.id,
+            None => {
+                let work = layers.new_work()?;
+                record
+                    .unpack(registry.cache(), &work.diff(), &UnpackOptions::default())
+                    .map_err(|e| err(format!("unpacking: {e}")))?;
+                layers.commit(work, &key, None, &format!("FROM {reference}"))?.id
+            }
+        };
+        Ok(Base {
+            key,
+            top: Some(top),
+            config,
+            parent: Some(reference.to_owned()),
+            digest: Some(digest),
+        })
+    }
+}
+
+fn key_from_hex(s: &str) -> Option<Key> {
+    let bytes = hex::decode(s).ok()?;
+    Some(Key(bytes.try_into().ok()?))
+}
+
+/// Our image config from an OCI image's config.
+pub fn from_oci_config(c: &firebuild_oci::ImageConfig) -> ImageConfig {
+    ImageConfig {
+        env: c
+            .env
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (kv.clone(), String::new()),
+            })
+            .collect(),
+        entrypoint: c.entrypoint.clone().filter(|v| !v.is_empty()),
+        cmd: c.cmd.clone().filter(|v| !v.is_empty()),
+        user: c.user.clone(),
+        workdir: c.working_dir.clone(),
+        shell: c.shell.clone(),
+        ports: c.exposed_ports.keys().cloned().collect(),
+        volumes: c.volumes.keys().cloned().collect(),
+        labels: c.labels.clone(),
+        stop_signal: c.stop_signal.clone().filter(|s| !s.is_empty()),
+        healthcheck: c.healthcheck.as_ref().filter(|h| !h.test.is_empty()).map(|h| Healthcheck {
+            test: h.test.clone(),
+            interval_ns: h.interval,
+            timeout_ns: h.timeout,
+            start_period_ns: h.start_period,
+            start_interval_ns: h.start_interval,
+            retries: h.retries,
+        }),
+        onbuild: c.on_build.clone(),
+    }
+}

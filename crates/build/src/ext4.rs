@@ -1,0 +1,304 @@
+//! The ext4 output: `mkfs.ext4 -d` of the finished root (no loop mount), and
+//! the way back, reading a stored image's files with `debugfs` for
+//! `FROM <stored tag>` when its layers are no longer cached.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{BuildError, Result};
+
+const MIB: u64 = 1024 * 1024;
+const BLOCK: u64 = 4096;
+
+/// What went into an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes the files need in 4 KiB blocks.
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+/// Measures a tree as ext4 will store it (4 KiB blocks; hard links once).
+pub fn measure(root: &Path) -> Result<Usage> {
+    let mut usage = Usage { bytes: 0, inodes: 0 };
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(BuildError::io("reading", &dir))?;
+        usage.inodes += 1;
+        let mut n = 0u64;
+        for e in entries {
+            let e = e.map_err(BuildError::io("reading", &dir))?;
+            n += 1;
+            let md = e.metadata().map_err(BuildError::io("stat", e.path()))?;
+            if md.is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            if md.nlink() > 1 && !seen.insert((md.dev(), md.ino())) {
+                continue;
+            }
+            usage.inodes += 1;
+            if md.is_file() || (md.file_type().is_symlink() && md.len() > 59) {
+                usage.bytes += md.len().div_ceil(BLOCK) * BLOCK;
+            }
+        }
+        // Directory blocks: ~40 bytes per entry.
+        usage.bytes += (n * 40).div_ceil(BLOCK).max(1) * BLOCK;
+    }
+    Ok(usage)
+}
+
+/// The file system size for `usage`: the content plus a quarter (at least
+/// 64 MiB) of free space for the VM, plus inode tables and journal.
+pub fn default_size_mib(usage: Usage) -> u64 {
+    let inode_bytes = inode_count(usage) * 256;
+    let headroom = (usage.bytes / 4).max(64 * MIB);
+    let journal = if usage.bytes > 512 * MIB { 64 * MIB } else { 16 * MIB };
+    (usage.bytes + headroom + inode_bytes + journal).div_ceil(MIB)
+}
+
+/// Inodes to create: twice what is used (the VM makes files too), at least
+/// 16384.
+fn inode_count(usage: Usage) -> u64 {
+    (usage.inodes * 2).max(16384)
+}
+
+/// Writes an ext4 image of `root` to `out` (created, sparse), `size_mib`
+/// large (or the default for the content).
+pub fn make_ext4(root: &Path, out: &Path, size_mib: Option<u64>, label: &str) -> Result<u64> {
+    let usage = measure(root)?;
+    let size = size_mib.unwrap_or_else(|| default_size_mib(usage));
+    let err = |message: String| BuildError::Ext4 {
+        path: out.to_path_buf(),
+        message,
+    };
+    let f = std::fs::File::create(out).map_err(BuildError::io("creating", out))?;
+    f.set_len(size * MIB).map_err(BuildError::io("sizing", out))?;
+    drop(f);
+    let output = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-m", "0"])
+        // orphan_file (1.47's default) cannot be mounted read-write by
+        // guest kernels before 5.15.
+        .args(["-O", "^orphan_file"])
+        .arg("-N")
+        .arg(inode_count(usage).to_string())
+        .arg("-L")
+        .arg(&label[..label.len().min(16)])
+        .arg("-d")
+        .arg(root)
+        .arg(out)
+        .env("PATH", tool_path())
+        .output()
+        .map_err(|e| err(format!("running mkfs.ext4: {e}; install e2fsprogs (1.43 or later)")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let hint = if size_mib.is_some() && (stderr.contains("allocate") || stderr.contains("space")) {
+            format!(
+                "; the content needs about {} MiB: give a larger --filesystem-size-mbs",
+                default_size_mib(usage)
+            )
+        } else {
+            String::new()
+        };
+        return Err(err(format!(
+            "mkfs.ext4 failed ({}): {}{hint}",
+            output.status,
+            stderr.trim()
+        )));
+    }
+    Ok(size * MIB)
+}
+
+fn tool_path() -> String {
+    let cur = std::env::var("PATH").unwrap_or_default();
+    format!("{cur}:/usr/sbin:/sbin:/usr/bin:/bin")
+}
+
+/// Copies every file of the ext4 image `image` into `dest` (an empty
+/// directory) without mounting it: `debugfs -R 'rdump / DIR'` copies files,
+/// directories and symlinks; then, from batched `debugfs ls -p` listings,
+/// device nodes and FIFOs are recreated, hard links restored, and every
+/// entry's owner and full mode (setuid bits included, which rdump drops)
+/// set. Extended attributes are not carried over this way.
+pub fn import_ext4(image: &Path, dest: &Path) -> Result<()> {
+    let err = |message: String| BuildError::Ext4 {
+        path: image.to_path_buf(),
+        message,
+    };
+    debugfs(image, &[format!("rdump / {}", dest.display())])?;
+    let lf = dest.join("lost+found");
+    if lf.is_dir() {
+        let _ = std::fs::remove_dir_all(&lf);
+    }
+    let mut first_path: std::collections::HashMap<u64, PathBuf> = std::collections::HashMap::new();
+    let mut level = vec![String::from("/")];
+    let mut fixups: Vec<(PathBuf, u32, u32, u32)> = Vec::new();
+    while !level.is_empty() {
+        let cmds: Vec<String> = level.iter().map(|d| format!("ls -p \"{d}\"")).collect();
+        let out = debugfs(image, &cmds)?;
+        let mut next = Vec::new();
+        let mut cur_dir = String::new();
+        for line in out.lines() {
+            if let Some(cmd) = line.strip_prefix("debugfs: ls -p ") {
+                cur_dir = cmd.trim_matches('"').to_owned();
+                continue;
+            }
+            // /ino/mode/uid/gid/name/size/
+            let f: Vec<&str> = line.split('/').collect();
+            if f.len() < 7 {
+                continue;
+            }
+            let (Ok(ino), Ok(mode), Ok(uid), Ok(gid)) = (
+                f[1].parse::<u64>(),
+                u32::from_str_radix(f[2], 8),
+                f[3].parse::<u32>(),
+                f[4].parse::<u32>(),
+            ) else {
+                continue;
+            };
+            let name = f[5];
+            if name == "." || name == ".." || (name == "lost+found" && cur_dir == "/") {
+                continue;
+            }
+            let path = if cur_dir == "/" {
+                format!("/{name}")
+            } else {
+                format!("{cur_dir}/{name}")
+            };
+            let host = dest.join(path.trim_start_matches('/'));
+            match mode & 0o170000 {
+                0o040000 => next.push(path),
+                0o120000 => {
+                    let _ = std::os::unix::fs::lchown(&host, Some(uid), Some(gid));
+                    continue;
+                }
+                0o100000 => {
+                    if let Some(first) = first_path.get(&ino) {
+                        let _ = std::fs::remove_file(&host);
+                        std::fs::hard_link(first, &host).map_err(BuildError::io("linking", &host))?;
+                        continue;
+                    }
+                    first_path.insert(ino, host.clone());
+                }
+                kind @ (0o020000 | 0o060000 | 0o010000) => {
+                    let rdev = if kind == 0o010000 {
+                        0
+                    } else {
+                        device_number(image, &path).unwrap_or(0)
+                    };
+                    let c = std::ffi::CString::new(host.as_os_str().as_encoded_bytes())
+                        .map_err(|_| err(format!("{path}: NUL in name")))?;
+                    // SAFETY: valid C string.
+                    if unsafe { libc::mknod(c.as_ptr(), mode, rdev) } != 0 {
+                        return Err(err(format!(
+                            "recreating {path}: {}",
+                            std::io::Error::last_os_error()
+                        )));
+                    }
+                }
+                _ => continue,
+            }
+            fixups.push((host, mode & 0o7777, uid, gid));
+        }
+        level = next;
+    }
+    // Owner first: chown clears setuid bits, chmod then restores them.
+    for (host, mode, uid, gid) in fixups {
+        let _ = std::os::unix::fs::lchown(&host, Some(uid), Some(gid));
+        let _ = std::fs::set_permissions(&host, std::os::unix::fs::PermissionsExt::from_mode(mode));
+    }
+    Ok(())
+}
+
+/// Runs debugfs read-only on `image` with `cmds`, returning its output.
+fn debugfs(image: &Path, cmds: &[String]) -> Result<String> {
+    let err = |message: String| BuildError::Ext4 {
+        path: image.to_path_buf(),
+        message,
+    };
+    let mut file = tempfile_in_tmp()?;
+    std::io::Write::write_all(&mut file.1, cmds.join("\n").as_bytes())
+        .map_err(BuildError::io("writing", &file.0))?;
+    let output = Command::new("debugfs")
+        .arg("-f")
+        .arg(&file.0)
+        .arg(image)
+        .env("PATH", tool_path())
+        .output()
+        .map_err(|e| err(format!("running debugfs: {e}; install e2fsprogs")))?;
+    let _ = std::fs::remove_file(&file.0);
+    if !output.status.success() {
+        return Err(err(format!(
+            "debugfs failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn tempfile_in_tmp() -> Result<(PathBuf, std::fs::File)> {
+    let path = std::env::temp_dir().join(format!("firebuild-debugfs-{}", crate::util::unique_suffix()));
+    let f = std::fs::File::create(&path).map_err(BuildError::io("creating", &path))?;
+    Ok((path, f))
+}
+
+/// The device number of a device inode, from `debugfs stat`.
+fn device_number(image: &Path, path: &str) -> Option<libc::dev_t> {
+    let text = debugfs(image, &[format!("stat \"{path}\"")]).ok()?;
+    // "Device major/minor number: 01:03 (hex 01:03)"
+    let line = text.lines().find(|l| l.contains("Device major/minor number"))?;
+    let nums = line.split_once(':')?.1.trim();
+    let (maj, rest) = nums.split_once(':')?;
+    let maj: u32 = maj.trim().parse().ok()?;
+    let min: u32 = rest.split_whitespace().next()?.parse().ok()?;
+    Some(libc::makedev(maj, min))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_ext4_without_mounting() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("d/f"), "hi").unwrap();
+        std::os::unix::fs::chown(src.join("d/f"), Some(1000), Some(50)).unwrap();
+        std::fs::set_permissions(src.join("d/f"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::hard_link(src.join("d/f"), src.join("hl")).unwrap();
+        std::os::unix::fs::symlink("d/f", src.join("sl")).unwrap();
+        let c = std::ffi::CString::new(src.join("null").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) }, 0);
+        let img = d.path().join("img");
+        let size = make_ext4(&src, &img, None, "test").unwrap();
+        assert_eq!(size % MIB, 0);
+        let fsck = Command::new("e2fsck").args(["-fn"]).arg(&img).output().unwrap();
+        assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        import_ext4(&img, &out).unwrap();
+        let md = std::fs::metadata(out.join("d/f")).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid(), md.nlink()), (0o4755, 1000, 50, 2));
+        assert_eq!(std::fs::read_link(out.join("sl")).unwrap(), Path::new("d/f"));
+        let null = std::fs::symlink_metadata(out.join("null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), libc::makedev(1, 3));
+        assert!(!out.join("lost+found").exists());
+        // Too small a requested size fails with advice.
+        std::fs::write(src.join("big"), vec![7u8; 3 * MIB as usize]).unwrap();
+        let err = make_ext4(&src, &img, Some(2), "t").unwrap_err().to_string();
+        assert!(err.contains("mkfs.ext4 failed"), "{err}");
+    }
+
+    #[test]
+    fn sizes_grow_with_content() {
+        let small = default_size_mib(Usage { bytes: 0, inodes: 10 });
+        assert!(small >= 64, "{small}");
+        let big = default_size_mib(Usage { bytes: 1024 * MIB, inodes: 40_000 });
+        assert!(big > 1024 + 256, "{big}");
+    }
+}

@@ -1,0 +1,343 @@
+//! The code that runs in the sandbox processes between `clone` and `execve`.
+//!
+//! The builder may be multi-threaded, so after a raw `clone` the child owns a
+//! copy of memory in which another thread may have held the allocator's lock:
+//! nothing here allocates, panics, or takes a lock. Everything it needs is
+//! prepared by the parent in [`ChildPlan`]; it only makes syscalls. Failures
+//! are reported as a (step, errno) record on a close-on-exec pipe.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+/// Where in the child set-up a failure happened (sent to the parent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ChildStep {
+    Wait = 1,
+    Session,
+    Hostname,
+    Loopback,
+    MountProc,
+    MountSys,
+    PivotRoot,
+    Fork,
+    Stdio,
+    Workdir,
+    Capabilities,
+    Groups,
+    Gid,
+    Uid,
+    NoNewPrivs,
+    Exec,
+}
+
+impl ChildStep {
+    pub fn from_raw(n: u32) -> Option<ChildStep> {
+        use ChildStep::*;
+        [
+            Wait, Session, Hostname, Loopback, MountProc, MountSys, PivotRoot, Fork, Stdio,
+            Workdir, Capabilities, Groups, Gid, Uid, NoNewPrivs, Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == n)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ChildStep::Wait => "waiting for the builder",
+            ChildStep::Session => "starting a session",
+            ChildStep::Hostname => "setting the hostname",
+            ChildStep::Loopback => "bringing up the loopback interface",
+            ChildStep::MountProc => "mounting /proc",
+            ChildStep::MountSys => "mounting /sys",
+            ChildStep::PivotRoot => "entering the image root (pivot_root)",
+            ChildStep::Fork => "starting the command process",
+            ChildStep::Stdio => "setting up stdin/stdout/stderr",
+            ChildStep::Workdir => "entering the working directory",
+            ChildStep::Capabilities => "dropping capabilities",
+            ChildStep::Groups => "setting supplementary groups",
+            ChildStep::Gid => "setting the group id",
+            ChildStep::Uid => "setting the user id",
+            ChildStep::NoNewPrivs => "setting no-new-privileges",
+            ChildStep::Exec => "executing the command",
+        }
+    }
+}
+
+/// Everything the children need, prepared (allocated) by the parent.
+pub struct ChildPlan {
+    pub root: CString,
+    pub proc_target: CString,
+    pub sys_target: CString,
+    pub hostname: Vec<u8>,
+    pub new_net: bool,
+    pub cwd: CString,
+    pub dev_null: CString,
+    /// Full paths to try for argv[0], in order (PATH search done here).
+    pub exec_candidates: Vec<CString>,
+    pub argv: Vec<CString>,
+    pub argv_ptrs: Vec<*const libc::c_char>,
+    pub env: Vec<CString>,
+    pub env_ptrs: Vec<*const libc::c_char>,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<libc::gid_t>,
+    /// Highest capability number the kernel knows.
+    pub last_cap: u32,
+    /// Capabilities kept (Docker's default set), as a bit mask.
+    pub keep_caps: u64,
+    pub out_w: RawFd,
+    pub out_r: RawFd,
+    pub err_w: RawFd,
+    pub err_r: RawFd,
+    pub go_r: RawFd,
+    pub go_w: RawFd,
+}
+
+impl ChildPlan {
+    /// Fills the NULL-terminated pointer arrays (call after the strings are
+    /// final; they point into `argv` and `env`).
+    pub fn finish(&mut self) {
+        self.argv_ptrs = self.argv.iter().map(|s| s.as_ptr()).collect();
+        self.argv_ptrs.push(std::ptr::null());
+        self.env_ptrs = self.env.iter().map(|s| s.as_ptr()).collect();
+        self.env_ptrs.push(std::ptr::null());
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Reports a failure to the parent and exits.
+unsafe fn fail(plan: &ChildPlan, step: ChildStep, err: i32) -> ! {
+    let mut rec = [0u8; 8];
+    rec[..4].copy_from_slice(&(step as u32).to_le_bytes());
+    rec[4..].copy_from_slice(&err.to_le_bytes());
+    libc::write(plan.err_w, rec.as_ptr().cast(), rec.len());
+    libc::_exit(if step == ChildStep::Exec { 127 } else { 125 });
+}
+
+/// A fork: a raw clone, so no atfork handlers (which would take locks) run.
+pub unsafe fn raw_clone(flags: libc::c_int) -> libc::pid_t {
+    libc::syscall(
+        libc::SYS_clone,
+        (flags | libc::SIGCHLD) as libc::c_long,
+        0 as libc::c_long,
+        0 as libc::c_long,
+        0 as libc::c_long,
+        0 as libc::c_long,
+    ) as libc::pid_t
+}
+
+/// PID 1 of the sandbox: sets up the namespaces' mounts, enters the root,
+/// starts the command and reaps every process until the command exits; its
+/// exit then makes the kernel kill whatever is left in the PID namespace.
+pub unsafe fn sandbox_init(plan: &ChildPlan) -> ! {
+    // Die with the builder thread, and do not start if it is already gone
+    // (the "go" pipe then reads EOF).
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+    libc::close(plan.go_w);
+    libc::close(plan.out_r);
+    libc::close(plan.err_r);
+    let mut b = [0u8; 1];
+    if libc::read(plan.go_r, b.as_mut_ptr().cast(), 1) != 1 {
+        libc::_exit(125);
+    }
+    libc::close(plan.go_r);
+
+    // Terminal signals (Ctrl-C) go to the builder, which stops the step.
+    if libc::setsid() < 0 {
+        fail(plan, ChildStep::Session, errno());
+    }
+    if libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) != 0 {
+        fail(plan, ChildStep::Hostname, errno());
+    }
+    if plan.new_net {
+        if let Err(e) = loopback_up() {
+            fail(plan, ChildStep::Loopback, e);
+        }
+    }
+    let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if libc::mount(
+        c"proc".as_ptr(),
+        plan.proc_target.as_ptr(),
+        c"proc".as_ptr(),
+        nodev,
+        std::ptr::null(),
+    ) != 0
+    {
+        fail(plan, ChildStep::MountProc, errno());
+    }
+    if libc::mount(
+        c"sysfs".as_ptr(),
+        plan.sys_target.as_ptr(),
+        c"sysfs".as_ptr(),
+        nodev | libc::MS_RDONLY,
+        std::ptr::null(),
+    ) != 0
+    {
+        fail(plan, ChildStep::MountSys, errno());
+    }
+    // pivot_root(".", ".") stacks the old root on the new one; detaching it
+    // leaves only the image visible.
+    if libc::chdir(plan.root.as_ptr()) != 0
+        || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
+        || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
+        || libc::chdir(c"/".as_ptr()) != 0
+    {
+        fail(plan, ChildStep::PivotRoot, errno());
+    }
+
+    let cmd = raw_clone(0);
+    if cmd < 0 {
+        fail(plan, ChildStep::Fork, errno());
+    }
+    if cmd == 0 {
+        exec_command(plan);
+    }
+    libc::close(plan.out_w);
+    libc::close(plan.err_w);
+    let mut code = 125;
+    loop {
+        let mut status = 0;
+        let pid = libc::waitpid(-1, &mut status, 0);
+        if pid == cmd {
+            code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else if libc::WIFSIGNALED(status) {
+                128 + libc::WTERMSIG(status)
+            } else {
+                125
+            };
+            break;
+        }
+        if pid < 0 && errno() != libc::EINTR {
+            break;
+        }
+    }
+    libc::_exit(code);
+}
+
+/// The command process: stdio, working directory, credentials,
+/// capabilities, then `execve`.
+unsafe fn exec_command(plan: &ChildPlan) -> ! {
+    let null = libc::open(plan.dev_null.as_ptr(), libc::O_RDONLY);
+    if null < 0
+        || libc::dup2(null, 0) < 0
+        || libc::dup2(plan.out_w, 1) < 0
+        || libc::dup2(plan.out_w, 2) < 0
+    {
+        fail(plan, ChildStep::Stdio, errno());
+    }
+    // Nothing but stdio (and the close-on-exec error pipe) reaches the command.
+    libc::syscall(
+        libc::SYS_close_range,
+        3 as libc::c_uint,
+        libc::c_uint::MAX,
+        libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+    );
+    // Signal state is inherited through exec: start clean.
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+
+    if libc::chdir(plan.cwd.as_ptr()) != 0 {
+        fail(plan, ChildStep::Workdir, errno());
+    }
+    for cap in 0..=plan.last_cap {
+        if plan.keep_caps & (1u64 << cap) == 0
+            && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+            && errno() != libc::EINVAL
+        {
+            fail(plan, ChildStep::Capabilities, errno());
+        }
+    }
+    // Raw syscalls: glibc's wrappers would try to change the credentials of
+    // every thread of the (copied) builder process and wait forever.
+    if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) != 0 {
+        fail(plan, ChildStep::Groups, errno());
+    }
+    if libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid) != 0 {
+        fail(plan, ChildStep::Gid, errno());
+    }
+    if libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid) != 0 {
+        fail(plan, ChildStep::Uid, errno());
+    }
+    // Root keeps Docker's default set; other users lost everything with
+    // setresuid (their caps come only from file capabilities, bounded above).
+    if plan.uid == 0 {
+        let header = CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let lo = (plan.keep_caps & 0xffff_ffff) as u32;
+        let hi = (plan.keep_caps >> 32) as u32;
+        let data = [
+            CapData {
+                effective: lo,
+                permitted: lo,
+                inheritable: lo,
+            },
+            CapData {
+                effective: hi,
+                permitted: hi,
+                inheritable: hi,
+            },
+        ];
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+            fail(plan, ChildStep::Capabilities, errno());
+        }
+    }
+    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        fail(plan, ChildStep::NoNewPrivs, errno());
+    }
+    let mut err = libc::ENOENT;
+    for path in &plan.exec_candidates {
+        libc::execve(path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr());
+        let e = errno();
+        // Keep looking on "not here"; remember a more telling error.
+        if e != libc::ENOENT && e != libc::ENOTDIR {
+            err = e;
+        }
+    }
+    fail(plan, ChildStep::Exec, err);
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `ip link set lo up` with ioctls (a fresh network namespace has it down).
+unsafe fn loopback_up() -> Result<(), i32> {
+    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+    if sock < 0 {
+        return Err(errno());
+    }
+    let mut req: libc::ifreq = std::mem::zeroed();
+    req.ifr_name[0] = b'l' as libc::c_char;
+    req.ifr_name[1] = b'o' as libc::c_char;
+    if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) != 0 {
+        return Err(errno());
+    }
+    req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+    if libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req) != 0 {
+        return Err(errno());
+    }
+    libc::close(sock);
+    Ok(())
+}
