@@ -205,6 +205,18 @@ async fn multi_platform_index_resolves_to_the_requested_platform() {
         msg.contains("linux/s390x") && msg.contains("linux/arm64"),
         "{msg}"
     );
+
+    let err = registry
+        .pull(&reg.reference("multi:nope"), &Platform::host())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+
+    // Everything pinned by digest is now cached: pulling it again needs no registry.
+    let mut reg = reg;
+    reg.stop();
+    let again = registry.pull(&pinned, &arm).await.unwrap();
+    assert_eq!(again.index_digest.as_ref(), Some(&index_digest));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
