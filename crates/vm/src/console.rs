@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use firebuild_metadata::boot::{exit_code_from_console, EXIT_CODE_MARKER};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 
 use crate::error::VmError;
 
@@ -129,6 +129,7 @@ pub fn exit_code_from_log(path: &Path) -> Option<i32> {
 /// Follows a growing log file from `offset`, writing what it reads through
 /// a [`MarkerFilter`] into `sink`.
 pub struct ConsoleFollower {
+    path: std::path::PathBuf,
     file: tokio::fs::File,
     filter: MarkerFilter,
     buf: Vec<u8>,
@@ -143,6 +144,7 @@ impl ConsoleFollower {
             .await
             .map_err(|e| VmError::io("opening the console log", path, e))?;
         Ok(ConsoleFollower {
+            path: path.to_owned(),
             file,
             filter: MarkerFilter::default(),
             buf: vec![0; 64 * 1024],
@@ -153,10 +155,11 @@ impl ConsoleFollower {
     pub async fn pump(&mut self, sink: &mut (dyn Write + Send)) -> Result<bool, VmError> {
         let mut any = false;
         loop {
-            let n = match self.file.read(&mut self.buf).await {
-                Ok(n) => n,
-                Err(e) => return Err(VmError::ConsoleSink(e)),
-            };
+            let n = self
+                .file
+                .read(&mut self.buf)
+                .await
+                .map_err(|e| VmError::io("reading the console log", &self.path, e))?;
             if n == 0 {
                 break;
             }
@@ -176,15 +179,6 @@ impl ConsoleFollower {
         let rest = self.filter.finish();
         sink.write_all(&rest).map_err(VmError::ConsoleSink)?;
         sink.flush().map_err(VmError::ConsoleSink)
-    }
-
-    /// Restarts from the beginning (QEMU truncates the log when it opens it).
-    pub async fn rewind(&mut self) -> Result<(), VmError> {
-        self.file
-            .seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(VmError::ConsoleSink)?;
-        Ok(())
     }
 }
 

@@ -182,8 +182,7 @@ mod tests {
         assert!(!dir.path().exists());
 
         let dir = RunDir::create(cache.path(), "b").unwrap();
-        let kept = RunDirGuard::new(dir.clone()).disarm();
-        assert_eq!(kept, dir);
+        RunDirGuard::new(dir.clone()).disarm();
         assert!(dir.path().exists());
         dir.remove().unwrap();
         dir.remove().unwrap();
