@@ -11,7 +11,8 @@
 //!   serializable record later commands use.
 //!
 //! Firecracker cannot run on the machines this is developed on, so it is
-//! tested against the spec and a stand-in of the API (see `tests/`).
+//! tested against the spec and a stand-in of the API: `standin`, exported
+//! with the cargo feature `test-support` for other crates' tests too.
 
 mod blocking;
 mod boot_args;
@@ -23,6 +24,8 @@ mod machine;
 pub mod models;
 mod process;
 mod spec;
+#[cfg(feature = "test-support")]
+pub mod standin;
 mod transport;
 
 pub use blocking::BlockingClient;

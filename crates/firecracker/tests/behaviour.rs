@@ -1,13 +1,13 @@
 //! Sequencing, error surfacing and timeouts, against the API stand-in
-//! (Firecracker itself cannot run here; see tests/common/standin.rs).
+//! (Firecracker itself cannot run here; see `firebuild_firecracker::standin`).
 
 mod common;
 
 use std::time::Duration;
 
-use common::standin::{Options, StandIn};
 use common::{full_spec, sock, tempdir};
 use firebuild_firecracker::models::*;
+use firebuild_firecracker::standin::{read_request_log, Options, StandIn};
 use firebuild_firecracker::{BlockingClient, Client, Error, VmSpec};
 
 fn client(standin: &StandIn) -> BlockingClient {
@@ -34,7 +34,7 @@ fn api_fault(err: &Error) -> (&str, &str, u16, &str) {
 #[test]
 fn boot_sequence_is_in_firecracker_order_and_ends_running() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let c = client(&standin);
     assert_eq!(c.instance_info().unwrap().state, InstanceState::NotStarted);
     c.configure_and_start(&full_spec(dir.path())).unwrap();
@@ -72,7 +72,7 @@ fn boot_sequence_is_in_firecracker_order_and_ends_running() {
 #[test]
 fn minimal_spec_sends_only_what_is_needed() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     client(&standin)
         .configure_and_start(&minimal_spec(dir.path()))
         .unwrap();
@@ -90,7 +90,7 @@ fn minimal_spec_sends_only_what_is_needed() {
 #[test]
 fn pre_boot_only_requests_are_refused_after_start_with_the_request_named() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let c = client(&standin);
     c.configure_and_start(&minimal_spec(dir.path())).unwrap();
     let err = c
@@ -124,7 +124,7 @@ fn pre_boot_only_requests_are_refused_after_start_with_the_request_named() {
 #[test]
 fn post_boot_only_requests_are_refused_before_start() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let c = client(&standin);
     for (err, path) in [
         (c.pause().unwrap_err(), "/vm"),
@@ -140,7 +140,7 @@ fn post_boot_only_requests_are_refused_before_start() {
 #[test]
 fn instance_start_needs_a_kernel_and_a_root_drive() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let c = client(&standin);
     assert!(api_fault(&c.start().unwrap_err())
         .3
@@ -170,7 +170,7 @@ fn instance_start_needs_a_kernel_and_a_root_drive() {
 #[test]
 fn mmds_config_must_name_an_existing_interface() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let c = client(&standin);
     let cfg = MmdsConfig {
         version: Some(MmdsVersion::V2),
@@ -203,7 +203,8 @@ fn a_refusal_stops_the_sequence_before_instance_start() {
             )),
             ..Options::default()
         },
-    );
+    )
+    .unwrap();
     let err = client(&standin)
         .configure_and_start(&minimal_spec(dir.path()))
         .unwrap_err();
@@ -233,7 +234,8 @@ fn odd_error_answers_still_surface() {
             inject: Some(("/actions".into(), 500, "internal trouble".into())),
             ..Options::default()
         },
-    );
+    )
+    .unwrap();
     let err = client(&standin).start().unwrap_err();
     assert_eq!(
         api_fault(&err),
@@ -246,7 +248,8 @@ fn odd_error_answers_still_surface() {
             inject: Some(("/".into(), 200, "not json".into())),
             ..Options::default()
         },
-    );
+    )
+    .unwrap();
     let err = client(&standin2).instance_info().unwrap_err();
     assert!(
         matches!(err, Error::UnexpectedResponse { status: 200, .. }),
@@ -263,7 +266,8 @@ fn the_mmds_document_is_never_echoed_in_errors() {
             inject: Some(("/mmds".into(), 400, r#"{"fault_message":"too big"}"#.into())),
             ..Options::default()
         },
-    );
+    )
+    .unwrap();
     let err = client(&standin)
         .put_mmds(&serde_json::json!({"ssh-keys": "SECRET-KEY"}))
         .unwrap_err();
@@ -283,7 +287,8 @@ fn a_hung_vmm_times_out() {
             hang: true,
             ..Options::default()
         },
-    );
+    )
+    .unwrap();
     let c =
         BlockingClient::new(Client::new(&standin.socket).with_timeout(Duration::from_millis(300)))
             .unwrap();
@@ -332,7 +337,7 @@ fn waiting_succeeds_once_the_socket_appears() {
         let path = path.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(150));
-            StandIn::start(&path)
+            StandIn::start(&path).unwrap()
         })
     };
     let c = BlockingClient::for_socket(&path).unwrap();
@@ -375,7 +380,7 @@ fn the_blocking_client_refuses_to_run_inside_a_runtime() {
 #[test]
 fn the_async_client_works_on_a_multi_call_runtime() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -396,7 +401,7 @@ fn the_async_client_works_on_a_multi_call_runtime() {
 #[test]
 fn invalid_specs_send_nothing() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let spec = VmSpec {
         boot_args: "console=ttyS0 root=/dev/vda".into(),
         ..minimal_spec(dir.path())
@@ -413,4 +418,82 @@ fn invalid_specs_send_nothing() {
         "{err}"
     );
     assert!(standin.log().is_empty());
+}
+
+/// The hooks other crates' tests use: what the guest writes to its serial
+/// output on start and on Ctrl-Alt-Del, and the request log file.
+#[test]
+fn the_standin_writes_the_serial_output_and_request_log_on_request() {
+    let dir = tempdir();
+    let console = dir.path().join("console.log");
+    std::fs::write(&console, "").unwrap();
+    let log = dir.path().join("requests.json");
+    let standin = StandIn::start_with(
+        &sock(&dir),
+        Options {
+            serial_on_start: Some("guest up\n".into()),
+            serial_on_ctrl_alt_del: Some("firebuild-exit-code=7\n".into()),
+            request_log: Some(log.clone()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let c = client(&standin);
+    let spec = VmSpec {
+        console_path: Some(console.clone()),
+        ..minimal_spec(dir.path())
+    };
+    c.configure_and_start(&spec).unwrap();
+    assert_eq!(std::fs::read_to_string(&console).unwrap(), "guest up\n");
+    c.send_ctrl_alt_del().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        "guest up\nfirebuild-exit-code=7\n"
+    );
+    let logged = read_request_log(&log).unwrap();
+    let lines: Vec<String> = logged
+        .iter()
+        .map(|r| format!("{} {} {}", r["method"], r["path"], r["status"]))
+        .collect();
+    assert_eq!(
+        lines,
+        standin
+            .log()
+            .iter()
+            .map(|r| format!("{:?} {:?} {}", r.method, r.path, r.status))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        logged.last().unwrap()["body"],
+        serde_json::json!({"action_type": "SendCtrlAltDel"})
+    );
+    // Without the hooks nothing is written.
+    let quiet = StandIn::start(&dir.path().join("quiet.sock")).unwrap();
+    client(&quiet).configure_and_start(&spec).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        "guest up\nfirebuild-exit-code=7\n"
+    );
+}
+
+#[test]
+fn a_serial_output_the_guest_cannot_write_fails_the_start() {
+    let dir = tempdir();
+    let standin = StandIn::start_with(
+        &sock(&dir),
+        Options {
+            serial_on_start: Some("guest up\n".into()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let spec = VmSpec {
+        console_path: Some(dir.path().join("missing/console.log")),
+        ..minimal_spec(dir.path())
+    };
+    let err = client(&standin).configure_and_start(&spec).unwrap_err();
+    let (_, path, status, fault) = api_fault(&err);
+    assert_eq!((path, status), ("/actions", 400));
+    assert!(fault.contains("missing/console.log"), "{fault}");
+    assert!(!standin.vm(|vm| vm.started));
 }

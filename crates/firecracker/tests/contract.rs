@@ -6,10 +6,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::openapi::ApiSpec;
-use common::standin::{Recorded, StandIn};
 use common::{full_spec, sock, tempdir};
 use firebuild_firecracker::models::*;
+use firebuild_firecracker::standin::{ApiSpec, Recorded, StandIn};
 use firebuild_firecracker::{BlockingClient, Error};
 
 /// Every operation the client offers; the test fails if one is not exercised.
@@ -39,7 +38,7 @@ fn capture_everything() -> Vec<Recorded> {
 
     // 1. The whole boot sequence with every device, then the post-boot calls.
     {
-        let standin = StandIn::start(&sock(&dir));
+        let standin = StandIn::start(&sock(&dir)).unwrap();
         let client = BlockingClient::for_socket(&standin.socket).unwrap();
         client.configure_and_start(&full_spec(dir.path())).unwrap();
         client.pause().unwrap();
@@ -57,7 +56,7 @@ fn capture_everything() -> Vec<Recorded> {
 
     // 2. Each typed request with all its optional fields.
     {
-        let standin = StandIn::start(&dir.path().join("api2.sock"));
+        let standin = StandIn::start(&dir.path().join("api2.sock")).unwrap();
         let client = BlockingClient::for_socket(&standin.socket).unwrap();
         client
             .put_machine_config(&MachineConfiguration {
@@ -141,7 +140,7 @@ fn capture_everything() -> Vec<Recorded> {
 
 #[test]
 fn every_request_the_client_sends_matches_the_spec() {
-    let spec = ApiSpec::load();
+    let spec = ApiSpec::load().unwrap();
     let log = capture_everything();
     let mut seen = BTreeSet::new();
     let mut failures = Vec::new();
@@ -215,7 +214,7 @@ fn every_request_the_client_sends_matches_the_spec() {
 #[test]
 fn configure_and_start_sends_mmds_v2_on_the_interface_and_the_document_verbatim() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let client = BlockingClient::for_socket(&standin.socket).unwrap();
     let spec = full_spec(dir.path());
     client.configure_and_start(&spec).unwrap();
@@ -253,9 +252,9 @@ fn configure_and_start_sends_mmds_v2_on_the_interface_and_the_document_verbatim(
 
 #[test]
 fn the_standin_answers_as_the_spec_says() {
-    let spec = ApiSpec::load();
+    let spec = ApiSpec::load().unwrap();
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let client = BlockingClient::for_socket(&standin.socket).unwrap();
     // Some refusals, then a full boot, so both answer kinds are covered.
     assert!(client.pause().is_err());
@@ -283,7 +282,7 @@ fn the_standin_answers_as_the_spec_says() {
 /// the stated reason.
 #[test]
 fn the_validator_refuses_broken_requests() {
-    let spec = ApiSpec::load();
+    let spec = ApiSpec::load().unwrap();
     let json = Some("application/json");
     let cases: &[(&str, &str, Option<&str>, &str, &str)] = &[
         (
@@ -443,7 +442,7 @@ fn the_validator_refuses_broken_requests() {
 #[test]
 fn ids_that_would_change_the_url_are_refused_locally() {
     let dir = tempdir();
-    let standin = StandIn::start(&sock(&dir));
+    let standin = StandIn::start(&sock(&dir)).unwrap();
     let client = BlockingClient::for_socket(&standin.socket).unwrap();
     let err = client
         .put_drive(&Drive {

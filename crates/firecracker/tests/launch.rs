@@ -1,64 +1,48 @@
-//! `Machine::launch` end to end, with stand-ins for the `firecracker` and
-//! `jailer` executables (neither can run here): small shell scripts that
-//! re-run this test binary as the API stand-in on the requested socket.
-//! The jailer stand-in does only what our code relies on (jail directory,
-//! pid file, socket under the jail root, paths resolved inside the root);
-//! it does not chroot, drop privileges or create cgroups.
+//! `Machine::launch` end to end, with the stand-in `firecracker` and
+//! `jailer` executables of `firebuild_firecracker::standin` (neither can
+//! run here): shell scripts that re-run this test binary as the API
+//! stand-in on the requested socket.
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::standin::{run_forever, Options};
 use common::tempdir;
 use firebuild_firecracker::models::InstanceState;
+use firebuild_firecracker::standin::{self, Executables, Netns};
 use firebuild_firecracker::{
     Error, JailUser, JailerConfig, LaunchConfig, LaunchMode, Machine, NetworkSpec, VmProcess,
     VmSpec,
 };
 
-/// Not a test: the body of the `firecracker` stand-in process. Does nothing
-/// unless started by the stand-in script (which sets the socket variable).
+/// Not a test: the body of the `firecracker` stand-in process.
 #[test]
 fn standin_process() {
-    let Ok(socket) = std::env::var("FIREBUILD_STANDIN_SOCKET") else {
-        return;
-    };
-    run_forever(
-        Path::new(&socket),
-        Options {
-            check_host_resources: true,
-            root: std::env::var_os("FIREBUILD_STANDIN_ROOT").map(PathBuf::from),
-            exit_on_ctrl_alt_del: true,
-            id: std::env::var("FIREBUILD_STANDIN_ID").unwrap_or_default(),
-            ..Options::default()
-        },
-    )
+    standin::serve_process(|_, options| options);
 }
 
 struct Fixture {
+    // Dropped first: kills the stand-in processes while their pid file is
+    // still there.
+    exes: Executables,
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        let fx = Fixture { dir: tempdir() };
-        std::fs::create_dir(fx.path().join("bin")).unwrap();
-        std::fs::create_dir(fx.path().join("run")).unwrap();
-        fx.script("firecracker", &firecracker_script(&fx.path().join("pids")));
-        fx.script("jailer", JAILER_SCRIPT);
-        fx
+        let dir = tempdir();
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        Fixture {
+            exes: Executables::install(dir.path()).unwrap(),
+            dir,
+        }
     }
     fn path(&self) -> &Path {
         self.dir.path()
     }
     fn script(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path().join("bin").join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        p
+        self.exes.script(name, text).unwrap()
     }
     fn run_dir(&self) -> PathBuf {
         self.path().join("run")
@@ -77,7 +61,7 @@ impl Fixture {
     /// on a loaded 2-core CI machine.
     fn direct(&self) -> LaunchConfig {
         patient(LaunchConfig::new(
-            self.path().join("bin/firecracker"),
+            self.exes.firecracker(),
             LaunchMode::Direct {
                 run_dir: self.run_dir(),
                 netns: None,
@@ -90,33 +74,18 @@ impl Fixture {
                 uid: 10000,
                 gid: 10000,
             },
-            ..JailerConfig::new(self.path().join("bin/jailer"), self.path().join("jail"))
+            ..JailerConfig::new(self.exes.jailer(), self.path().join("jail"))
         }
     }
     fn jailed(&self) -> LaunchConfig {
         patient(LaunchConfig::new(
-            self.path().join("bin/firecracker"),
+            self.exes.firecracker(),
             LaunchMode::Jailed(self.jailer_config()),
         ))
     }
     /// Pids of every stand-in process started.
     fn pids(&self) -> Vec<u32> {
-        std::fs::read_to_string(self.path().join("pids"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Fixture {
-    /// Never leave a stand-in process behind, even when a test fails.
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            if let (true, Some(p)) = (is_alive(pid), rustix::process::Pid::from_raw(pid as i32)) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-            }
-        }
+        self.exes.pids()
     }
 }
 
@@ -126,71 +95,9 @@ fn patient(mut config: LaunchConfig) -> LaunchConfig {
     config
 }
 
-/// Alive and not a zombie.
-fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !matches!(
-                s[s.rfind(')').unwrap() + 2..].chars().next(),
-                Some('Z' | 'X')
-            )
-        })
-        .unwrap_or(false)
-}
-
 fn wait_gone(pid: u32) -> bool {
-    for _ in 0..500 {
-        if !is_alive(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    standin::wait_gone(pid, Duration::from_secs(10))
 }
-
-fn firecracker_script(pids: &Path) -> String {
-    let exe = std::env::current_exe().unwrap();
-    format!(
-        r#"#!/bin/sh
-# Stand-in for the firecracker binary: serves the API stand-in on --api-sock.
-sock=""; id=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --api-sock) sock="$2"; shift 2 ;;
-    --id) id="$2"; shift 2 ;;
-    *) shift ;;
-  esac
-done
-echo $$ >> '{pids}'
-FIREBUILD_STANDIN_SOCKET="$sock" FIREBUILD_STANDIN_ID="$id" exec '{exe}' --exact standin_process --nocapture --test-threads=1 --quiet
-"#,
-        pids = pids.display(),
-        exe = exe.display()
-    )
-}
-
-const JAILER_SCRIPT: &str = r#"#!/bin/sh
-# Stand-in for the jailer: jail dir, exec copy, pid file, socket under root.
-all="$*"; id=""; exec_file=""; base=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --id) id="$2"; shift 2 ;;
-    --exec-file) exec_file="$2"; shift 2 ;;
-    --chroot-base-dir) base="$2"; shift 2 ;;
-    --daemonize|--new-pid-ns) shift ;;
-    --) shift; break ;;
-    *) shift 2 ;;
-  esac
-done
-[ "$1" = "--api-sock" ] || { echo "jailer stand-in: expected --api-sock after --" >&2; exit 2; }
-name=$(basename "$exec_file")
-root="$base/$name/$id/root"
-mkdir -p "$root/run" || exit 1
-cp "$exec_file" "$root/$name" || exit 1
-echo "$all" > "$base/$name/$id/jailer.args"
-FIREBUILD_STANDIN_ROOT="$root" "$exec_file" --id "$id" --api-sock "$root$2" </dev/null >/dev/null 2>&1 &
-echo $! > "$root/$name.pid"
-"#;
 
 #[test]
 fn direct_launch_boots_manages_and_cleans_up() {
@@ -495,52 +402,10 @@ fn availability_names_a_missing_or_unusable_binary() {
     assert!(err.to_string().contains("not an executable file"), "{err}");
 }
 
-/// A network namespace with a tap, made for one test and removed after.
-struct NetnsGuard {
-    name: String,
-}
-
-impl NetnsGuard {
-    fn new(tap: &str) -> NetnsGuard {
-        let name = format!("fbfc-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let st = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .expect("ip (iproute2) runs");
-            assert!(st.success(), "ip {args:?} failed");
-        };
-        ip(&["netns", "add", &name]);
-        let guard = NetnsGuard { name };
-        ip(&[
-            "-n",
-            &guard.name,
-            "tuntap",
-            "add",
-            "dev",
-            tap,
-            "mode",
-            "tap",
-        ]);
-        guard
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
 #[test]
 fn direct_launch_enters_the_network_namespace_of_the_tap() {
     let fx = Fixture::new();
-    let ns = NetnsGuard::new("fbnstap0");
+    let ns = Netns::create(Some("fbnstap0")).unwrap();
     let spec = VmSpec {
         network: Some(NetworkSpec {
             tap: "fbnstap0".into(),

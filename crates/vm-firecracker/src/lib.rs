@@ -11,7 +11,8 @@
 //! `kill`, `ls`, `inspect` and `purge` need later.
 //!
 //! Firecracker cannot run on the machines this is developed on; the tests
-//! drive it against a stand-in of its API (see `tests/`).
+//! drive it against the stand-in of firebuild-firecracker (its
+//! `test-support` feature; see `tests/`).
 
 mod boot;
 mod config;

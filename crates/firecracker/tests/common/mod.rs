@@ -1,8 +1,5 @@
-//! Shared test helpers: the spec validator and the API stand-in.
+//! Shared test helpers (the API stand-in is `firebuild_firecracker::standin`).
 #![allow(dead_code)]
-
-pub mod openapi;
-pub mod standin;
 
 use std::path::PathBuf;
 

@@ -1,37 +1,28 @@
-//! Test fixtures: stand-ins for the `firecracker` and `jailer` executables,
-//! a network namespace with a tap, and the VM inputs the runtime would give
-//! the backend.
+//! Test fixtures: the stand-in `firecracker` and `jailer` executables of
+//! `firebuild_firecracker::standin`, a network namespace with a tap, and
+//! the VM inputs the runtime would give the backend.
 //!
 //! Firecracker cannot run on our machines (no package; the KVM here runs
 //! only special guest kernels), so `firecracker` is a shell script that
-//! re-runs this test binary as the API stand-in of crates/firecracker: it
-//! serves Firecracker's HTTP API on the requested socket, checks every
-//! request body against the v1.16.1 spec, enforces the pre-/post-boot rules
-//! and the host resources (kernel, drive, tap in its network namespace). It
-//! boots nothing. For these tests it also records the requests it got into
-//! a file, writes one line into the configured serial output once started
-//! (as a guest would), and on SendCtrlAltDel writes the guest init's
-//! exit-code marker and exits (as Firecracker does when the guest reboots).
+//! re-runs this test binary as the API stand-in: it serves Firecracker's
+//! HTTP API on the requested socket, checks every request body against the
+//! v1.16.1 spec, enforces the pre-/post-boot rules and the host resources
+//! (kernel, drive, tap in its network namespace). It boots nothing. For
+//! these tests it also keeps a log of the requests it got, writes one line
+//! into the configured serial output once started (as a guest would), and
+//! on SendCtrlAltDel writes the guest init's exit-code marker and exits (as
+//! Firecracker does when the guest reboots).
 //!
 //! The `jailer` stand-in does what our code relies on (jail directory,
 //! exec-file copy, pid file, API socket under the jail root, `--netns`); it
 //! does not chroot, drop privileges or create cgroups.
 #![allow(dead_code)]
 
-// The stand-in and its spec validator are not exported by
-// firebuild-firecracker; they are compiled in from its test tree (and
-// tests/spec links to its copy of the spec) rather than duplicated.
-#[path = "../../../firecracker/tests/common/openapi.rs"]
-pub mod openapi;
-#[path = "../../../firecracker/tests/common/standin.rs"]
-pub mod standin;
-
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use firebuild_firecracker::standin::{self, Executables, Options};
 use firebuild_firecracker::JailUser;
 use firebuild_metadata::guest::MmdsLatest;
 use firebuild_metadata::image::{BuildConfig, EntrypointInfo, ImageName, ImageType};
@@ -42,8 +33,7 @@ use firebuild_vm::{
     LaunchConfig, NetworkAttachment, ProcessIdentity, RunMetadata, StartedVm, VmStatus, VmmKind,
 };
 use firebuild_vm_firecracker::FirecrackerConfig;
-use serde_json::{json, Value};
-use standin::{Options, StandIn};
+use serde_json::Value;
 
 /// Exit code the stand-in reports through the console marker on shutdown.
 pub const STANDIN_EXIT_CODE: i32 = 3;
@@ -55,174 +45,35 @@ pub const MAC: &str = "02:fc:00:00:00:2a";
 /// it from a `#[test] fn standin_process`. Does nothing unless started by
 /// the stand-in script.
 pub fn standin_main() {
-    let Ok(socket) = std::env::var("FIREBUILD_STANDIN_SOCKET") else {
-        return;
-    };
-    let root = std::env::var_os("FIREBUILD_STANDIN_ROOT").map(PathBuf::from);
-    let log = PathBuf::from(std::env::var("FIREBUILD_STANDIN_LOG").expect("log path"));
-    let id = std::env::var("FIREBUILD_STANDIN_ID").unwrap_or_default();
-    let standin = StandIn::start_with(
-        Path::new(&socket),
-        Options {
-            check_host_resources: true,
-            root: root.clone(),
-            id: id.clone(),
-            ..Options::default()
-        },
-    );
-    let mut written = 0;
-    let mut booted = false;
-    loop {
-        std::thread::sleep(Duration::from_millis(10));
-        // The log is read before the VM state and written after the console:
-        // once the log shows InstanceStart, the console line is there too.
-        let records = standin.log();
-        let (started, serial, shutdown) =
-            standin.vm(|vm| (vm.started, vm.serial.clone(), vm.ctrl_alt_del));
-        let console = serial
-            .as_ref()
-            .and_then(|s| s["serial_out_path"].as_str())
-            .map(|p| in_root(root.as_deref(), p));
-        if started && !booted {
-            booted = true;
-            if let Some(c) = &console {
-                append(c, &format!("stand-in guest {id} is up\n"));
-            }
-        }
-        if shutdown {
-            if let Some(c) = &console {
-                append(c, &format!("firebuild-exit-code={STANDIN_EXIT_CODE}\n"));
-            }
-            write_log(&log, &standin.log());
-            std::process::exit(0);
-        }
-        if records.len() != written {
-            write_log(&log, &records);
-            written = records.len();
-        }
-    }
+    standin::serve_process(|env, options| Options {
+        serial_on_start: Some(format!("stand-in guest {} is up\n", env.id)),
+        serial_on_ctrl_alt_del: Some(format!("firebuild-exit-code={STANDIN_EXIT_CODE}\n")),
+        ..options
+    });
 }
-
-fn in_root(root: Option<&Path>, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    match root {
-        Some(r) => r.join(p.strip_prefix("/").unwrap_or(p)),
-        None => p.to_owned(),
-    }
-}
-
-fn append(path: &Path, text: &str) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .expect("the serial output exists");
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-/// Writes the requests so far as a JSON array, atomically.
-fn write_log(path: &Path, records: &[standin::Recorded]) {
-    let entries: Vec<Value> = records
-        .iter()
-        .map(|r| {
-            json!({
-                "method": r.method,
-                "path": r.path,
-                "body": serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null),
-                "status": r.status,
-                "answer": String::from_utf8_lossy(&r.answer),
-            })
-        })
-        .collect();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&entries).unwrap()).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn firecracker_script(pids: &Path, logs: &Path) -> String {
-    let exe = std::env::current_exe().unwrap();
-    format!(
-        r#"#!/bin/sh
-# Stand-in for the firecracker binary: serves the API stand-in on --api-sock.
-sock=""; id=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --api-sock) sock="$2"; shift 2 ;;
-    --id) id="$2"; shift 2 ;;
-    *) shift ;;
-  esac
-done
-echo $$ >> '{pids}'
-FIREBUILD_STANDIN_SOCKET="$sock" FIREBUILD_STANDIN_ID="$id" FIREBUILD_STANDIN_LOG='{logs}/'"$id"'.json' exec '{exe}' --exact standin_process --nocapture --test-threads=1 --quiet
-"#,
-        pids = pids.display(),
-        logs = logs.display(),
-        exe = exe.display()
-    )
-}
-
-const JAILER_SCRIPT: &str = r#"#!/bin/sh
-# Stand-in for the jailer: jail dir, exec copy, pid file, socket under the
-# root, Firecracker started inside --netns.
-all="$*"; id=""; exec_file=""; base=""; netns=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --id) id="$2"; shift 2 ;;
-    --exec-file) exec_file="$2"; shift 2 ;;
-    --chroot-base-dir) base="$2"; shift 2 ;;
-    --netns) netns="$2"; shift 2 ;;
-    --daemonize|--new-pid-ns) shift ;;
-    --) shift; break ;;
-    *) shift 2 ;;
-  esac
-done
-[ "$1" = "--api-sock" ] || { echo "jailer stand-in: expected --api-sock after --" >&2; exit 2; }
-name=$(basename "$exec_file")
-dir="$base/$name/$id"
-root="$dir/root"
-mkdir -p "$root/run" || exit 1
-cp "$exec_file" "$root/$name" || exit 1
-echo "$all" > "$dir/jailer.args"
-if [ -n "$netns" ]; then
-  FIREBUILD_STANDIN_ROOT="$root" nsenter --net="$netns" -- "$exec_file" --id "$id" --api-sock "$root$2" </dev/null >"$dir/standin.out" 2>&1 &
-else
-  FIREBUILD_STANDIN_ROOT="$root" "$exec_file" --id "$id" --api-sock "$root$2" </dev/null >"$dir/standin.out" 2>&1 &
-fi
-echo $! > "$root/$name.pid"
-"#;
 
 /// A temp dir with the stand-in executables, a run cache and a chroot
 /// base. Kills every stand-in process it started when dropped.
 pub struct Fixture {
+    // Dropped first: kills the stand-in processes while their pid file is
+    // still there.
+    exes: Executables,
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let fx = Fixture {
-            dir: tempfile::Builder::new().prefix("fbvf").tempdir().unwrap(),
-        };
-        for d in ["bin", "logs", "runs"] {
-            std::fs::create_dir(fx.path().join(d)).unwrap();
+        let dir = tempfile::Builder::new().prefix("fbvf").tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("runs")).unwrap();
+        std::fs::write(dir.path().join("vmlinux"), b"\x7fELF stand-in kernel").unwrap();
+        Fixture {
+            exes: Executables::install(dir.path()).unwrap(),
+            dir,
         }
-        fx.script(
-            "firecracker",
-            &firecracker_script(&fx.path().join("pids"), &fx.path().join("logs")),
-        );
-        fx.script("jailer", JAILER_SCRIPT);
-        std::fs::write(fx.kernel(), b"\x7fELF stand-in kernel").unwrap();
-        fx
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
-    }
-
-    pub fn script(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path().join("bin").join(name);
-        std::fs::write(&p, text).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        p
     }
 
     pub fn kernel(&self) -> PathBuf {
@@ -241,8 +92,8 @@ impl Fixture {
     /// whole test binary starting up on a loaded 2-core machine.
     pub fn config(&self) -> FirecrackerConfig {
         FirecrackerConfig {
-            firecracker: self.path().join("bin/firecracker"),
-            jailer: self.path().join("bin/jailer"),
+            firecracker: self.exes.firecracker(),
+            jailer: self.exes.jailer(),
             chroot_base: self.chroot_base(),
             user: Some(JailUser {
                 uid: 10000,
@@ -263,11 +114,7 @@ impl Fixture {
 
     /// The requests the stand-in of VM `id` received, in order.
     pub fn requests(&self, id: &str) -> Vec<Value> {
-        let path = self.path().join("logs").join(format!("{id}.json"));
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
-            Err(_) => Vec::new(),
-        }
+        self.exes.requests(id).unwrap()
     }
 
     /// `METHOD path` of each request of VM `id`.
@@ -284,28 +131,24 @@ impl Fixture {
             .collect()
     }
 
-    /// Waits until the stand-in of `id` has logged `n` requests.
+    /// Waits (at most 30 s) until the stand-in of `id` has logged `n`
+    /// requests.
     pub fn wait_requests(&self, id: &str, n: usize) -> Vec<Value> {
-        for _ in 0..1500 {
-            let r = self.requests(id);
-            if r.len() >= n {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
+        let requests = self
+            .exes
+            .wait_requests(id, n, Duration::from_secs(30))
+            .unwrap();
+        assert!(
+            requests.len() >= n,
             "the stand-in of {id} logged fewer than {n} requests: {:?}",
             self.request_lines(id)
         );
+        requests
     }
 
     /// Pids of every stand-in process started.
     pub fn pids(&self) -> Vec<u32> {
-        std::fs::read_to_string(self.path().join("pids"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect()
+        self.exes.pids()
     }
 
     /// The inputs the runtime hands the backend for VM `id`: a run
@@ -330,17 +173,6 @@ impl Fixture {
             mem_mib: 256,
             guest: guest_document(id),
             network,
-        }
-    }
-}
-
-impl Drop for Fixture {
-    /// Never leave a stand-in process behind, even when a test fails.
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            if let Ok(p) = ProcessIdentity::of(pid as i32) {
-                let _ = p.signal(rustix::process::Signal::KILL);
-            }
         }
     }
 }
@@ -427,9 +259,7 @@ pub fn image() -> ImageMetadata {
 }
 
 /// A network namespace holding [`TAP`], made for one test, removed after.
-pub struct Netns {
-    name: String,
-}
+pub struct Netns(standin::Netns);
 
 impl Netns {
     pub fn new() -> Netns {
@@ -437,22 +267,11 @@ impl Netns {
     }
 
     pub fn with_tap(tap: Option<&str>) -> Netns {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "fbvf-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        if let Some(tap) = tap {
-            ip(&["-n", &ns.name, "tuntap", "add", "dev", tap, "mode", "tap"]);
-        }
-        ns
+        Netns(standin::Netns::create(tap).unwrap())
     }
 
     pub fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
+        self.0.path()
     }
 
     /// What the CNI layer would hand the runtime.
@@ -472,41 +291,7 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let st = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .expect("ip (iproute2) runs");
-    assert!(st.success(), "ip {args:?} failed");
-}
-
-/// Alive and not a zombie.
-pub fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !matches!(
-                s[s.rfind(')').unwrap() + 2..].chars().next(),
-                Some('Z' | 'X')
-            )
-        })
-        .unwrap_or(false)
-}
-
 /// Waits (at most 30 s) until `pid` is gone.
 pub fn wait_gone(pid: u32) -> bool {
-    for _ in 0..1500 {
-        if !is_alive(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    standin::wait_gone(pid, Duration::from_secs(30))
 }

@@ -1,267 +1,15 @@
-//! A stand-in for the Firecracker API, because Firecracker cannot run on
-//! our machines. It is not Firecracker: it serves the same HTTP API on a
-//! Unix socket, checks every body against the v1.16 spec, and enforces the
-//! API's pre-boot/post-boot rules, answering errors as Firecracker does
-//! (`400 {"fault_message": "..."}`). It boots nothing.
-//!
-//! It records every request as read off the socket (method, path, content
-//! type, raw body) and every answer, for the contract tests.
+//! What the stand-in does with each request: Firecracker's v1.16 API
+//! rules (pre-boot/post-boot, one root drive, MMDS interfaces, ...), with
+//! its error answers (`400 {"fault_message": "..."}`), on the pretend VM.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use super::openapi::ApiSpec;
+use super::server::{Options, VmModel};
 
-/// One exchange as it crossed the socket.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub method: String,
-    pub path: String,
-    pub content_type: Option<String>,
-    pub host: Option<String>,
-    pub body: Vec<u8>,
-    pub status: u16,
-    pub answer: Vec<u8>,
-}
-
-/// How the stand-in behaves.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// Accept connections but never answer (for timeout tests).
-    pub hang: bool,
-    /// Answer this (path, status, body) instead of handling the request.
-    pub inject: Option<(String, u16, String)>,
-    /// Check, like Firecracker, that kernel, drive and tap exist on this host;
-    /// paths are looked up under `root` (the jail root, when jailed).
-    pub check_host_resources: bool,
-    pub root: Option<PathBuf>,
-    /// Exit the process after answering SendCtrlAltDel (Firecracker exits
-    /// when the guest reboots; only for the stand-in run as a process).
-    pub exit_on_ctrl_alt_del: bool,
-    /// Instance id reported by `GET /`.
-    pub id: String,
-}
-
-/// The VM the stand-in pretends to run.
-#[derive(Debug, Default)]
-pub struct VmModel {
-    pub started: bool,
-    pub paused: bool,
-    pub machine_config: Option<Value>,
-    pub boot_source: Option<Value>,
-    pub drives: BTreeMap<String, Value>,
-    pub ifaces: BTreeMap<String, Value>,
-    pub mmds_config: Option<Value>,
-    pub mmds: Option<Value>,
-    pub logger: Option<Value>,
-    pub metrics: Option<Value>,
-    pub vsock: Option<Value>,
-    pub serial: Option<Value>,
-    pub ctrl_alt_del: bool,
-}
-
-struct Shared {
-    spec: ApiSpec,
-    options: Options,
-    vm: VmModel,
-    log: Vec<Recorded>,
-}
-
-/// A stand-in serving on its own thread; stops and removes its socket on drop.
-pub struct StandIn {
-    pub socket: PathBuf,
-    shared: Arc<Mutex<Shared>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl StandIn {
-    /// Serves at `socket` with default options.
-    pub fn start(socket: &Path) -> StandIn {
-        Self::start_with(
-            socket,
-            Options {
-                id: "standin".into(),
-                ..Options::default()
-            },
-        )
-    }
-
-    /// Serves at `socket`; the socket is bound when this returns.
-    pub fn start_with(socket: &Path, options: Options) -> StandIn {
-        let listener = std::os::unix::net::UnixListener::bind(socket)
-            .unwrap_or_else(|e| panic!("stand-in cannot bind {}: {e}", socket.display()));
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let shared = Arc::new(Mutex::new(Shared {
-            spec: ApiSpec::load(),
-            options,
-            vm: VmModel::default(),
-            log: Vec::new(),
-        }));
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let thread_shared = shared.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(serve(listener, thread_shared, stopped));
-        });
-        StandIn {
-            socket: socket.to_path_buf(),
-            shared,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    /// Every exchange so far, in order.
-    pub fn log(&self) -> Vec<Recorded> {
-        self.shared.lock().unwrap().log.clone()
-    }
-
-    /// `METHOD path` of every request so far.
-    pub fn requests(&self) -> Vec<String> {
-        self.log()
-            .iter()
-            .map(|r| format!("{} {}", r.method, r.path))
-            .collect()
-    }
-
-    /// Looks at the pretend VM.
-    pub fn vm<T>(&self, f: impl FnOnce(&VmModel) -> T) -> T {
-        f(&self.shared.lock().unwrap().vm)
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-/// Runs the stand-in in this process until killed (or SendCtrlAltDel): the
-/// body of the fake `firecracker` executable used by the launch tests.
-pub fn run_forever(socket: &Path, options: Options) -> ! {
-    let standin = StandIn::start_with(socket, options);
-    loop {
-        std::thread::park();
-        let _ = &standin;
-    }
-}
-
-async fn serve(
-    listener: std::os::unix::net::UnixListener,
-    shared: Arc<Mutex<Shared>>,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-) {
-    let listener = tokio::net::UnixListener::from_std(listener).expect("tokio listener");
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let shared = shared.clone();
-                if shared.lock().unwrap().options.hang {
-                    // Hold the connection open and never answer.
-                    tokio::spawn(async move {
-                        let _stream = stream;
-                        std::future::pending::<()>().await;
-                    });
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| handle(req, shared.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        }
-    }
-}
-
-async fn handle(
-    req: Request<Incoming>,
-    shared: Arc<Mutex<Shared>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let header = |name: hyper::header::HeaderName| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let content_type = header(hyper::header::CONTENT_TYPE);
-    let host = header(hyper::header::HOST);
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(_) => Vec::new(),
-    };
-    let (status, answer, exit) = {
-        let mut guard = shared.lock().unwrap();
-        let sh = &mut *guard;
-        let (status, answer) = match &sh.options.inject {
-            Some((p, s, b)) if *p == path => (*s, b.clone().into_bytes()),
-            _ => {
-                let (status, value) = route(sh, &method, &path, content_type.as_deref(), &body);
-                (
-                    status,
-                    value
-                        .map(|v| v.to_string().into_bytes())
-                        .unwrap_or_default(),
-                )
-            }
-        };
-        sh.log.push(Recorded {
-            method: method.clone(),
-            path: path.clone(),
-            content_type,
-            host,
-            body,
-            status,
-            answer: answer.clone(),
-        });
-        let exit = sh.options.exit_on_ctrl_alt_del && sh.vm.ctrl_alt_del;
-        (status, answer, exit)
-    };
-    if exit {
-        // Like Firecracker when the guest reboots: leave shortly after answering.
-        std::thread::spawn(|| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            std::process::exit(0);
-        });
-    }
-    let mut resp = Response::new(Full::new(Bytes::from(answer)));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status != 204 {
-        resp.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            "application/json".parse().unwrap(),
-        );
-    }
-    Ok(resp)
-}
-
+/// Status and JSON body of an answer.
 type Answer = (u16, Option<Value>);
 
 fn fault(msg: impl Into<String>) -> Answer {
@@ -272,18 +20,21 @@ const NOT_AFTER_BOOT: &str = "The requested operation is not supported after sta
 const NOT_BEFORE_BOOT: &str =
     "The requested operation is not supported before starting the microVM.";
 
-fn route(
-    sh: &mut Shared,
+/// Handles one request on `vm`.
+pub(super) fn route(
+    vm: &mut VmModel,
+    opts: &Options,
+    spec: &ApiSpec,
     method: &str,
     path: &str,
     content_type: Option<&str>,
     body: &[u8],
 ) -> Answer {
     // Firecracker refuses unknown routes and bodies its types do not accept.
-    let template = match sh.spec.validate_request(method, path, content_type, body) {
+    let template = match spec.validate_request(method, path, content_type, body) {
         Ok(t) => t,
         Err(errors) => {
-            return match sh.spec.operation(method, path) {
+            return match spec.operation(method, path) {
                 Err(_) => fault(format!(
                     "Invalid request method and/or path: {method} {path}."
                 )),
@@ -299,8 +50,6 @@ fn route(
     } else {
         serde_json::from_slice(body).unwrap_or(Value::Null)
     };
-    let vm = &mut sh.vm;
-    let opts = &sh.options;
     let pre_boot = |vm: &VmModel| {
         if vm.started {
             Err(fault(NOT_AFTER_BOOT))
@@ -467,12 +216,22 @@ fn route(
                 if !vm.drives.values().any(|d| d["is_root_device"] == true) {
                     return fault("Cannot start microvm without a root block device.");
                 }
+                if let Some(line) = &opts.serial_on_start {
+                    if let Err(a) = write_serial(opts, vm, line) {
+                        return a;
+                    }
+                }
                 vm.started = true;
                 ok
             }
             Some("SendCtrlAltDel") => {
                 if !vm.started {
                     return fault(NOT_BEFORE_BOOT);
+                }
+                if let Some(line) = &opts.serial_on_ctrl_alt_del {
+                    if let Err(a) = write_serial(opts, vm, line) {
+                        return a;
+                    }
                 }
                 vm.ctrl_alt_del = true;
                 ok
@@ -503,6 +262,26 @@ fn host_path(opts: &Options, v: &Value) -> PathBuf {
         Some(root) => root.join(p.strip_prefix("/").unwrap_or(p)),
         None => p.to_path_buf(),
     }
+}
+
+/// Appends what the guest would print to the serial output file, if one
+/// was configured (Firecracker's own console goes to its stdout otherwise).
+fn write_serial(opts: &Options, vm: &VmModel, text: &str) -> Result<(), Answer> {
+    use std::io::Write;
+    let Some(out) = vm.serial.as_ref().and_then(|s| s.get("serial_out_path")) else {
+        return Ok(());
+    };
+    let file = host_path(opts, out);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| {
+            fault(format!(
+                "The serial output {} cannot be written: {e}",
+                file.display()
+            ))
+        })
 }
 
 /// Whether this process's network namespace has `name` (/proc/self/net

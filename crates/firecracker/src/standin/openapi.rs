@@ -1,5 +1,6 @@
 //! Validates HTTP requests and answers against Firecracker's swagger 2.0
-//! spec (tests/spec/firecracker-v1.16.1.yaml), parsed here from the YAML.
+//! spec (`spec/firecracker-v1.16.1.yaml` of this crate, embedded), parsed
+//! here from the YAML.
 //!
 //! Stricter than the spec where the spec is loose: an object field not
 //! declared in the schema is an error unless the schema says
@@ -7,15 +8,18 @@
 //! unknown fields).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// Where the spec lives in this crate.
-pub fn spec_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spec/firecracker-v1.16.1.yaml")
-}
+use super::StandInError;
+
+/// Where the one copy of the spec lives, for messages and readers.
+pub const SPEC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/spec/firecracker-v1.16.1.yaml");
+
+/// The spec's text, compiled in so that the stand-in works from any
+/// crate's tests whatever their working directory.
+pub const SPEC_YAML: &str = include_str!("../../spec/firecracker-v1.16.1.yaml");
 
 /// The parsed spec.
 pub struct ApiSpec {
@@ -31,25 +35,40 @@ pub struct Operation<'a> {
 }
 
 impl ApiSpec {
-    /// Loads and converts the YAML spec; panics (test setup) if unreadable.
-    pub fn load() -> ApiSpec {
-        let path = spec_path();
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read the Firecracker spec {}: {e}", path.display()));
-        let docs = YamlLoader::load_from_str(&text).expect("the spec is valid YAML");
-        let root = yaml_to_json(&docs[0]);
-        assert_eq!(root["swagger"], "2.0", "expected a swagger 2.0 document");
-        let paths = root["paths"]
+    /// Parses the embedded v1.16.1 spec ([`SPEC_YAML`]).
+    pub fn load() -> Result<ApiSpec, StandInError> {
+        Self::parse(SPEC_YAML)
+    }
+
+    /// Parses a swagger 2.0 document given as YAML.
+    pub fn parse(text: &str) -> Result<ApiSpec, StandInError> {
+        let bad = |reason: String| StandInError::Spec { reason };
+        let docs = YamlLoader::load_from_str(text).map_err(|e| bad(format!("not YAML: {e}")))?;
+        let root = docs
+            .first()
+            .map(yaml_to_json)
+            .ok_or_else(|| bad("the document is empty".into()))?;
+        if root["swagger"] != "2.0" {
+            return Err(bad(format!(
+                "expected a swagger 2.0 document, got swagger {}",
+                root["swagger"]
+            )));
+        }
+        let mut paths = Vec::new();
+        for (template, item) in root["paths"]
             .as_object()
-            .expect("spec has paths")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_object().expect("path item").clone()))
-            .collect();
+            .ok_or_else(|| bad("it has no paths".into()))?
+        {
+            let item = item
+                .as_object()
+                .ok_or_else(|| bad(format!("the path item {template} is not a map")))?;
+            paths.push((template.clone(), item.clone()));
+        }
         let definitions = root["definitions"]
             .as_object()
-            .expect("spec has definitions")
+            .ok_or_else(|| bad("it has no definitions".into()))?
             .clone();
-        ApiSpec { paths, definitions }
+        Ok(ApiSpec { paths, definitions })
     }
 
     /// All (METHOD, template) pairs of the spec.
@@ -203,7 +222,13 @@ impl ApiSpec {
         at: &str,
         errors: &mut Vec<String>,
     ) {
-        let schema = self.resolve(schema);
+        let schema = match self.resolve(schema) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(format!("{at}: {e}"));
+                return;
+            }
+        };
         if let Some(choices) = schema.get("enum").and_then(Value::as_array) {
             if !choices.contains(value) {
                 errors.push(format!("{at}: {value} is not one of {choices:?}"));
@@ -303,19 +328,20 @@ impl ApiSpec {
         }
     }
 
-    fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
+    /// Follows `$ref`s; `Err` names a reference the spec cannot satisfy.
+    fn resolve<'a>(&'a self, schema: &'a Value) -> Result<&'a Value, String> {
         let mut schema = schema;
         // A `$ref` wins over sibling keys (swagger 2.0).
         while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
             let name = r
                 .strip_prefix("#/definitions/")
-                .unwrap_or_else(|| panic!("unsupported $ref {r}"));
+                .ok_or_else(|| format!("the validator does not follow $ref {r}"))?;
             schema = self
                 .definitions
                 .get(name)
-                .unwrap_or_else(|| panic!("$ref to a missing definition {name}"));
+                .ok_or_else(|| format!("$ref to a missing definition {name}"))?;
         }
-        schema
+        Ok(schema)
     }
 }
 
@@ -329,9 +355,10 @@ fn check_format(schema: &Value, s: &str, at: &str, errors: &mut Vec<String>) {
     if ["int32", "int64", "date-time", "byte", "binary", "password"].contains(&format) {
         return;
     }
-    let re = regex::Regex::new(&format!("^(?:{format})$")).expect("the spec's format is a regex");
-    if !re.is_match(s) {
-        errors.push(format!("{at}: {s:?} does not match the format {format}"));
+    match regex::Regex::new(&format!("^(?:{format})$")) {
+        Ok(re) if re.is_match(s) => {}
+        Ok(_) => errors.push(format!("{at}: {s:?} does not match the format {format}")),
+        Err(e) => errors.push(format!("{at}: the format {format} is not a regex: {e}")),
     }
 }
 
