@@ -568,6 +568,15 @@ impl<'a> Engine<'a> {
         let mut froms: Vec<Option<LayerId>> = Vec::new();
         let mut planned: Vec<PlannedMount> = Vec::new();
         for m in &mounts {
+            if !matches!(m.kind, MountType::Cache | MountType::Bind) {
+                return Err(BuildError::step(
+                    at,
+                    format!(
+                        "RUN --mount=type={} is not supported; use type=cache or type=bind",
+                        m.kind.as_str()
+                    ),
+                ));
+            }
             let target = m
                 .target
                 .clone()
@@ -606,15 +615,7 @@ impl<'a> Engine<'a> {
                         }
                     }
                 }
-                other => {
-                    return Err(BuildError::step(
-                        at,
-                        format!(
-                            "RUN --mount=type={} is not supported; use type=cache or type=bind",
-                            other.as_str()
-                        ),
-                    ))
-                }
+                _ => unreachable!("checked above"),
             }
         }
         let desc = format!(
