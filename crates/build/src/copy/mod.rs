@@ -28,7 +28,6 @@ use sha2::{Digest as _, Sha256};
 
 use crate::fsutil::{self, Root};
 pub use archive::{is_archive, unpack_archive};
-pub use glob::fnmatch;
 use writer::{Attrs, Writer};
 
 /// Where sources come from.
@@ -81,8 +80,13 @@ pub fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
 
+/// `--exclude`: patterns match the path relative to the copied source (or
+/// its parents); a pattern without `/` also matches a name at any depth.
 fn excluded(path: &str, excludes: &[String]) -> bool {
-    excludes.iter().any(|p| glob::path_match(p, path))
+    let name = path.rsplit('/').next().unwrap_or(path);
+    excludes
+        .iter()
+        .any(|p| glob::path_match(p, path) || (!p.contains('/') && glob::fnmatch(p, name)))
 }
 
 /// A stable description of the sources' content for the cache key: paths,
@@ -281,7 +285,7 @@ fn copy_from_context(
         } else {
             e.path.strip_prefix(&prefix).unwrap_or(&e.path)
         };
-        if !rel_in.is_empty() && excluded(&e.path, &op.excludes) {
+        if !rel_in.is_empty() && excluded(rel_in, &op.excludes) {
             continue;
         }
         let target = join_rel(dest_rel, rel_in);
