@@ -136,6 +136,9 @@ pub struct SettingsArgs {
     /// VMM to run microVMs with.
     #[arg(long, value_enum)]
     pub vmm: Option<VmmChoice>,
+    /// QEMU accelerator: auto probes whether this kernel boots under KVM here.
+    #[arg(long, value_enum)]
+    pub qemu_accel: Option<QemuAccel>,
     /// User id jailed Firecracker runs as.
     #[arg(long, value_name = "UID")]
     pub jailer_uid: Option<u32>,
@@ -166,6 +169,16 @@ pub enum VmmChoice {
     Auto,
     Firecracker,
     Qemu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QemuAccel {
+    /// KVM when a probe boot of the kernel works under it, else TCG.
+    Auto,
+    Kvm,
+    /// Software emulation: slow, works everywhere.
+    Tcg,
 }
 
 #[derive(Debug, Args)]

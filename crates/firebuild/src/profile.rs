@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{SettingsArgs, VmmChoice};
+use crate::cli::{QemuAccel, SettingsArgs, VmmChoice};
 
 /// The only storage provider.
 pub const DIRECTORY_PROVIDER: &str = "directory";
@@ -51,6 +51,8 @@ pub struct Profile {
     pub storage_provider_properties: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<VmmChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_accel: Option<QemuAccel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jailer_uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,6 +248,7 @@ impl Profile {
         set(&mut self.cache_dir, &args.cache_dir);
         set(&mut self.storage_provider, &args.storage_provider);
         set(&mut self.vmm, &args.vmm);
+        set(&mut self.qemu_accel, &args.qemu_accel);
         set(&mut self.jailer_uid, &args.jailer_uid);
         set(&mut self.jailer_gid, &args.jailer_gid);
         set(&mut self.cni_conf_dir, &args.cni_conf_dir);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::cli::{GlobalArgs, SettingsArgs, VmmChoice};
+use crate::cli::{GlobalArgs, QemuAccel, SettingsArgs, VmmChoice};
 use crate::profile::{Profile, ProfileDir, KERNEL_STORAGE_ROOT, ROOTFS_STORAGE_ROOT};
 
 /// Where state lives when no profile says otherwise.
@@ -25,6 +25,7 @@ pub struct Settings {
     pub rootfs_storage_root: PathBuf,
     pub kernel_storage_root: PathBuf,
     pub vmm: VmmChoice,
+    pub qemu_accel: firebuild_vm::AccelPolicy,
     /// Unset: the jailer driver picks a `firebuild` system user if there is
     /// one, else 10000 — never root (the original ran it as root).
     pub jailer_uid: Option<u32>,
@@ -73,6 +74,11 @@ impl Settings {
             run_cache: p.run_cache.unwrap_or_else(|| state.join("runs")),
             cache_dir: p.cache_dir.unwrap_or_else(|| state.join("cache")),
             vmm: p.vmm.unwrap_or(VmmChoice::Auto),
+            qemu_accel: match p.qemu_accel.unwrap_or(QemuAccel::Auto) {
+                QemuAccel::Auto => firebuild_vm::AccelPolicy::Auto,
+                QemuAccel::Kvm => firebuild_vm::AccelPolicy::Kvm,
+                QemuAccel::Tcg => firebuild_vm::AccelPolicy::Tcg,
+            },
             jailer_uid: p.jailer_uid,
             jailer_gid: p.jailer_gid,
             insecure_registries: p.insecure_registries,

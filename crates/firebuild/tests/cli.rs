@@ -142,12 +142,12 @@ fn profile_errors_are_one_clear_line() {
 
 #[test]
 fn unimplemented_commands_fail_cleanly() {
-    let out = firebuild(&["purge"]);
+    let out = firebuild(&["baseos", "--dockerfile", "x"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert_eq!(
         err.trim(),
-        "error: `firebuild purge` is not implemented yet"
+        "error: `firebuild baseos` is not implemented yet"
     );
 }
 
@@ -348,4 +348,51 @@ fn kernel_add_ls_inspect_rm_and_refusals() {
     let out = firebuild(&["kernel", "rm", "vmlinux-6.1", &root]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!tmp.path().join("vmlinux-6.1").exists());
+}
+
+#[test]
+fn run_with_unknown_tag_or_kernel_starts_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    let flags = [
+        format!(
+            "--storage-provider-property-string=rootfs-storage-root={}",
+            tmp.path().display()
+        ),
+        format!(
+            "--storage-provider-property-string=kernel-storage-root={}",
+            tmp.path().display()
+        ),
+        format!("--run-cache={}", runs.display()),
+    ];
+    let mut args = vec!["run", "--from", "nope/missing:1", "--vmlinux-id", "k"];
+    args.extend(flags.iter().map(String::as_str));
+    let out = firebuild(&args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no image tagged nope/missing:1"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A stored image but an unknown kernel.
+    let image = tmp.path().join("demo/app/1");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(image.join("rootfs"), b"").unwrap();
+    std::fs::write(
+        image.join("metadata.json"),
+        r#"{"created-at-utc":0,"image":{"org":"demo","image":"app","version":"1"},"type":"rootfs","tag":"demo/app:1"}"#,
+    )
+    .unwrap();
+    args[2] = "demo/app:1";
+    let out = firebuild(&args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("\"k\""),
+        "the error names the kernel id: {}",
+        stderr(&out)
+    );
+    let leftovers = std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "nothing was created in the run cache");
 }

@@ -6,6 +6,7 @@ mod image;
 mod kernel;
 mod network;
 mod profile;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -18,11 +19,12 @@ pub struct NotImplemented(pub &'static str);
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = &cli.global;
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     match &cli.command {
-        Command::ProfileCreate(args) => profile::create(global, args),
-        Command::ProfileLs => profile::list(global),
-        Command::ProfileInspect => profile::inspect(global),
-        Command::Image(command) => image::run(global, command),
+        Command::ProfileCreate(args) => done(profile::create(global, args)),
+        Command::ProfileLs => done(profile::list(global)),
+        Command::ProfileInspect => done(profile::inspect(global)),
+        Command::Image(command) => done(image::run(global, command)),
         Command::Baseos(_) => Err(NotImplemented("baseos").into()),
         Command::Rootfs(args) => {
             if args.legacy.given() {
@@ -30,17 +32,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(NotImplemented("rootfs").into())
         }
-        Command::Run(_) => Err(NotImplemented("run").into()),
-        Command::Ls(_) => Err(NotImplemented("ls").into()),
-        Command::Inspect(_) => Err(NotImplemented("inspect").into()),
-        Command::Kill(_) => Err(NotImplemented("kill").into()),
-        Command::Purge(_) => Err(NotImplemented("purge").into()),
-        Command::Logs(_) => Err(NotImplemented("logs").into()),
-        Command::Kernel(command) => kernel::run(global, command),
-        Command::Dockerfile(command) => dockerfile::run(global, command),
-        Command::Network(command) => network::run(global, command),
-    }?;
-    Ok(ExitCode::SUCCESS)
+        Command::Run(args) => vm::run(global, args),
+        Command::Ls(args) => vm::ls(global, args),
+        Command::Inspect(args) => vm::inspect(global, args),
+        Command::Kill(args) => vm::kill(global, args),
+        Command::Purge(args) => vm::purge(global, args),
+        Command::Logs(args) => vm::logs(global, args),
+        Command::Kernel(command) => done(kernel::run(global, command)),
+        Command::Dockerfile(command) => done(dockerfile::run(global, command)),
+        Command::Network(command) => done(network::run(global, command)),
+    }
 }
 
 /// Privileged work (namespaces, mounts, netlink, taps, KVM) needs root: say
