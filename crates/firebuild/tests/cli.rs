@@ -172,7 +172,7 @@ fn image_ls_inspect_rm_on_a_store() {
     let out = firebuild(&["image", "ls", &store_flag]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with("TAG"), "{text}");
+    assert!(text.starts_with("IMAGE"), "{text}");
     assert!(text.contains("combust-labs/consul:1.9.4  rootfs"), "{text}");
 
     let out = firebuild(&["image", "ls", "--json", &store_flag]);

@@ -1,15 +1,23 @@
 //! `image ls|inspect|rm|pull|import|prune`.
 
+use firebuild_oci::{ImageRecords, ImageSource, Platform, Registry, RegistryConfig};
 use firebuild_store::{DirectoryStore, Tag};
 
 use super::NotImplemented;
-use crate::cli::{GlobalArgs, ImageCommand};
+use crate::cli::{GlobalArgs, ImageCommand, SettingsArgs};
 use crate::format;
 use crate::settings::Settings;
 
 pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
     match command {
-        ImageCommand::Ls { json, settings } => list(&store(global, settings)?, *json),
+        ImageCommand::Ls { json, settings } => {
+            let settings = Settings::resolve(global, settings)?;
+            list(
+                &DirectoryStore::new(&settings.rootfs_storage_root),
+                &ImageRecords::new(&settings.cache_dir),
+                *json,
+            )
+        }
         ImageCommand::Inspect { tag, settings } => {
             let image = store(global, settings)?.get(&tag.parse::<Tag>()?)?;
             println!("{}", serde_json::to_string_pretty(&image.metadata)?);
@@ -21,44 +29,114 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             tracing::info!(%tag, "image removed");
             Ok(())
         }
-        ImageCommand::Pull { .. } => Err(NotImplemented("image pull").into()),
-        ImageCommand::Import { .. } => Err(NotImplemented("image import").into()),
+        ImageCommand::Pull {
+            reference,
+            platform,
+            settings,
+        } => {
+            let settings = Settings::resolve(global, settings)?;
+            let registry =
+                Registry::new(&settings.cache_dir, registry_config(&settings)?).with_progress(true);
+            let platform: Platform = platform.parse()?;
+            let record = firebuild_oci::block_on(registry.pull(&reference.parse()?, &platform))??;
+            tracing::info!(
+                image = %record.reference,
+                digest = %record.digest,
+                layers = record.layers.len(),
+                size = %format::size(record.size()),
+                "pulled"
+            );
+            println!("{}", record.digest);
+            Ok(())
+        }
+        ImageCommand::Import {
+            source,
+            tag,
+            settings,
+        } => {
+            let settings = Settings::resolve(global, settings)?;
+            let (kind, record) =
+                firebuild_oci::import(&settings.cache_dir, source, tag, &Platform::host())?;
+            tracing::info!(image = %record.reference, from = ?kind, "imported");
+            println!("{}", record.digest);
+            Ok(())
+        }
         ImageCommand::Prune { .. } => Err(NotImplemented("image prune").into()),
     }
 }
 
-fn store(global: &GlobalArgs, args: &crate::cli::SettingsArgs) -> anyhow::Result<DirectoryStore> {
+/// Registry settings from the profile and flags.
+pub fn registry_config(settings: &Settings) -> anyhow::Result<RegistryConfig> {
+    let config = RegistryConfig {
+        insecure: settings.insecure_registries.clone(),
+        mirrors: settings.registry_mirrors.clone(),
+        docker_config_dir: None,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn store(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<DirectoryStore> {
     Ok(DirectoryStore::new(
         Settings::resolve(global, args)?.rootfs_storage_root,
     ))
 }
 
-fn list(store: &DirectoryStore, json: bool) -> anyhow::Result<()> {
-    let images = store.list()?;
+/// One row of `image ls`: a stored root filesystem or a pulled/imported OCI image.
+struct Row {
+    name: String,
+    kind: String,
+    size: u64,
+    created: i64,
+}
+
+fn list(store: &DirectoryStore, records: &ImageRecords, json: bool) -> anyhow::Result<()> {
+    let mut rows: Vec<Row> = store
+        .list()?
+        .into_iter()
+        .map(|image| Row {
+            name: image.tag.to_string(),
+            kind: image.metadata.kind.to_string(),
+            size: image.rootfs_bytes,
+            created: image.metadata.created_at_utc,
+        })
+        .collect();
+    rows.extend(records.list()?.into_iter().map(|record| {
+        Row {
+            kind: match record.source {
+                ImageSource::Registry { .. } => "oci (pulled)",
+                ImageSource::Imported { .. } => "oci (imported)",
+                ImageSource::Built => "oci (built)",
+            }
+            .to_owned(),
+            size: record.size(),
+            created: record.recorded_at_utc,
+            name: record.reference,
+        }
+    }));
     if json {
-        for image in &images {
+        for row in &rows {
             let line = serde_json::json!({
-                "tag": image.tag.to_string(),
-                "type": image.metadata.kind.to_string(),
-                "size": image.rootfs_bytes,
-                "created": format::timestamp(image.metadata.created_at_utc),
-                "path": image.dir,
+                "tag": row.name,
+                "type": row.kind,
+                "size": row.size,
+                "created": format::timestamp(row.created),
             });
             println!("{line}");
         }
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = images
+    let table: Vec<Vec<String>> = rows
         .iter()
-        .map(|image| {
+        .map(|row| {
             vec![
-                image.tag.to_string(),
-                image.metadata.kind.to_string(),
-                format::size(image.rootfs_bytes),
-                format::timestamp(image.metadata.created_at_utc),
+                row.name.clone(),
+                row.kind.clone(),
+                format::size(row.size),
+                format::timestamp(row.created),
             ]
         })
         .collect();
-    format::print_table(&["TAG", "TYPE", "SIZE", "CREATED"], &rows);
+    format::print_table(&["IMAGE", "TYPE", "SIZE", "CREATED"], &table);
     Ok(())
 }

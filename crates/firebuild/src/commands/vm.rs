@@ -1,0 +1,334 @@
+//! `run`, `ls`, `inspect`, `kill`, `purge`, `logs`: microVMs through the
+//! runtime, with both VMM backends registered and CNI networking.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use firebuild_cni::{
+    parse_port_specs, CniRuntime, TapOwner, VmNetwork, VmNetworkRequest, DEFAULT_NETWORK,
+};
+use firebuild_kernel::KernelStore;
+use firebuild_metadata::InitMode;
+use firebuild_store::{DirectoryStore, Tag};
+use firebuild_vm::{
+    render_table, Interrupts, NetworkAttachment, NetworkError, NetworkReleaser, QemuConfig,
+    QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, VmStatus, VmmKind,
+};
+use firebuild_vm_firecracker::{FirecrackerConfig, FirecrackerVmm, JailUser};
+
+use super::network::cni_runtime;
+use super::require_root;
+use crate::cli::{
+    GlobalArgs, InitModeArg, KillArgs, LogsArgs, LsArgs, PurgeArgs, RunArgs, SettingsArgs, VmArgs,
+    VmmChoice,
+};
+use crate::settings::Settings;
+
+/// Exit status of `run` when the guest reported none (killed, crashed), as a
+/// shell reports a SIGKILLed process.
+const NO_GUEST_EXIT_CODE: u8 = 137;
+
+/// The guest's network device; the kernel `ip=` argument and the metadata name it.
+const GUEST_DEVICE: &str = "eth0";
+
+/// Releases a VM's CNI attachment (DEL + namespace removal).
+struct CniReleaser(CniRuntime);
+
+#[async_trait]
+impl NetworkReleaser for CniReleaser {
+    async fn release(
+        &self,
+        vm: &RunMetadata,
+        _attachment: &NetworkAttachment,
+    ) -> Result<(), NetworkError> {
+        let cni = self.0.clone();
+        let id = vm.id.clone();
+        tokio::task::spawn_blocking(move || cni.teardown_vm_network(&id, false))
+            .await
+            .map_err(|e| Box::new(e) as NetworkError)?
+            .map(|_| ())
+            .map_err(|e| Box::new(e) as NetworkError)
+    }
+}
+
+fn jail_user(settings: &Settings) -> Option<JailUser> {
+    match (settings.jailer_uid, settings.jailer_gid) {
+        (None, None) => None,
+        (uid, gid) => {
+            let default = JailUser::host_default();
+            Some(JailUser {
+                uid: uid.unwrap_or(default.uid),
+                gid: gid.unwrap_or(default.gid),
+            })
+        }
+    }
+}
+
+/// The runtime with every backend, so `ls`/`kill`/`purge` handle VMs of
+/// either VMM whatever `--vmm` says now.
+fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
+    let firecracker = FirecrackerVmm::new(FirecrackerConfig {
+        firecracker: settings
+            .binary_firecracker
+            .clone()
+            .unwrap_or_else(|| "firecracker".into()),
+        jailer: settings
+            .binary_jailer
+            .clone()
+            .unwrap_or_else(|| "jailer".into()),
+        chroot_base: settings.chroot_base.clone(),
+        user: jail_user(settings),
+        no_jailer,
+        ..Default::default()
+    });
+    let qemu = QemuVmm::new(QemuConfig {
+        binary: settings.binary_qemu.clone(),
+        accel: settings.qemu_accel,
+        ..Default::default()
+    });
+    Runtime::with_backends(
+        &settings.run_cache,
+        vec![Arc::new(firecracker), Arc::new(qemu)],
+    )
+    .with_network_releaser(Arc::new(CniReleaser(cni_runtime(settings))))
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn settings_with_run_cache(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<Settings> {
+    let settings = Settings::resolve(global, args)?;
+    std::fs::create_dir_all(&settings.run_cache)
+        .with_context(|| format!("creating the run cache {}", settings.run_cache.display()))?;
+    Ok(settings)
+}
+
+pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    require_root("run")?;
+    let settings = settings_with_run_cache(global, &args.settings)?;
+    let tag: Tag = args.from.parse()?;
+    let image = DirectoryStore::new(&settings.rootfs_storage_root).get(&tag)?;
+    let kernel = KernelStore::new(&settings.kernel_storage_root).resolve(&args.vmlinux_id)?;
+    // Parse what can be wrong before anything is created.
+    let ports = parse_port_specs(&args.port)?;
+    let requested_ip: Option<IpAddr> = args
+        .ip_address
+        .as_deref()
+        .map(|ip| {
+            ip.parse()
+                .with_context(|| format!("--ip-address {ip}: not an IP address"))
+        })
+        .transpose()?;
+
+    let mut spec = RunSpec::new(image.rootfs_path(), image.metadata, kernel);
+    spec.kernel_id.clone_from(&args.vmlinux_id);
+    spec.cpus = args.cpu;
+    spec.mem_mib = args.mem;
+    spec.env_files.clone_from(&args.env_file);
+    spec.env = args.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    spec.command = (!args.command.is_empty()).then(|| args.command.clone());
+    spec.identity_files.clone_from(&args.identity_file);
+    spec.ssh_user.clone_from(&args.ssh_user);
+    spec.hostname.clone_from(&args.hostname);
+    spec.name.clone_from(&args.name);
+    spec.kernel_args.clone_from(&args.kernel_args);
+    spec.daemonize = args.daemonize;
+    spec.remove_on_exit = args.rm;
+    spec.vmm = vmm_choice(settings.vmm);
+    spec.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    spec.init_mode = match args.init_mode {
+        InitModeArg::Entrypoint => InitMode::Entrypoint,
+        InitModeArg::Image => InitMode::Image,
+    };
+
+    let runtime = vm_runtime(&settings, args.no_jailer);
+    let cni = cni_runtime(&settings);
+    let outcome = tokio_runtime()?.block_on(async {
+        let mut prepared = runtime.prepare(spec).await?;
+        // Firecracker serves the guest metadata over MMDS, which needs a
+        // network; published ports need one too.
+        let network = args.cni_network_name.clone().or_else(|| {
+            (prepared.metadata().vmm == VmmKind::Firecracker || !ports.is_empty())
+                .then(|| DEFAULT_NETWORK.to_owned())
+        });
+        if let Some(network) = network {
+            let mut request = VmNetworkRequest::new(prepared.id(), network);
+            request.ip = requested_ip;
+            request.ports = ports;
+            if prepared.metadata().vmm == VmmKind::Firecracker && !args.no_jailer {
+                let user = jail_user(&settings).unwrap_or_else(JailUser::host_default);
+                request.tap_owner = Some(TapOwner {
+                    uid: user.uid,
+                    gid: user.gid,
+                });
+            }
+            let net = {
+                let cni = cni.clone();
+                tokio::task::spawn_blocking(move || cni.setup_vm_network(&request)).await??
+            };
+            let vm_id = net.vm_id.clone();
+            if let Err(e) = attachment(&net).and_then(|a| Ok(prepared.attach_network(a)?)) {
+                release_quietly(&cni, &vm_id);
+                return Err(e);
+            }
+        }
+        let id = prepared.id().to_owned();
+        let has_network = prepared.metadata().network.is_some();
+        let metadata = match runtime.launch(prepared).await {
+            Ok(metadata) => metadata,
+            Err(e) => {
+                if has_network {
+                    release_quietly(&cni, &id);
+                }
+                return Err(e.into());
+            }
+        };
+        if args.daemonize {
+            return Ok(RunOutcome::Detached { id: metadata.id });
+        }
+        let mut stdout = std::io::stdout();
+        Ok(runtime
+            .attach(metadata, &mut stdout, Interrupts::CtrlC)
+            .await?)
+    })?;
+    match outcome {
+        RunOutcome::Detached { id } => {
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        RunOutcome::Exited { exit_code, .. } => Ok(ExitCode::from(
+            exit_code.map_or(NO_GUEST_EXIT_CODE, |code| code.clamp(0, 255) as u8),
+        )),
+    }
+}
+
+fn release_quietly(cni: &CniRuntime, vm_id: &str) {
+    if let Err(e) = cni.teardown_vm_network(vm_id, true) {
+        tracing::warn!(vm = %vm_id, error = %e, "could not release the VM's network; `firebuild purge` retries");
+    }
+}
+
+/// The runtime's view of a CNI attachment.
+fn attachment(net: &VmNetwork) -> anyhow::Result<NetworkAttachment> {
+    let IpAddr::V4(ip) = net.address.addr else {
+        anyhow::bail!(
+            "network {} gave the VM the IPv6 address {}: microVMs need an IPv4 address (add an IPv4 range to the network)",
+            net.network,
+            net.address
+        );
+    };
+    Ok(NetworkAttachment {
+        netns: net.netns_path.clone(),
+        tap: net.tap_name.clone(),
+        guest_mac: net.mac.clone(),
+        ip,
+        prefix: net.address.prefix_len,
+        gateway: net.gateway.and_then(|g| match g {
+            IpAddr::V4(g) => Some(g),
+            IpAddr::V6(_) => None,
+        }),
+        nameservers: net
+            .dns
+            .nameservers
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        mtu: Some(net.mtu),
+        network_name: net.network.clone(),
+        release_data: serde_json::json!({ "vm-id": net.vm_id, "ifname": GUEST_DEVICE }),
+    })
+}
+
+fn vmm_choice(choice: VmmChoice) -> firebuild_vm::VmmChoice {
+    match choice {
+        VmmChoice::Auto => firebuild_vm::VmmChoice::Auto,
+        VmmChoice::Firecracker => firebuild_vm::VmmChoice::Firecracker,
+        VmmChoice::Qemu => firebuild_vm::VmmChoice::Qemu,
+    }
+}
+
+pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(global, &args.settings)?;
+    let runtime = vm_runtime(&settings, false);
+    let vms = tokio_runtime()?.block_on(runtime.list())?;
+    let rows: Vec<_> = vms.iter().map(RunMetadata::summary).collect();
+    if args.json || global.log_as_json {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+    } else {
+        print!("{}", render_table(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn inspect(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(global, &args.settings)?;
+    let metadata = tokio_runtime()?.block_on(vm_runtime(&settings, false).inspect(&args.vmm_id))?;
+    println!("{}", serde_json::to_string_pretty(&metadata)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn kill(global: &GlobalArgs, args: &KillArgs) -> anyhow::Result<ExitCode> {
+    require_root("kill")?;
+    let settings = Settings::resolve(global, &args.settings)?;
+    let runtime = vm_runtime(&settings, false);
+    let metadata = tokio_runtime()?.block_on(runtime.kill(
+        &args.vmm_id,
+        Some(Duration::from_secs(args.shutdown_timeout)),
+    ))?;
+    // The VM is gone: give its address and tap back now rather than at purge.
+    if metadata.network.is_some() && metadata.status == VmStatus::Exited {
+        cni_runtime(&settings).teardown_vm_network(&metadata.id, false)?;
+    }
+    tracing::info!(vm = %metadata.id, exit_code = ?metadata.exit_code, "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn purge(global: &GlobalArgs, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
+    require_root("purge")?;
+    let settings = Settings::resolve(global, &args.settings)?;
+    let runtime = vm_runtime(&settings, false);
+    let tokio = tokio_runtime()?;
+    let report = tokio.block_on(runtime.purge())?;
+    for id in &report.removed {
+        tracing::info!(vm = %id, "purged");
+    }
+    // Network state whose VM directory is already gone (a crash between
+    // CNI ADD and the run metadata, or a run cache removed by hand).
+    let live: Vec<String> = tokio
+        .block_on(runtime.list())?
+        .into_iter()
+        .filter(|vm| vm.status != VmStatus::Exited)
+        .map(|vm| vm.id)
+        .collect();
+    let cni = cni_runtime(&settings);
+    for orphan in cni.find_orphans(|id| live.iter().any(|l| l == id))? {
+        cni.teardown_vm_network(&orphan.vm_id, false)?;
+        tracing::info!(vm = %orphan.vm_id, "released orphaned network");
+    }
+    if report.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (id, reason) in &report.failed {
+        eprintln!("error: could not purge {id}: {reason}");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+pub fn logs(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(global, &args.settings)?;
+    let runtime = vm_runtime(&settings, false);
+    let mut stdout = std::io::stdout();
+    tokio_runtime()?.block_on(runtime.logs(&args.vmm_id, args.follow, &mut stdout))?;
+    Ok(ExitCode::SUCCESS)
+}
