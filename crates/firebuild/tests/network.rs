@@ -1,0 +1,878 @@
+//! Issue 9's end-to-end proof with the real `firebuild` binary: a CNI bridge
+//! network, an HTTP server microVM on QEMU reached at its address and through
+//! a published port, two VMs talking to each other, and a host left as it was
+//! after `kill` and `purge`.
+//!
+//! The test's world lives in network namespaces the test makes: one plays
+//! "the host" (every `firebuild` command runs inside it, so the bridge, the
+//! VM namespaces' veth peers, the iptables rules and every address live
+//! there) and one plays "another host" wired to it by a veth. Only private
+//! addresses inside those namespaces are ever contacted; the machine's own
+//! interfaces are never touched. A guard tears everything down, also when an
+//! assertion fails.
+//!
+//! Needs root, Debian's `containernetworking-plugins`, `busybox-static`,
+//! `qemu-system-x86`, `e2fsprogs`, `iptables`, `iproute2`, the guest kernel
+//! (`$FIREBUILD_TEST_KERNEL`, else the CI cache) and the static guest init
+//! (`$FIREBUILD_VMINIT`, else the output of `scripts/build-vminit.sh`).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use firebuild_cni::netns;
+
+const PLUGIN_DIR: &str = "/usr/lib/cni";
+const KERNEL_CACHE: &str = "/var/cache/firebuild-ci/kernels";
+const NETWORK: &str = "machines";
+const SUBNET: &str = "192.168.127.0/24";
+const IMAGE_TAG: &str = "fbt/httpd:1";
+const KERNEL_ID: &str = "fbt-vmlinux";
+/// The host namespace's own address on the link to "another host".
+const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 1);
+const OTHER_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 2);
+/// How long a VM may take to boot and answer under TCG.
+const BOOT_WAIT: Duration = Duration::from_secs(60);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn require_root_and_tools() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (namespaces, bridges, iptables, QEMU on a tap)"
+    );
+    for plugin in ["bridge", "host-local", "firewall", "portmap"] {
+        assert!(
+            Path::new(PLUGIN_DIR).join(plugin).exists(),
+            "CNI plugin {plugin} missing: apt-get install -y containernetworking-plugins"
+        );
+    }
+    for (tool, package) in [
+        ("/bin/busybox", "busybox-static"),
+        ("/usr/sbin/ip", "iproute2"),
+        ("/usr/sbin/iptables-save", "iptables"),
+        ("/usr/sbin/nft", "nftables"),
+        ("/usr/sbin/mkfs.ext4", "e2fsprogs"),
+        ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+    ] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} missing: apt-get install -y {package}"
+        );
+    }
+}
+
+/// `$FIREBUILD_TEST_KERNEL`, else the newest kernel in the CI cache.
+fn guest_kernel() -> PathBuf {
+    if let Some(p) = std::env::var_os("FIREBUILD_TEST_KERNEL").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let newest = std::fs::read_dir(KERNEL_CACHE).ok().and_then(|dirs| {
+        dirs.filter_map(|d| d.ok())
+            .map(|d| d.path().join("vmlinux"))
+            .filter(|k| k.is_file())
+            .max_by_key(|k| k.metadata().and_then(|m| m.modified()).ok())
+    });
+    newest.unwrap_or_else(|| {
+        panic!(
+            "no guest kernel: set FIREBUILD_TEST_KERNEL or build one into {KERNEL_CACHE} \
+             (cargo run -p firebuild-kernel --example ci-kernel)"
+        )
+    })
+}
+
+/// `$FIREBUILD_VMINIT`, else the output of `scripts/build-vminit.sh`.
+fn guest_init() -> PathBuf {
+    if let Some(p) = std::env::var_os("FIREBUILD_VMINIT").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let built = workspace_root().join("target/x86_64-unknown-linux-gnu/release/vminit");
+    assert!(
+        built.is_file(),
+        "no static guest init: set FIREBUILD_VMINIT or run scripts/build-vminit.sh"
+    );
+    built
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `args` with its network namespace set to `ns`.
+fn run_in(ns: &Path, program: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    netns::command_in_netns(&mut cmd, ns).expect("open the namespace");
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"))
+}
+
+fn ok_in(ns: &Path, program: &str, args: &[&str]) -> String {
+    let out = run_in(ns, program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {}: {}{}",
+        ns.display(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {}", text(&out.stderr));
+}
+
+/// `GET /` from inside `ns`, with timeouts; the body of a 200 answer.
+fn http_get(ns: &Path, addr: SocketAddr) -> Result<String, String> {
+    netns::in_netns(Some(ns), || -> Result<String, String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+                Ok(body.to_owned())
+            }
+            _ => Err(format!("bad answer from {addr}: {response:?}")),
+        }
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// Retries `f` until it succeeds or `limit` has passed.
+fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+/// Builds the HTTP server image by hand (until `firebuild rootfs` is wired):
+/// busybox with its applets, the guest init, users, a page, as an ext4 file
+/// system in the store with its metadata.json.
+fn store_httpd_image(store: &Path, work: &Path, page: &str) {
+    let root = work.join("image-root");
+    for d in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "root",
+        "www",
+        ".firebuild",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in text(&applets.stdout).lines() {
+        if applet != "busybox" {
+            symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    for needed in ["httpd", "sh", "wget"] {
+        assert!(
+            root.join("bin").join(needed).exists(),
+            "busybox has no {needed}"
+        );
+    }
+    std::fs::copy(guest_init(), root.join(".firebuild/init")).unwrap();
+    std::fs::set_permissions(
+        root.join(".firebuild/init"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(root.join("www/index.html"), page).unwrap();
+
+    let dir = store.join("fbt/httpd/1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rootfs = dir.join("rootfs");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(&root)
+        .arg(&rootfs)
+        .arg("64M")
+        .output()
+        .expect("mkfs.ext4");
+    assert!(out.status.success(), "mkfs.ext4: {}", text(&out.stderr));
+    std::fs::remove_dir_all(&root).unwrap();
+    let metadata = serde_json::json!({
+        "created-at-utc": 0,
+        "image": {"org": "fbt", "image": "httpd", "version": "1"},
+        "type": "rootfs",
+        "tag": IMAGE_TAG,
+        "ports": ["80/tcp"],
+        "entrypoint-info": {
+            "entrypoint": [],
+            "cmd": ["httpd", "-f", "-p", "80", "-h", "/www"],
+            "env": {"PATH": "/bin"},
+            "shell": ["/bin/sh", "-c"],
+            "user": "",
+            "workdir": "",
+        },
+        "rootfs-size": std::fs::metadata(&rootfs).unwrap().len(),
+    });
+    std::fs::write(
+        dir.join("metadata.json"),
+        serde_json::to_vec_pretty(&metadata).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Everything the VMs must leave as it was, read in the host namespace.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    links: Vec<String>,
+    addrs: Vec<String>,
+    routes: Vec<String>,
+    /// Namespaces of this test's VMs.
+    vm_namespaces: Vec<String>,
+    /// host-local's leases of the network.
+    leases: Vec<String>,
+    /// Files in the CNI result cache.
+    cni_cache: Vec<String>,
+    run_cache: Vec<String>,
+    iptables: String,
+    nft: String,
+}
+
+/// iptables-save without comments and packet counters.
+fn strip_iptables(s: &str) -> String {
+    s.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.strip_prefix(':') {
+            Some(chain) => format!(":{}", chain.split(" [").next().unwrap_or(chain)),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let path = e.path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.push(path.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The test's world: namespaces, temp dirs, the stored image and kernel.
+struct World {
+    /// Prefix of every VM name (and so of every VM namespace).
+    tag: String,
+    host_name: String,
+    host: PathBuf,
+    other_name: String,
+    other: PathBuf,
+    dir: tempfile::TempDir,
+    page: String,
+}
+
+impl World {
+    fn new() -> World {
+        require_root_and_tools();
+        let pid = std::process::id();
+        let tag = format!("fbt{pid}");
+        let host_name = format!("fbt-host-{pid}");
+        let other_name = format!("fbt-other-{pid}");
+        let dir = tempfile::tempdir().unwrap();
+        let w = World {
+            host: netns::netns_path(&host_name),
+            other: netns::netns_path(&other_name),
+            host_name,
+            other_name,
+            page: format!("<h1>served by the microVM of {tag}</h1>\n"),
+            tag,
+            dir,
+        };
+        // From here on, Drop cleans up whatever exists.
+        ip(&["netns", "add", &w.host_name]);
+        ip(&["netns", "add", &w.other_name]);
+        ip(&["-n", &w.host_name, "link", "set", "lo", "up"]);
+        ip(&["-n", &w.other_name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &w.host_name,
+            "link",
+            "add",
+            "uplink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &w.other_name,
+        ]);
+        ip(&[
+            "-n",
+            &w.host_name,
+            "addr",
+            "add",
+            &format!("{HOST_ADDR}/24"),
+            "dev",
+            "uplink",
+        ]);
+        ip(&[
+            "-n",
+            &w.other_name,
+            "addr",
+            "add",
+            &format!("{OTHER_HOST_ADDR}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &w.host_name, "link", "set", "uplink", "up"]);
+        ip(&["-n", &w.other_name, "link", "set", "eth0", "up"]);
+        for d in ["conf", "cni-cache", "runs", "rootfs", "vmlinux", "cache"] {
+            std::fs::create_dir_all(w.path(d)).unwrap();
+        }
+        store_httpd_image(&w.path("rootfs"), w.dir.path(), &w.page);
+        w
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn vm(&self, name: &str) -> String {
+        format!("{}-{name}", self.tag)
+    }
+
+    /// Flags pointing every command at this world's dirs.
+    fn settings(&self) -> Vec<String> {
+        let p = |name: &str| self.path(name).display().to_string();
+        vec![
+            format!("--cni-conf-dir={}", p("conf")),
+            format!("--cni-cache-dir={}", p("cni-cache")),
+            format!("--cni-bin-dir={PLUGIN_DIR}"),
+            format!("--run-cache={}", p("runs")),
+            format!("--cache-dir={}", p("cache")),
+            format!(
+                "--storage-provider-property-string=rootfs-storage-root={}",
+                p("rootfs")
+            ),
+            format!(
+                "--storage-provider-property-string=kernel-storage-root={}",
+                p("vmlinux")
+            ),
+            "--vmm=qemu".into(),
+            "--qemu-accel=tcg".into(),
+        ]
+    }
+
+    /// Runs `firebuild <command> <settings> <rest>` inside the host namespace.
+    fn firebuild(&self, command: &[&str], rest: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_firebuild"));
+        cmd.args(command)
+            .args(self.settings())
+            .args(rest)
+            .env_remove("RUST_LOG");
+        netns::command_in_netns(&mut cmd, &self.host).expect("open the host namespace");
+        cmd.output().expect("run firebuild")
+    }
+
+    /// Like [`World::firebuild`], asserting success; returns stdout.
+    fn ok(&self, command: &[&str], rest: &[&str]) -> String {
+        let out = self.firebuild(command, rest);
+        assert!(
+            out.status.success(),
+            "firebuild {command:?} {rest:?} failed ({}):\n{}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn inspect(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["inspect"], &["--vmm-id", id]))
+            .expect("inspect prints JSON")
+    }
+
+    /// `firebuild run` of the image on the network, with extra flags before
+    /// an optional `-- COMMAND`.
+    fn run_vm(&self, name: &str, flags: &[&str], command: &[&str]) -> Output {
+        let vm = self.vm(name);
+        let mut rest = vec![
+            "--from",
+            IMAGE_TAG,
+            "--vmlinux-id",
+            KERNEL_ID,
+            "--name",
+            &vm,
+            "--mem",
+            "128",
+            "--shutdown-timeout",
+            "10",
+        ];
+        rest.extend_from_slice(flags);
+        if !command.is_empty() {
+            rest.push("--");
+            rest.extend_from_slice(command);
+        }
+        self.firebuild(&["run"], &rest)
+    }
+
+    fn ipam_dir(&self) -> PathBuf {
+        let conflist: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.path("conf").join(format!("{NETWORK}.conflist"))).unwrap(),
+        )
+        .unwrap();
+        let data_dir = conflist["plugins"][0]["ipam"]["dataDir"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.path("cni-cache").join("networks"));
+        data_dir.join(NETWORK)
+    }
+
+    fn vm_namespaces(&self) -> Vec<String> {
+        netns::list()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("firebuild-{}-", self.tag)))
+            .collect()
+    }
+
+    /// Link names in the host namespace.
+    fn links(&self) -> Vec<String> {
+        let mut v: Vec<String> = ok_in(&self.host, "ip", &["-o", "link"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let lines = |program: &str, args: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = ok_in(&self.host, program, args)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            v.sort();
+            v
+        };
+        let addrs = lines("ip", &["-o", "addr"])
+            .iter()
+            .map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" "))
+            .collect();
+        let leases = files_under(&self.ipam_dir())
+            .into_iter()
+            .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+            .collect();
+        Snapshot {
+            links: self.links(),
+            addrs,
+            // IPv4 only, without the carrier flag: the bridge's carrier
+            // and its IPv6 link-local routes come and go as ports do.
+            routes: lines("ip", &["-4", "route", "show", "table", "all"])
+                .iter()
+                .map(|r| r.replace(" linkdown", ""))
+                .collect(),
+            vm_namespaces: self.vm_namespaces(),
+            leases,
+            cni_cache: files_under(&self.path("cni-cache"))
+                .into_iter()
+                .filter(|f| !f.starts_with("networks/"))
+                .collect(),
+            run_cache: files_under(&self.path("runs"))
+                .into_iter()
+                .filter(|f| !f.starts_with('.'))
+                .collect(),
+            iptables: strip_iptables(&ok_in(&self.host, "iptables-save", &[])),
+            nft: ok_in(&self.host, "nft", &["-s", "list", "ruleset"]),
+        }
+    }
+
+    /// QEMU pids recorded for this world's VMs that are still alive.
+    fn live_vmm_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(self.path("runs")) else {
+            return pids;
+        };
+        for d in dirs.filter_map(|d| d.ok()) {
+            let Ok(bytes) = std::fs::read(d.path().join("run.json")) else {
+                continue;
+            };
+            let Ok(md) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let Some(pid) = md["pid"].as_i64() else {
+                continue;
+            };
+            // Only a QEMU of this world (the pid may have been reused):
+            // its command line names files in the world's run cache.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if text(&cmdline).contains(&*self.path("runs").to_string_lossy()) {
+                pids.push(pid as i32);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // The tool's own way first, then by force.
+        for id in files_under(&self.path("runs"))
+            .iter()
+            .filter_map(|f| f.strip_suffix("/run.json"))
+        {
+            let _ = self.firebuild(&["kill"], &["--vmm-id", id, "--shutdown-timeout", "1"]);
+        }
+        let _ = self.firebuild(&["purge"], &[]);
+        for pid in self.live_vmm_pids() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        for name in self.vm_namespaces() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        }
+        for name in [&self.other_name, &self.host_name] {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+fn status(md: &serde_json::Value) -> &str {
+    md["status"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn machines_network_end_to_end() {
+    let started = Instant::now();
+    let w = World::new();
+    let lap = |what: &str| eprintln!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64());
+    let pristine_links = w.links();
+
+    let kernel = guest_kernel();
+    w.ok(
+        &["kernel", "add"],
+        &["--file", kernel.to_str().unwrap(), "--id", KERNEL_ID],
+    );
+
+    // network create / ls.
+    let conflist = w.ok(&["network", "create", NETWORK], &["--subnet", SUBNET]);
+    assert!(
+        Path::new(conflist.trim()).is_file(),
+        "network create printed {conflist:?}"
+    );
+    let listed = w.ok(&["network", "ls"], &[]);
+    assert!(
+        listed.contains(NETWORK) && listed.contains(SUBNET),
+        "{listed}"
+    );
+
+    // A throwaway VM first: the plugins make the bridge and their shared
+    // chains on first use and keep them. It also shows a foreground `--rm`
+    // run with a network gives everything back when the guest exits.
+    let out = w.run_vm(
+        "warm",
+        &["--cni-network-name", NETWORK, "--port", "18080:80", "--rm"],
+        &["/bin/true"],
+    );
+    assert!(
+        out.status.success(),
+        "warm-up VM: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    lap("warm-up VM booted and exited");
+    let before = w.snapshot();
+    assert!(
+        before.links.contains(&format!("fb-{NETWORK}")),
+        "{before:#?}"
+    );
+    assert!(
+        before.vm_namespaces.is_empty() && before.leases.is_empty(),
+        "{before:#?}"
+    );
+    assert!(
+        before.run_cache.is_empty(),
+        "--rm left {:?}",
+        before.run_cache
+    );
+    assert!(
+        !before.iptables.contains("192.168.127."),
+        "{}",
+        before.iptables
+    );
+
+    // The HTTP server VM, daemonized, with a published port.
+    let web = w.vm("web");
+    let out = w.run_vm(
+        "web",
+        &[
+            "--cni-network-name",
+            NETWORK,
+            "--port",
+            "8080:80",
+            "--daemonize",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "run web: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), web);
+    let md = w.inspect(&web);
+    assert_eq!(status(&md), "running", "{md:#}");
+    let web_ip: Ipv4Addr = md["ip"]
+        .as_str()
+        .unwrap_or_else(|| panic!("inspect shows no IP: {md:#}"))
+        .parse()
+        .unwrap();
+    assert_eq!(md["network"]["network_name"], NETWORK, "{md:#}");
+    assert_eq!(
+        web_ip.octets()[..3],
+        [192, 168, 127],
+        "{web_ip} is not in {SUBNET}"
+    );
+    assert_ne!(
+        web_ip,
+        Ipv4Addr::new(192, 168, 127, 1),
+        "the gateway's address"
+    );
+    assert!(w.vm_namespaces().contains(&format!("firebuild-{web}")));
+
+    // From the host namespace to the VM's address.
+    let body = eventually(BOOT_WAIT, || {
+        http_get(&w.host, SocketAddr::from((web_ip, 80)))
+    })
+    .unwrap_or_else(|e| {
+        let logs = w.firebuild(&["logs"], &["--vmm-id", &web]);
+        panic!(
+            "the VM's httpd never answered: {e}\nconsole:\n{}",
+            text(&logs.stdout)
+        )
+    });
+    assert_eq!(body, w.page);
+    lap("httpd answered at the VM's address");
+
+    // The published port, on the host namespace's own address: from the host
+    // itself and from another host.
+    let published = SocketAddr::from((HOST_ADDR, 8080));
+    assert_eq!(
+        eventually(Duration::from_secs(10), || http_get(&w.host, published)).unwrap(),
+        w.page
+    );
+    assert_eq!(
+        eventually(Duration::from_secs(10), || http_get(&w.other, published)).unwrap(),
+        w.page
+    );
+    // Only the published port is forwarded.
+    assert!(http_get(&w.other, SocketAddr::from((HOST_ADDR, 8081))).is_err());
+    lap("published port answered from the host and from another host");
+
+    let ls = w.ok(&["ls"], &["--json"]);
+    let row = ls
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["id"] == web.as_str())
+        .unwrap_or_else(|| panic!("ls does not list {web}: {ls}"));
+    assert_eq!(row["ip"], web_ip.to_string());
+    // Nothing of it is in the machine's own namespace.
+    let root_links = text(
+        &Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        !root_links.contains(&format!("fb-{NETWORK}")) && !root_links.contains(&w.tag),
+        "the test's devices leaked into the machine's namespace:\n{root_links}"
+    );
+
+    // A second VM on the network, with a static address, fetches the first
+    // VM's page by IP and prints it on its console. (No `wget -T`: Debian
+    // 12's busybox-static crashes with it.)
+    let client = w.vm("client");
+    let client_ip = "192.168.127.50";
+    let script = format!(
+        "i=0; while [ $i -lt 30 ]; do \
+           if wget -q -O /tmp/page http://{web_ip}/; then cat /tmp/page; exit 0; fi; \
+           i=$((i+1)); sleep 1; \
+         done; echo fetch failed; exit 7"
+    );
+    let out = w.run_vm(
+        "client",
+        &[
+            "--cni-network-name",
+            NETWORK,
+            "--ip-address",
+            client_ip,
+            "--daemonize",
+        ],
+        &["/bin/sh", "-c", &script],
+    );
+    assert!(out.status.success(), "run client: {}", text(&out.stderr));
+    assert_eq!(w.inspect(&client)["ip"], client_ip);
+    let md = eventually(BOOT_WAIT, || {
+        let md = w.inspect(&client);
+        if status(&md) == "exited" {
+            Ok(md)
+        } else {
+            Err(format!("still {}", status(&md)))
+        }
+    })
+    .expect("the client VM exits once it has fetched the page");
+    let console = w.ok(&["logs"], &["--vmm-id", &client]);
+    assert_eq!(md["exit_code"], 0, "client failed; console:\n{console}");
+    assert!(
+        console.contains(w.page.trim()),
+        "the page is not on the client's console:\n{console}"
+    );
+    lap("second VM fetched the first VM's page by IP");
+
+    // kill gives the address, the port and the namespace back at once.
+    w.ok(&["kill"], &["--vmm-id", &web, "--shutdown-timeout", "10"]);
+    assert_eq!(status(&w.inspect(&web)), "exited");
+    assert!(!w.vm_namespaces().contains(&format!("firebuild-{web}")));
+    assert!(
+        http_get(&w.host, SocketAddr::from((web_ip, 80))).is_err(),
+        "the killed VM still answers"
+    );
+    assert!(
+        http_get(&w.other, published).is_err(),
+        "the published port outlived kill"
+    );
+    lap("kill");
+
+    // A crash: the VMM dies and even its run directory is lost; purge
+    // finds the network it left from the CNI cache.
+    let crash = w.vm("crash");
+    let out = w.run_vm(
+        "crash",
+        &[
+            "--cni-network-name",
+            NETWORK,
+            "--port",
+            "8081:80",
+            "--daemonize",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "run crash: {}", text(&out.stderr));
+    let pid = w.inspect(&crash)["pid"]
+        .as_i64()
+        .expect("a running VM has a pid");
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), || {
+        if proc_dir.exists() {
+            Err(format!("QEMU {pid} still runs"))
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    std::fs::remove_dir_all(w.path("runs").join(&crash)).unwrap();
+    // Left until purge: the crashed VM's network, and the client's (it
+    // exited by itself; an exited VM keeps its address until purge).
+    let crashed = w.snapshot();
+    assert_eq!(
+        crashed.vm_namespaces,
+        vec![format!("firebuild-{client}"), format!("firebuild-{crash}")]
+    );
+    assert_eq!(crashed.leases.len(), 2, "{crashed:#?}");
+    assert!(crashed.iptables.contains("8081"), "{}", crashed.iptables);
+
+    w.ok(&["purge"], &[]);
+    assert_eq!(w.ok(&["ls"], &["--json"]).trim(), "", "purge left VMs");
+    assert!(w.live_vmm_pids().is_empty());
+    let after = w.snapshot();
+    assert_eq!(before, after, "kill + purge did not restore the host");
+    lap("purge restored the host");
+
+    // Refusals start nothing and leave nothing.
+    let out = w.run_vm(
+        "bad1",
+        &["--cni-network-name", "nosuch", "--daemonize"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nosuch"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w.run_vm(
+        "bad2",
+        &[
+            "--cni-network-name",
+            NETWORK,
+            "--ip-address",
+            "10.9.9.9",
+            "--daemonize",
+        ],
+        &[],
+    );
+    assert!(
+        !out.status.success(),
+        "an address outside {SUBNET} was accepted"
+    );
+    assert!(
+        text(&out.stderr).contains("10.9.9.9"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w.run_vm(
+        "bad3",
+        &[
+            "--cni-network-name",
+            NETWORK,
+            "--port",
+            "99999:80",
+            "--daemonize",
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "port 99999 was accepted");
+    assert!(text(&out.stderr).contains("99999"), "{}", text(&out.stderr));
+    assert_eq!(w.snapshot(), before, "a refused run left something behind");
+
+    // network rm takes the bridge away too.
+    w.ok(&["network", "rm", NETWORK], &[]);
+    assert!(!w.ok(&["network", "ls"], &[]).contains(NETWORK));
+    assert_eq!(w.links(), pristine_links);
+    lap("done");
+}
