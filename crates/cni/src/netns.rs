@@ -100,6 +100,22 @@ pub fn exists(path: &Path) -> bool {
     rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == NSFS_MAGIC)
 }
 
+/// Whether any process runs inside the namespace at `path` (a VMM still
+/// using it), found by comparing namespace inodes with `/proc/*/ns/net`.
+pub fn in_use(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = fs::metadata(path) else {
+        return false;
+    };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        fs::metadata(entry.path().join("ns/net"))
+            .is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
+    })
+}
+
 /// Deletes a namespace made by [`create`] (or `ip netns add`). A missing one
 /// is fine. Devices inside (veth end, tap) go with it once nothing holds it.
 pub fn delete(path: &Path) -> Result<()> {

@@ -406,8 +406,13 @@ impl CniRuntime {
 
     /// VMs with network state left behind: cached firebuild attachments and
     /// `firebuild-*` namespaces whose VM `is_live` says is gone. Attachments
-    /// of other runtimes sharing the cache dir are never reported.
+    /// of other runtimes sharing the cache dir are never reported, and
+    /// neither is a namespace a process still runs in (a VM of another run
+    /// cache or profile, which `is_live` cannot know about).
     pub fn find_orphans(&self, is_live: impl Fn(&str) -> bool) -> Result<Vec<Orphan>> {
+        let ns_busy =
+            |vm_id: &str| netns::in_use(&netns::netns_path(&format!("{NETNS_PREFIX}{vm_id}")));
+        let is_live = |vm_id: &str| is_live(vm_id) || ns_busy(vm_id);
         let mut found: BTreeMap<String, Orphan> = BTreeMap::new();
         let (entries, bad) = self.cache().list()?;
         for e in bad {
