@@ -435,8 +435,11 @@ pub enum ImageCommand {
         #[command(flatten)]
         settings: SettingsArgs,
     },
-    /// Remove cache entries no stored image or build refers to.
+    /// Remove build-cache layers no stored image was built from.
     Prune {
+        /// Also empty the RUN --mount=type=cache directories.
+        #[arg(long)]
+        cache_mounts: bool,
         #[command(flatten)]
         settings: SettingsArgs,
     },

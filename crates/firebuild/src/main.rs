@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod format;
+mod guest_init;
 mod logging;
 mod profile;
 mod settings;

@@ -141,17 +141,6 @@ fn profile_errors_are_one_clear_line() {
 }
 
 #[test]
-fn unimplemented_commands_fail_cleanly() {
-    let out = firebuild(&["baseos", "--dockerfile", "x"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert_eq!(
-        err.trim(),
-        "error: `firebuild baseos` is not implemented yet"
-    );
-}
-
-#[test]
 fn image_ls_inspect_rm_on_a_store() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();

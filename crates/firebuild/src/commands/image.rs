@@ -3,7 +3,6 @@
 use firebuild_oci::{ImageRecords, ImageSource, Platform, Registry, RegistryConfig};
 use firebuild_store::{DirectoryStore, Tag};
 
-use super::NotImplemented;
 use crate::cli::{GlobalArgs, ImageCommand, SettingsArgs};
 use crate::format;
 use crate::settings::Settings;
@@ -61,7 +60,21 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             println!("{}", record.digest);
             Ok(())
         }
-        ImageCommand::Prune { .. } => Err(NotImplemented("image prune").into()),
+        ImageCommand::Prune {
+            cache_mounts,
+            settings,
+        } => {
+            let settings = Settings::resolve(global, settings)?;
+            let store = DirectoryStore::new(&settings.rootfs_storage_root);
+            let report = firebuild_build::prune(&store, &settings.cache_dir, *cache_mounts)?;
+            tracing::info!(
+                layers = report.layers_removed,
+                cache_mounts = report.cache_mounts_removed,
+                freed = %format::size(report.bytes_freed),
+                "pruned"
+            );
+            Ok(())
+        }
     }
 }
 

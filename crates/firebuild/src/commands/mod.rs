@@ -1,6 +1,7 @@
 //! One module per command group; each takes its parsed arguments and the
 //! global flags, and does the work through the library crates.
 
+mod build;
 mod dockerfile;
 mod image;
 mod kernel;
@@ -12,11 +13,6 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
-/// A command a later piece of work fills in.
-#[derive(Debug, thiserror::Error)]
-#[error("`firebuild {0}` is not implemented yet")]
-pub struct NotImplemented(pub &'static str);
-
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = &cli.global;
     let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
@@ -25,13 +21,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ProfileLs => done(profile::list(global)),
         Command::ProfileInspect => done(profile::inspect(global)),
         Command::Image(command) => done(image::run(global, command)),
-        Command::Baseos(_) => Err(NotImplemented("baseos").into()),
-        Command::Rootfs(args) => {
-            if args.legacy.given() {
-                tracing::warn!("--bootstrap-* flags are ignored: builds run in a sandbox on the host, not in a VM");
-            }
-            Err(NotImplemented("rootfs").into())
-        }
+        Command::Baseos(args) => done(build::baseos(global, args)),
+        Command::Rootfs(args) => done(build::rootfs(global, args)),
         Command::Run(args) => vm::run(global, args),
         Command::Ls(args) => vm::ls(global, args),
         Command::Inspect(args) => vm::inspect(global, args),

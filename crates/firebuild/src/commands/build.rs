@@ -1,0 +1,119 @@
+//! `rootfs` and `baseos`: Dockerfiles (or OCI images) into tagged, bootable
+//! root filesystems.
+
+use firebuild_build::{BuildOptions, BuildOutput, CancelToken, ImageOptions, ImageType};
+use firebuild_store::DirectoryStore;
+
+use super::image::registry_config;
+use super::require_root;
+use crate::cli::{BaseosArgs, BuildArgs, GlobalArgs, RootfsArgs};
+use crate::format;
+use crate::guest_init;
+use crate::settings::Settings;
+
+pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
+    require_root("rootfs")?;
+    if args.legacy.given() {
+        tracing::warn!(
+            "--bootstrap-* flags are ignored: builds run in a sandbox on the host, not in a VM"
+        );
+    }
+    let settings = Settings::resolve(global, &args.build.settings)?;
+    let store = store(&settings)?;
+    let cancel = cancel_on_signals()?;
+    let output = match (&args.dockerfile, &args.docker_image) {
+        (_, Some(reference)) => firebuild_build::build_from_image(
+            &store,
+            &ImageOptions {
+                reference: reference.clone(),
+                tag: args.tag.clone(),
+                platform: Some(args.build.platform.clone()),
+                filesystem_size_mib: args.build.filesystem_size_mbs,
+                cache_dir: settings.cache_dir.clone(),
+                registry: registry_config(&settings)?,
+                vminit: guest_init::locate()?,
+                cancel,
+            },
+        )?,
+        (Some(dockerfile), None) => {
+            let mut options = build_options(&settings, dockerfile, &args.build, cancel)?;
+            options.kind = ImageType::Rootfs;
+            options.tag = Some(args.tag.clone());
+            options.target_stage.clone_from(&args.dockerfile_stage);
+            firebuild_build::build(&store, &options)?
+        }
+        (None, None) => {
+            anyhow::bail!("`firebuild rootfs` needs --dockerfile SRC or --docker-image REF")
+        }
+    };
+    summarize(&output);
+    Ok(())
+}
+
+pub fn baseos(global: &GlobalArgs, args: &BaseosArgs) -> anyhow::Result<()> {
+    require_root("baseos")?;
+    let settings = Settings::resolve(global, &args.build.settings)?;
+    let store = store(&settings)?;
+    let mut options = build_options(
+        &settings,
+        &args.dockerfile,
+        &args.build,
+        cancel_on_signals()?,
+    )?;
+    options.kind = ImageType::Baseos;
+    options.tag.clone_from(&args.tag);
+    summarize(&firebuild_build::build(&store, &options)?);
+    Ok(())
+}
+
+fn store(settings: &Settings) -> anyhow::Result<DirectoryStore> {
+    std::fs::create_dir_all(&settings.rootfs_storage_root).map_err(|e| {
+        anyhow::anyhow!(
+            "creating the image store {}: {e}",
+            settings.rootfs_storage_root.display()
+        )
+    })?;
+    Ok(DirectoryStore::new(&settings.rootfs_storage_root))
+}
+
+/// Ctrl-C or SIGTERM stops the build cleanly: no tag, no mounts, no processes.
+fn cancel_on_signals() -> anyhow::Result<CancelToken> {
+    let cancel = CancelToken::new();
+    cancel.cancel_on_signals()?;
+    Ok(cancel)
+}
+
+fn build_options(
+    settings: &Settings,
+    dockerfile: &str,
+    args: &BuildArgs,
+    cancel: CancelToken,
+) -> anyhow::Result<BuildOptions> {
+    let mut options = BuildOptions::new(dockerfile, &settings.cache_dir, guest_init::locate()?);
+    options.context_dir.clone_from(&args.context);
+    options.build_args = args.build_arg.iter().cloned().collect();
+    options.platform = Some(args.platform.clone());
+    options.no_cache = args.no_cache;
+    options.filesystem_size_mib = args.filesystem_size_mbs;
+    options
+        .pre_build_commands
+        .clone_from(&args.pre_build_command);
+    options
+        .post_build_commands
+        .clone_from(&args.post_build_command);
+    options.registry = registry_config(settings)?;
+    options.cancel = cancel;
+    Ok(options)
+}
+
+fn summarize(output: &BuildOutput) {
+    tracing::info!(
+        tag = %output.tag,
+        size = %format::size(output.metadata.rootfs_size),
+        steps = output.steps,
+        cached = output.cached_steps,
+        seconds = format!("{:.2}", output.elapsed.as_secs_f64()),
+        "built"
+    );
+    println!("{}", output.tag);
+}
