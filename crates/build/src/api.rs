@@ -59,7 +59,11 @@ pub struct BuildOptions {
 
 impl BuildOptions {
     /// Options with defaults for everything but the source, cache and init.
-    pub fn new(dockerfile: impl Into<String>, cache_dir: impl Into<PathBuf>, vminit: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        dockerfile: impl Into<String>,
+        cache_dir: impl Into<PathBuf>,
+        vminit: impl Into<PathBuf>,
+    ) -> Self {
         BuildOptions {
             dockerfile: dockerfile.into(),
             context_dir: None,
@@ -132,10 +136,14 @@ fn check_init(path: &Path) -> Result<()> {
 
 fn platforms(p: Option<&str>) -> Result<(firebuild_dockerfile::Platform, firebuild_oci::Platform)> {
     match p {
-        None => Ok((firebuild_dockerfile::Platform::host(), firebuild_oci::Platform::host())),
+        None => Ok((
+            firebuild_dockerfile::Platform::host(),
+            firebuild_oci::Platform::host(),
+        )),
         Some(s) => Ok((
             firebuild_dockerfile::Platform::parse(s).map_err(BuildError::Dockerfile)?,
-            firebuild_oci::Platform::from_str(s).map_err(|e| BuildError::Dockerfile(e.to_string()))?,
+            firebuild_oci::Platform::from_str(s)
+                .map_err(|e| BuildError::Dockerfile(e.to_string()))?,
         )),
     }
 }
@@ -148,7 +156,9 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
     check_init(&opts.vminit)?;
     let explicit_tag = opts.tag.as_deref().map(Tag::from_str).transpose()?;
     if opts.kind == ImageType::Rootfs && explicit_tag.is_none() {
-        return Err(BuildError::Dockerfile("rootfs builds need --tag org/name:version".into()));
+        return Err(BuildError::Dockerfile(
+            "rootfs builds need --tag org/name:version".into(),
+        ));
     }
     store.clean_stale_staging()?;
     let mut source_opts = firebuild_source::SourceOptions::new(opts.cache_dir.join("git"));
@@ -184,7 +194,13 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         crate::util::unique_suffix()
     ));
     let _cleanup = RemoveOnDrop(downloads.clone());
-    let resolver = Resolver::new(store, &layers, &opts.cache_dir, &opts.registry, oci_platform);
+    let resolver = Resolver::new(
+        store,
+        &layers,
+        &opts.cache_dir,
+        &opts.registry,
+        oci_platform,
+    );
     let mut engine = Engine {
         layers: &layers,
         resolver,
@@ -209,7 +225,8 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         };
         last = Some(engine.run_stage(idx, pre, post)?);
     }
-    let state = last.ok_or_else(|| BuildError::Dockerfile("the Dockerfile has no stage to build".into()))?;
+    let state =
+        last.ok_or_else(|| BuildError::Dockerfile("the Dockerfile has no stage to build".into()))?;
     let tag = match explicit_tag {
         Some(t) => t,
         None => default_baseos_tag(state.parent.as_deref())?,
@@ -247,7 +264,13 @@ pub fn build_from_image(store: &DirectoryStore, opts: &ImageOptions) -> Result<B
     store.clean_stale_staging()?;
     let (_, oci_platform) = platforms(opts.platform.as_deref())?;
     let layers = LayerStore::open(&opts.cache_dir)?;
-    let mut resolver = Resolver::new(store, &layers, &opts.cache_dir, &opts.registry, oci_platform);
+    let mut resolver = Resolver::new(
+        store,
+        &layers,
+        &opts.cache_dir,
+        &opts.registry,
+        oci_platform,
+    );
     let base = resolver.resolve(&opts.reference)?;
     let used = layers.chain(base.top.as_ref())?;
     let state = StageState {
@@ -298,7 +321,10 @@ impl Drop for RemoveOnDrop {
 fn warn_unused_args(df: &firebuild_dockerfile::Dockerfile, args: &BTreeMap<String, String>) {
     use firebuild_dockerfile::InstructionKind;
     let mut declared = std::collections::HashSet::new();
-    let all = df.global_args.iter().chain(df.stages.iter().flat_map(|s| s.instructions.iter()));
+    let all = df
+        .global_args
+        .iter()
+        .chain(df.stages.iter().flat_map(|s| s.instructions.iter()));
     for ins in all {
         if let InstructionKind::Arg(decls) = &ins.kind {
             declared.extend(decls.iter().map(|d| d.name.clone()));
@@ -318,7 +344,8 @@ fn default_baseos_tag(parent: Option<&str>) -> Result<Tag> {
     if let Ok(t) = Tag::from_str(parent) {
         return Ok(Tag::new(NO_ORG, t.name(), t.version())?);
     }
-    let r = firebuild_oci::ImageRef::from_str(parent).map_err(|e| BuildError::Dockerfile(e.to_string()))?;
+    let r = firebuild_oci::ImageRef::from_str(parent)
+        .map_err(|e| BuildError::Dockerfile(e.to_string()))?;
     let name = r.repository().rsplit('/').next().unwrap_or(r.repository());
     Ok(Tag::new(NO_ORG, name, r.tag().unwrap_or("latest"))?)
 }
@@ -342,20 +369,26 @@ struct Finish<'a> {
 /// metadata.json into a staging directory and publishes it under the tag.
 fn finish(f: Finish<'_>) -> Result<BuildOutput> {
     let layers = f.layers;
-    let init_digest = crate::util::sha256_file(f.vminit).map_err(BuildError::io("reading", f.vminit))?;
+    let init_digest =
+        crate::util::sha256_file(f.vminit).map_err(BuildError::io("reading", f.vminit))?;
     let init_key = Key::derive(Some(&f.state.key), &format!("init:{init_digest}"));
     let init_top = match layers.lookup(&init_key) {
         Some(meta) => meta.id,
         None => {
             let work = layers.new_work()?;
-            let target = work.diff().join(firebuild_metadata::boot::GUEST_INIT_PATH.trim_start_matches('/'));
+            let target = work
+                .diff()
+                .join(firebuild_metadata::boot::GUEST_INIT_PATH.trim_start_matches('/'));
             if let Some(dir) = target.parent() {
                 std::fs::create_dir_all(dir).map_err(BuildError::io("creating", dir))?;
             }
-            std::fs::copy(f.vminit, &target).map_err(BuildError::io("copying the guest init to", &target))?;
+            std::fs::copy(f.vminit, &target)
+                .map_err(BuildError::io("copying the guest init to", &target))?;
             std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .map_err(BuildError::io("chmod", &target))?;
-            layers.commit(work, &init_key, f.state.top.as_ref(), "guest init")?.id
+            layers
+                .commit(work, &init_key, f.state.top.as_ref(), "guest init")?
+                .id
         }
     };
     let out_key = Key::derive(Some(&init_key), &format!("ext4:{:?}", f.fs_size));
@@ -367,41 +400,67 @@ fn finish(f: Finish<'_>) -> Result<BuildOutput> {
     let rootfs = staging.rootfs_path();
     // Nothing in the filesystem changed since the stored image was made:
     // link its ext4 file instead of writing it again.
-    let previous = f.layers.read_ref(&f.tag.to_string()).filter(|r| r.output_key == out_key.hex());
+    let previous = f
+        .layers
+        .read_ref(&f.tag.to_string())
+        .filter(|r| r.output_key == out_key.hex());
     let reusable = previous.and_then(|r| {
         let img = f.store.get(&f.tag).ok()?;
         (img.metadata.rootfs_digest.is_some() && img.metadata.rootfs_digest == r.rootfs_digest)
-            .then(|| (img.rootfs_path(), img.metadata.rootfs_digest.clone(), img.metadata.rootfs_size))
+            .then(|| {
+                (
+                    img.rootfs_path(),
+                    img.metadata.rootfs_digest.clone(),
+                    img.metadata.rootfs_size,
+                )
+            })
     });
-    let (digest, size, reused) = match reusable.and_then(|(p, d, s)| std::fs::hard_link(&p, &rootfs).ok().map(|_| (d, s))) {
-        Some((d, s)) => (d, s, true),
-        None => {
-            let chain = layers.mount_chain(Some(&init_top))?;
-            let work = layers.new_work()?;
-            let empty = work.scratch("empty").map_err(BuildError::io("creating", work.dir()))?;
-            let merged = work.merged();
-            let layers_dir = layers.layers_dir();
-            let label = f.tag.name().to_owned();
-            let ext4_started = Instant::now();
-            with_private_mounts(|| {
-                mount_overlay(
-                    &OverlaySpec {
-                        layers_dir: &layers_dir,
-                        lower: &chain,
-                        upper: None,
-                        empty_dir: &empty,
-                    },
-                    &merged,
-                )?;
-                crate::ext4::make_ext4(&merged, &rootfs, f.fs_size, &label)
-            })?;
-            let digest = crate::util::sha256_file(&rootfs).map_err(BuildError::io("hashing", &rootfs))?;
-            let size = std::fs::metadata(&rootfs).map_err(BuildError::io("stat", &rootfs))?.len();
-            tracing::info!("ext4 image written ({} MiB) in {:.2}s", size >> 20, ext4_started.elapsed().as_secs_f64());
-            (Some(digest), size, false)
-        }
-    };
-    let metadata = metadata_for(&f.tag, f.kind, &f.state, f.build_config.clone(), size, digest.clone());
+    let (digest, size, reused) =
+        match reusable.and_then(|(p, d, s)| std::fs::hard_link(&p, &rootfs).ok().map(|_| (d, s))) {
+            Some((d, s)) => (d, s, true),
+            None => {
+                let chain = layers.mount_chain(Some(&init_top))?;
+                let work = layers.new_work()?;
+                let empty = work
+                    .scratch("empty")
+                    .map_err(BuildError::io("creating", work.dir()))?;
+                let merged = work.merged();
+                let layers_dir = layers.layers_dir();
+                let label = f.tag.name().to_owned();
+                let ext4_started = Instant::now();
+                with_private_mounts(|| {
+                    mount_overlay(
+                        &OverlaySpec {
+                            layers_dir: &layers_dir,
+                            lower: &chain,
+                            upper: None,
+                            empty_dir: &empty,
+                        },
+                        &merged,
+                    )?;
+                    crate::ext4::make_ext4(&merged, &rootfs, f.fs_size, &label)
+                })?;
+                let digest = crate::util::sha256_file(&rootfs)
+                    .map_err(BuildError::io("hashing", &rootfs))?;
+                let size = std::fs::metadata(&rootfs)
+                    .map_err(BuildError::io("stat", &rootfs))?
+                    .len();
+                tracing::info!(
+                    "ext4 image written ({} MiB) in {:.2}s",
+                    size >> 20,
+                    ext4_started.elapsed().as_secs_f64()
+                );
+                (Some(digest), size, false)
+            }
+        };
+    let metadata = metadata_for(
+        &f.tag,
+        f.kind,
+        &f.state,
+        f.build_config.clone(),
+        size,
+        digest.clone(),
+    );
     staging.write_metadata(&metadata)?;
     if f.cancel.is_cancelled() {
         return Err(BuildError::Interrupted);

@@ -78,8 +78,8 @@ impl<'a> Resolver<'a> {
             return Ok(b.clone());
         }
         let base = match self.stored_tag(reference) {
-            Some(tag) => self.from_store(&tag)?,
-            None => self.from_oci(reference)?,
+            Some(tag) => self.stored_base(&tag)?,
+            None => self.registry_base(reference)?,
         };
         self.memo.insert(reference.to_owned(), base.clone());
         Ok(base)
@@ -100,14 +100,17 @@ impl<'a> Resolver<'a> {
         self.store.contains(&tag).then_some(tag)
     }
 
-    fn from_store(&mut self, tag: &Tag) -> Result<Base> {
+    fn stored_base(&mut self, tag: &Tag) -> Result<Base> {
         let stored = self.store.get(tag)?;
         let md = &stored.metadata;
         let config = ImageConfig::from_metadata(md);
         let parent = Some(tag.to_string());
         // Built by this cache and still whole: reuse its layers directly.
         if let Some(r) = self.layers.read_ref(&tag.to_string()) {
-            let whole = r.top.as_ref().is_none_or(|t| self.layers.chain(Some(t)).is_ok());
+            let whole = r
+                .top
+                .as_ref()
+                .is_none_or(|t| self.layers.chain(Some(t)).is_ok());
             if whole && r.rootfs_digest.is_some() && r.rootfs_digest == md.rootfs_digest {
                 if let Some(key) = key_from_hex(&r.key) {
                     tracing::info!(tag = %tag, "FROM a stored image: reusing its cached layers");
@@ -124,7 +127,9 @@ impl<'a> Resolver<'a> {
         let rootfs = stored.rootfs_path();
         let digest = match &md.rootfs_digest {
             Some(d) => d.clone(),
-            None => crate::util::sha256_file(&rootfs).map_err(BuildError::io("hashing", &rootfs))?,
+            None => {
+                crate::util::sha256_file(&rootfs).map_err(BuildError::io("hashing", &rootfs))?
+            }
         };
         let key = Key::derive(None, &format!("store:{digest}"));
         if let Some(meta) = self.layers.lookup(&key) {
@@ -139,7 +144,9 @@ impl<'a> Resolver<'a> {
         tracing::info!(tag = %tag, "FROM a stored image: reading its files from the ext4 image");
         let work = self.layers.new_work()?;
         crate::ext4::import_ext4(&rootfs, &work.diff())?;
-        let meta = self.layers.commit(work, &key, None, &format!("FROM {tag}"))?;
+        let meta = self
+            .layers
+            .commit(work, &key, None, &format!("FROM {tag}"))?;
         Ok(Base {
             key,
             top: Some(meta.id),
@@ -170,7 +177,7 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn from_oci(&mut self, reference: &str) -> Result<Base> {
+    fn registry_base(&mut self, reference: &str) -> Result<Base> {
         let err = |message: String| BuildError::BaseImage {
             reference: reference.to_owned(),
             message,
@@ -186,7 +193,11 @@ impl<'a> Resolver<'a> {
             .lookup(&image_ref, &platform)
             .ok()
             .flatten()
-            .filter(|rec| rec.layers.iter().all(|l| registry.cache().contains(&l.digest)));
+            .filter(|rec| {
+                rec.layers
+                    .iter()
+                    .all(|l| registry.cache().contains(&l.digest))
+            });
         let record = match local {
             Some(r) => r,
             None => {
@@ -205,7 +216,9 @@ impl<'a> Resolver<'a> {
                 record
                     .unpack(registry.cache(), &work.diff(), &UnpackOptions::default())
                     .map_err(|e| err(format!("unpacking: {e}")))?;
-                layers.commit(work, &key, None, &format!("FROM {reference}"))?.id
+                layers
+                    .commit(work, &key, None, &format!("FROM {reference}"))?
+                    .id
             }
         };
         Ok(Base {
@@ -243,14 +256,18 @@ pub fn from_oci_config(c: &firebuild_oci::ImageConfig) -> ImageConfig {
         volumes: c.volumes.keys().cloned().collect(),
         labels: c.labels.clone(),
         stop_signal: c.stop_signal.clone().filter(|s| !s.is_empty()),
-        healthcheck: c.healthcheck.as_ref().filter(|h| !h.test.is_empty()).map(|h| Healthcheck {
-            test: h.test.clone(),
-            interval_ns: h.interval,
-            timeout_ns: h.timeout,
-            start_period_ns: h.start_period,
-            start_interval_ns: h.start_interval,
-            retries: h.retries,
-        }),
+        healthcheck: c
+            .healthcheck
+            .as_ref()
+            .filter(|h| !h.test.is_empty())
+            .map(|h| Healthcheck {
+                test: h.test.clone(),
+                interval_ns: h.interval,
+                timeout_ns: h.timeout,
+                start_period_ns: h.start_period,
+                start_interval_ns: h.start_interval,
+                retries: h.retries,
+            }),
         onbuild: c.on_build.clone(),
     }
 }

@@ -36,7 +36,10 @@ pub struct ImageConfig {
 
 impl ImageConfig {
     pub fn env(&self, key: &str) -> Option<&str> {
-        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn set_env(&mut self, key: &str, value: &str) {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use firebuild_dockerfile::{
-    Dockerfile, Env, GlobalScope, Healthcheck, Instruction, InstructionKind, Mount,
-    MountType, NetworkMode, RunProgram, SecurityMode, StageBase, StageGraph, StageScope,
+    Dockerfile, Env, GlobalScope, Healthcheck, Instruction, InstructionKind, Mount, MountType,
+    NetworkMode, RunProgram, SecurityMode, StageBase, StageGraph, StageScope,
 };
 use firebuild_source::BuildContext;
 use sha2::{Digest as _, Sha256};
@@ -138,9 +138,14 @@ impl<'a> Engine<'a> {
         let mut instructions: Vec<Instruction> = Vec::new();
         if !triggers.is_empty() {
             let parsed = firebuild_dockerfile::parse_instructions(&triggers.join("\n"), "ONBUILD")
-                .map_err(|e| BuildError::Dockerfile(format!("ONBUILD triggers of the base image: {e}")))?;
+                .map_err(|e| {
+                    BuildError::Dockerfile(format!("ONBUILD triggers of the base image: {e}"))
+                })?;
             for ins in parsed.instructions {
-                if matches!(ins.kind, InstructionKind::From(_) | InstructionKind::Onbuild(_)) {
+                if matches!(
+                    ins.kind,
+                    InstructionKind::From(_) | InstructionKind::Onbuild(_)
+                ) {
                     return Err(BuildError::Dockerfile(format!(
                         "ONBUILD trigger {:?} of the base image is not allowed",
                         ins.original
@@ -150,8 +155,9 @@ impl<'a> Engine<'a> {
             }
         }
         let synthetic = |cmd: &str| -> Result<Instruction> {
-            let parsed = firebuild_dockerfile::parse_instructions(&format!("RUN {cmd}"), "build command")
-                .map_err(|e| BuildError::Dockerfile(format!("build command {cmd:?}: {e}")))?;
+            let parsed =
+                firebuild_dockerfile::parse_instructions(&format!("RUN {cmd}"), "build command")
+                    .map_err(|e| BuildError::Dockerfile(format!("build command {cmd:?}: {e}")))?;
             parsed
                 .instructions
                 .into_iter()
@@ -209,7 +215,8 @@ impl<'a> Engine<'a> {
             InstructionKind::Maintainer(_) => {}
             InstructionKind::Expose(ports) => {
                 for p in ports {
-                    let spec = firebuild_dockerfile::PortSpec::parse(p).map_err(|e| BuildError::step(&at, e))?;
+                    let spec = firebuild_dockerfile::PortSpec::parse(p)
+                        .map_err(|e| BuildError::step(&at, e))?;
                     for k in spec.keys() {
                         cfg.add_port(&k);
                     }
@@ -244,11 +251,17 @@ impl<'a> Engine<'a> {
                     let owner = if user.is_empty() {
                         (0, 0)
                     } else {
-                        let u = crate::users::resolve_user(env.root, &user).map_err(|e| e.to_string())?;
+                        let u = crate::users::resolve_user(env.root, &user)
+                            .map_err(|e| e.to_string())?;
                         (u.creds.uid, u.creds.gid)
                     };
                     env.root
-                        .mkdir_all(&fsutil::clean_rel(&path), 0o755, Some(owner), &mut Vec::new())
+                        .mkdir_all(
+                            &fsutil::clean_rel(&path),
+                            0o755,
+                            Some(owner),
+                            &mut Vec::new(),
+                        )
                         .map_err(|e| format!("creating {path}: {e}"))?;
                     Ok(())
                 })?);
@@ -274,42 +287,75 @@ impl<'a> Engine<'a> {
                 let op = CopyOp {
                     add: false,
                     sources: c.sources.clone(),
-                    inline: c.inline_sources.iter().map(|s| (s.path.clone(), s.data.clone().into_bytes())).collect(),
+                    inline: c
+                        .inline_sources
+                        .iter()
+                        .map(|s| (s.path.clone(), s.data.clone().into_bytes()))
+                        .collect(),
                     downloads: Vec::new(),
                     dest: c.dest.clone(),
                     workdir: cfg.workdir_or_root(),
                     chown: c.chown.clone(),
-                    chmod: c.chmod.as_deref().map(copy::parse_chmod).transpose().map_err(|e| BuildError::step(&at, e))?,
+                    chmod: c
+                        .chmod
+                        .as_deref()
+                        .map(copy::parse_chmod)
+                        .transpose()
+                        .map_err(|e| BuildError::step(&at, e))?,
                     excludes: c.excludes.clone(),
                     unpack: false,
                 };
                 if c.parents {
-                    return Err(BuildError::step(&at, "COPY --parents is not supported yet; copy each directory explicitly"));
+                    return Err(BuildError::step(
+                        &at,
+                        "COPY --parents is not supported yet; copy each directory explicitly",
+                    ));
                 }
                 cached = Some(self.copy_step(run, &at, op, c.from.as_deref())?);
             }
             InstructionKind::Add(a) => {
-                if a.sources.iter().any(|s| s.starts_with("git@") || s.ends_with(".git") || s.contains(".git#")) {
+                if a.sources
+                    .iter()
+                    .any(|s| s.starts_with("git@") || s.ends_with(".git") || s.contains(".git#"))
+                {
                     return Err(BuildError::step(&at, "ADD of a git repository is not supported; clone it in a RUN step or use a git build context"));
                 }
                 let mut op = CopyOp {
                     add: true,
-                    sources: a.sources.iter().filter(|s| !copy::is_url(s)).cloned().collect(),
-                    inline: a.inline_sources.iter().map(|s| (s.path.clone(), s.data.clone().into_bytes())).collect(),
+                    sources: a
+                        .sources
+                        .iter()
+                        .filter(|s| !copy::is_url(s))
+                        .cloned()
+                        .collect(),
+                    inline: a
+                        .inline_sources
+                        .iter()
+                        .map(|s| (s.path.clone(), s.data.clone().into_bytes()))
+                        .collect(),
                     downloads: Vec::new(),
                     dest: a.dest.clone(),
                     workdir: cfg.workdir_or_root(),
                     chown: a.chown.clone(),
-                    chmod: a.chmod.as_deref().map(copy::parse_chmod).transpose().map_err(|e| BuildError::step(&at, e))?,
+                    chmod: a
+                        .chmod
+                        .as_deref()
+                        .map(copy::parse_chmod)
+                        .transpose()
+                        .map_err(|e| BuildError::step(&at, e))?,
                     excludes: a.excludes.clone(),
                     unpack: a.unpack.unwrap_or(true),
                 };
                 let urls: Vec<&String> = a.sources.iter().filter(|s| copy::is_url(s)).collect();
                 if a.checksum.is_some() && (urls.len() != 1 || !op.sources.is_empty()) {
-                    return Err(BuildError::step(&at, "ADD --checksum needs exactly one http(s) source"));
+                    return Err(BuildError::step(
+                        &at,
+                        "ADD --checksum needs exactly one http(s) source",
+                    ));
                 }
                 for u in urls {
-                    op.downloads.push(self.download(&at, u, a.checksum.as_deref())?);
+                    op.downloads
+                        .push(self.download(&at, u, a.checksum.as_deref())?);
                 }
                 cached = Some(self.copy_step(run, &at, op, None)?);
             }
@@ -320,10 +366,15 @@ impl<'a> Engine<'a> {
                 return Err(BuildError::step(&at, "FROM cannot appear here"));
             }
         }
-        let label = format!("[{} {}/{}] {}", run.stage_name, run.number, run.total, ins.original);
+        let label = format!(
+            "[{} {}/{}] {}",
+            run.stage_name, run.number, run.total, ins.original
+        );
         match cached {
             Some(true) => tracing::info!("{label}: CACHED"),
-            Some(false) => tracing::info!("{label}: done in {:.2}s", started.elapsed().as_secs_f64()),
+            Some(false) => {
+                tracing::info!("{label}: done in {:.2}s", started.elapsed().as_secs_f64())
+            }
             None => tracing::info!("{label}"),
         }
         Ok(())
@@ -392,7 +443,8 @@ impl<'a> Engine<'a> {
                     dir,
                 )?;
             }
-            let root = Root::open(&merged, Scope::InRoot).map_err(BuildError::errno("opening", &merged))?;
+            let root = Root::open(&merged, Scope::InRoot)
+                .map_err(BuildError::errno("opening", &merged))?;
             let env = StepEnv {
                 root: &root,
                 merged: &merged,
@@ -409,7 +461,12 @@ impl<'a> Engine<'a> {
                     at: at.clone(),
                     command: data.command,
                     code: data.code,
-                    tail: data.tail.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"),
+                    tail: data
+                        .tail
+                        .iter()
+                        .map(|l| format!("    {l}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
                 });
             }
             Err(BuildError::Step { at: _, message }) if message == INTERRUPTED => {
@@ -418,7 +475,9 @@ impl<'a> Engine<'a> {
             Err(e) => return Err(e),
             Ok(()) => {}
         }
-        let meta = self.layers.commit(work, &key, run.state.top.as_ref(), &at.instruction)?;
+        let meta = self
+            .layers
+            .commit(work, &key, run.state.top.as_ref(), &at.instruction)?;
         run.state.key = key;
         run.state.top = Some(meta.id.clone());
         self.used.insert(meta.id);
@@ -427,8 +486,11 @@ impl<'a> Engine<'a> {
 
     /// The filesystem state `--from=NAME` refers to: a stage (by name or
     /// index) or an image.
-    fn from_state(&mut self, at: &StepLocation, from: &str) -> Result<(Key, Option<LayerId>)> {
-        let by_index = from.parse::<usize>().ok().filter(|i| *i < self.df.stages.len());
+    fn source_state(&mut self, at: &StepLocation, from: &str) -> Result<(Key, Option<LayerId>)> {
+        let by_index = from
+            .parse::<usize>()
+            .ok()
+            .filter(|i| *i < self.df.stages.len());
         let idx = by_index.or_else(|| self.df.stage_by_name(from).map(|s| s.index));
         if let Some(i) = idx {
             let s = self.done.get(&i).ok_or_else(|| {
@@ -443,7 +505,13 @@ impl<'a> Engine<'a> {
         Ok((b.key, b.top))
     }
 
-    fn copy_step(&mut self, run: &mut Running<'_>, at: &StepLocation, op: CopyOp, from: Option<&str>) -> Result<bool> {
+    fn copy_step(
+        &mut self,
+        run: &mut Running<'_>,
+        at: &StepLocation,
+        op: CopyOp,
+        from: Option<&str>,
+    ) -> Result<bool> {
         let what = if op.add { "ADD" } else { "COPY" };
         let mut h = Sha256::new();
         h.update(format!(
@@ -459,13 +527,14 @@ impl<'a> Engine<'a> {
         }
         let froms = match from {
             Some(f) => {
-                let (key, top) = self.from_state(at, f)?;
+                let (key, top) = self.source_state(at, f)?;
                 h.update(format!("from\0{}", key.hex()));
                 vec![top]
             }
             None => {
                 if !op.sources.is_empty() {
-                    let content = copy::hash_context_sources(self.ctx, &op).map_err(|e| BuildError::step(at, format!("{what}: {e}")))?;
+                    let content = copy::hash_context_sources(self.ctx, &op)
+                        .map_err(|e| BuildError::step(at, format!("{what}: {e}")))?;
                     h.update(content);
                 }
                 Vec::new()
@@ -475,7 +544,8 @@ impl<'a> Engine<'a> {
         let ctx = self.ctx;
         self.fs_step(run, at, &desc, &froms, move |env| {
             if let Some(dir) = env.froms.first() {
-                let src = Root::open(dir, Scope::InRoot).map_err(|e| format!("{what} --from: {e}"))?;
+                let src =
+                    Root::open(dir, Scope::InRoot).map_err(|e| format!("{what} --from: {e}"))?;
                 copy::execute(&op, Source::Root(&src), env.root)
             } else {
                 copy::execute(&op, Source::Context(ctx), env.root)
@@ -484,7 +554,8 @@ impl<'a> Engine<'a> {
     }
 
     fn download(&self, at: &StepLocation, url: &str, checksum: Option<&str>) -> Result<Download> {
-        std::fs::create_dir_all(&self.downloads).map_err(BuildError::io("creating", &self.downloads))?;
+        std::fs::create_dir_all(&self.downloads)
+            .map_err(BuildError::io("creating", &self.downloads))?;
         let path = self.downloads.join(crate::util::unique_suffix());
         let e = |m: String| BuildError::step(at, format!("ADD {url}: {m}"));
         let resp = ureq::get(url)
@@ -494,7 +565,9 @@ impl<'a> Engine<'a> {
             .headers()
             .get("last-modified")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok())
+            .and_then(|v| {
+                time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()
+            })
             .map(|t| t.unix_timestamp());
         let mut body = resp.into_body();
         let mut f = std::fs::File::create(&path).map_err(BuildError::io("creating", &path))?;
@@ -502,17 +575,21 @@ impl<'a> Engine<'a> {
         let mut reader = body.as_reader();
         let mut buf = vec![0u8; 65536];
         loop {
-            let n = std::io::Read::read(&mut reader, &mut buf).map_err(|x| e(format!("download failed: {x}")))?;
+            let n = std::io::Read::read(&mut reader, &mut buf)
+                .map_err(|x| e(format!("download failed: {x}")))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            std::io::Write::write_all(&mut f, &buf[..n]).map_err(BuildError::io("writing", &path))?;
+            std::io::Write::write_all(&mut f, &buf[..n])
+                .map_err(BuildError::io("writing", &path))?;
         }
         let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
         if let Some(want) = checksum {
             if want != digest {
-                return Err(e(format!("checksum mismatch: expected {want}, got {digest}")));
+                return Err(e(format!(
+                    "checksum mismatch: expected {want}, got {digest}"
+                )));
             }
         }
         let name = url
@@ -531,9 +608,18 @@ impl<'a> Engine<'a> {
         })
     }
 
-    fn run_step(&mut self, run: &mut Running<'_>, at: &StepLocation, ins: &Instruction, r: &firebuild_dockerfile::RunInstr) -> Result<bool> {
+    fn run_step(
+        &mut self,
+        run: &mut Running<'_>,
+        at: &StepLocation,
+        ins: &Instruction,
+        r: &firebuild_dockerfile::RunInstr,
+    ) -> Result<bool> {
         if r.security == Some(SecurityMode::Insecure) {
-            return Err(BuildError::step(at, "RUN --security=insecure is not supported (steps always run sandboxed)"));
+            return Err(BuildError::step(
+                at,
+                "RUN --security=insecure is not supported (steps always run sandboxed)",
+            ));
         }
         let network = match r.network {
             Some(NetworkMode::None) => Network::None,
@@ -585,37 +671,68 @@ impl<'a> Engine<'a> {
             match m.kind {
                 MountType::Cache => {
                     if m.from.is_some() {
-                        return Err(BuildError::step(at, "RUN --mount=type=cache,from=… is not supported"));
+                        return Err(BuildError::step(
+                            at,
+                            "RUN --mount=type=cache,from=… is not supported",
+                        ));
                     }
                     let id = m.id.clone().unwrap_or_else(|| target.clone());
                     let dir = self.layers.cache_mount_dir(&id)?;
                     h.update(format!("cache\0{target}\0"));
-                    planned.push(PlannedMount::Cache { dir, target, mount: m.clone() });
+                    planned.push(PlannedMount::Cache {
+                        dir,
+                        target,
+                        mount: m.clone(),
+                    });
                 }
                 MountType::Bind => {
                     let source = m.source.clone().unwrap_or_default();
                     match &m.from {
                         Some(f) => {
-                            let (key, top) = self.from_state(at, f)?;
-                            h.update(format!("bind-from\0{}\0{source}\0{target}\0{}\0", key.hex(), m.read_only));
+                            let (key, top) = self.source_state(at, f)?;
+                            h.update(format!(
+                                "bind-from\0{}\0{source}\0{target}\0{}\0",
+                                key.hex(),
+                                m.read_only
+                            ));
                             froms.push(top);
-                            planned.push(PlannedMount::FromRoot { index: froms.len() - 1, source, target, rw: !m.read_only });
+                            planned.push(PlannedMount::FromRoot {
+                                index: froms.len() - 1,
+                                source,
+                                target,
+                                rw: !m.read_only,
+                            });
                         }
                         None => {
                             let BuildContext::Local(local) = self.ctx else {
                                 return Err(BuildError::step(at, "RUN --mount=type=bind without from= needs a local or git build context"));
                             };
-                            let host = local
-                                .resolve(&source)
-                                .map_err(|e| BuildError::step(at, format!("--mount source: {e}")))?;
-                            let op = CopyOp { sources: vec![if source.is_empty() { ".".into() } else { source.clone() }], ..Default::default() };
-                            let content = copy::hash_context_sources(self.ctx, &op).map_err(|e| BuildError::step(at, e))?;
-                            h.update(format!("bind\0{source}\0{target}\0{content}\0{}\0", m.read_only));
-                            planned.push(PlannedMount::Host { source: host, target, rw: !m.read_only });
+                            let host = local.resolve(&source).map_err(|e| {
+                                BuildError::step(at, format!("--mount source: {e}"))
+                            })?;
+                            let op = CopyOp {
+                                sources: vec![if source.is_empty() {
+                                    ".".into()
+                                } else {
+                                    source.clone()
+                                }],
+                                ..Default::default()
+                            };
+                            let content = copy::hash_context_sources(self.ctx, &op)
+                                .map_err(|e| BuildError::step(at, e))?;
+                            h.update(format!(
+                                "bind\0{source}\0{target}\0{content}\0{}\0",
+                                m.read_only
+                            ));
+                            planned.push(PlannedMount::Host {
+                                source: host,
+                                target,
+                                rw: !m.read_only,
+                            });
                         }
                     }
                 }
-                _ => unreachable!("checked above"),
+                _ => continue,
             }
         }
         let desc = format!(
@@ -692,9 +809,22 @@ struct RunFailure {
 }
 
 enum PlannedMount {
-    Cache { dir: PathBuf, target: String, mount: Mount },
-    FromRoot { index: usize, source: String, target: String, rw: bool },
-    Host { source: PathBuf, target: String, rw: bool },
+    Cache {
+        dir: PathBuf,
+        target: String,
+        mount: Mount,
+    },
+    FromRoot {
+        index: usize,
+        source: String,
+        target: String,
+        rw: bool,
+    },
+    Host {
+        source: PathBuf,
+        target: String,
+        rw: bool,
+    },
 }
 
 impl PlannedMount {
@@ -704,15 +834,32 @@ impl PlannedMount {
         match self {
             PlannedMount::Cache { dir, target, mount } => {
                 if let (Some(mode), true) = (mount.mode, is_empty_dir(dir)) {
-                    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(|e| e.to_string())?;
+                    std::fs::set_permissions(
+                        dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(mode),
+                    )
+                    .map_err(|e| e.to_string())?;
                 }
                 if mount.uid.is_some() || mount.gid.is_some() {
-                    std::os::unix::fs::chown(dir, mount.uid, mount.gid).map_err(|e| e.to_string())?;
+                    std::os::unix::fs::chown(dir, mount.uid, mount.gid)
+                        .map_err(|e| e.to_string())?;
                 }
-                Ok(BindMount { source: dir.clone(), target: target.clone(), readonly: mount.read_only })
+                Ok(BindMount {
+                    source: dir.clone(),
+                    target: target.clone(),
+                    readonly: mount.read_only,
+                })
             }
-            PlannedMount::FromRoot { index, source, target, rw } => {
-                let root_dir = env.froms.get(*index).ok_or("internal: missing --mount from root")?;
+            PlannedMount::FromRoot {
+                index,
+                source,
+                target,
+                rw,
+            } => {
+                let root_dir = env
+                    .froms
+                    .get(*index)
+                    .ok_or("internal: missing --mount from root")?;
                 let root = Root::open(root_dir, Scope::InRoot).map_err(|e| e.to_string())?;
                 let fd = root
                     .open_at(&fsutil::clean_rel(source), rustix::fs::OFlags::PATH)
@@ -720,20 +867,34 @@ impl PlannedMount {
                 let host = root.host_path_of(&fd).map_err(|e| e.to_string())?;
                 writable(env, i, host, target, *rw)
             }
-            PlannedMount::Host { source, target, rw } => writable(env, i, source.clone(), target, *rw),
+            PlannedMount::Host { source, target, rw } => {
+                writable(env, i, source.clone(), target, *rw)
+            }
         }
     }
 }
 
 fn is_empty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
+    std::fs::read_dir(p)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
 }
 
 /// A bind source; writable binds get an overlay whose writes are thrown
 /// away with the step (BuildKit's semantics for `rw`).
-fn writable(env: &StepEnv<'_>, i: usize, source: PathBuf, target: &str, rw: bool) -> std::result::Result<BindMount, String> {
+fn writable(
+    env: &StepEnv<'_>,
+    i: usize,
+    source: PathBuf,
+    target: &str,
+    rw: bool,
+) -> std::result::Result<BindMount, String> {
     if !rw || !source.is_dir() {
-        return Ok(BindMount { source, target: target.to_owned(), readonly: !rw });
+        return Ok(BindMount {
+            source,
+            target: target.to_owned(),
+            readonly: !rw,
+        });
     }
     let base = env.scratch.join(format!("rw{i}"));
     for d in ["upper", "work", "merged"] {
@@ -745,9 +906,19 @@ fn writable(env: &StepEnv<'_>, i: usize, source: PathBuf, target: &str, rw: bool
         base.join("upper").display(),
         base.join("work").display()
     );
-    crate::mountns::mount(Some(Path::new("overlay")), &base.join("merged"), Some("overlay"), 0, Some(&data))
-        .map_err(|e| format!("writable --mount of {}: {e}", source.display()))?;
-    Ok(BindMount { source: base.join("merged"), target: target.to_owned(), readonly: false })
+    crate::mountns::mount(
+        Some(Path::new("overlay")),
+        &base.join("merged"),
+        Some("overlay"),
+        0,
+        Some(&data),
+    )
+    .map_err(|e| format!("writable --mount of {}: {e}", source.display()))?;
+    Ok(BindMount {
+        source: base.join("merged"),
+        target: target.to_owned(),
+        readonly: false,
+    })
 }
 
 fn healthcheck(h: &Healthcheck) -> firebuild_metadata::image::Healthcheck {

@@ -79,7 +79,10 @@ pub enum BuildError {
 
 impl BuildError {
     /// An `Io` error constructor for `map_err`.
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| BuildError::Io {
             action,

@@ -21,7 +21,10 @@ pub struct Usage {
 
 /// Measures a tree as ext4 will store it (4 KiB blocks; hard links once).
 pub fn measure(root: &Path) -> Result<Usage> {
-    let mut usage = Usage { bytes: 0, inodes: 0 };
+    let mut usage = Usage {
+        bytes: 0,
+        inodes: 0,
+    };
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -55,7 +58,11 @@ pub fn measure(root: &Path) -> Result<Usage> {
 pub fn default_size_mib(usage: Usage) -> u64 {
     let inode_bytes = inode_count(usage) * 256;
     let headroom = (usage.bytes / 4).max(64 * MIB);
-    let journal = if usage.bytes > 512 * MIB { 64 * MIB } else { 16 * MIB };
+    let journal = if usage.bytes > 512 * MIB {
+        64 * MIB
+    } else {
+        16 * MIB
+    };
     (usage.bytes + headroom + inode_bytes + journal).div_ceil(MIB)
 }
 
@@ -75,7 +82,8 @@ pub fn make_ext4(root: &Path, out: &Path, size_mib: Option<u64>, label: &str) ->
         message,
     };
     let f = std::fs::File::create(out).map_err(BuildError::io("creating", out))?;
-    f.set_len(size * MIB).map_err(BuildError::io("sizing", out))?;
+    f.set_len(size * MIB)
+        .map_err(BuildError::io("sizing", out))?;
     drop(f);
     let output = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-b", "4096", "-m", "0"])
@@ -91,17 +99,22 @@ pub fn make_ext4(root: &Path, out: &Path, size_mib: Option<u64>, label: &str) ->
         .arg(out)
         .env("PATH", tool_path())
         .output()
-        .map_err(|e| err(format!("running mkfs.ext4: {e}; install e2fsprogs (1.43 or later)")))?;
+        .map_err(|e| {
+            err(format!(
+                "running mkfs.ext4: {e}; install e2fsprogs (1.43 or later)"
+            ))
+        })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if size_mib.is_some() && (stderr.contains("allocate") || stderr.contains("space")) {
-            format!(
-                "; the content needs about {} MiB: give a larger --filesystem-size-mbs",
-                default_size_mib(usage)
-            )
-        } else {
-            String::new()
-        };
+        let hint =
+            if size_mib.is_some() && (stderr.contains("allocate") || stderr.contains("space")) {
+                format!(
+                    "; the content needs about {} MiB: give a larger --filesystem-size-mbs",
+                    default_size_mib(usage)
+                )
+            } else {
+                String::new()
+            };
         return Err(err(format!(
             "mkfs.ext4 failed ({}): {}{hint}",
             output.status,
@@ -177,7 +190,8 @@ pub fn import_ext4(image: &Path, dest: &Path) -> Result<()> {
                 0o100000 => {
                     if let Some(first) = first_path.get(&ino) {
                         let _ = std::fs::remove_file(&host);
-                        std::fs::hard_link(first, &host).map_err(BuildError::io("linking", &host))?;
+                        std::fs::hard_link(first, &host)
+                            .map_err(BuildError::io("linking", &host))?;
                         continue;
                     }
                     first_path.insert(ino, host.clone());
@@ -239,7 +253,10 @@ fn debugfs(image: &Path, cmds: &[String]) -> Result<String> {
 }
 
 fn tempfile_in_tmp() -> Result<(PathBuf, std::fs::File)> {
-    let path = std::env::temp_dir().join(format!("firebuild-debugfs-{}", crate::util::unique_suffix()));
+    let path = std::env::temp_dir().join(format!(
+        "firebuild-debugfs-{}",
+        crate::util::unique_suffix()
+    ));
     let f = std::fs::File::create(&path).map_err(BuildError::io("creating", &path))?;
     Ok((path, f))
 }
@@ -248,7 +265,9 @@ fn tempfile_in_tmp() -> Result<(PathBuf, std::fs::File)> {
 fn device_number(image: &Path, path: &str) -> Option<libc::dev_t> {
     let text = debugfs(image, &[format!("stat \"{path}\"")]).ok()?;
     // "Device major/minor number: 01:03 (hex 01:03)"
-    let line = text.lines().find(|l| l.contains("Device major/minor number"))?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("Device major/minor number"))?;
     let nums = line.split_once(':')?.1.trim();
     let (maj, rest) = nums.split_once(':')?;
     let maj: u32 = maj.trim().parse().ok()?;
@@ -270,20 +289,54 @@ mod tests {
         std::os::unix::fs::chown(src.join("d/f"), Some(1000), Some(50)).unwrap();
         std::fs::set_permissions(src.join("d/f"), std::fs::Permissions::from_mode(0o4755)).unwrap();
         std::fs::hard_link(src.join("d/f"), src.join("hl")).unwrap();
+        let path = std::ffi::CString::new(src.join("hl").to_str().unwrap()).unwrap();
+        crate::fsutil::set_xattr(
+            &path,
+            &std::ffi::CString::new("user.firebuild").unwrap(),
+            b"kept",
+        )
+        .unwrap();
         std::os::unix::fs::symlink("d/f", src.join("sl")).unwrap();
         let c = std::ffi::CString::new(src.join("null").to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) }, 0);
+        assert_eq!(
+            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+            0
+        );
         let img = d.path().join("img");
         let size = make_ext4(&src, &img, None, "test").unwrap();
         assert_eq!(size % MIB, 0);
-        let fsck = Command::new("e2fsck").args(["-fn"]).arg(&img).output().unwrap();
-        assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+        let ea = Command::new("debugfs")
+            .arg("-R")
+            .arg("ea_get /d/f user.firebuild")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&ea.stdout).contains("kept"),
+            "xattrs kept in the image"
+        );
+        let fsck = Command::new("e2fsck")
+            .args(["-fn"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
         let out = d.path().join("out");
         std::fs::create_dir(&out).unwrap();
         import_ext4(&img, &out).unwrap();
         let md = std::fs::metadata(out.join("d/f")).unwrap();
-        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid(), md.nlink()), (0o4755, 1000, 50, 2));
-        assert_eq!(std::fs::read_link(out.join("sl")).unwrap(), Path::new("d/f"));
+        assert_eq!(
+            (md.mode() & 0o7777, md.uid(), md.gid(), md.nlink()),
+            (0o4755, 1000, 50, 2)
+        );
+        assert_eq!(
+            std::fs::read_link(out.join("sl")).unwrap(),
+            Path::new("d/f")
+        );
         let null = std::fs::symlink_metadata(out.join("null")).unwrap();
         assert!(null.file_type().is_char_device());
         assert_eq!(null.rdev(), libc::makedev(1, 3));
@@ -296,9 +349,15 @@ mod tests {
 
     #[test]
     fn sizes_grow_with_content() {
-        let small = default_size_mib(Usage { bytes: 0, inodes: 10 });
+        let small = default_size_mib(Usage {
+            bytes: 0,
+            inodes: 10,
+        });
         assert!(small >= 64, "{small}");
-        let big = default_size_mib(Usage { bytes: 1024 * MIB, inodes: 40_000 });
+        let big = default_size_mib(Usage {
+            bytes: 1024 * MIB,
+            inodes: 40_000,
+        });
         assert!(big > 1024 + 256, "{big}");
     }
 }

@@ -2,9 +2,8 @@
 //!
 //! Image paths are resolved with `openat2(RESOLVE_IN_ROOT)`, so `..` stops at
 //! the root and symlinks (absolute or relative) resolve as if the root were
-//! `/`: nothing in an image can send a write outside it. Context paths are
-//! resolved with `RESOLVE_BENEATH`, so a symlink pointing out of the build
-//! context is an error rather than a silent read of a host file.
+//! `/`: nothing in an image can send a write outside it. (Build context
+//! paths are checked by firebuild-source.)
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -19,7 +18,8 @@ use rustix::io::Errno;
 pub enum Scope {
     /// As if the root were `/` (image filesystems).
     InRoot,
-    /// Escaping the root is an error (`EXDEV`) (build contexts).
+    /// Escaping the root is an error (`EXDEV`).
+    #[cfg(test)]
     Beneath,
 }
 
@@ -49,14 +49,11 @@ impl Root {
         &self.path
     }
 
-    pub fn fd(&self) -> &OwnedFd {
-        &self.fd
-    }
-
     fn resolve_flags(&self) -> ResolveFlags {
         let base = ResolveFlags::NO_MAGICLINKS;
         match self.scope {
             Scope::InRoot => base | ResolveFlags::IN_ROOT,
+            #[cfg(test)]
             Scope::Beneath => base | ResolveFlags::BENEATH,
         }
     }
@@ -226,35 +223,12 @@ pub fn chown_at(dir: impl AsFd, name: &OsStr, uid: u32, gid: u32) -> rustix::io:
     )
 }
 
-/// Removes `name` from `dir`, recursively for directories, never following
-/// symlinks. A missing name is fine.
-pub fn remove_all_at(dir: impl AsFd, name: &OsStr) -> rustix::io::Result<()> {
-    let dir = dir.as_fd();
-    let Some(st) = lstat_at(dir, name)? else {
-        return Ok(());
-    };
-    if file_type(&st) == FileType::Directory {
-        let sub = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        for child in list_names(&sub)? {
-            remove_all_at(&sub, &child)?;
-        }
-        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-    } else {
-        rustix::fs::unlinkat(dir, name, AtFlags::empty())
-    }
-}
-
 /// Names in an open, readable directory, sorted (for stable hashing and
 /// copying order).
 pub fn list_names(dir: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
     let mut out = Vec::new();
-    let mut d = rustix::fs::Dir::read_from(dir)?;
-    while let Some(entry) = d.next() {
+    let d = rustix::fs::Dir::read_from(dir)?;
+    for entry in d {
         let entry = entry?;
         let bytes = entry.file_name().to_bytes();
         if bytes == b"." || bytes == b".." {
@@ -332,23 +306,12 @@ pub fn set_xattr(path: &CString, name: &CString, value: &[u8]) -> rustix::io::Re
     if rc == 0 {
         Ok(())
     } else {
-        Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)))
+        Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ))
     }
-}
-
-/// Sets atime/mtime of `name` in `dir` without following symlinks.
-pub fn set_times_at(dir: impl AsFd, name: &OsStr, st: &rustix::fs::Stat) -> rustix::io::Result<()> {
-    let ts = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec as _,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec as _,
-        },
-    };
-    rustix::fs::utimensat(dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW)
 }
 
 #[cfg(test)]
@@ -384,7 +347,8 @@ mod tests {
         assert_eq!(b.open_at("up", OFlags::PATH).unwrap_err(), Errno::XDEV);
         assert_eq!(b.open_at("abs", OFlags::PATH).unwrap_err(), Errno::XDEV);
         let mut created = Vec::new();
-        r.mkdir_all("abs/x/y", 0o750, Some((1, 2)), &mut created).unwrap();
+        r.mkdir_all("abs/x/y", 0o750, Some((1, 2)), &mut created)
+            .unwrap();
         assert_eq!(created, vec!["abs/x", "abs/x/y"]);
         use std::os::unix::fs::MetadataExt;
         let md = std::fs::metadata(root.join("etc/x/y")).unwrap();

@@ -169,7 +169,9 @@ impl LayerStore {
         while let Some(id) = cur {
             let meta = self.get(&id).ok_or_else(|| BuildError::Cache {
                 path: self.root.join("layers").join(&id.0),
-                message: "a layer of the build is missing (pruned while in use?); run the build again".into(),
+                message:
+                    "a layer of the build is missing (pruned while in use?); run the build again"
+                        .into(),
             })?;
             if out.len() > 10_000 {
                 return Err(BuildError::Cache {
@@ -273,7 +275,9 @@ impl LayerStore {
             .collect();
         // The escaping above can merge tags (a_b/c vs a/b_c): add a hash.
         let h = hex::encode(Sha256::digest(tag.as_bytes()));
-        self.root.join("refs").join(format!("{safe}-{}.json", &h[..8]))
+        self.root
+            .join("refs")
+            .join(format!("{safe}-{}.json", &h[..8]))
     }
 
     pub fn write_ref(&self, r: &ImageRef) -> Result<()> {
@@ -323,7 +327,11 @@ impl LayerStore {
     /// Removes every layer not used by a stored image (refs of tags that
     /// `keep` no longer knows are dropped first) and every cache mount when
     /// `mounts_too`. Returns what was removed.
-    pub(crate) fn prune(&self, keep: &dyn Fn(&ImageRef) -> bool, mounts_too: bool) -> Result<PruneReport> {
+    pub(crate) fn prune(
+        &self,
+        keep: &dyn Fn(&ImageRef) -> bool,
+        mounts_too: bool,
+    ) -> Result<PruneReport> {
         let mut report = PruneReport::default();
         let mut live = std::collections::HashSet::new();
         for (path, r) in self.all_refs() {
@@ -451,8 +459,14 @@ mod tests {
         let w = store.new_work().unwrap();
         let m2 = store.commit(w, &k2, Some(&m1.id), "noop").unwrap();
         assert!(m2.empty);
-        assert_eq!(store.chain(Some(&m2.id)).unwrap(), vec![m1.id.clone(), m2.id.clone()]);
-        assert_eq!(store.mount_chain(Some(&m2.id)).unwrap(), vec![m1.id.clone()]);
+        assert_eq!(
+            store.chain(Some(&m2.id)).unwrap(),
+            vec![m1.id.clone(), m2.id.clone()]
+        );
+        assert_eq!(
+            store.mount_chain(Some(&m2.id)).unwrap(),
+            vec![m1.id.clone()]
+        );
         assert!(store.lookup(&k2).is_some());
         assert!(store.lookup(&Key::derive(None, "other")).is_none());
         // An abandoned work layer disappears.

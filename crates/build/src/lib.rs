@@ -17,10 +17,10 @@ mod fsutil;
 pub mod layers;
 pub mod mountns;
 pub mod sandbox;
-mod users;
-mod util;
 #[cfg(test)]
 mod testutil;
+mod users;
+mod util;
 
 pub use error::{BuildError, Result, StepLocation};
 pub use layers::PruneReport;

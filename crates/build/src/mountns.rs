@@ -31,8 +31,14 @@ pub fn with_private_mounts<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Res
                 });
             }
             // Nothing mounted here may propagate back to the host.
-            mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
-                .map_err(|e| BuildError::Sandbox(format!("making / private: {e}")))?;
+            mount(
+                None,
+                Path::new("/"),
+                None,
+                libc::MS_REC | libc::MS_PRIVATE,
+                None,
+            )
+            .map_err(|e| BuildError::Sandbox(format!("making / private: {e}")))?;
             f()
         });
         handle
@@ -57,10 +63,14 @@ pub fn mount(
     let source = source.map(cstr).transpose()?;
     let target = cstr(target)?;
     let fstype = fstype
-        .map(|s| CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput)))
+        .map(|s| {
+            CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+        })
         .transpose()?;
     let data = data
-        .map(|s| CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput)))
+        .map(|s| {
+            CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+        })
         .transpose()?;
     // SAFETY: all pointers are valid C strings or null.
     let rc = unsafe {
@@ -82,7 +92,13 @@ pub fn mount(
 
 /// A read-only bind mount of `source` on `target`.
 pub fn bind_readonly(source: &Path, target: &Path) -> std::io::Result<()> {
-    mount(Some(source), target, None, libc::MS_BIND | libc::MS_REC, None)?;
+    mount(
+        Some(source),
+        target,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
     mount(
         None,
         target,
@@ -161,7 +177,17 @@ pub fn mount_overlay(spec: &OverlaySpec<'_>, target: &Path) -> Result<()> {
             spec.lower.len()
         )));
     }
-    let flags = if spec.upper.is_none() { libc::MS_RDONLY } else { 0 };
-    mount(Some(Path::new("overlay")), target, Some("overlay"), flags, Some(&data))
-        .map_err(|e| fail(&data, e))
+    let flags = if spec.upper.is_none() {
+        libc::MS_RDONLY
+    } else {
+        0
+    };
+    mount(
+        Some(Path::new("overlay")),
+        target,
+        Some("overlay"),
+        flags,
+        Some(&data),
+    )
+    .map_err(|e| fail(&data, e))
 }

@@ -73,7 +73,12 @@ fn groups(root: &Root) -> Vec<GroupEntry> {
                 gid: f.get(2)?.parse().ok()?,
                 members: f
                     .get(3)
-                    .map(|m| m.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
         })
@@ -190,15 +195,28 @@ mod tests {
             "root:x:0:\napp:x:1000:\nstaff:x:50:app,other\n",
         );
         let u = resolve_user(&r, "app").unwrap();
-        assert_eq!(u.creds, Credentials { uid: 1000, gid: 1000, groups: vec![1000, 50] });
+        assert_eq!(
+            u.creds,
+            Credentials {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![1000, 50]
+            }
+        );
         assert_eq!(u.home, "/home/app");
         let u = resolve_user(&r, "app:staff").unwrap();
         assert_eq!((u.creds.uid, u.creds.gid), (1000, 50));
         let u = resolve_user(&r, "4242").unwrap();
         assert_eq!((u.creds.uid, u.creds.gid, u.home.as_str()), (4242, 0, "/"));
         assert_eq!(resolve_user(&r, "").unwrap().creds.uid, 0);
-        assert_eq!(resolve_user(&r, "nobody"), Err(UserError::NoUser("nobody".into())));
-        assert_eq!(resolve_user(&r, "app:nogroup"), Err(UserError::NoGroup("nogroup".into())));
+        assert_eq!(
+            resolve_user(&r, "nobody"),
+            Err(UserError::NoUser("nobody".into()))
+        );
+        assert_eq!(
+            resolve_user(&r, "app:nogroup"),
+            Err(UserError::NoGroup("nogroup".into()))
+        );
         assert_eq!(resolve_chown(&r, "app").unwrap(), (1000, 1000));
         assert_eq!(resolve_chown(&r, "7:staff").unwrap(), (7, 50));
         assert_eq!(resolve_chown(&r, "7").unwrap(), (7, 7));

@@ -50,11 +50,17 @@ fn multi_stage_build_with_args_env_user_workdir_volume_heredocs() {
         "uid=0 pwd=/srv/app/data greeting=bonjour\n"
     );
     assert_eq!(cat(&img, "/home/app/w/uid"), "app\n");
-    assert_eq!(stat(&img, "/home/app/w").unwrap(), (0o755, 1000, 1000, "directory".into()));
+    assert_eq!(
+        stat(&img, "/home/app/w").unwrap(),
+        (0o755, 1000, 1000, "directory".into())
+    );
     assert_eq!(stat(&img, "/var/lib/thing").unwrap().3, "directory");
     assert_eq!(cat(&img, "/etc/greeting"), "hi bonjour\n");
     assert_eq!(cat(&img, "/home/app/w/heredoc"), "heredoc-run\n");
-    assert_eq!(stat(&img, "/.firebuild/init").unwrap(), (0o755, 0, 0, "regular".into()));
+    assert_eq!(
+        stat(&img, "/.firebuild/init").unwrap(),
+        (0o755, 0, 0, "regular".into())
+    );
     // Nothing of the sandbox is left in the image.
     for p in ["/proc", "/sys", "/dev", "/etc/resolv.conf", "/etc/hosts"] {
         assert!(stat(&img, p).is_none(), "{p} left in the image");
@@ -67,23 +73,41 @@ fn multi_stage_build_with_args_env_user_workdir_volume_heredocs() {
     assert!(ep.entrypoint.is_empty());
     assert_eq!(ep.env.get("APP_HOME").map(String::as_str), Some("/srv/app"));
     assert_eq!(ep.env.get("NAME").map(String::as_str), Some("bonjour"));
-    assert!(!ep.env.contains_key("GREETING"), "ARG values are not persisted");
+    assert!(
+        !ep.env.contains_key("GREETING"),
+        "ARG values are not persisted"
+    );
     assert_eq!(ep.user, "app");
     assert_eq!(ep.workdir, "/home/app/w");
     assert_eq!(md.ports, vec!["8080/tcp", "53/udp"]);
     assert_eq!(md.volumes, vec!["/var/lib/thing"]);
-    assert_eq!(md.labels.get("org.example.a").map(String::as_str), Some("b"));
+    assert_eq!(
+        md.labels.get("org.example.a").map(String::as_str),
+        Some("b")
+    );
     assert_eq!(md.stop_signal.as_deref(), Some("SIGQUIT"));
-    assert_eq!(md.healthcheck.as_ref().unwrap().interval_ns, Some(5_000_000_000));
+    assert_eq!(
+        md.healthcheck.as_ref().unwrap().interval_ns,
+        Some(5_000_000_000)
+    );
     assert_eq!(md.parent.as_deref(), Some("_/busybox:test"));
-    assert_eq!(md.build_config.build_args.get("GREETING").map(String::as_str), Some("bonjour"));
+    assert_eq!(
+        md.build_config
+            .build_args
+            .get("GREETING")
+            .map(String::as_str),
+        Some("bonjour")
+    );
     let on_disk: firebuild_metadata::ImageMetadata =
         serde_json::from_slice(&std::fs::read(out.dir.join("metadata.json")).unwrap()).unwrap();
     assert_eq!(&on_disk, md);
     assert_eq!(md.rootfs_size, std::fs::metadata(&img).unwrap().len());
     let digest = {
         use sha2::Digest;
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(std::fs::read(&img).unwrap())))
+        format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(std::fs::read(&img).unwrap()))
+        )
     };
     assert_eq!(md.rootfs_digest.as_deref(), Some(digest.as_str()));
 
@@ -96,7 +120,10 @@ fn multi_stage_build_with_args_env_user_workdir_volume_heredocs() {
     let changed = build(&f.store, &o).expect("changed build");
     assert!(changed.cached_steps < changed.steps);
     assert!(!changed.rootfs_reused);
-    assert_eq!(cat(&changed.dir.join("rootfs"), "/srv/app/data/msg"), "hallo from builder\n");
+    assert_eq!(
+        cat(&changed.dir.join("rootfs"), "/srv/app/data/msg"),
+        "hallo from builder\n"
+    );
 }
 
 #[test]
@@ -124,7 +151,12 @@ fn failing_run_reports_command_status_and_last_lines_and_stores_nothing() {
     let df = "FROM busybox:test\nRUN echo first; echo second-line; exit 7\n";
     let err = f.build(df, "tests/fail:1").unwrap_err();
     match &err {
-        BuildError::RunFailed { at, command, code, tail } => {
+        BuildError::RunFailed {
+            at,
+            command,
+            code,
+            tail,
+        } => {
             assert_eq!(*code, 7);
             assert_eq!(at.line, 2);
             assert!(command.contains("exit 7"), "{command}");
@@ -133,17 +165,29 @@ fn failing_run_reports_command_status_and_last_lines_and_stores_nothing() {
         other => panic!("unexpected error: {other}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("status 7") && msg.contains("second-line"), "{msg}");
+    assert!(
+        msg.contains("status 7") && msg.contains("second-line"),
+        "{msg}"
+    );
     assert!(!f.store.contains(&"tests/fail:1".parse().unwrap()));
     let staging = f.store.root().join(".staging");
     assert!(std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0) == 0);
     assert!(mounts_under(f.dir.path()).is_empty());
 
     // A missing command names it.
-    let err = f.build("FROM busybox:test\nRUN [\"no-such-binary\"]\n", "tests/fail:2").unwrap_err().to_string();
+    let err = f
+        .build(
+            "FROM busybox:test\nRUN [\"no-such-binary\"]\n",
+            "tests/fail:2",
+        )
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no-such-binary"), "{err}");
     // USER that the image does not know.
-    let err = f.build("FROM busybox:test\nUSER ghost\nRUN true\n", "tests/fail:3").unwrap_err().to_string();
+    let err = f
+        .build("FROM busybox:test\nUSER ghost\nRUN true\n", "tests/fail:3")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unable to find user ghost"), "{err}");
 }
 
@@ -165,15 +209,24 @@ fn cache_and_bind_mounts() {
     assert_eq!(cat(&img, "/from-bind"), "from-context\n");
     assert_eq!(cat(&img, "/from-stage"), "from-stage\n");
     assert_eq!(cat(&img, "/rw-ok"), "scribble\n");
-    assert!(!f.ctx().join("dir/new").exists(), "rw bind writes must not reach the context");
-    assert!(cat(&img, "/var/cache/x/log").is_empty(), "cache contents stay out of the image");
+    assert!(
+        !f.ctx().join("dir/new").exists(),
+        "rw bind writes must not reach the context"
+    );
+    assert!(
+        cat(&img, "/var/cache/x/log").is_empty(),
+        "cache contents stay out of the image"
+    );
     // The cache directory survives between builds.
     o.no_cache = true;
     let out = build(&f.store, &o).expect("second build");
     assert_eq!(cat(&out.dir.join("rootfs"), "/count").trim(), "2");
 
     let err = f
-        .build("FROM busybox:test\nRUN --mount=type=secret,id=x true\n", "tests/mounts:2")
+        .build(
+            "FROM busybox:test\nRUN --mount=type=secret,id=x true\n",
+            "tests/mounts:2",
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("type=secret is not supported"), "{err}");
@@ -184,24 +237,88 @@ fn entrypoint_cmd_interplay_and_onbuild() {
     let f = Fixture::new();
     f.busybox_base();
     // The base has CMD ["/bin/sh"]; a new ENTRYPOINT drops it.
-    let out = f.build("FROM busybox:test\nENTRYPOINT [\"/bin/echo\"]\n", "tests/ep:1").unwrap();
+    let out = f
+        .build(
+            "FROM busybox:test\nENTRYPOINT [\"/bin/echo\"]\n",
+            "tests/ep:1",
+        )
+        .unwrap();
     assert_eq!(out.metadata.entrypoint_info.entrypoint, vec!["/bin/echo"]);
     assert!(out.metadata.entrypoint_info.cmd.is_empty());
     // CMD-only images keep their CMD; shell form is wrapped in SHELL.
     let out = f
-        .build("FROM busybox:test\nSHELL [\"/bin/sh\", \"-ec\"]\nCMD echo hi\n", "tests/ep:2")
+        .build(
+            "FROM busybox:test\nSHELL [\"/bin/sh\", \"-ec\"]\nCMD echo hi\n",
+            "tests/ep:2",
+        )
         .unwrap();
-    assert_eq!(out.metadata.entrypoint_info.cmd, vec!["/bin/sh", "-ec", "echo hi"]);
+    assert_eq!(
+        out.metadata.entrypoint_info.cmd,
+        vec!["/bin/sh", "-ec", "echo hi"]
+    );
     // Inherited CMD stays when nothing overrides it.
-    let out = f.build("FROM busybox:test\nRUN true\n", "tests/ep:3").unwrap();
+    let out = f
+        .build("FROM busybox:test\nRUN true\n", "tests/ep:3")
+        .unwrap();
     assert_eq!(out.metadata.entrypoint_info.cmd, vec!["/bin/sh"]);
     // ONBUILD triggers run in the child, and are not inherited further.
     let out = f
-        .build("FROM busybox:test\nONBUILD RUN echo triggered > /trig\n", "tests/onbuild:1")
+        .build(
+            "FROM busybox:test\nONBUILD RUN echo triggered > /trig\n",
+            "tests/onbuild:1",
+        )
         .unwrap();
     assert_eq!(out.metadata.onbuild, vec!["RUN echo triggered > /trig"]);
     assert!(stat(&out.dir.join("rootfs"), "/trig").is_none());
-    let child = f.build("FROM tests/onbuild:1\nRUN test -f /trig\n", "tests/onbuild:2").unwrap();
+    let child = f
+        .build(
+            "FROM tests/onbuild:1\nRUN test -f /trig\n",
+            "tests/onbuild:2",
+        )
+        .unwrap();
     assert_eq!(cat(&child.dir.join("rootfs"), "/trig"), "triggered\n");
     assert!(child.metadata.onbuild.is_empty());
+}
+
+#[test]
+fn deletions_hide_base_files_and_prune_keeps_only_what_stored_images_use() {
+    let f = Fixture::new();
+    f.busybox_base();
+    let keep = f
+        .build(
+            "FROM busybox:test\nRUN rm /etc/group && rm -r /home && echo keep > /k\n",
+            "tests/keep:1",
+        )
+        .unwrap();
+    let img = keep.dir.join("rootfs");
+    assert!(
+        stat(&img, "/etc/group").is_none(),
+        "a file deleted in a RUN is gone"
+    );
+    assert!(
+        stat(&img, "/home").is_none(),
+        "a directory deleted in a RUN is gone"
+    );
+    assert_eq!(stat(&img, "/etc/passwd").unwrap().3, "regular");
+    let gone = f
+        .build("FROM busybox:test\nRUN echo gone > /g\n", "tests/gone:1")
+        .unwrap();
+    f.store.remove(&gone.tag).unwrap();
+    let layers = f.cache().join("build/layers");
+    let before = std::fs::read_dir(&layers).unwrap().count();
+    let report = firebuild_build::prune(&f.store, &f.cache(), true).unwrap();
+    assert!(report.layers_removed >= 1, "{report:?}");
+    assert_eq!(report.refs_removed, 1);
+    assert_eq!(
+        std::fs::read_dir(&layers).unwrap().count(),
+        before - report.layers_removed
+    );
+    // What the kept image needs is still cached.
+    let again = f
+        .build(
+            "FROM busybox:test\nRUN rm /etc/group && rm -r /home && echo keep > /k\n",
+            "tests/keep:1",
+        )
+        .unwrap();
+    assert_eq!(again.cached_steps, again.steps);
 }

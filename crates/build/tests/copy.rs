@@ -14,7 +14,9 @@ fn serve(body: &'static [u8], count: usize) -> (String, std::thread::JoinHandle<
     let addr = listener.local_addr().unwrap();
     let h = std::thread::spawn(move || {
         for _ in 0..count {
-            let Ok((mut s, _)) = listener.accept() else { return };
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
             let head = format!(
@@ -52,13 +54,23 @@ fn copy_and_add_follow_docker_rules() {
     f.write("dir/sub/c.txt", "C\n");
     std::os::unix::fs::symlink("sub/c.txt", f.ctx().join("dir/link")).unwrap();
     std::fs::hard_link(f.ctx().join("dir/sub/c.txt"), f.ctx().join("dir/hard")).unwrap();
-    std::fs::set_permissions(f.ctx().join("b.txt"), std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(
+        f.ctx().join("b.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
     // Archives, one per compression.
     let arch = f.dir.path().join("arch");
     std::fs::create_dir_all(arch.join("inner")).unwrap();
     std::fs::write(arch.join("inner/x.txt"), "X\n").unwrap();
     std::os::unix::fs::chown(arch.join("inner/x.txt"), Some(33), Some(44)).unwrap();
-    for (name, flag) in [("a.tar", "-a"), ("a.tar.gz", "-z"), ("a.tar.bz2", "-j"), ("a.tar.xz", "-J"), ("a.tar.zst", "--zstd")] {
+    for (name, flag) in [
+        ("a.tar", "-a"),
+        ("a.tar.gz", "-z"),
+        ("a.tar.bz2", "-j"),
+        ("a.tar.xz", "-J"),
+        ("a.tar.zst", "--zstd"),
+    ] {
         tar_of(&arch, &f.ctx().join(name), flag);
     }
     // Compressed, but not a tar: copied as is.
@@ -68,7 +80,10 @@ fn copy_and_add_follow_docker_rules() {
     let (url, server) = serve(b"remote body\n", 1);
     let digest = {
         use sha2::Digest;
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"remote body\n")))
+        format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(b"remote body\n"))
+        )
     };
 
     let df = format!(
@@ -101,15 +116,34 @@ fn copy_and_add_follow_docker_rules() {
     assert_eq!(cat(&img, "/dst/dir/a.txt"), "A\n");
     assert_eq!(cat(&img, "/glob/a.txt"), "A\n");
     assert_eq!(cat(&img, "/glob/b.txt"), "B\n");
-    assert!(stat(&img, "/glob/secret.txt").is_none(), ".dockerignore applies to globs");
+    assert!(
+        stat(&img, "/glob/secret.txt").is_none(),
+        ".dockerignore applies to globs"
+    );
     assert_eq!(cat(&img, "/copied/sub/c.txt"), "C\n");
-    assert!(stat(&img, "/copied/dir").is_none(), "a directory copies its contents");
+    assert!(
+        stat(&img, "/copied/dir").is_none(),
+        "a directory copies its contents"
+    );
     assert_eq!(stat(&img, "/copied/link").unwrap().3, "symlink");
-    assert!(debugfs(&img, "stat /copied/hard").contains("Links: 2"), "hard links kept");
-    assert_eq!(stat(&img, "/followed").unwrap().3, "regular", "a named symlink source is followed");
-    assert_eq!(stat(&img, "/owned").unwrap(), (0o640, 1000, 50, "regular".into()));
+    assert!(
+        debugfs(&img, "stat /copied/hard").contains("Links: 2"),
+        "hard links kept"
+    );
+    assert_eq!(
+        stat(&img, "/followed").unwrap().3,
+        "regular",
+        "a named symlink source is followed"
+    );
+    assert_eq!(
+        stat(&img, "/owned").unwrap(),
+        (0o640, 1000, 50, "regular".into())
+    );
     assert_eq!(stat(&img, "/owned-num").unwrap().1, 4321);
-    assert_eq!(stat(&img, "/mode-kept").unwrap(), (0o750, 0, 0, "regular".into()));
+    assert_eq!(
+        stat(&img, "/mode-kept").unwrap(),
+        (0o750, 0, 0, "regular".into())
+    );
     assert_eq!(cat(&img, "/w/rel/a.txt"), "A\n");
     assert_eq!(cat(&img, "/linked"), "A\n");
     for d in ["plain", "gz", "bz2", "xz", "zst"] {
@@ -122,7 +156,10 @@ fn copy_and_add_follow_docker_rules() {
     assert_eq!(cat(&img, "/remote/remote.txt"), "remote body\n");
     assert_eq!(stat(&img, "/remote/remote.txt").unwrap().0, 0o600);
     assert_eq!(stat(&img, "/excluded/link").unwrap().3, "symlink");
-    assert!(stat(&img, "/excluded/sub/c.txt").is_none(), "--exclude applies");
+    assert!(
+        stat(&img, "/excluded/sub/c.txt").is_none(),
+        "--exclude applies"
+    );
 }
 
 #[test]
@@ -144,24 +181,39 @@ fn sources_may_not_escape_the_context_and_bad_copies_fail_clearly() {
         ("COPY missing.txt /x", "missing.txt"),
         ("COPY nomatch*.bin /x/", "nomatch"),
         ("COPY a.txt b.txt /notdir", "must be a directory"),
-        ("ADD --checksum=sha256:0000 http://127.0.0.1:9/x /x", "http://127.0.0.1:9/x"),
+        (
+            "ADD --checksum=sha256:0000 http://127.0.0.1:9/x /x",
+            "http://127.0.0.1:9/x",
+        ),
         ("COPY --chown=ghost a.txt /x", "ghost"),
-        ("COPY --from=nosuchstage-or-image a.txt /x", "nosuchstage-or-image"),
+        (
+            "COPY --from=nosuchstage-or-image a.txt /x",
+            "nosuchstage-or-image",
+        ),
     ];
     for (i, (line, needle)) in cases.iter().enumerate() {
         let err = f
-            .build(&format!("FROM busybox:test\n{line}\n"), &format!("tests/bad:{i}"))
+            .build(
+                &format!("FROM busybox:test\n{line}\n"),
+                &format!("tests/bad:{i}"),
+            )
             .expect_err(line)
             .to_string();
         assert!(err.contains(needle), "{line}: {err}");
-        assert!(err.contains("Dockerfile:2") || err.contains("base image"), "{line}: no location: {err}");
+        assert!(
+            err.contains("Dockerfile:2") || err.contains("base image"),
+            "{line}: no location: {err}"
+        );
     }
     assert!(mounts_under(f.dir.path()).is_empty());
     // A checksum mismatch on a real download.
     let (url, server) = serve(b"abc", 1);
     let err = f
         .build(
-            &format!("FROM busybox:test\nADD --checksum=sha256:{} {url}/f /f\n", "0".repeat(64)),
+            &format!(
+                "FROM busybox:test\nADD --checksum=sha256:{} {url}/f /f\n",
+                "0".repeat(64)
+            ),
             "tests/bad:sum",
         )
         .unwrap_err()

@@ -19,7 +19,9 @@ const DRIVER_ENV: &str = "FIREBUILD_TEST_DRIVER";
 #[test]
 #[ignore]
 fn driver() {
-    let Ok(spec) = std::env::var(DRIVER_ENV) else { return };
+    let Ok(spec) = std::env::var(DRIVER_ENV) else {
+        return;
+    };
     let parts: Vec<&str> = spec.split('|').collect();
     let store = DirectoryStore::new(parts[0]);
     let mut o = BuildOptions::new(parts[2], parts[1], parts[3]);
@@ -54,7 +56,13 @@ fn interrupt_with(signal: i32) {
         f.dir.path().join("vminit").display()
     );
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "driver", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "driver",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DRIVER_ENV, spec)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -71,7 +79,10 @@ fn interrupt_with(signal: i32) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while processes_with(&format!("sleep 2{marker}")).is_empty() {
         assert!(Instant::now() < deadline, "the RUN step never started");
-        assert!(child.try_wait().unwrap().is_none(), "the driver exited early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the driver exited early"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // SAFETY: signalling our own child.
@@ -88,27 +99,53 @@ fn interrupt_with(signal: i32) {
     };
     let _reap = Reap(child);
     if signal == libc::SIGKILL {
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
     } else {
         assert_eq!(status.code(), Some(130), "graceful stop on signal {signal}");
     }
     // No processes: they die with the sandbox's PID 1 (PDEATHSIG on SIGKILL).
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_with(&marker).is_empty() {
-        assert!(Instant::now() < deadline, "sandbox processes survived: {:?}", processes_with(&marker));
+        assert!(
+            Instant::now() < deadline,
+            "sandbox processes survived: {:?}",
+            processes_with(&marker)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(mounts_under(f.dir.path()).is_empty(), "mounts left: {:?}", mounts_under(f.dir.path()));
-    assert!(!f.store.contains(&"tests/interrupted:1".parse().unwrap()), "no tag");
+    assert!(
+        mounts_under(f.dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(f.dir.path())
+    );
+    assert!(
+        !f.store.contains(&"tests/interrupted:1".parse().unwrap()),
+        "no tag"
+    );
     let tmp: PathBuf = f.cache().join("build/tmp");
     if signal != libc::SIGKILL {
-        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "unfinished layers removed");
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "unfinished layers removed"
+        );
     }
     // The next build cleans what a SIGKILL left, and works.
-    f.build("FROM busybox:test\nRUN true\n", "tests/after:1").expect("next build");
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "stale layers cleaned");
+    f.build("FROM busybox:test\nRUN true\n", "tests/after:1")
+        .expect("next build");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "stale layers cleaned"
+    );
     let staging = f.store.root().join(".staging");
-    assert_eq!(std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0),
+        0
+    );
 }
 
 #[test]

@@ -10,10 +10,14 @@ use firebuild_oci::testing::{busybox_rootfs_tar, push_image, TestRegistry};
 
 #[test]
 fn builds_from_a_registry_image_and_turns_an_image_into_a_rootfs() {
-    let reg = TestRegistry::start().expect("starting docker-registry (apt-get install docker-registry)");
+    let reg =
+        TestRegistry::start().expect("starting docker-registry (apt-get install docker-registry)");
     let f = Fixture::new();
     let image = reg.reference("library/busybox:1.0");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let pushed = rt
         .block_on(push_image(
             &f.dir.path().join("push-cache"),
@@ -22,7 +26,10 @@ fn builds_from_a_registry_image_and_turns_an_image_into_a_rootfs() {
             &[(busybox_rootfs_tar().unwrap(), Compression::Gzip)],
             |c| {
                 c.cmd = Some(vec!["/bin/sh".into()]);
-                c.env = vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into(), "FROM_IMAGE=yes".into()];
+                c.env = vec![
+                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                    "FROM_IMAGE=yes".into(),
+                ];
                 c.working_dir = "/root".into();
                 c.stop_signal = Some("SIGUSR1".into());
             },
@@ -33,12 +40,17 @@ fn builds_from_a_registry_image_and_turns_an_image_into_a_rootfs() {
     let df = format!(
         "FROM {reference}\nRUN echo \"$FROM_IMAGE $(pwd)\" > /seen\nCOPY --from={reference} /etc/passwd /copied-passwd\n"
     );
-    let out = f.build(&df, "tests/reg:1").expect("build FROM the registry image");
+    let out = f
+        .build(&df, "tests/reg:1")
+        .expect("build FROM the registry image");
     let img = out.dir.join("rootfs");
     assert_eq!(cat(&img, "/seen"), "yes /root\n");
     assert!(cat(&img, "/copied-passwd").starts_with("root:x:0:0"));
     let md = &out.metadata;
-    assert_eq!(md.base_image_digest.as_deref(), Some(pushed.digest.to_string().as_str()));
+    assert_eq!(
+        md.base_image_digest.as_deref(),
+        Some(pushed.digest.to_string().as_str())
+    );
     assert_eq!(md.parent.as_deref(), Some(reference.as_str()));
     assert_eq!(md.entrypoint_info.cmd, vec!["/bin/sh"]);
     assert_eq!(md.stop_signal.as_deref(), Some("SIGUSR1"));
@@ -46,7 +58,9 @@ fn builds_from_a_registry_image_and_turns_an_image_into_a_rootfs() {
     // An unchanged rebuild needs no registry: stop it and build again.
     let mut reg = reg;
     reg.stop();
-    let again = f.build(&df, "tests/reg:1").expect("rebuild without the registry");
+    let again = f
+        .build(&df, "tests/reg:1")
+        .expect("rebuild without the registry");
     assert_eq!(again.cached_steps, again.steps);
 
     // An image nobody has: the error names it.
@@ -79,7 +93,11 @@ fn builds_from_a_registry_image_and_turns_an_image_into_a_rootfs() {
     assert_eq!(stat(&img, "/tmp").unwrap().0, 0o1777);
     assert_eq!(out.metadata.entrypoint_info.workdir, "/root");
     assert_eq!(
-        out.metadata.entrypoint_info.env.get("FROM_IMAGE").map(String::as_str),
+        out.metadata
+            .entrypoint_info
+            .env
+            .get("FROM_IMAGE")
+            .map(String::as_str),
         Some("yes")
     );
     let _ = build; // the Dockerfile entry point is covered above

@@ -60,7 +60,11 @@ pub fn is_archive(head: &[u8]) -> bool {
 /// Extracts a tar stream into `dest_rel` (a directory in the image). Entry
 /// paths are cleaned and confined to the image root; owners, modes and
 /// mtimes come from the archive.
-pub fn unpack_archive(reader: &mut dyn Read, w: &mut Writer<'_>, dest_rel: &str) -> Result<(), String> {
+pub fn unpack_archive(
+    reader: &mut dyn Read,
+    w: &mut Writer<'_>,
+    dest_rel: &str,
+) -> Result<(), String> {
     let mut head = vec![0u8; 6];
     let mut n = 0;
     while n < head.len() {
@@ -79,8 +83,12 @@ pub fn unpack_archive(reader: &mut dyn Read, w: &mut Writer<'_>, dest_rel: &str)
         gid: w.parent_owner.1,
         mtime: None,
     };
-    w.dir(dest_rel, &root_attrs, false).map_err(|e| e.to_string())?;
-    for entry in archive.entries().map_err(|e| format!("reading the archive: {e}"))? {
+    w.dir(dest_rel, &root_attrs, false)
+        .map_err(|e| e.to_string())?;
+    for entry in archive
+        .entries()
+        .map_err(|e| format!("reading the archive: {e}"))?
+    {
         let mut entry = entry.map_err(|e| format!("reading the archive: {e}"))?;
         let raw = entry.path_bytes().into_owned();
         let Some(rel) = fsutil::clean_rel_checked(&String::from_utf8_lossy(&raw)) else {
@@ -110,13 +118,21 @@ pub fn unpack_archive(reader: &mut dyn Read, w: &mut Writer<'_>, dest_rel: &str)
                 w.file(&target, &mut entry, &attrs, None)
             }
             tar::EntryType::Symlink => {
-                let link = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+                let link = entry
+                    .link_name_bytes()
+                    .map(|b| b.into_owned())
+                    .unwrap_or_default();
                 w.symlink(&target, OsStr::from_bytes(&link), &attrs)
             }
             tar::EntryType::Link => {
-                let link = entry.link_name_bytes().map(|b| b.into_owned()).unwrap_or_default();
+                let link = entry
+                    .link_name_bytes()
+                    .map(|b| b.into_owned())
+                    .unwrap_or_default();
                 let Some(lrel) = fsutil::clean_rel_checked(&String::from_utf8_lossy(&link)) else {
-                    return Err(format!("archive hard link {target} climbs out of the destination"));
+                    return Err(format!(
+                        "archive hard link {target} climbs out of the destination"
+                    ));
                 };
                 w.hardlink(&target, &format!("{dest_rel}/{lrel}"))
             }

@@ -36,13 +36,13 @@ pub fn fnmatch(pattern: &str, name: &str) -> bool {
                         }
                     }
                 }
-                '\\' if pi + 1 < p.len() => {
-                    if p[pi + 1] == n[ni] {
-                        pi += 2;
-                        ni += 1;
-                        continue;
-                    }
+                '\\' if pi + 1 < p.len() && p[pi + 1] == n[ni] => {
+                    pi += 2;
+                    ni += 1;
+                    continue;
                 }
+                // An escaped character that does not match.
+                '\\' if pi + 1 < p.len() => {}
                 c if c == n[ni] => {
                     pi += 1;
                     ni += 1;
@@ -134,7 +134,11 @@ pub fn glob_root(root: &Root, pattern: &str) -> Result<Vec<String>, String> {
         let mut next = Vec::new();
         for base in &current {
             if !has_meta(comp) {
-                let cand = if base.is_empty() { comp.to_owned() } else { format!("{base}/{comp}") };
+                let cand = if base.is_empty() {
+                    comp.to_owned()
+                } else {
+                    format!("{base}/{comp}")
+                };
                 if root.open_at(&cand, OFlags::PATH).is_ok() {
                     next.push(cand);
                 }
@@ -146,7 +150,11 @@ pub fn glob_root(root: &Root, pattern: &str) -> Result<Vec<String>, String> {
             for name in fsutil::list_names(&dir).map_err(|e| format!("{pattern}: {e}"))? {
                 let name = name.to_string_lossy().into_owned();
                 if fnmatch(comp, &name) {
-                    next.push(if base.is_empty() { name } else { format!("{base}/{name}") });
+                    next.push(if base.is_empty() {
+                        name
+                    } else {
+                        format!("{base}/{name}")
+                    });
                 }
             }
         }

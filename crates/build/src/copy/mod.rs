@@ -127,8 +127,12 @@ fn open_entry(
     match host {
         Some(p) => {
             // The walk saw a regular file here: never follow a link swapped in since.
-            let fd = rustix::fs::open(p, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, rustix::fs::Mode::empty())
-                .map_err(|e| format!("{path}: {e}"))?;
+            let fd = rustix::fs::open(
+                p,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| format!("{path}: {e}"))?;
             Ok(Box::new(std::fs::File::from(fd)))
         }
         None => ctx.open(path).map_err(|e| e.to_string()),
@@ -139,7 +143,9 @@ fn open_entry(
 pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), String> {
     let what = if op.add { "ADD" } else { "COPY" };
     let chown = match &op.chown {
-        Some(spec) => Some(crate::users::resolve_chown(dest_root, spec).map_err(|e| e.to_string())?),
+        Some(spec) => {
+            Some(crate::users::resolve_chown(dest_root, spec).map_err(|e| e.to_string())?)
+        }
         None => None,
     };
     let dest_abs = fsutil::join_abs(&op.workdir, &op.dest);
@@ -157,7 +163,9 @@ pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), 
             Source::Root(root) => glob::glob_root(root, src)?,
         };
         if found.is_empty() {
-            return Err(format!("{what} {src}: no source files were specified (the pattern matches nothing)"));
+            return Err(format!(
+                "{what} {src}: no source files were specified (the pattern matches nothing)"
+            ));
         }
         matches.extend(found);
     }
@@ -173,7 +181,9 @@ pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), 
     let werr = |e: writer::WriteError| format!("{what}: {e}");
     let file_target = |name: &str| {
         if dest_is_dir {
-            format!("{dest_rel}/{name}").trim_start_matches('/').to_owned()
+            format!("{dest_rel}/{name}")
+                .trim_start_matches('/')
+                .to_owned()
         } else {
             dest_rel.clone()
         }
@@ -187,7 +197,8 @@ pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), 
             mtime: None,
         };
         let base = name.rsplit('/').next().unwrap_or(name);
-        w.file(&file_target(base), &mut &data[..], &attrs, None).map_err(werr)?;
+        w.file(&file_target(base), &mut &data[..], &attrs, None)
+            .map_err(werr)?;
     }
     for d in &op.downloads {
         let attrs = Attrs {
@@ -197,12 +208,17 @@ pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), 
             mtime: d.mtime.map(|s| (s, 0)),
         };
         let mut f = std::fs::File::open(&d.path).map_err(|e| format!("{what} {}: {e}", d.url))?;
-        w.file(&file_target(&d.name), &mut f, &attrs, None).map_err(werr)?;
+        w.file(&file_target(&d.name), &mut f, &attrs, None)
+            .map_err(werr)?;
     }
     for m in &matches {
         match &source {
-            Source::Context(ctx) => copy_from_context(ctx, m, op, &mut w, &dest_rel, dest_is_dir, chown)?,
-            Source::Root(root) => copy_from_root(root, m, op, &mut w, &dest_rel, dest_is_dir, chown)?,
+            Source::Context(ctx) => {
+                copy_from_context(ctx, m, op, &mut w, &dest_rel, dest_is_dir, chown)?
+            }
+            Source::Root(root) => {
+                copy_from_root(root, m, op, &mut w, &dest_rel, dest_is_dir, chown)?
+            }
         }
     }
     Ok(())
@@ -251,12 +267,15 @@ fn copy_from_context(
         if op.add && op.unpack {
             let mut head = Vec::new();
             let mut reader = r.take(1 << 16);
-            reader.read_to_end(&mut head).map_err(|e| format!("{what} {m}: {e}"))?;
+            reader
+                .read_to_end(&mut head)
+                .map_err(|e| format!("{what} {m}: {e}"))?;
             let rest = reader.into_inner();
             let mut full = std::io::Cursor::new(head.clone()).chain(rest);
             if is_archive(&head) {
                 // Archives are extracted into the destination directory.
-                return unpack_archive(&mut full, w, dest_rel).map_err(|e| format!("{what} {m}: {e}"));
+                return unpack_archive(&mut full, w, dest_rel)
+                    .map_err(|e| format!("{what} {m}: {e}"));
             }
             let attrs = Attrs {
                 mode: op.chmod.unwrap_or(top.mode),
@@ -296,7 +315,11 @@ fn copy_from_context(
             mtime: mtime_of(e.host_path.as_ref()),
         };
         match &e.kind {
-            EntryKind::Dir => w.dir(&target, &attrs, !rel_in.is_empty() || op.chmod.is_some() || chown.is_some()),
+            EntryKind::Dir => w.dir(
+                &target,
+                &attrs,
+                !rel_in.is_empty() || op.chmod.is_some() || chown.is_some(),
+            ),
             EntryKind::Symlink(t) => w.symlink(&target, OsStr::new(t), &attrs),
             EntryKind::File => {
                 let link_key = e
@@ -331,7 +354,9 @@ fn copy_from_root(
         .open_at(&rel, OFlags::PATH)
         .map_err(|e| format!("{what} --from {m}: {e}"))?;
     let st = rustix::fs::fstat(&fd).map_err(|e| format!("{what} --from {m}: {e}"))?;
-    let host = root.host_path_of(&fd).map_err(|e| format!("{what} --from {m}: {e}"))?;
+    let host = root
+        .host_path_of(&fd)
+        .map_err(|e| format!("{what} --from {m}: {e}"))?;
     let werr = |e: writer::WriteError| format!("{what}: {e}");
     if fsutil::file_type(&st) != FileType::Directory {
         let target = if dest_is_dir {
@@ -340,19 +365,34 @@ fn copy_from_root(
             dest_rel.to_owned()
         };
         let (pdir, name) = root
-            .parent_of(&fsutil::clean_rel(&host.strip_prefix(root.path()).unwrap_or(&host).to_string_lossy()))
+            .parent_of(&fsutil::clean_rel(
+                &host
+                    .strip_prefix(root.path())
+                    .unwrap_or(&host)
+                    .to_string_lossy(),
+            ))
             .map_err(|e| format!("{what} --from {m}: {e}"))?
             .ok_or_else(|| format!("{what} --from {m}: not a file"))?;
-        let pdir = rustix::fs::openat(&pdir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, rustix::fs::Mode::empty())
-            .map_err(|e| format!("{what} --from {m}: {e}"))?;
-        return copy_entry(&pdir, &name, &target, op, w, chown, false);
-    }
-    let dir = rustix::fs::openat(&fd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, rustix::fs::Mode::empty())
+        let pdir = rustix::fs::openat(
+            &pdir,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
         .map_err(|e| format!("{what} --from {m}: {e}"))?;
+        return copy_entry(&pdir, &name, &target, "", op, w, chown, false);
+    }
+    let dir = rustix::fs::openat(
+        &fd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("{what} --from {m}: {e}"))?;
     let attrs = attrs_of(&st, op, chown);
     w.dir(dest_rel, &attrs, op.chmod.is_some() || chown.is_some())
         .map_err(werr)?;
-    copy_dir_contents(&dir, dest_rel, op, w, chown)
+    copy_dir_contents(&dir, dest_rel, "", op, w, chown)
 }
 
 fn attrs_of(st: &rustix::fs::Stat, op: &CopyOp, chown: Option<(u32, u32)>) -> Attrs {
@@ -365,25 +405,35 @@ fn attrs_of(st: &rustix::fs::Stat, op: &CopyOp, chown: Option<(u32, u32)>) -> At
     }
 }
 
+/// Copies the entries of `dir` (at `rel_in` below the copied source) into
+/// `dest_rel`, skipping `--exclude` matches.
 fn copy_dir_contents(
     dir: &std::os::fd::OwnedFd,
     dest_rel: &str,
+    rel_in: &str,
     op: &CopyOp,
     w: &mut Writer<'_>,
     chown: Option<(u32, u32)>,
 ) -> Result<(), String> {
     let names = fsutil::list_names(dir).map_err(|e| format!("/{dest_rel}: {e}"))?;
     for name in names {
-        let target = join_rel(dest_rel, &String::from_utf8_lossy(name.as_bytes()));
-        copy_entry(dir, &name, &target, op, w, chown, false)?;
+        let name_s = String::from_utf8_lossy(name.as_bytes()).into_owned();
+        let rel = join_rel(rel_in, &name_s);
+        if excluded(&rel, &op.excludes) {
+            continue;
+        }
+        let target = join_rel(dest_rel, &name_s);
+        copy_entry(dir, &name, &target, &rel, op, w, chown, false)?;
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn copy_entry(
     dir: &std::os::fd::OwnedFd,
     name: &OsStr,
     target: &str,
+    rel_in: &str,
     op: &CopyOp,
     w: &mut Writer<'_>,
     chown: Option<(u32, u32)>,
@@ -403,10 +453,14 @@ fn copy_entry(
         FileType::Directory => {
             w.dir(target, &attrs, true).map_err(wr)?;
             let sub = fsutil::open_dir_at(dir, name).map_err(e)?;
-            copy_dir_contents(&sub, target, op, w, chown)?;
+            copy_dir_contents(&sub, target, rel_in, op, w, chown)?;
         }
         FileType::RegularFile => {
-            let nofollow = if follow { OFlags::empty() } else { OFlags::NOFOLLOW };
+            let nofollow = if follow {
+                OFlags::empty()
+            } else {
+                OFlags::NOFOLLOW
+            };
             let fd = rustix::fs::openat(
                 dir,
                 name,
@@ -420,7 +474,9 @@ fn copy_entry(
         }
         FileType::Symlink => {
             let t = rustix::fs::readlinkat(dir, name, Vec::new()).map_err(e)?;
-            return w.symlink(target, OsStr::from_bytes(t.as_bytes()), &attrs).map_err(wr);
+            return w
+                .symlink(target, OsStr::from_bytes(t.as_bytes()), &attrs)
+                .map_err(wr);
         }
         FileType::Socket => return Ok(()),
         _ => {

@@ -61,8 +61,8 @@ impl<'a> Writer<'a> {
 
     /// The parent directory of `rel` (created as needed) and the final name.
     fn parent(&self, rel: &str) -> WResult<(OwnedFd, OsString)> {
-        let (parent, name) =
-            fsutil::split_last(rel).ok_or_else(|| werr(rel, "cannot replace the root directory"))?;
+        let (parent, name) = fsutil::split_last(rel)
+            .ok_or_else(|| werr(rel, "cannot replace the root directory"))?;
         let mut created = Vec::new();
         let dir = self
             .root
@@ -80,7 +80,10 @@ impl<'a> Writer<'a> {
                 if want_dir {
                     Ok(true)
                 } else {
-                    Err(werr(rel, "cannot overwrite a directory with a non-directory"))
+                    Err(werr(
+                        rel,
+                        "cannot overwrite a directory with a non-directory",
+                    ))
                 }
             }
             Some(_) => {
@@ -95,7 +98,10 @@ impl<'a> Writer<'a> {
     pub fn dir(&mut self, rel: &str, attrs: &Attrs, force_attrs: bool) -> WResult<()> {
         if rel.is_empty() {
             if force_attrs {
-                let fd = self.root.open_at("", OFlags::RDONLY | OFlags::DIRECTORY).map_err(|e| werr(rel, e))?;
+                let fd = self
+                    .root
+                    .open_at("", OFlags::RDONLY | OFlags::DIRECTORY)
+                    .map_err(|e| werr(rel, e))?;
                 apply_fd(&fd, attrs).map_err(|e| werr(rel, e))?;
             }
             return Ok(());
@@ -103,7 +109,8 @@ impl<'a> Writer<'a> {
         let (dir, name) = self.parent(rel)?;
         let existed = self.clear(&dir, &name, rel, true)?;
         if !existed {
-            rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o700)).map_err(|e| werr(rel, e))?;
+            rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(0o700))
+                .map_err(|e| werr(rel, e))?;
         } else if !force_attrs {
             return Ok(());
         }
@@ -159,11 +166,22 @@ impl<'a> Writer<'a> {
         let (dir, name) = self.parent(rel)?;
         self.clear(&dir, &name, rel, false)?;
         let ft = FileType::from_raw_mode(attrs.mode);
-        rustix::fs::mknodat(&dir, &name, ft, Mode::from_raw_mode(attrs.mode & 0o7777), rdev)
-            .map_err(|e| werr(rel, e))?;
+        rustix::fs::mknodat(
+            &dir,
+            &name,
+            ft,
+            Mode::from_raw_mode(attrs.mode & 0o7777),
+            rdev,
+        )
+        .map_err(|e| werr(rel, e))?;
         fsutil::chown_at(&dir, &name, attrs.uid, attrs.gid).map_err(|e| werr(rel, e))?;
-        rustix::fs::chmodat(&dir, &name, Mode::from_raw_mode(attrs.mode & 0o7777), AtFlags::empty())
-            .map_err(|e| werr(rel, e))?;
+        rustix::fs::chmodat(
+            &dir,
+            &name,
+            Mode::from_raw_mode(attrs.mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(|e| werr(rel, e))?;
         if let Some((s, ns)) = attrs.mtime {
             let _ = set_mtime_at(&dir, &name, s, ns);
         }

@@ -35,8 +35,22 @@ impl ChildStep {
     pub fn from_raw(n: u32) -> Option<ChildStep> {
         use ChildStep::*;
         [
-            Wait, Session, Hostname, Loopback, MountProc, MountSys, PivotRoot, Fork, Stdio,
-            Workdir, Capabilities, Groups, Gid, Uid, NoNewPrivs, Exec,
+            Wait,
+            Session,
+            Hostname,
+            Loopback,
+            MountProc,
+            MountSys,
+            PivotRoot,
+            Fork,
+            Stdio,
+            Workdir,
+            Capabilities,
+            Groups,
+            Gid,
+            Uid,
+            NoNewPrivs,
+            Exec,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -106,7 +120,9 @@ impl ChildPlan {
 }
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Reports a failure to the parent and exits.
@@ -136,7 +152,13 @@ pub unsafe fn raw_clone(flags: libc::c_int) -> libc::pid_t {
 pub unsafe fn sandbox_init(plan: &ChildPlan) -> ! {
     // Die with the builder thread, and do not start if it is already gone
     // (the "go" pipe then reads EOF).
-    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+    libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0,
+    );
     libc::close(plan.go_w);
     libc::close(plan.out_r);
     libc::close(plan.err_r);
@@ -299,7 +321,11 @@ unsafe fn exec_command(plan: &ChildPlan) -> ! {
     }
     let mut err = libc::ENOENT;
     for path in &plan.exec_candidates {
-        libc::execve(path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr());
+        libc::execve(
+            path.as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.env_ptrs.as_ptr(),
+        );
         let e = errno();
         // Keep looking on "not here"; remember a more telling error.
         if e != libc::ENOENT && e != libc::ENOTDIR {

@@ -148,7 +148,8 @@ pub fn run_in_root(
     on_line: &mut dyn FnMut(&str),
     cancel: &CancelToken,
 ) -> Result<RunOutcome> {
-    let root = Root::open(root_path, Scope::InRoot).map_err(BuildError::errno("opening", root_path))?;
+    let root =
+        Root::open(root_path, Scope::InRoot).map_err(BuildError::errno("opening", root_path))?;
     let mut made: Vec<Made> = Vec::new();
     let mut mounted: Vec<PathBuf> = Vec::new();
     let result = (|| {
@@ -195,7 +196,10 @@ fn prepare(
         .map_err(|e| BuildError::Sandbox(format!("mounting /tmp: {e}")))?;
         mounted.push(tmp);
     }
-    for (file, source) in [("etc/resolv.conf", &spec.resolv_conf), ("etc/hosts", &spec.hosts)] {
+    for (file, source) in [
+        ("etc/resolv.conf", &spec.resolv_conf),
+        ("etc/hosts", &spec.hosts),
+    ] {
         let Some(source) = source else { continue };
         // A private copy: the step may write it; the image keeps its own.
         let copy = scratch.join(file.replace('/', "_"));
@@ -210,7 +214,9 @@ fn prepare(
     }
     for m in &spec.mounts {
         let rel = clean_rel(&m.target);
-        let is_dir = std::fs::metadata(&m.source).map(|md| md.is_dir()).unwrap_or(true);
+        let is_dir = std::fs::metadata(&m.source)
+            .map(|md| md.is_dir())
+            .unwrap_or(true);
         let target = if is_dir {
             ensure_dir(root, &rel, made)?
         } else {
@@ -221,9 +227,21 @@ fn prepare(
         let r = if m.readonly {
             bind_readonly(&m.source, &target)
         } else {
-            mount(Some(&m.source), &target, None, libc::MS_BIND | libc::MS_REC, None)
+            mount(
+                Some(&m.source),
+                &target,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )
         };
-        r.map_err(|e| BuildError::Sandbox(format!("mounting {} on {}: {e}", m.source.display(), m.target)))?;
+        r.map_err(|e| {
+            BuildError::Sandbox(format!(
+                "mounting {} on {}: {e}",
+                m.source.display(),
+                m.target
+            ))
+        })?;
         mounted.push(target);
     }
     Ok(Prepared {
@@ -241,7 +259,9 @@ fn ensure_dir(root: &Root, rel: &str, made: &mut Vec<Made>) -> Result<PathBuf> {
     let mut created = Vec::new();
     let fd = root
         .mkdir_all(rel, 0o755, None, &mut created)
-        .map_err(|e| BuildError::Sandbox(format!("creating mount point /{rel} in the image: {e}")))?;
+        .map_err(|e| {
+            BuildError::Sandbox(format!("creating mount point /{rel} in the image: {e}"))
+        })?;
     made.extend(created.into_iter().map(Made::Dir));
     root.host_path_of(&fd)
         .map_err(|e| BuildError::Sandbox(format!("resolving /{rel} in the image: {e}")))
@@ -250,7 +270,8 @@ fn ensure_dir(root: &Root, rel: &str, made: &mut Vec<Made>) -> Result<PathBuf> {
 /// The host path of file `rel` in the root, creating an empty one if
 /// missing; `None` when the name is a dangling symlink.
 fn ensure_file(root: &Root, rel: &str, made: &mut Vec<Made>) -> Result<Option<PathBuf>> {
-    let err = |e: rustix::io::Errno| BuildError::Sandbox(format!("preparing /{rel} in the image: {e}"));
+    let err =
+        |e: rustix::io::Errno| BuildError::Sandbox(format!("preparing /{rel} in the image: {e}"));
     if let Ok(fd) = root.open_at(rel, OFlags::PATH) {
         return root.host_path_of(&fd).map(Some).map_err(err);
     }
@@ -259,7 +280,9 @@ fn ensure_file(root: &Root, rel: &str, made: &mut Vec<Made>) -> Result<Option<Pa
         None => return Ok(None),
     };
     let mut created = Vec::new();
-    let dir = root.mkdir_all(parent, 0o755, None, &mut created).map_err(err)?;
+    let dir = root
+        .mkdir_all(parent, 0o755, None, &mut created)
+        .map_err(err)?;
     made.extend(created.into_iter().map(Made::Dir));
     match rustix::fs::openat(
         &dir,
@@ -272,7 +295,9 @@ fn ensure_file(root: &Root, rel: &str, made: &mut Vec<Made>) -> Result<Option<Pa
         Err(e) => return Err(err(e)),
     }
     made.push(Made::File(rel.to_owned()));
-    let fd = root.open_at(rel, OFlags::PATH | OFlags::NOFOLLOW).map_err(err)?;
+    let fd = root
+        .open_at(rel, OFlags::PATH | OFlags::NOFOLLOW)
+        .map_err(err)?;
     root.host_path_of(&fd).map(Some).map_err(err)
 }
 
@@ -290,7 +315,8 @@ fn cleanup_made(root: &Root, made: &[Made]) {
         if is_dir {
             let _ = rustix::fs::unlinkat(&dir, &name, rustix::fs::AtFlags::REMOVEDIR);
         } else if let Ok(Some(st)) = crate::fsutil::lstat_at(&dir, &name) {
-            if st.st_size == 0 && crate::fsutil::file_type(&st) == rustix::fs::FileType::RegularFile {
+            if st.st_size == 0 && crate::fsutil::file_type(&st) == rustix::fs::FileType::RegularFile
+            {
                 let _ = rustix::fs::unlinkat(&dir, &name, rustix::fs::AtFlags::empty());
             }
         }
@@ -299,7 +325,9 @@ fn cleanup_made(root: &Root, made: &[Made]) {
 
 /// A minimal `/dev`: a tmpfs with the usual nodes, devpts and shm.
 fn mount_dev(dev: &Path, mounted: &mut Vec<PathBuf>) -> Result<()> {
-    let e = |what: &str, err: std::io::Error| BuildError::Sandbox(format!("setting up /dev ({what}): {err}"));
+    let e = |what: &str, err: std::io::Error| {
+        BuildError::Sandbox(format!("setting up /dev ({what}): {err}"))
+    };
     mount(
         Some(Path::new("tmpfs")),
         dev,
@@ -549,7 +577,10 @@ fn pump_output(
             unsafe { libc::kill(pid, libc::SIGKILL) };
             killed = true;
         }
-        let mut fds = [rustix::event::PollFd::new(out, rustix::event::PollFlags::IN)];
+        let mut fds = [rustix::event::PollFd::new(
+            out,
+            rustix::event::PollFlags::IN,
+        )];
         let timeout = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: Duration::from_millis(100).as_nanos() as _,
@@ -593,7 +624,11 @@ mod tests {
             argv: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
             env: vec![format!("PATH={}", crate::config::DEFAULT_PATH)],
             cwd: "/".into(),
-            creds: Credentials { uid: 0, gid: 0, groups: vec![0] },
+            creds: Credentials {
+                uid: 0,
+                gid: 0,
+                groups: vec![0],
+            },
             network: Network::Host,
             hostname: "firebuild".into(),
             mounts: vec![],
@@ -619,14 +654,23 @@ mod tests {
             mount_overlay(
                 &OverlaySpec {
                     layers_dir: &store.layers_dir(),
-                    lower: &[base.id.clone()],
+                    lower: std::slice::from_ref(&base.id),
                     upper: Some((&work.diff(), &work.work())),
                     empty_dir: &empty,
                 },
                 &work.merged(),
             )?;
-            run_in_root(&work.merged(), &scratch, spec, &mut |l| lines.push(l.to_owned()), cancel)
+            run_in_root(
+                &work.merged(),
+                &scratch,
+                spec,
+                &mut |l| lines.push(l.to_owned()),
+                cancel,
+            )
         });
+        if work.diff().join("etc").exists() {
+            assert_eq!(std::fs::read_dir(work.diff().join("etc")).unwrap().count(), 0);
+        }
         let mut names: Vec<String> = std::fs::read_dir(work.diff())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -650,28 +694,49 @@ mod tests {
         let out = res.unwrap();
         assert_eq!(out.code, 3, "{lines:?}");
         assert_eq!(lines[0], "hello");
-        assert_eq!(lines[1], "pid=2", "the command is PID 2 under the sandbox init");
+        assert_eq!(
+            lines[1], "pid=2",
+            "the command is PID 2 under the sandbox init"
+        );
         assert_eq!(lines[2], "firebuild");
         for node in ["null", "zero", "urandom", "pts", "shm", "ptmx", "fd"] {
-            assert!(lines[3].split(' ').any(|n| n == node), "{node} missing: {}", lines[3]);
+            assert!(
+                lines[3].split(' ').any(|n| n == node),
+                "{node} missing: {}",
+                lines[3]
+            );
         }
         assert!(lines.contains(&"resolv-ok".to_string()), "{lines:?}");
         assert!(lines.contains(&"sys-ro".to_string()), "{lines:?}");
-        assert!(lines.contains(&"CapBnd:\t00000000a80425fb".to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&"CapBnd:\t00000000a80425fb".to_string()),
+            "{lines:?}"
+        );
         assert!(lines.contains(&"NoNewPrivs:\t1".to_string()), "{lines:?}");
         assert_eq!(out.tail.last().map(String::as_str), Some("NoNewPrivs:\t1"));
-        // Only what the command wrote stays: no /proc, /dev, /sys, /etc/hosts.
-        assert_eq!(diff, vec!["made"]);
+        // Only what the command wrote stays: no /proc, /dev, /sys, /etc/hosts
+        // (overlayfs keeps /etc copied up, empty, from the mount points).
+        assert_eq!(diff, vec!["etc", "made"]);
     }
 
     #[test]
     fn user_network_none_and_exec_errors() {
-        let mut s = spec("id -u; id -g; id -G; cat /proc/net/dev | grep -c :; grep CapEff /proc/self/status");
-        s.creds = Credentials { uid: 1000, gid: 1000, groups: vec![1000, 50] };
+        let mut s = spec(
+            "id -u; id -g; id -G; cat /proc/net/dev | grep -c :; grep CapEff /proc/self/status",
+        );
+        s.creds = Credentials {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![1000, 50],
+        };
         s.network = Network::None;
         let (res, lines, _) = run(&s, &CancelToken::new());
         assert_eq!(res.unwrap().code, 0);
-        assert_eq!(lines[..4], ["1000", "1000", "1000 50", "1"], "only lo in a new netns");
+        assert_eq!(
+            lines[..4],
+            ["1000", "1000", "1000 50", "1"],
+            "only lo in a new netns"
+        );
         assert_eq!(lines[4], "CapEff:\t0000000000000000");
 
         let mut s = spec("");
@@ -698,10 +763,15 @@ mod tests {
         t.join().unwrap();
         assert!(matches!(res, Err(BuildError::Interrupted)), "{res:?}");
         assert_eq!(lines, vec!["started"]);
-        let sleeping = std::process::Command::new("pgrep").args(["-x", "sleep"]).output().unwrap();
-        assert!(String::from_utf8_lossy(&sleeping.stdout).trim().is_empty() || {
-            // Other tests on the machine may run sleep: check none is ours.
-            true
-        });
+        let sleeping = std::process::Command::new("pgrep")
+            .args(["-x", "sleep"])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&sleeping.stdout).trim().is_empty() || {
+                // Other tests on the machine may run sleep: check none is ours.
+                true
+            }
+        );
     }
 }

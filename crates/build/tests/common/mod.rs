@@ -42,7 +42,11 @@ impl Fixture {
     pub fn opts(&self, dockerfile: &str, tag: &str) -> BuildOptions {
         let path = self.ctx().join("Dockerfile");
         std::fs::write(&path, dockerfile).unwrap();
-        let mut o = BuildOptions::new(path.to_str().unwrap(), self.cache(), self.dir.path().join("vminit"));
+        let mut o = BuildOptions::new(
+            path.to_str().unwrap(),
+            self.cache(),
+            self.dir.path().join("vminit"),
+        );
         o.tag = Some(tag.into());
         o
     }
@@ -55,7 +59,11 @@ impl Fixture {
     pub fn busybox_base(&self) {
         let tree = self.dir.path().join("bbctx");
         busybox_tree(&tree.join("rootfs"));
-        std::fs::write(tree.join("Dockerfile"), "FROM scratch\nCOPY rootfs/ /\nCMD [\"/bin/sh\"]\n").unwrap();
+        std::fs::write(
+            tree.join("Dockerfile"),
+            "FROM scratch\nCOPY rootfs/ /\nCMD [\"/bin/sh\"]\n",
+        )
+        .unwrap();
         let mut o = BuildOptions::new(
             tree.join("Dockerfile").to_str().unwrap(),
             self.cache(),
@@ -72,7 +80,11 @@ pub fn busybox_tree(dir: &Path) {
     for d in ["bin", "etc", "root", "home", "var", "tmp"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
-    std::fs::set_permissions(dir.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(
+        dir.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
     std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
     let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
     for applet in String::from_utf8_lossy(&out.stdout).lines() {
@@ -85,12 +97,21 @@ pub fn busybox_tree(dir: &Path) {
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
     )
     .unwrap();
-    std::fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\nstaff:x:50:app\n").unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
+    )
+    .unwrap();
 }
 
 /// Runs debugfs (read-only) on an image and returns its stdout.
 pub fn debugfs(image: &Path, cmd: &str) -> String {
-    let out = Command::new("debugfs").arg("-R").arg(cmd).arg(image).output().unwrap();
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(cmd)
+        .arg(image)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -103,8 +124,14 @@ pub fn cat(image: &Path, path: &str) -> String {
 pub fn stat(image: &Path, path: &str) -> Option<(u32, u32, u32, String)> {
     let text = debugfs(image, &format!("stat {path}"));
     let line = text.lines().find(|l| l.contains("Mode:"))?;
-    let ty = line.split("Type:").nth(1)?.split_whitespace().next()?.to_owned();
-    let mode = u32::from_str_radix(line.split("Mode:").nth(1)?.split_whitespace().next()?, 8).ok()?;
+    let ty = line
+        .split("Type:")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let mode =
+        u32::from_str_radix(line.split("Mode:").nth(1)?.split_whitespace().next()?, 8).ok()?;
     let owner = text.lines().find(|l| l.starts_with("User:"))?;
     let mut it = owner.split_whitespace();
     let uid = it.nth(1)?.parse().ok()?;
@@ -114,7 +141,11 @@ pub fn stat(image: &Path, path: &str) -> Option<(u32, u32, u32, String)> {
 
 /// `e2fsck -fn` passes.
 pub fn fsck_clean(image: &Path) {
-    let out = Command::new("e2fsck").arg("-fn").arg(image).output().unwrap();
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "e2fsck: {}{}",
@@ -137,7 +168,9 @@ pub fn mounts_under(needle: &Path) -> Vec<String> {
 pub fn processes_with(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == std::process::id() {
             continue;
         }
