@@ -69,19 +69,33 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// The base for `reference` (already expanded).
+    /// The base for `reference` (already expanded), for the build's platform.
     pub fn resolve(&mut self, reference: &str) -> Result<Base> {
+        self.resolve_for(reference, None)
+    }
+
+    /// The base for `reference` for `platform` (`FROM --platform=`), or the
+    /// build's platform.
+    pub fn resolve_for(&mut self, reference: &str, platform: Option<&str>) -> Result<Base> {
         if reference == "scratch" {
             return Ok(Base::scratch());
         }
-        if let Some(b) = self.memo.get(reference) {
+        let platform = match platform {
+            Some(p) => Platform::from_str(p).map_err(|e| BuildError::BaseImage {
+                reference: reference.to_owned(),
+                message: format!("--platform={p}: {e}"),
+            })?,
+            None => self.platform.clone(),
+        };
+        let memo_key = format!("{reference}\0{platform:?}");
+        if let Some(b) = self.memo.get(&memo_key) {
             return Ok(b.clone());
         }
         let base = match self.stored_tag(reference) {
             Some(tag) => self.stored_base(&tag)?,
-            None => self.registry_base(reference)?,
+            None => self.registry_base(reference, &platform)?,
         };
-        self.memo.insert(reference.to_owned(), base.clone());
+        self.memo.insert(memo_key, base.clone());
         Ok(base)
     }
 
@@ -177,13 +191,13 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn registry_base(&mut self, reference: &str) -> Result<Base> {
+    fn registry_base(&mut self, reference: &str, platform: &Platform) -> Result<Base> {
         let err = |message: String| BuildError::BaseImage {
             reference: reference.to_owned(),
             message,
         };
         let image_ref = ImageRef::from_str(reference).map_err(|e| err(e.to_string()))?;
-        let platform = self.platform.clone();
+        let platform = platform.clone();
         let layers = self.layers;
         let (registry, rt) = self.registry()?;
         // An image pulled (or imported) before is used as is, like Docker's

@@ -106,7 +106,7 @@ impl<'a> Engine<'a> {
             }
             StageBase::Image(r) => {
                 let started = Instant::now();
-                let b = self.resolver.resolve(r)?;
+                let b = self.resolver.resolve_for(r, resolved.platform.as_deref())?;
                 tracing::info!(stage = %name, "FROM {r} ({:.2}s)", started.elapsed().as_secs_f64());
                 b
             }

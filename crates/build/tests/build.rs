@@ -322,3 +322,37 @@ fn deletions_hide_base_files_and_prune_keeps_only_what_stored_images_use() {
         .unwrap();
     assert_eq!(again.cached_steps, again.steps);
 }
+
+#[test]
+fn from_a_stored_image_whose_layers_are_no_longer_cached() {
+    let f = Fixture::new();
+    f.busybox_base();
+    let base = f
+        .build(
+            "FROM busybox:test\nRUN mkdir -p /s && echo x > /s/f && ln /s/f /s/hl && chown 1000:50 /s/f && chmod 4755 /s/f && mknod /s/null c 1 3\n",
+            "tests/base:1",
+        )
+        .unwrap();
+    // A cache that never saw it: the files come from the ext4 image.
+    std::fs::remove_dir_all(f.cache()).unwrap();
+    let out = f
+        .build(
+            "FROM tests/base:1\nRUN ls -l /s > /listing && echo ok > /ok\n",
+            "tests/child:1",
+        )
+        .unwrap();
+    let img = out.dir.join("rootfs");
+    assert_eq!(cat(&img, "/ok"), "ok\n");
+    assert_eq!(
+        stat(&img, "/s/f").unwrap(),
+        (0o4755, 1000, 50, "regular".into())
+    );
+    assert!(
+        debugfs(&img, "stat /s/hl").contains("Links: 2"),
+        "hard link kept"
+    );
+    assert_eq!(stat(&img, "/s/null").unwrap().3, "character");
+    assert_eq!(out.metadata.parent.as_deref(), Some("tests/base:1"));
+    assert_eq!(out.metadata.base_image_digest, base.metadata.rootfs_digest);
+    fsck_clean(&img);
+}

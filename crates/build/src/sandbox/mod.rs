@@ -669,7 +669,10 @@ mod tests {
             )
         });
         if work.diff().join("etc").exists() {
-            assert_eq!(std::fs::read_dir(work.diff().join("etc")).unwrap().count(), 0);
+            assert_eq!(
+                std::fs::read_dir(work.diff().join("etc")).unwrap().count(),
+                0
+            );
         }
         let mut names: Vec<String> = std::fs::read_dir(work.diff())
             .unwrap()
