@@ -215,6 +215,7 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         used: Default::default(),
         stats: Stats::default(),
         downloads,
+        file_hashes: crate::filehash::FileHashes::load(&layers.root().join("filehash.json")),
     };
     let mut last = None;
     for idx in order {
@@ -236,6 +237,9 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         dockerfile: src.name.clone(),
         dockerfile_stage: opts.target_stage.clone(),
     };
+    engine
+        .file_hashes
+        .save(&layers.root().join("filehash.json"));
     let stats = engine.stats;
     let used: Vec<LayerId> = engine.used.iter().cloned().collect();
     finish(Finish {

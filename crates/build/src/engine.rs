@@ -55,6 +55,8 @@ pub struct Engine<'a> {
     pub stats: Stats,
     /// Scratch directory for downloads (under the cache, removed on drop).
     pub downloads: PathBuf,
+    /// Content hashes of context files, reused while their stamps match.
+    pub file_hashes: crate::filehash::FileHashes,
 }
 
 /// What a filesystem step needs inside its private mount namespace.
@@ -533,7 +535,7 @@ impl<'a> Engine<'a> {
             }
             None => {
                 if !op.sources.is_empty() {
-                    let content = copy::hash_context_sources(self.ctx, &op)
+                    let content = copy::hash_context_sources(self.ctx, &op, &mut self.file_hashes)
                         .map_err(|e| BuildError::step(at, format!("{what}: {e}")))?;
                     h.update(content);
                 }
@@ -718,8 +720,9 @@ impl<'a> Engine<'a> {
                                 }],
                                 ..Default::default()
                             };
-                            let content = copy::hash_context_sources(self.ctx, &op)
-                                .map_err(|e| BuildError::step(at, e))?;
+                            let content =
+                                copy::hash_context_sources(self.ctx, &op, &mut self.file_hashes)
+                                    .map_err(|e| BuildError::step(at, e))?;
                             h.update(format!(
                                 "bind\0{source}\0{target}\0{content}\0{}\0",
                                 m.read_only

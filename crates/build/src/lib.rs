@@ -36,6 +36,7 @@ mod copy;
 mod engine;
 mod error;
 mod ext4;
+mod filehash;
 mod fsutil;
 pub mod layers;
 pub mod mountns;

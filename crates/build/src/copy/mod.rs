@@ -91,7 +91,11 @@ fn excluded(path: &str, excludes: &[String]) -> bool {
 
 /// A stable description of the sources' content for the cache key: paths,
 /// types, modes, link targets and file content hashes.
-pub fn hash_context_sources(ctx: &BuildContext, op: &CopyOp) -> Result<String, String> {
+pub fn hash_context_sources(
+    ctx: &BuildContext,
+    op: &CopyOp,
+    hashes: &mut crate::filehash::FileHashes,
+) -> Result<String, String> {
     let mut h = Sha256::new();
     for src in &op.sources {
         for m in ctx.glob(src).map_err(|e| e.to_string())? {
@@ -106,10 +110,19 @@ pub fn hash_context_sources(ctx: &BuildContext, op: &CopyOp) -> Result<String, S
                     EntryKind::Symlink(t) => h.update(format!("l{t}")),
                     EntryKind::File => {
                         h.update(format!("f{:o}:{}:", e.mode, e.size));
-                        let mut r = open_entry(ctx, &e.path, e.host_path.as_ref())?;
-                        let mut fh = Sha256::new();
-                        std::io::copy(&mut r, &mut fh).map_err(|x| format!("{}: {x}", e.path))?;
-                        h.update(fh.finalize());
+                        let content = match &e.host_path {
+                            Some(host) => {
+                                hashes.hash(host, || open_entry(ctx, &e.path, Some(host)))?
+                            }
+                            None => {
+                                let mut r = open_entry(ctx, &e.path, None)?;
+                                let mut fh = Sha256::new();
+                                std::io::copy(&mut r, &mut fh)
+                                    .map_err(|x| format!("{}: {x}", e.path))?;
+                                hex::encode(fh.finalize())
+                            }
+                        };
+                        h.update(content);
                     }
                 }
                 h.update([0]);
