@@ -432,7 +432,7 @@ fn finish(f: Finish<'_>) -> Result<BuildOutput> {
                 let layers_dir = layers.layers_dir();
                 let label = f.tag.name().to_owned();
                 let ext4_started = Instant::now();
-                with_private_mounts(|| {
+                let made = with_private_mounts(|| {
                     mount_overlay(
                         &OverlaySpec {
                             layers_dir: &layers_dir,
@@ -443,7 +443,11 @@ fn finish(f: Finish<'_>) -> Result<BuildOutput> {
                         &merged,
                     )?;
                     crate::ext4::make_ext4(&merged, &rootfs, f.fs_size, &label)
-                })?;
+                });
+                if f.cancel.is_cancelled() {
+                    return Err(BuildError::Interrupted);
+                }
+                made?;
                 let digest = crate::util::sha256_file(&rootfs)
                     .map_err(BuildError::io("hashing", &rootfs))?;
                 let size = std::fs::metadata(&rootfs)

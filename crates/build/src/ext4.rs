@@ -85,7 +85,7 @@ pub fn make_ext4(root: &Path, out: &Path, size_mib: Option<u64>, label: &str) ->
     f.set_len(size * MIB)
         .map_err(BuildError::io("sizing", out))?;
     drop(f);
-    let output = Command::new("mkfs.ext4")
+    let output = tool("mkfs.ext4")
         .args(["-q", "-F", "-b", "4096", "-m", "0"])
         // orphan_file (1.47's default) cannot be mounted read-write by
         // guest kernels before 5.15.
@@ -122,6 +122,27 @@ pub fn make_ext4(root: &Path, out: &Path, size_mib: Option<u64>, label: &str) ->
         )));
     }
     Ok(size * MIB)
+}
+
+/// An e2fsprogs command that dies with the thread that started it, so a
+/// killed build leaves no mkfs running.
+fn tool(name: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(name);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+    c
 }
 
 fn tool_path() -> String {
@@ -235,7 +256,7 @@ fn debugfs(image: &Path, cmds: &[String]) -> Result<String> {
     let mut file = tempfile_in_tmp()?;
     std::io::Write::write_all(&mut file.1, cmds.join("\n").as_bytes())
         .map_err(BuildError::io("writing", &file.0))?;
-    let output = Command::new("debugfs")
+    let output = tool("debugfs")
         .arg("-f")
         .arg(&file.0)
         .arg(image)
