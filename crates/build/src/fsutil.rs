@@ -38,11 +38,10 @@ impl Root {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Root {
-            fd,
-            path: path.to_path_buf(),
-            scope,
-        })
+        // The canonical path, so host paths of descriptors compare with it.
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap_or_else(|_| path.to_path_buf());
+        Ok(Root { fd, path, scope })
     }
 
     pub fn path(&self) -> &Path {

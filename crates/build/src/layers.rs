@@ -115,11 +115,14 @@ impl LayerStore {
     }
 
     fn open_with(cache_dir: &Path, op: rustix::fs::FlockOperation) -> Result<LayerStore> {
-        let root = cache_dir.join("build");
         for sub in ["layers", "tmp", "refs", "mounts"] {
-            let p = root.join(sub);
+            let p = cache_dir.join("build").join(sub);
             fs::create_dir_all(&p).map_err(BuildError::io("creating cache directory", &p))?;
         }
+        // Canonical: overlay options and mount points must not depend on the
+        // caller's working directory.
+        let root = fs::canonicalize(cache_dir.join("build"))
+            .map_err(BuildError::io("resolving", cache_dir))?;
         let lock_path = root.join("lock");
         let lock = File::options()
             .create(true)

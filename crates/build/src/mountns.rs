@@ -150,7 +150,19 @@ pub fn mount_overlay(spec: &OverlaySpec<'_>, target: &Path) -> Result<()> {
         };
         return bind_readonly(&src, target).map_err(|e| fail("bind", e));
     }
+    // Relative lower dirs keep the option string short; the cwd is restored
+    // after the mount so relative paths of the caller keep working.
+    let saved = rustix::fs::open(
+        ".",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| fail("opening the working directory", e.into()))?;
     std::env::set_current_dir(spec.layers_dir).map_err(|e| fail("chdir", e))?;
+    let restore = || {
+        rustix::process::fchdir(&saved)
+            .map_err(|e| fail("restoring the working directory", e.into()))
+    };
     let mut lower: Vec<String> = spec
         .lower
         .iter()
@@ -172,6 +184,7 @@ pub fn mount_overlay(spec: &OverlaySpec<'_>, target: &Path) -> Result<()> {
     // metadata-only copy-ups, no directory redirects to keep consistent.
     data.push_str(",index=off,metacopy=off,redirect_dir=off");
     if data.len() >= 4000 {
+        restore()?;
         return Err(BuildError::Sandbox(format!(
             "the stage has too many filesystem layers ({}) for one overlay mount; merge RUN steps",
             spec.lower.len()
@@ -182,12 +195,13 @@ pub fn mount_overlay(spec: &OverlaySpec<'_>, target: &Path) -> Result<()> {
     } else {
         0
     };
-    mount(
+    let mounted = mount(
         Some(Path::new("overlay")),
         target,
         Some("overlay"),
         flags,
         Some(&data),
-    )
-    .map_err(|e| fail(&data, e))
+    );
+    restore()?;
+    mounted.map_err(|e| fail(&data, e))
 }

@@ -356,3 +356,33 @@ fn from_a_stored_image_whose_layers_are_no_longer_cached() {
     assert_eq!(out.metadata.base_image_digest, base.metadata.rootfs_digest);
     fsck_clean(&img);
 }
+
+/// `abs` written relative to the current directory.
+fn relative(abs: &std::path::Path) -> std::path::PathBuf {
+    let depth = std::env::current_dir().unwrap().components().count() - 1;
+    let mut p = std::path::PathBuf::new();
+    for _ in 0..depth {
+        p.push("..");
+    }
+    p.join(abs.strip_prefix("/").unwrap())
+}
+
+#[test]
+fn relative_store_cache_and_dockerfile_paths_work() {
+    let f = Fixture::new();
+    f.busybox_base();
+    f.write("a.txt", "A\n");
+    let mut o = f.opts(
+        "FROM busybox:test\nCOPY a.txt /a\nRUN cat /a > /b\n",
+        "tests/rel:1",
+    );
+    o.cache_dir = relative(&f.cache());
+    o.dockerfile = relative(&f.ctx().join("Dockerfile"))
+        .to_string_lossy()
+        .into_owned();
+    o.vminit = relative(&f.dir.path().join("vminit"));
+    let store = firebuild_store::DirectoryStore::new(relative(f.store.root()));
+    let out = build(&store, &o).expect("relative paths");
+    assert_eq!(cat(&f.store.root().join("tests/rel/1/rootfs"), "/b"), "A\n");
+    assert_eq!(out.steps, 2);
+}
