@@ -135,10 +135,14 @@ fn dockerfile_stage_builds_only_what_the_target_needs() {
               FROM one AS two\nRUN echo two > /two\n";
     let mut o = f.opts(df, "tests/stage:1");
     o.target_stage = Some("two".into());
+    o.pre_build_commands = vec!["echo pre > /pre".into()];
+    o.post_build_commands = vec!["cat /two /pre > /post".into()];
     let out = build(&f.store, &o).expect("the broken stage is not needed");
     let img = out.dir.join("rootfs");
     assert_eq!(cat(&img, "/one"), "one\n");
     assert_eq!(cat(&img, "/two"), "two\n");
+    assert_eq!(cat(&img, "/post"), "two\npre\n", "pre/post build commands run in the target stage");
+    assert_eq!(out.metadata.build_config.dockerfile_stage.as_deref(), Some("two"));
     o.target_stage = Some("nope".into());
     let err = build(&f.store, &o).unwrap_err().to_string();
     assert!(err.contains("nope"), "{err}");
