@@ -7,12 +7,12 @@ packages=(
   build-essential pkg-config git curl ca-certificates
   # guest kernels (firebuild kernel build)
   linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio xz-utils
-  # root filesystems and VMs
-  e2fsprogs qemu-system-x86 busybox-static
+  # root filesystems, archives and VMs
+  e2fsprogs qemu-system-x86 busybox-static zstd xz-utils bzip2
   # OCI registry, images and benchmarks
-  docker-registry skopeo umoci apache2-utils debootstrap
+  docker-registry skopeo umoci debootstrap buildah bc
   # networking
-  containernetworking-plugins iproute2 iptables
+  containernetworking-plugins iproute2 iptables nftables
 )
 
 export DEBIAN_FRONTEND=noninteractive
