@@ -5,6 +5,7 @@
 use crate::dockerignore::DockerIgnore;
 use crate::error::SourceError;
 use crate::http::HttpClient;
+use crate::pathmatch::{self, has_meta};
 use crate::paths::context_relative;
 use std::fs;
 use std::io::Read;
@@ -384,7 +385,7 @@ impl LocalContext {
                 for e in rd {
                     let e = e.map_err(|e| SourceError::io(&host, e))?;
                     let name = e.file_name().to_string_lossy().to_string();
-                    if glob_match(part, &name) {
+                    if pathmatch::matches(part, &name) {
                         next.push(child(&name));
                     }
                 }
@@ -403,10 +404,6 @@ fn join_rel(current: &[String], part: &str) -> String {
     v.join("/")
 }
 
-fn has_meta(p: &str) -> bool {
-    p.contains(['*', '?', '['])
-}
-
 fn unescape(p: &str) -> String {
     let mut out = String::new();
     let mut chars = p.chars();
@@ -420,84 +417,6 @@ fn unescape(p: &str) -> String {
         }
     }
     out
-}
-
-/// Go `filepath.Match` for one path element.
-pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Memoize failed (pattern, name) positions: linear in |p|·|n| even
-    // for patterns with many stars.
-    let mut failed = std::collections::HashSet::new();
-    glob_at(&p, 0, &n, 0, &mut failed)
-}
-
-/// Match one `[...]` class at `p[i]` against `c`; returns the index after
-/// the class, or None if the class is unterminated.
-fn class_match(p: &[char], mut i: usize, c: char) -> Option<(usize, bool)> {
-    i += 1;
-    let negate = p.get(i) == Some(&'^');
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    while i < p.len() && (first || p[i] != ']') {
-        first = false;
-        let mut lo = p[i];
-        if lo == '\\' && i + 1 < p.len() {
-            i += 1;
-            lo = p[i];
-        }
-        let mut hi = lo;
-        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|c| *c != ']') {
-            hi = p[i + 2];
-            i += 2;
-        }
-        if lo <= c && c <= hi {
-            matched = true;
-        }
-        i += 1;
-    }
-    if i >= p.len() {
-        return None;
-    }
-    Some((i + 1, matched != negate))
-}
-
-fn glob_at(
-    p: &[char],
-    pi: usize,
-    n: &[char],
-    ni: usize,
-    failed: &mut std::collections::HashSet<(usize, usize)>,
-) -> bool {
-    if failed.contains(&(pi, ni)) {
-        return false;
-    }
-    let ok = if pi == p.len() {
-        ni == n.len()
-    } else {
-        match p[pi] {
-            '*' => (ni..=n.len()).any(|k| glob_at(p, pi + 1, n, k, failed)),
-            '?' => ni < n.len() && glob_at(p, pi + 1, n, ni + 1, failed),
-            '[' => {
-                ni < n.len()
-                    && match class_match(p, pi, n[ni]) {
-                        Some((next, true)) => glob_at(p, next, n, ni + 1, failed),
-                        _ => false,
-                    }
-            }
-            '\\' if pi + 1 < p.len() => {
-                ni < n.len() && n[ni] == p[pi + 1] && glob_at(p, pi + 2, n, ni + 1, failed)
-            }
-            c => ni < n.len() && n[ni] == c && glob_at(p, pi + 1, n, ni + 1, failed),
-        }
-    };
-    if !ok {
-        failed.insert((pi, ni));
-    }
-    ok
 }
 
 /// Files fetched relative to the directory of a Dockerfile URL.
@@ -540,23 +459,5 @@ impl HttpContext {
     fn open(&self, path: &str) -> Result<Box<dyn Read + Send>, SourceError> {
         let url = self.url_of(path)?;
         self.client.get_reader(url.as_str())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn go_match() {
-        assert!(glob_match("*.txt", "a.txt"));
-        assert!(!glob_match("*.txt", "a.txt.bak"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(glob_match("[a-c]x", "bx"));
-        assert!(!glob_match("[^a-c]x", "bx"));
-        assert!(glob_match("\\*", "*"));
-        assert!(!glob_match("[a", "a"));
-        let long = "a".repeat(60);
-        assert!(!glob_match("*a*a*a*a*a*a*a*a*a*a*b", &long));
     }
 }

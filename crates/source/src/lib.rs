@@ -17,6 +17,7 @@ mod dockerignore;
 mod error;
 mod git;
 mod http;
+pub mod pathmatch;
 mod paths;
 mod spec;
 

@@ -84,9 +84,10 @@ pub fn is_url(s: &str) -> bool {
 /// its parents); a pattern without `/` also matches a name at any depth.
 fn excluded(path: &str, excludes: &[String]) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    excludes
-        .iter()
-        .any(|p| glob::path_match(p, path) || (!p.contains('/') && glob::fnmatch(p, name)))
+    excludes.iter().any(|p| {
+        glob::path_match(p, path)
+            || (!p.contains('/') && firebuild_source::pathmatch::matches(p, name))
+    })
 }
 
 /// A stable description of the sources' content for the cache key: paths,
