@@ -141,8 +141,15 @@ fn dockerfile_stage_builds_only_what_the_target_needs() {
     let img = out.dir.join("rootfs");
     assert_eq!(cat(&img, "/one"), "one\n");
     assert_eq!(cat(&img, "/two"), "two\n");
-    assert_eq!(cat(&img, "/post"), "two\npre\n", "pre/post build commands run in the target stage");
-    assert_eq!(out.metadata.build_config.dockerfile_stage.as_deref(), Some("two"));
+    assert_eq!(
+        cat(&img, "/post"),
+        "two\npre\n",
+        "pre/post build commands run in the target stage"
+    );
+    assert_eq!(
+        out.metadata.build_config.dockerfile_stage.as_deref(),
+        Some("two")
+    );
     o.target_stage = Some("nope".into());
     let err = build(&f.store, &o).unwrap_err().to_string();
     assert!(err.contains("nope"), "{err}");
