@@ -18,12 +18,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use firebuild_cni::netns;
+use firebuild_vm::testing;
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
 const KERNEL_CACHE: &str = "/var/cache/firebuild-ci/kernels";
@@ -36,10 +36,6 @@ const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 1);
 const OTHER_HOST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 2);
 /// How long a VM may take to boot and answer under TCG.
 const BOOT_WAIT: Duration = Duration::from_secs(60);
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn require_root_and_tools() {
     assert!(
@@ -84,19 +80,6 @@ fn guest_kernel() -> PathBuf {
              (cargo run -p firebuild-kernel --example ci-kernel)"
         )
     })
-}
-
-/// `$FIREBUILD_VMINIT`, else the output of `scripts/build-vminit.sh`.
-fn guest_init() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIREBUILD_VMINIT").filter(|v| !v.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let built = workspace_root().join("target/x86_64-unknown-linux-gnu/release/vminit");
-    assert!(
-        built.is_file(),
-        "no static guest init: set FIREBUILD_VMINIT or run scripts/build-vminit.sh"
-    );
-    built
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -167,56 +150,20 @@ fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> R
 /// system in the store with its metadata.json.
 fn store_httpd_image(store: &Path, work: &Path, page: &str) {
     let root = work.join("image-root");
-    for d in [
-        "bin",
-        "etc",
-        "proc",
-        "sys",
-        "dev",
-        "run",
-        "tmp",
-        "root",
-        "www",
-        ".firebuild",
-    ] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let applets = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in text(&applets.stdout).lines() {
-        if applet != "busybox" {
-            symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
+    testing::busybox_tree(&root);
     for needed in ["httpd", "sh", "wget"] {
         assert!(
             root.join("bin").join(needed).exists(),
             "busybox has no {needed}"
         );
     }
-    std::fs::copy(guest_init(), root.join(".firebuild/init")).unwrap();
-    std::fs::set_permissions(
-        root.join(".firebuild/init"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::create_dir(root.join("www")).unwrap();
     std::fs::write(root.join("www/index.html"), page).unwrap();
 
     let dir = store.join("fbt/httpd/1");
     std::fs::create_dir_all(&dir).unwrap();
     let rootfs = dir.join("rootfs");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-d"])
-        .arg(&root)
-        .arg(&rootfs)
-        .arg("64M")
-        .output()
-        .expect("mkfs.ext4");
-    assert!(out.status.success(), "mkfs.ext4: {}", text(&out.stderr));
-    std::fs::remove_dir_all(&root).unwrap();
+    testing::pack_ext4(&root, &rootfs);
     let metadata = serde_json::json!({
         "created-at-utc": 0,
         "image": {"org": "fbt", "image": "httpd", "version": "1"},

@@ -276,38 +276,14 @@ pub fn guest_document(inputs: &GuestInputs<'_>) -> Result<MmdsDocument, VmError>
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use firebuild_metadata::image::{BuildConfig, EntrypointInfo, ImageName, ImageType};
 
     pub(crate) fn image() -> ImageMetadata {
-        ImageMetadata {
-            created_at_utc: 0,
-            image: ImageName {
-                org: "org".into(),
-                image: "app".into(),
-                version: "1".into(),
-            },
-            labels: BTreeMap::new(),
-            kind: ImageType::Rootfs,
-            build_config: BuildConfig::default(),
-            entrypoint_info: EntrypointInfo {
-                entrypoint: vec!["/bin/app".into()],
-                cmd: vec!["serve".into()],
-                env: BTreeMap::new(),
-                shell: vec![],
-                user: "app".into(),
-                workdir: "/srv".into(),
-            },
-            parent: None,
-            ports: vec![],
-            tag: "org/app:1".into(),
-            volumes: vec![],
-            stop_signal: Some("SIGQUIT".into()),
-            healthcheck: None,
-            onbuild: vec![],
-            base_image_digest: None,
-            rootfs_size: 0,
-            rootfs_digest: None,
-        }
+        let mut image =
+            crate::testing::image_metadata("org", "app", "1", &["/bin/app"], &["serve"]);
+        image.entrypoint_info.user = "app".into();
+        image.entrypoint_info.workdir = "/srv".into();
+        image.stop_signal = Some("SIGQUIT".into());
+        image
     }
 
     pub(crate) fn network() -> NetworkAttachment {

@@ -24,6 +24,8 @@ pub mod rundir;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod vmm;
 
 pub use error::VmError;

@@ -25,7 +25,6 @@ use std::time::Duration;
 use firebuild_firecracker::standin::{self, Executables, Options};
 use firebuild_firecracker::JailUser;
 use firebuild_metadata::guest::MmdsLatest;
-use firebuild_metadata::image::{BuildConfig, EntrypointInfo, ImageName, ImageType};
 use firebuild_metadata::{GuestMetadata, ImageMetadata, MmdsDocument};
 use firebuild_vm::guest::BootArgs;
 use firebuild_vm::rundir::RunDir;
@@ -227,35 +226,11 @@ pub fn run_metadata(launch: &LaunchConfig, started: &StartedVm) -> RunMetadata {
 
 /// Image metadata with ENTRYPOINT `/bin/app` and CMD `serve`.
 pub fn image() -> ImageMetadata {
-    ImageMetadata {
-        created_at_utc: 0,
-        image: ImageName {
-            org: "org".into(),
-            image: "app".into(),
-            version: "1".into(),
-        },
-        labels: BTreeMap::new(),
-        kind: ImageType::Rootfs,
-        build_config: BuildConfig::default(),
-        entrypoint_info: EntrypointInfo {
-            entrypoint: vec!["/bin/app".into()],
-            cmd: vec!["serve".into()],
-            env: BTreeMap::from([("FROM_IMAGE".to_owned(), "1".to_owned())]),
-            shell: vec![],
-            user: String::new(),
-            workdir: "/".into(),
-        },
-        parent: None,
-        ports: vec![],
-        tag: "org/app:1".into(),
-        volumes: vec![],
-        stop_signal: None,
-        healthcheck: None,
-        onbuild: vec![],
-        base_image_digest: None,
-        rootfs_size: 0,
-        rootfs_digest: None,
-    }
+    let mut image =
+        firebuild_vm::testing::image_metadata("org", "app", "1", &["/bin/app"], &["serve"]);
+    image.entrypoint_info.env = BTreeMap::from([("FROM_IMAGE".to_owned(), "1".to_owned())]);
+    image.entrypoint_info.workdir = "/".into();
+    image
 }
 
 /// A network namespace holding [`TAP`], made for one test, removed after.

@@ -4,23 +4,16 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use firebuild_metadata::image::{BuildConfig, EntrypointInfo, ImageName, ImageType};
 use firebuild_metadata::ImageMetadata;
+use firebuild_vm::testing;
 use firebuild_vm::{
     AccelPolicy, ProcessIdentity, QemuConfig, QemuVmm, RunMetadata, RunSpec, Runtime, VmmChoice,
 };
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The cached CI test kernel (built on first use by the kernel crate).
 pub fn kernel() -> PathBuf {
@@ -33,121 +26,22 @@ pub fn kernel() -> PathBuf {
         .clone()
 }
 
-/// The static guest init: `$FIREBUILD_VMINIT`, else the output of
-/// `scripts/build-vminit.sh` (built if missing).
-pub fn vminit() -> PathBuf {
-    static VMINIT: OnceLock<PathBuf> = OnceLock::new();
-    VMINIT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("FIREBUILD_VMINIT").filter(|v| !v.is_empty()) {
-                return PathBuf::from(p);
-            }
-            let built = workspace_root().join("target/x86_64-unknown-linux-gnu/release/vminit");
-            if built.is_file() {
-                return built;
-            }
-            let out = Command::new("sh")
-                .arg(workspace_root().join("scripts/build-vminit.sh"))
-                .output()
-                .expect("running scripts/build-vminit.sh");
-            assert!(
-                out.status.success(),
-                "scripts/build-vminit.sh failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-        })
-        .clone()
-}
-
 /// Builds `root.ext4` in `dir`: busybox with all its applets in /bin, the
 /// guest init at /.firebuild/init, users root and app (1000).
 pub fn build_rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
-    for d in [
-        "bin",
-        "etc",
-        "proc",
-        "sys",
-        "dev",
-        "run",
-        "tmp",
-        "root",
-        "home/app",
-        ".firebuild",
-    ] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::copy(vminit(), root.join(".firebuild/init")).unwrap();
-    std::fs::set_permissions(
-        root.join(".firebuild/init"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
+    testing::busybox_tree(&root);
     let image = dir.join("root.ext4");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&root)
-        .arg(&image)
-        .arg("64M")
-        .output()
-        .expect("mkfs.ext4 (Debian's e2fsprogs) is needed");
-    assert!(
-        out.status.success(),
-        "mkfs.ext4: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(&root).unwrap();
+    testing::pack_ext4(&root, &image);
     image
 }
 
 /// Image metadata with the given ENTRYPOINT and CMD (exec form).
 pub fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageMetadata {
-    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    ImageMetadata {
-        created_at_utc: 0,
-        image: ImageName {
-            org: "test".into(),
-            image: "busybox".into(),
-            version: "1".into(),
-        },
-        labels: BTreeMap::new(),
-        kind: ImageType::Rootfs,
-        build_config: BuildConfig::default(),
-        entrypoint_info: EntrypointInfo {
-            entrypoint: strings(entrypoint),
-            cmd: strings(cmd),
-            env: [("PATH".to_owned(), "/bin".to_owned())].into(),
-            shell: strings(&["/bin/sh", "-c"]),
-            user: String::new(),
-            workdir: String::new(),
-        },
-        parent: None,
-        ports: vec![],
-        tag: "test/busybox:1".into(),
-        volumes: vec![],
-        stop_signal: None,
-        healthcheck: None,
-        onbuild: vec![],
-        base_image_digest: None,
-        rootfs_size: 0,
-        rootfs_digest: None,
-    }
+    let mut image = testing::image_metadata("test", "busybox", "1", entrypoint, cmd);
+    image.entrypoint_info.env = [("PATH".to_owned(), "/bin".to_owned())].into();
+    image.entrypoint_info.shell = vec!["/bin/sh".into(), "-c".into()];
+    image
 }
 
 /// A shell-script entrypoint: `/bin/sh -c SCRIPT`.
