@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use firebuild_metadata::image::Healthcheck;
 use firebuild_oci::{ImageRef, Platform, Registry, RegistryConfig, UnpackOptions};
 use firebuild_store::{DirectoryStore, Tag};
 
@@ -253,14 +252,7 @@ fn key_from_hex(s: &str) -> Option<Key> {
 /// Our image config from an OCI image's config.
 pub fn from_oci_config(c: &firebuild_oci::ImageConfig) -> ImageConfig {
     ImageConfig {
-        env: c
-            .env
-            .iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) => (k.to_owned(), v.to_owned()),
-                None => (kv.clone(), String::new()),
-            })
-            .collect(),
+        env: c.env_pairs(),
         entrypoint: c.entrypoint.clone().filter(|v| !v.is_empty()),
         cmd: c.cmd.clone().filter(|v| !v.is_empty()),
         user: c.user.clone(),
@@ -270,18 +262,7 @@ pub fn from_oci_config(c: &firebuild_oci::ImageConfig) -> ImageConfig {
         volumes: c.volumes.keys().cloned().collect(),
         labels: c.labels.clone(),
         stop_signal: c.stop_signal.clone().filter(|s| !s.is_empty()),
-        healthcheck: c
-            .healthcheck
-            .as_ref()
-            .filter(|h| !h.test.is_empty())
-            .map(|h| Healthcheck {
-                test: h.test.clone(),
-                interval_ns: h.interval,
-                timeout_ns: h.timeout,
-                start_period_ns: h.start_period,
-                start_interval_ns: h.start_interval,
-                retries: h.retries,
-            }),
+        healthcheck: c.healthcheck_metadata().filter(|h| !h.test.is_empty()),
         onbuild: c.on_build.clone(),
     }
 }
