@@ -1,7 +1,6 @@
 //! [`FirecrackerVmm`]: the runtime's [`Vmm`] trait over the Firecracker
 //! driver.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -100,7 +99,7 @@ impl FirecrackerVmm {
         let log = launch.run_dir.file(LOG_FILE);
         let metrics = launch.run_dir.file(METRICS_FILE);
         for file in [&console, &log, &metrics] {
-            create_private(file)?;
+            RunDir::write_private(file, b"")?;
         }
         Ok(VmSpec {
             boot_args: launch.kernel_args.clone(),
@@ -145,22 +144,6 @@ fn stop_error(id: &str, reason: impl Into<String>) -> VmError {
         id: id.to_owned(),
         reason: reason.into(),
     }
-}
-
-/// Creates (or truncates) `path` with mode 0600.
-fn create_private(path: &Path) -> Result<(), VmError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map(drop)
-        .map_err(|e| VmError::Io {
-            what: "creating",
-            path: path.to_owned(),
-            source: e,
-        })
 }
 
 /// The stored details of `vm`, for an action that needs the process.

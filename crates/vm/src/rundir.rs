@@ -13,8 +13,8 @@
 //! links) through [`RunDir::file`].
 
 use std::fs::DirBuilder;
-use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::VmError;
@@ -104,6 +104,20 @@ impl RunDir {
         Ok(())
     }
 
+    /// Creates (or truncates) `path` with mode 0600 and writes `contents`:
+    /// the run directory's files that only the owner may read (console
+    /// log, config drive, VMM logs).
+    pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), VmError> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| f.write_all(contents))
+            .map_err(|e| VmError::io("writing", path, e))
+    }
+
     /// Removes the whole directory; a missing directory is fine.
     pub fn remove(&self) -> Result<(), VmError> {
         match std::fs::remove_dir_all(&self.root) {
@@ -186,6 +200,20 @@ mod tests {
         assert!(dir.path().exists());
         dir.remove().unwrap();
         dir.remove().unwrap();
+    }
+
+    #[test]
+    fn private_files_are_0600_and_truncated() {
+        let cache = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(cache.path(), "p").unwrap();
+        let f = dir.console_log();
+        RunDir::write_private(&f, b"a longer first text").unwrap();
+        RunDir::write_private(&f, b"short").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"short");
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let err = RunDir::write_private(&dir.file("no/such/dir"), b"").unwrap_err();
+        assert!(matches!(err, VmError::Io { what: "writing", .. }), "{err}");
     }
 
     #[test]

@@ -8,7 +8,6 @@ pub mod cmdline;
 pub mod qmp;
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -100,19 +99,6 @@ pub(crate) fn find_in_path(binary: &Path) -> Option<PathBuf> {
         .find(|p| is_exec(p))
 }
 
-/// Creates `path` empty with mode 0600 (truncating it).
-fn create_private(path: &Path, contents: &[u8]) -> Result<(), VmError> {
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(contents))
-        .map_err(|e| VmError::io("writing", path, e))
-}
-
 /// Reads QEMU's pid file.
 fn read_pid_file(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -174,9 +160,9 @@ impl Vmm for QemuVmm {
 
         let drive = config_drive::encode(&launch.guest).map_err(VmError::GuestMetadata)?;
         let config_drive = launch.run_dir.config_drive();
-        create_private(&config_drive, &drive)?;
+        RunDir::write_private(&config_drive, &drive)?;
         let console_log = launch.run_dir.console_log();
-        create_private(&console_log, b"")?;
+        RunDir::write_private(&console_log, b"")?;
         let qmp_socket = launch.run_dir.qmp_socket();
         let pid_file = launch.run_dir.pid_file();
         let _ = std::fs::remove_file(&pid_file);
