@@ -12,6 +12,7 @@ use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image_config::ImageConfigFile;
+use crate::manifest::ImageManifest;
 use crate::reference::{ImageRef, Platform};
 use crate::unpack::{apply_layer_file, UnpackOptions};
 
@@ -37,6 +38,21 @@ pub struct LayerRecord {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
+}
+
+impl LayerRecord {
+    /// The records of a manifest's layers.
+    pub(crate) fn of_manifest(manifest: &ImageManifest) -> Vec<LayerRecord> {
+        manifest
+            .layers
+            .iter()
+            .map(|l| LayerRecord {
+                digest: l.digest.clone(),
+                media_type: l.media_type.clone(),
+                size: l.size,
+            })
+            .collect()
+    }
 }
 
 /// An image whose manifest, config and layers are all in the blob cache.

@@ -320,15 +320,7 @@ fn record_from_manifest(
             .clone()
             .unwrap_or_else(|| manifest::OCI_MANIFEST.into()),
         config_digest: manifest.config.digest.clone(),
-        layers: manifest
-            .layers
-            .iter()
-            .map(|l| LayerRecord {
-                digest: l.digest.clone(),
-                media_type: l.media_type.clone(),
-                size: l.size,
-            })
-            .collect(),
+        layers: LayerRecord::of_manifest(&manifest),
         config,
         recorded_at_utc: now_utc(),
     })

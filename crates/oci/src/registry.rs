@@ -245,16 +245,7 @@ impl Registry {
             platform: resolved.platform.clone(),
             manifest_media_type: resolved.manifest_media_type.clone(),
             config_digest: resolved.config_digest.clone(),
-            layers: resolved
-                .manifest
-                .layers
-                .iter()
-                .map(|l| LayerRecord {
-                    digest: l.digest.clone(),
-                    media_type: l.media_type.clone(),
-                    size: l.size,
-                })
-                .collect(),
+            layers: LayerRecord::of_manifest(&resolved.manifest),
             config: resolved.config.clone(),
             recorded_at_utc: now_utc(),
         };
