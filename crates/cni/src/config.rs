@@ -32,19 +32,10 @@ pub struct NetworkConfigList {
 impl NetworkConfigList {
     /// Parses a `.conflist` document.
     pub fn from_bytes(bytes: &[u8], source: Option<&Path>) -> Result<Self> {
-        let origin = origin(source);
-        let invalid = |reason: String| CniError::InvalidConfig {
-            origin: origin.clone(),
-            reason,
-        };
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| invalid("top level is not an object".into()))?;
-        let name = str_field(obj, "name").ok_or_else(|| invalid("no \"name\"".into()))?;
+        let invalid = invalid_config(source);
+        let (obj, name) = named_object(bytes, &invalid)?;
         validate_name("network name", &name, MAX_NAME_LEN)?;
-        let cni_version = str_field(obj, "cniVersion").unwrap_or_else(|| "0.1.0".into());
+        let cni_version = str_field(&obj, "cniVersion").unwrap_or_else(|| "0.1.0".into());
         let disable_check = obj
             .get("disableCheck")
             .map(|v| v.as_bool().or_else(|| v.as_str().map(|s| s == "true")))
@@ -82,23 +73,14 @@ impl NetworkConfigList {
 
     /// Parses a single-plugin `.conf` document into a one-plugin list.
     pub fn from_conf_bytes(bytes: &[u8], source: Option<&Path>) -> Result<Self> {
-        let origin = origin(source);
-        let invalid = |reason: String| CniError::InvalidConfig {
-            origin: origin.clone(),
-            reason,
-        };
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| invalid("top level is not an object".into()))?;
-        let name = str_field(obj, "name").ok_or_else(|| invalid("no \"name\"".into()))?;
+        let invalid = invalid_config(source);
+        let (obj, name) = named_object(bytes, &invalid)?;
         let mut list = Map::new();
         list.insert("name".into(), Value::String(name));
         if let Some(v) = obj.get("cniVersion") {
             list.insert("cniVersion".into(), v.clone());
         }
-        list.insert("plugins".into(), Value::Array(vec![value.clone()]));
+        list.insert("plugins".into(), Value::Array(vec![Value::Object(obj)]));
         let list_bytes = serde_json::to_vec(&Value::Object(list))
             .map_err(|e| invalid(format!("re-encoding as a list: {e}")))?;
         let mut parsed = Self::from_bytes(&list_bytes, source)?;
@@ -115,8 +97,27 @@ impl NetworkConfigList {
     }
 }
 
-fn origin(source: Option<&Path>) -> String {
-    source.map_or_else(|| "(in memory)".to_string(), |p| p.display().to_string())
+/// Makes the `InvalidConfig` errors of the document read from `source`.
+fn invalid_config(source: Option<&Path>) -> impl Fn(String) -> CniError {
+    let origin = source.map_or_else(|| "(in memory)".to_string(), |p| p.display().to_string());
+    move |reason| CniError::InvalidConfig {
+        origin: origin.clone(),
+        reason,
+    }
+}
+
+/// A config document's top level: a JSON object with a string "name".
+fn named_object(
+    bytes: &[u8],
+    invalid: &impl Fn(String) -> CniError,
+) -> Result<(Map<String, Value>, String)> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(invalid("top level is not an object".into()));
+    };
+    let name = str_field(&obj, "name").ok_or_else(|| invalid("no \"name\"".into()))?;
+    Ok((obj, name))
 }
 
 pub(crate) fn str_field(obj: &Map<String, Value>, key: &str) -> Option<String> {
@@ -268,6 +269,27 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn lists_and_single_confs_share_the_top_level_checks() {
+        let src = Path::new("/etc/cni/net.d/x.conf");
+        for (bad, reason) in [
+            ("{not json", "not JSON"),
+            ("[1]", "top level is not an object"),
+            (r#"{"type":"bridge"}"#, "no \"name\""),
+        ] {
+            for err in [
+                NetworkConfigList::from_bytes(bad.as_bytes(), Some(src)).unwrap_err(),
+                NetworkConfigList::from_conf_bytes(bad.as_bytes(), Some(src)).unwrap_err(),
+            ] {
+                let msg = err.to_string();
+                assert!(matches!(err, CniError::InvalidConfig { .. }), "{msg}");
+                assert!(msg.contains(reason) && msg.contains("x.conf"), "{msg}");
+            }
+        }
+        let err = NetworkConfigList::from_bytes(b"[]", None).unwrap_err();
+        assert!(err.to_string().contains("(in memory)"), "{err}");
     }
 
     #[test]
