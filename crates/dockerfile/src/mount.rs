@@ -228,29 +228,15 @@ impl MountSpec {
         let mut ro_auto = true;
         for (key, value) in &self.fields {
             let value = match value {
-                None => {
-                    match key.as_str() {
-                        "readonly" | "ro" => {
-                            m.read_only = true;
-                            ro_auto = false;
-                        }
-                        "readwrite" | "rw" => {
-                            m.read_only = false;
-                            ro_auto = false;
-                        }
-                        "required" => {
-                            if !matches!(m.kind, MountType::Secret | MountType::Ssh) {
-                                return Err(format!(
-                                    "unexpected key '{key}' for mount type '{}'",
-                                    m.kind.as_str()
-                                ));
-                            }
-                            m.required = true;
-                        }
-                        _ => return Err(format!("invalid field '{key}' must be a key=value pair")),
-                    }
-                    continue;
+                // A bare boolean key means `key=true`.
+                None if matches!(
+                    key.as_str(),
+                    "readonly" | "ro" | "readwrite" | "rw" | "required"
+                ) =>
+                {
+                    "true".to_owned()
                 }
+                None => return Err(format!("invalid field '{key}' must be a key=value pair")),
                 Some(v) if key == "from" => v.clone(),
                 Some(v) => expand(v)?,
             };
@@ -470,6 +456,33 @@ mod tests {
         assert!(MountSpec::parse("type=bind,target=/a,required").is_err());
         assert!(MountSpec::parse("type=tmpfs,target=/a,size=12q").is_err());
         assert!(MountSpec::parse("type=bind,target=\"/a").is_err());
+    }
+
+    #[test]
+    fn bare_booleans_mean_true() {
+        let resolve =
+            |spec: &str| MountSpec::parse(spec).and_then(|s| s.resolve(|v| Ok(v.to_string())));
+        for (bare, explicit) in [
+            ("type=cache,target=/c,ro", "type=cache,target=/c,ro=true"),
+            (
+                "type=cache,target=/c,readonly",
+                "type=cache,target=/c,readonly=1",
+            ),
+            ("type=bind,target=/c,rw", "type=bind,target=/c,rw=true"),
+            (
+                "type=secret,id=s,required",
+                "type=secret,id=s,required=true",
+            ),
+        ] {
+            assert_eq!(resolve(bare).unwrap(), resolve(explicit).unwrap(), "{bare}");
+        }
+        assert!(resolve("type=cache,target=/c,ro").unwrap().read_only);
+        assert!(resolve("type=secret,id=s,required").unwrap().required);
+        assert!(!resolve("type=secret,id=s,required=false").unwrap().required);
+        let err = resolve("type=bind,target=/a,required").unwrap_err();
+        assert!(err.contains("unexpected key 'required'"), "{err}");
+        let err = resolve("type=bind,target=/a,id").unwrap_err();
+        assert!(err.contains("must be a key=value pair"), "{err}");
     }
 
     #[test]
