@@ -98,16 +98,7 @@ fn fetch(spec: &GitSpec, git_dir: &Path) -> Result<String, SourceError> {
     if let Some(r) = reference {
         // A commit the cache already has needs no network.
         if looks_like_commit(r) {
-            if let Ok(c) = run_git(
-                repo,
-                git_dir,
-                &[
-                    "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    &format!("{r}^{{commit}}"),
-                ],
-            ) {
+            if let Ok(c) = local_commit(repo, git_dir, r) {
                 if c.starts_with(&r.to_ascii_lowercase()) {
                     return Ok(c);
                 }
@@ -161,22 +152,22 @@ fn fetch(spec: &GitSpec, git_dir: &Path) -> Result<String, SourceError> {
             args.push(repo);
             args.push("+refs/heads/*:refs/remotes/origin/*");
             run_git(repo, git_dir, &args)?;
-            run_git(
-                repo,
-                git_dir,
-                &[
-                    "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    &format!("{r}^{{commit}}"),
-                ],
-            )
-            .map_err(|_| SourceError::GitRef {
+            local_commit(repo, git_dir, r).map_err(|_| SourceError::GitRef {
                 repo: repo.into(),
                 reference: r.into(),
             })
         }
     }
+}
+
+/// The full id of the commit `rev` names in the local repository.
+fn local_commit(repo: &str, git_dir: &Path, rev: &str) -> Result<String, SourceError> {
+    let commit = format!("{rev}^{{commit}}");
+    run_git(
+        repo,
+        git_dir,
+        &["rev-parse", "--verify", "--quiet", &commit],
+    )
 }
 
 /// Where the tree of a checkout is.
