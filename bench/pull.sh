@@ -143,7 +143,8 @@ for run in $(seq "$RUNS"); do
     fi
     t1=$(now)
     FB_TIMES+=("$(elapsed "$t0" "$t1")")
-    # firebuild logs how long its ext4 step took; the rest is pull + unpack.
+    # firebuild logs how long its ext4 step took (overlay mount, mkfs.ext4 -d
+    # and the image's sha256); the rest is pull + unpack + guest init.
     fb_mkfs=$(sed -n 's/.*ext4 image written.* in \([0-9.]*\)s.*/\1/p' "$WORK/firebuild.log" | tail -n1)
     FB_IMAGE=$WORK/fb/rootfs/bench/pull/1/rootfs
     [ -f "$FB_IMAGE" ] || { echo "pull.sh: firebuild stored no image at $FB_IMAGE" >&2; exit 1; }
@@ -164,7 +165,7 @@ for run in $(seq "$RUNS"); do
     read -r peer_inodes peer_mib < <(ext4_usage "$WORK/peer/rootfs.ext4")
     rm -rf "$WORK/peer"
 
-    echo "run $run: firebuild ${FB_TIMES[-1]} s ($fb_inodes inodes, $fb_mib MiB used; mkfs ${fb_mkfs:-?} s), skopeo+umoci+mkfs ${PEER_TIMES[-1]} s ($peer_inodes inodes, $peer_mib MiB used; $peer_steps)"
+    echo "run $run: firebuild ${FB_TIMES[-1]} s ($fb_inodes inodes, $fb_mib MiB used; ext4+sha256 ${fb_mkfs:-?} s), skopeo+umoci+mkfs ${PEER_TIMES[-1]} s ($peer_inodes inodes, $peer_mib MiB used; $peer_steps)"
     # firebuild adds its guest init (/.firebuild/init and a few directories
     # for the guest's mounts): a handful of inodes and ~2 MiB, no more.
     if [ $((fb_inodes - peer_inodes)) -lt 0 ] || [ $((fb_inodes - peer_inodes)) -gt 16 ]; then
