@@ -41,8 +41,8 @@ mod fsutil;
 pub mod layers;
 pub mod mountns;
 pub mod sandbox;
-#[cfg(test)]
-mod testutil;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod users;
 mod util;
 

@@ -643,7 +643,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let store = LayerStore::open(cache.path()).unwrap();
         let base = store.new_work().unwrap();
-        crate::testutil::busybox_root(&base.diff());
+        crate::testing::busybox_root(&base.diff());
         let key = Key::derive(None, "busybox");
         let base = store.commit(base, &key, None, "busybox").unwrap();
         let work = store.new_work().unwrap();

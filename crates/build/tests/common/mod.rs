@@ -75,31 +75,16 @@ impl Fixture {
     }
 }
 
-/// A minimal busybox root: applets as symlinks, root and `app` users.
+/// A minimal busybox root: applets as symlinks, root and `app` users,
+/// and the usual empty directories with a sticky /tmp.
 pub fn busybox_tree(dir: &Path) {
-    for d in ["bin", "etc", "root", "home", "var", "tmp"] {
+    firebuild_build::testing::busybox_root(dir);
+    for d in ["root", "home", "var", "tmp"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     std::fs::set_permissions(
         dir.join("tmp"),
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-    )
-    .unwrap();
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
-    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("etc/group"),
-        "root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
     )
     .unwrap();
 }

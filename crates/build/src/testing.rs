@@ -1,4 +1,6 @@
-//! Test helpers: a busybox-static root filesystem.
+//! Test support (feature `testing`) for this crate's unit and end-to-end
+//! tests: a busybox-static root filesystem. Panics on failure: tests only.
+//! Needs Debian's `busybox-static`.
 
 use std::path::Path;
 
