@@ -7,7 +7,6 @@ use firebuild_store::DirectoryStore;
 use super::image::registry_config;
 use super::require_root;
 use crate::cli::{BaseosArgs, BuildArgs, GlobalArgs, RootfsArgs};
-use crate::format;
 use crate::guest_init;
 use crate::settings::Settings;
 
@@ -106,14 +105,8 @@ fn build_options(
     Ok(options)
 }
 
+/// The engine logs the summary (tag, size, time); stdout gets the tag alone,
+/// for scripts.
 fn summarize(output: &BuildOutput) {
-    tracing::info!(
-        tag = %output.tag,
-        size = %format::size(output.metadata.rootfs_size),
-        steps = output.steps,
-        cached = output.cached_steps,
-        seconds = format!("{:.2}", output.elapsed.as_secs_f64()),
-        "built"
-    );
     println!("{}", output.tag);
 }
