@@ -275,8 +275,20 @@ impl Profile {
     }
 
     /// Checks every value a user can get wrong, with an error that names the
-    /// flag, the value and the fix.
+    /// flag, the value and the fix. Directories must exist (as in the
+    /// original's `profile-create`).
     pub fn validate(&self) -> Result<(), ProfileError> {
+        self.validate_with(Dirs::MustExist)
+    }
+
+    /// As [`Profile::validate`], for a command about to use the settings:
+    /// state directories that do not exist yet are fine, the command
+    /// creates the ones it uses.
+    pub fn validate_for_use(&self) -> Result<(), ProfileError> {
+        self.validate_with(Dirs::MayBeCreated)
+    }
+
+    fn validate_with(&self, dirs: Dirs) -> Result<(), ProfileError> {
         for (flag, path) in [
             ("binary-firecracker", &self.binary_firecracker),
             ("binary-jailer", &self.binary_jailer),
@@ -293,14 +305,14 @@ impl Profile {
             ("cni-cache-dir", &self.cni_cache_dir),
         ] {
             if let Some(path) = path {
-                check_dir(flag, path)?;
+                check_dir(flag, path, dirs)?;
             }
         }
         for path in &self.cni_bin_dirs {
-            check_dir("cni-bin-dir", path)?;
+            check_dir("cni-bin-dir", path, dirs)?;
         }
         if let Some(base) = &self.chroot_base {
-            check_chroot_base(base, &self.jail_dir_name())?;
+            check_chroot_base(base, &self.jail_dir_name(), dirs)?;
         }
         if let Some(provider) = &self.storage_provider {
             if provider != DIRECTORY_PROVIDER {
@@ -316,7 +328,7 @@ impl Profile {
             } else {
                 "storage-provider-property-string kernel-storage-root"
             };
-            check_dir(flag, Path::new(value))?;
+            check_dir(flag, Path::new(value), dirs)?;
         }
         for (registry, urls) in &self.registry_mirrors {
             for url in urls {
@@ -351,7 +363,14 @@ fn check_executable(flag: &'static str, path: &Path) -> Result<(), ProfileError>
     Ok(())
 }
 
-fn check_dir(flag: &'static str, path: &Path) -> Result<(), ProfileError> {
+/// Whether a directory setting must already exist.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dirs {
+    MustExist,
+    MayBeCreated,
+}
+
+fn check_dir(flag: &'static str, path: &Path, dirs: Dirs) -> Result<(), ProfileError> {
     let bad = |problem| ProfileError::BadPath {
         flag,
         path: path.to_owned(),
@@ -363,13 +382,14 @@ fn check_dir(flag: &'static str, path: &Path) -> Result<(), ProfileError> {
     match fs::metadata(path) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(bad("is not a directory")),
+        Err(_) if dirs == Dirs::MayBeCreated => Ok(()),
         Err(_) => Err(bad("does not exist; create it first (mkdir -p)")),
     }
 }
 
 /// The jail's API socket is `<base>/<exec-name>/<vm-id>/root/run/firecracker.socket`.
-fn check_chroot_base(base: &Path, exec_name: &str) -> Result<(), ProfileError> {
-    check_dir("chroot-base", base)?;
+fn check_chroot_base(base: &Path, exec_name: &str, dirs: Dirs) -> Result<(), ProfileError> {
+    check_dir("chroot-base", base, dirs)?;
     if base == Path::new("/") {
         return Err(ProfileError::BadPath {
             flag: "chroot-base",
@@ -571,6 +591,25 @@ mod tests {
             },
             &["docker.io=127.0.0.1:5000", "http://"],
         );
+    }
+
+    #[test]
+    fn commands_may_create_missing_state_dirs_but_profiles_name_existing_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let profile = Profile {
+            run_cache: Some(tmp.path().join("not-yet")),
+            ..Default::default()
+        };
+        assert!(profile.validate().is_err());
+        profile.validate_for_use().unwrap();
+        let file = tmp.path().join("file");
+        fs::write(&file, "").unwrap();
+        let not_a_dir = Profile {
+            run_cache: Some(file),
+            ..Default::default()
+        };
+        let msg = not_a_dir.validate_for_use().unwrap_err().to_string();
+        assert!(msg.contains("not a directory"), "{msg}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl Settings {
         };
         profile.apply(args);
         profile
-            .validate()
+            .validate_for_use()
             .context("invalid settings (profile values overridden by command-line flags)")?;
         Ok(Settings::from_profile(profile))
     }

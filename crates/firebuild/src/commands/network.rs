@@ -46,7 +46,6 @@ pub fn run(global: &GlobalArgs, command: &NetworkCommand) -> anyhow::Result<()> 
             spec.bridge = bridge.clone();
             spec.ip_masq = *ip_masq;
             let info = network::create_network(&runtime(global, settings)?, &spec)?;
-            tracing::info!(network = %info.name, subnet = %info.subnets.join(","), "network created");
             if let Some(path) = &info.path {
                 println!("{}", path.display());
             }
@@ -72,7 +71,6 @@ pub fn run(global: &GlobalArgs, command: &NetworkCommand) -> anyhow::Result<()> 
         NetworkCommand::Rm { name, settings } => {
             require_root("network rm")?;
             network::remove_network(&runtime(global, settings)?, name)?;
-            tracing::info!(network = %name, "network removed");
             Ok(())
         }
     }
