@@ -28,4 +28,4 @@ cp /bin/busybox "$context/busybox"   # Debian's busybox-static: no registry need
 $firebuild rootfs --dockerfile "$context/Dockerfile" --tag examples/hello:1
 
 echo "==> booting examples/hello:1 as a microVM"
-$firebuild run --from examples/hello:1 --vmlinux-id "$kernel_id" --mem 256
+$firebuild run --rm --from examples/hello:1 --vmlinux-id "$kernel_id" --mem 256
