@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use firebuild_vm::{AccelPolicy, VmmChoice};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -133,12 +134,14 @@ pub struct SettingsArgs {
     /// Storage provider property, repeatable: rootfs-storage-root=DIR, kernel-storage-root=DIR.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub storage_provider_property_string: Vec<(String, String)>,
-    /// VMM to run microVMs with.
-    #[arg(long, value_enum)]
+    /// VMM to run microVMs with: auto (Firecracker where its binary and a
+    /// working /dev/kvm exist, else QEMU), firecracker or qemu.
+    #[arg(long, value_name = "auto|firecracker|qemu")]
     pub vmm: Option<VmmChoice>,
-    /// QEMU accelerator: auto probes whether this kernel boots under KVM here.
-    #[arg(long, value_enum)]
-    pub qemu_accel: Option<QemuAccel>,
+    /// QEMU accelerator: auto (KVM when a probe boot of the kernel works
+    /// under it, else TCG), kvm or tcg (software emulation, works everywhere).
+    #[arg(long, value_name = "auto|kvm|tcg")]
+    pub qemu_accel: Option<AccelPolicy>,
     /// User id jailed Firecracker runs as.
     #[arg(long, value_name = "UID")]
     pub jailer_uid: Option<u32>,
@@ -160,25 +163,6 @@ pub struct SettingsArgs {
     /// CNI result cache directory.
     #[arg(long, value_name = "DIR")]
     pub cni_cache_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmmChoice {
-    /// Firecracker where its binary and a working /dev/kvm exist, else QEMU.
-    Auto,
-    Firecracker,
-    Qemu,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QemuAccel {
-    /// KVM when a probe boot of the kernel works under it, else TCG.
-    Auto,
-    Kvm,
-    /// Software emulation: slow, works everywhere.
-    Tcg,
 }
 
 #[derive(Debug, Args)]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{QemuAccel, SettingsArgs, VmmChoice};
+use crate::cli::{AccelPolicy, SettingsArgs, VmmChoice};
 
 /// The only storage provider.
 pub const DIRECTORY_PROVIDER: &str = "directory";
@@ -52,7 +52,7 @@ pub struct Profile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm: Option<VmmChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qemu_accel: Option<QemuAccel>,
+    pub qemu_accel: Option<AccelPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jailer_uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

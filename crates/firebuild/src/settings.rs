@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::cli::{GlobalArgs, QemuAccel, SettingsArgs, VmmChoice};
+use crate::cli::{AccelPolicy, GlobalArgs, SettingsArgs, VmmChoice};
 use crate::profile::{Profile, ProfileDir, KERNEL_STORAGE_ROOT, ROOTFS_STORAGE_ROOT};
 
 /// Where state lives when no profile says otherwise.
@@ -14,10 +14,10 @@ const STATE_DIR: &str = "/var/lib/firebuild";
 const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
 
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // some fields are read only by commands still being wired
 pub struct Settings {
-    pub binary_firecracker: Option<PathBuf>,
-    pub binary_jailer: Option<PathBuf>,
+    /// A path, or a name the backend looks up in `PATH`.
+    pub binary_firecracker: PathBuf,
+    pub binary_jailer: PathBuf,
     pub binary_qemu: PathBuf,
     pub chroot_base: PathBuf,
     pub run_cache: PathBuf,
@@ -25,7 +25,7 @@ pub struct Settings {
     pub rootfs_storage_root: PathBuf,
     pub kernel_storage_root: PathBuf,
     pub vmm: VmmChoice,
-    pub qemu_accel: firebuild_vm::AccelPolicy,
+    pub qemu_accel: AccelPolicy,
     /// Unset: the jailer driver picks a `firebuild` system user if there is
     /// one, else 10000 — never root (the original ran it as root).
     pub jailer_uid: Option<u32>,
@@ -67,18 +67,14 @@ impl Settings {
         Settings {
             rootfs_storage_root: property(ROOTFS_STORAGE_ROOT, "rootfs"),
             kernel_storage_root: property(KERNEL_STORAGE_ROOT, "vmlinux"),
-            binary_firecracker: p.binary_firecracker.or_else(|| find_in_path("firecracker")),
-            binary_jailer: p.binary_jailer.or_else(|| find_in_path("jailer")),
+            binary_firecracker: p.binary_firecracker.unwrap_or_else(|| "firecracker".into()),
+            binary_jailer: p.binary_jailer.unwrap_or_else(|| "jailer".into()),
             binary_qemu: p.binary_qemu.unwrap_or_else(|| "qemu-system-x86_64".into()),
             chroot_base: p.chroot_base.unwrap_or_else(|| DEFAULT_CHROOT_BASE.into()),
             run_cache: p.run_cache.unwrap_or_else(|| state.join("runs")),
             cache_dir: p.cache_dir.unwrap_or_else(|| state.join("cache")),
             vmm: p.vmm.unwrap_or(VmmChoice::Auto),
-            qemu_accel: match p.qemu_accel.unwrap_or(QemuAccel::Auto) {
-                QemuAccel::Auto => firebuild_vm::AccelPolicy::Auto,
-                QemuAccel::Kvm => firebuild_vm::AccelPolicy::Kvm,
-                QemuAccel::Tcg => firebuild_vm::AccelPolicy::Tcg,
-            },
+            qemu_accel: p.qemu_accel.unwrap_or_default(),
             jailer_uid: p.jailer_uid,
             jailer_gid: p.jailer_gid,
             insecure_registries: p.insecure_registries,
@@ -92,14 +88,6 @@ impl Settings {
             cni_cache_dir: p.cni_cache_dir.unwrap_or_else(|| "/var/lib/cni".into()),
         }
     }
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    })
 }
 
 #[cfg(test)]

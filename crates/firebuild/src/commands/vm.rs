@@ -24,7 +24,6 @@ use super::network::cni_runtime;
 use super::require_root;
 use crate::cli::{
     GlobalArgs, InitModeArg, KillArgs, LogsArgs, LsArgs, PurgeArgs, RunArgs, SettingsArgs, VmArgs,
-    VmmChoice,
 };
 use crate::settings::Settings;
 
@@ -72,14 +71,8 @@ fn jail_user(settings: &Settings) -> Option<JailUser> {
 /// either VMM whatever `--vmm` says now.
 fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
     let firecracker = FirecrackerVmm::new(FirecrackerConfig {
-        firecracker: settings
-            .binary_firecracker
-            .clone()
-            .unwrap_or_else(|| "firecracker".into()),
-        jailer: settings
-            .binary_jailer
-            .clone()
-            .unwrap_or_else(|| "jailer".into()),
+        firecracker: settings.binary_firecracker.clone(),
+        jailer: settings.binary_jailer.clone(),
         chroot_base: settings.chroot_base.clone(),
         user: jail_user(settings),
         no_jailer,
@@ -143,7 +136,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     spec.kernel_args.clone_from(&args.kernel_args);
     spec.daemonize = args.daemonize;
     spec.remove_on_exit = args.rm;
-    spec.vmm = vmm_choice(settings.vmm);
+    spec.vmm = settings.vmm;
     spec.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
     spec.init_mode = match args.init_mode {
         InitModeArg::Entrypoint => InitMode::Entrypoint,
@@ -246,14 +239,6 @@ fn attachment(net: &VmNetwork) -> anyhow::Result<NetworkAttachment> {
         network_name: net.network.clone(),
         release_data: serde_json::json!({ "vm-id": net.vm_id, "ifname": GUEST_DEVICE }),
     })
-}
-
-fn vmm_choice(choice: VmmChoice) -> firebuild_vm::VmmChoice {
-    match choice {
-        VmmChoice::Auto => firebuild_vm::VmmChoice::Auto,
-        VmmChoice::Firecracker => firebuild_vm::VmmChoice::Firecracker,
-        VmmChoice::Qemu => firebuild_vm::VmmChoice::Qemu,
-    }
 }
 
 pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
