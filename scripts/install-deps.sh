@@ -4,7 +4,7 @@ set -euo pipefail
 
 packages=(
   # building firebuild
-  build-essential pkg-config git curl ca-certificates
+  build-essential pkg-config git curl ca-certificates file
   # guest kernels (firebuild kernel build)
   linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio xz-utils
   # root filesystems, archives and VMs
