@@ -17,7 +17,7 @@ use crate::engine::{Engine, StageState, Stats};
 use crate::error::{BuildError, Result};
 use crate::layers::{ImageRef, Key, LayerId, LayerStore, PruneReport};
 use crate::mountns::{mount_overlay, with_private_mounts, OverlaySpec};
-use crate::sandbox::CancelToken;
+use crate::sandbox::{CancelToken, SandboxSettings};
 
 /// Everything a Dockerfile build needs.
 #[derive(Debug, Clone)]
@@ -55,6 +55,8 @@ pub struct BuildOptions {
     pub vminit: PathBuf,
     /// Set it (e.g. with [`CancelToken::cancel_on_signals`]) to stop the build.
     pub cancel: CancelToken,
+    /// How RUN steps are isolated (`--network`, `--memory`, ...).
+    pub sandbox: SandboxSettings,
 }
 
 impl BuildOptions {
@@ -80,6 +82,7 @@ impl BuildOptions {
             registry: RegistryConfig::default(),
             vminit: vminit.into(),
             cancel: CancelToken::new(),
+            sandbox: SandboxSettings::default(),
         }
     }
 }
@@ -216,7 +219,21 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         stats: Stats::default(),
         downloads,
         file_hashes: crate::filehash::FileHashes::load(&layers.root().join("filehash.json")),
+        sandbox: opts.sandbox,
+        sandbox_ready: None,
     };
+    // A RUN step needs things of the host (an id range, the NAT): say what
+    // is missing before any step runs.
+    let runs = !opts.pre_build_commands.is_empty()
+        || !opts.post_build_commands.is_empty()
+        || df.stages.iter().any(|s| {
+            s.instructions
+                .iter()
+                .any(|i| matches!(i.kind, firebuild_dockerfile::InstructionKind::Run(_)))
+        });
+    if runs {
+        engine.sandbox_options()?;
+    }
     let mut last = None;
     for idx in order {
         let (pre, post): (&[String], &[String]) = if idx == target {

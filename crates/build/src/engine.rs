@@ -19,7 +19,10 @@ use crate::error::{BuildError, Result, StepLocation};
 use crate::fsutil::{self, Root, Scope};
 use crate::layers::{Key, LayerId, LayerStore};
 use crate::mountns::{mount_overlay, with_private_mounts, OverlaySpec};
-use crate::sandbox::{self, BindMount, CancelToken, Network, RunSpec};
+use crate::sandbox::{
+    self, Access, BindMount, BindSource, CancelToken, Network, RunSpec, SandboxOptions,
+    SandboxSettings, StepRoot,
+};
 
 /// A stage's state while it is built, and its result afterwards.
 #[derive(Debug, Clone)]
@@ -57,14 +60,44 @@ pub struct Engine<'a> {
     pub downloads: PathBuf,
     /// Content hashes of context files, reused while their stamps match.
     pub file_hashes: crate::filehash::FileHashes,
+    /// How RUN steps are isolated, and (once a RUN step needed it) the
+    /// checked result.
+    pub sandbox: SandboxSettings,
+    pub sandbox_ready: Option<SandboxOptions>,
 }
 
 /// What a filesystem step needs inside its private mount namespace.
 struct StepEnv<'x> {
-    root: &'x Root,
+    /// The stage's merged tree (mounted at `merged`).
+    root: Root,
     merged: &'x Path,
     scratch: &'x Path,
+    /// Where the `--from` trees are mounted.
     froms: &'x [PathBuf],
+    /// The layers under `merged` and `froms`, for the RUN sandbox's own
+    /// view of them.
+    overlay: OverlaySpec<'x>,
+    stages: Vec<(OverlaySpec<'x>, &'x Path)>,
+    store: &'x Path,
+}
+
+/// Why a filesystem step failed: a message for the step's location, or an
+/// error that already says everything.
+enum StepFailure {
+    Message(String),
+    Error(BuildError),
+}
+
+impl From<String> for StepFailure {
+    fn from(m: String) -> Self {
+        StepFailure::Message(m)
+    }
+}
+
+impl From<&str> for StepFailure {
+    fn from(m: &str) -> Self {
+        StepFailure::Message(m.to_owned())
+    }
 }
 
 struct Running<'s> {
@@ -253,7 +286,7 @@ impl<'a> Engine<'a> {
                     let owner = if user.is_empty() {
                         (0, 0)
                     } else {
-                        let u = crate::users::resolve_user(env.root, &user)
+                        let u = crate::users::resolve_user(&env.root, &user)
                             .map_err(|e| e.to_string())?;
                         (u.creds.uid, u.creds.gid)
                     };
@@ -393,7 +426,7 @@ impl<'a> Engine<'a> {
         f: F,
     ) -> Result<bool>
     where
-        F: FnOnce(&StepEnv<'_>) -> std::result::Result<(), String> + Send,
+        F: FnOnce(StepEnv<'_>) -> std::result::Result<(), StepFailure> + Send,
     {
         self.stats.steps += 1;
         let mut key = Key::derive(Some(&run.state.key), desc);
@@ -423,6 +456,7 @@ impl<'a> Engine<'a> {
             .collect::<std::io::Result<_>>()
             .map_err(io)?;
         let layers_dir = self.layers.layers_dir();
+        let store_root = self.layers.root();
         let (diff, workdir, merged) = (work.diff(), work.work(), work.merged());
         let result = with_private_mounts(|| {
             mount_overlay(
@@ -448,35 +482,37 @@ impl<'a> Engine<'a> {
             let root = Root::open(&merged, Scope::InRoot)
                 .map_err(BuildError::errno("opening", &merged))?;
             let env = StepEnv {
-                root: &root,
+                root,
                 merged: &merged,
                 scratch: &scratch,
                 froms: &from_dirs,
+                overlay: OverlaySpec {
+                    layers_dir: &layers_dir,
+                    lower: &lower,
+                    upper: Some((&diff, &workdir)),
+                    empty_dir: &empty,
+                },
+                stages: from_chains
+                    .iter()
+                    .zip(&from_dirs)
+                    .map(|(chain, dir)| {
+                        let spec = OverlaySpec {
+                            layers_dir: &layers_dir,
+                            lower: chain,
+                            upper: None,
+                            empty_dir: &empty,
+                        };
+                        (spec, dir.as_path())
+                    })
+                    .collect(),
+                store: store_root,
             };
-            f(&env).map_err(|m| BuildError::step(at, m))
+            f(env).map_err(|failure| match failure {
+                StepFailure::Message(m) => BuildError::step(at, m),
+                StepFailure::Error(e) => e,
+            })
         });
-        match result {
-            // A failed RUN carries its own message; keep it.
-            Err(BuildError::Step { at: _, message }) if message.starts_with('\u{1}') => {
-                let data: RunFailure = serde_json::from_str(&message[1..]).unwrap_or_default();
-                return Err(BuildError::RunFailed {
-                    at: at.clone(),
-                    command: data.command,
-                    code: data.code,
-                    tail: data
-                        .tail
-                        .iter()
-                        .map(|l| format!("    {l}"))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                });
-            }
-            Err(BuildError::Step { at: _, message }) if message == INTERRUPTED => {
-                return Err(BuildError::Interrupted);
-            }
-            Err(e) => return Err(e),
-            Ok(()) => {}
-        }
+        result?;
         let meta = self
             .layers
             .commit(work, &key, run.state.top.as_ref(), &at.instruction)?;
@@ -548,9 +584,9 @@ impl<'a> Engine<'a> {
             if let Some(dir) = env.froms.first() {
                 let src =
                     Root::open(dir, Scope::InRoot).map_err(|e| format!("{what} --from: {e}"))?;
-                copy::execute(&op, Source::Root(&src), env.root)
+                copy::execute(&op, Source::Root(&src), &env.root).map_err(StepFailure::from)
             } else {
-                copy::execute(&op, Source::Context(ctx), env.root)
+                copy::execute(&op, Source::Context(ctx), &env.root).map_err(StepFailure::from)
             }
         })
     }
@@ -610,6 +646,16 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// The checked sandbox (checked once, before the first RUN step).
+    pub fn sandbox_options(&mut self) -> Result<SandboxOptions> {
+        if let Some(s) = self.sandbox_ready {
+            return Ok(s);
+        }
+        let s = self.sandbox.resolve()?;
+        self.sandbox_ready = Some(s);
+        Ok(s)
+    }
+
     fn run_step(
         &mut self,
         run: &mut Running<'_>,
@@ -623,9 +669,18 @@ impl<'a> Engine<'a> {
                 "RUN --security=insecure is not supported (steps always run sandboxed)",
             ));
         }
+        let sandbox = self.sandbox_options()?;
+        let build_network = sandbox.network;
         let network = match r.network {
             Some(NetworkMode::None) => Network::None,
-            _ => Network::Host,
+            Some(NetworkMode::Host) if build_network != Network::Host => {
+                return Err(BuildError::step(
+                    at,
+                    "RUN --network=host needs the build's --network host (the host's network is given only when asked for)",
+                ));
+            }
+            Some(NetworkMode::Host) => Network::Host,
+            _ => build_network,
         };
         let cfg = run.state.config.clone();
         let mut script: Option<(String, String)> = None;
@@ -750,32 +805,47 @@ impl<'a> Engine<'a> {
         );
         let cancel = self.cancel.clone();
         let command_shown = ins.original.clone();
-        let stage_name = run.stage_name.clone();
+        let at_run = at.clone();
         self.fs_step(run, at, &desc, &froms, move |senv| {
-            let user = crate::users::resolve_user(senv.root, &cfg.user).map_err(|e| e.to_string())?;
+            let user =
+                crate::users::resolve_user(&senv.root, &cfg.user).map_err(|e| e.to_string())?;
             let cwd = cfg.workdir_or_root();
             senv.root
-                .mkdir_all(&fsutil::clean_rel(&cwd), 0o755, Some((user.creds.uid, user.creds.gid)), &mut Vec::new())
+                .mkdir_all(
+                    &fsutil::clean_rel(&cwd),
+                    0o755,
+                    Some((user.creds.uid, user.creds.gid)),
+                    &mut Vec::new(),
+                )
                 .map_err(|e| format!("creating the working directory {cwd}: {e}"))?;
             let mut env = env;
             if !env.iter().any(|kv| kv.starts_with("HOME=")) {
                 env.push(format!("HOME={}", user.home));
             }
             let mut binds = Vec::new();
-            for (i, p) in planned.iter().enumerate() {
-                binds.push(p.prepare(senv, i)?);
+            for p in &planned {
+                binds.push(p.prepare(&senv)?);
             }
             if let Some((path, content)) = &script {
                 let host = senv.scratch.join("script");
-                std::fs::write(&host, content).map_err(|e| format!("writing the heredoc script: {e}"))?;
-                std::fs::set_permissions(&host, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                    .map_err(|e| e.to_string())?;
-                binds.push(BindMount { source: host, target: path.clone(), readonly: true });
-            }
-            let hosts = senv.scratch.join("hosts.src");
-            std::fs::write(&hosts, "127.0.0.1\tlocalhost firebuild\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+                std::fs::write(&host, content)
+                    .map_err(|e| format!("writing the heredoc script: {e}"))?;
+                std::fs::set_permissions(
+                    &host,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )
                 .map_err(|e| e.to_string())?;
-            let resolv = Path::new("/etc/resolv.conf");
+                binds.push(BindMount {
+                    source: BindSource::Store(host),
+                    target: path.clone(),
+                    access: Access::ReadOnly,
+                });
+            }
+            let resolv_conf = match network {
+                Network::Default => Some(sandbox::net::RESOLV_CONF.to_owned()),
+                Network::Host => std::fs::read_to_string("/etc/resolv.conf").ok(),
+                Network::None => None,
+            };
             let spec = RunSpec {
                 argv: argv.clone(),
                 env,
@@ -784,31 +854,50 @@ impl<'a> Engine<'a> {
                 network,
                 hostname: "firebuild".into(),
                 mounts: binds,
-                resolv_conf: (network == Network::Host && resolv.exists()).then(|| resolv.to_path_buf()),
-                hosts: Some(hosts),
+                resolv_conf,
+                hosts: Some(
+                    "127.0.0.1\tlocalhost firebuild\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                        .into(),
+                ),
             };
-            let mut on_line = |line: &str| tracing::info!(target: "firebuild_build::run", stage = %stage_name, "{line}");
-            let out = match sandbox::run_in_root(senv.merged, senv.scratch, &spec, &mut on_line, &cancel) {
-                Ok(o) => o,
-                Err(BuildError::Interrupted) => return Err(INTERRUPTED.to_owned()),
-                Err(e) => return Err(e.to_string()),
+            let StepEnv {
+                root,
+                merged,
+                scratch,
+                overlay,
+                stages,
+                store,
+                ..
+            } = senv;
+            // The sandbox unmounts `merged` and mounts its own view: nothing
+            // of ours may hold the tree open.
+            drop(root);
+            let step = StepRoot {
+                merged,
+                overlay,
+                store,
+                stages,
             };
+            let mut on_line = |line: &str| tracing::info!(target: "firebuild_build::run", "{line}");
+            let out = sandbox::run_in_root(&step, scratch, &sandbox, &spec, &mut on_line, &cancel)
+                .map_err(StepFailure::Error)?;
             if out.code != 0 {
-                let failure = RunFailure { command: command_shown, code: out.code, tail: out.tail };
-                return Err(format!("\u{1}{}", serde_json::to_string(&failure).unwrap_or_default()));
+                return Err(StepFailure::Error(BuildError::RunFailed {
+                    at: Box::new(at_run),
+                    command: command_shown,
+                    code: out.code,
+                    note: out.limit.map(|l| format!("\n  {l}")).unwrap_or_default(),
+                    tail: out
+                        .tail
+                        .iter()
+                        .map(|l| format!("    {l}"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                }));
             }
             Ok(())
         })
     }
-}
-
-const INTERRUPTED: &str = "\u{2}interrupted";
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct RunFailure {
-    command: String,
-    code: i32,
-    tail: Vec<String>,
 }
 
 enum PlannedMount {
@@ -831,9 +920,16 @@ enum PlannedMount {
 }
 
 impl PlannedMount {
-    /// The host directory to bind for this mount, inside the step's
-    /// private namespace (a throwaway overlay for writable binds).
-    fn prepare(&self, env: &StepEnv<'_>, i: usize) -> std::result::Result<BindMount, String> {
+    /// The sandbox bind for this mount, inside the step's private
+    /// namespace.
+    fn prepare(&self, env: &StepEnv<'_>) -> std::result::Result<BindMount, String> {
+        let rw = |rw: bool| {
+            if rw {
+                Access::Throwaway
+            } else {
+                Access::ReadOnly
+            }
+        };
         match self {
             PlannedMount::Cache { dir, target, mount } => {
                 if let (Some(mode), true) = (mount.mode, is_empty_dir(dir)) {
@@ -848,16 +944,20 @@ impl PlannedMount {
                         .map_err(|e| e.to_string())?;
                 }
                 Ok(BindMount {
-                    source: dir.clone(),
+                    source: BindSource::Store(dir.clone()),
                     target: target.clone(),
-                    readonly: mount.read_only,
+                    access: if mount.read_only {
+                        Access::ReadOnly
+                    } else {
+                        Access::Shared
+                    },
                 })
             }
             PlannedMount::FromRoot {
                 index,
                 source,
                 target,
-                rw,
+                rw: writable,
             } => {
                 let root_dir = env
                     .froms
@@ -867,12 +967,25 @@ impl PlannedMount {
                 let fd = root
                     .open_at(&fsutil::clean_rel(source), rustix::fs::OFlags::PATH)
                     .map_err(|e| format!("--mount source {source}: {e}"))?;
-                let host = root.host_path_of(&fd).map_err(|e| e.to_string())?;
-                writable(env, i, host, target, *rw)
+                let path = root.host_path_of(&fd).map_err(|e| e.to_string())?;
+                Ok(BindMount {
+                    source: BindSource::Stage {
+                        index: *index,
+                        path,
+                    },
+                    target: target.clone(),
+                    access: rw(*writable),
+                })
             }
-            PlannedMount::Host { source, target, rw } => {
-                writable(env, i, source.clone(), target, *rw)
-            }
+            PlannedMount::Host {
+                source,
+                target,
+                rw: writable,
+            } => Ok(BindMount {
+                source: BindSource::Host(source.clone()),
+                target: target.clone(),
+                access: rw(*writable),
+            }),
         }
     }
 }
@@ -881,47 +994,6 @@ fn is_empty_dir(p: &Path) -> bool {
     std::fs::read_dir(p)
         .map(|mut d| d.next().is_none())
         .unwrap_or(false)
-}
-
-/// A bind source; writable binds get an overlay whose writes are thrown
-/// away with the step (BuildKit's semantics for `rw`).
-fn writable(
-    env: &StepEnv<'_>,
-    i: usize,
-    source: PathBuf,
-    target: &str,
-    rw: bool,
-) -> std::result::Result<BindMount, String> {
-    if !rw || !source.is_dir() {
-        return Ok(BindMount {
-            source,
-            target: target.to_owned(),
-            readonly: !rw,
-        });
-    }
-    let base = env.scratch.join(format!("rw{i}"));
-    for d in ["upper", "work", "merged"] {
-        std::fs::create_dir_all(base.join(d)).map_err(|e| e.to_string())?;
-    }
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        source.display(),
-        base.join("upper").display(),
-        base.join("work").display()
-    );
-    crate::mountns::mount(
-        Some(Path::new("overlay")),
-        &base.join("merged"),
-        Some("overlay"),
-        0,
-        Some(&data),
-    )
-    .map_err(|e| format!("writable --mount of {}: {e}", source.display()))?;
-    Ok(BindMount {
-        source: base.join("merged"),
-        target: target.to_owned(),
-        readonly: false,
-    })
 }
 
 fn healthcheck(h: &Healthcheck) -> firebuild_metadata::image::Healthcheck {

@@ -34,12 +34,15 @@ pub enum BuildError {
     Step { at: StepLocation, message: String },
 
     #[error(
-        "{at}: the command exited with status {code}\n  command: {command}\n  last output lines:\n{tail}"
+        "{at}: the command exited with status {code}{note}\n  command: {command}\n  last output lines:\n{tail}"
     )]
     RunFailed {
-        at: StepLocation,
+        at: Box<StepLocation>,
         command: String,
         code: i32,
+        /// Empty, or a line (with its newline) saying which build limit the
+        /// step ran into.
+        note: String,
         tail: String,
     },
 
@@ -72,6 +75,22 @@ pub enum BuildError {
 
     #[error("firebuild build must run as root (it uses namespaces, mounts and overlayfs); run it with sudo")]
     NotRoot,
+
+    #[error("no usable subordinate id range for user {user:?} in {} ({reason}): the RUN sandbox maps its root to an unprivileged range of host ids. Add a line `{user}:START:65536` with an unused START (for example 2147483648) to both /etc/subuid and /etc/subgid, or run scripts/install-deps.sh, which adds one", file.display())]
+    SubordinateIds {
+        file: PathBuf,
+        user: String,
+        reason: String,
+    },
+
+    #[error(
+        "{tool} is not installed: {why}; install the {package} package (apt-get install {package})"
+    )]
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+        why: &'static str,
+    },
 
     #[error("the guest init binary {path} is missing: {reason}; build it with scripts/build-vminit.sh or point $FIREBUILD_VMINIT at it")]
     MissingInit { path: PathBuf, reason: String },

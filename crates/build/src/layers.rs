@@ -3,8 +3,9 @@
 //! Layout under `<cache>/build/`:
 //! - `layers/<id>/diff/` — the files a step added or changed (overlayfs
 //!   upper-dir format: whiteouts are 0/0 character devices, opaque
-//!   directories carry `trusted.overlay.opaque`); `layers/<id>/meta.json`
-//!   says which layer it sits on. `<id>` is the first 24 hex digits of the
+//!   directories carry `user.overlay.opaque`, as every overlay here is
+//!   mounted with `userxattr`); `layers/<id>/meta.json` says which layer it
+//!   sits on and in which [`LAYER_FORMAT`]. `<id>` is the first 24 hex digits of the
 //!   step's cache key, so a lookup is one `stat`.
 //! - `tmp/<pid>-<n>/` — a step in progress; renamed into `layers/` when it
 //!   completes, so a crashed build leaves no half-written layer under a key.
@@ -26,6 +27,12 @@ use crate::error::{BuildError, Result};
 
 /// Length of a layer id in hex digits (96 bits of the key).
 const ID_LEN: usize = 24;
+
+/// The diff format of the layers this build writes. 1: opaque directories
+/// marked with `trusted.overlay.*` (not readable from the RUN sandbox's user
+/// namespace); 2: `user.overlay.*`. Layers of another format count as
+/// missing and are rebuilt.
+pub const LAYER_FORMAT: u32 = 2;
 
 /// A cache key: the hash chain of a stage's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +84,13 @@ pub struct LayerMeta {
     pub created: i64,
     /// The diff holds nothing: skipped when mounting.
     pub empty: bool,
+    /// [`LAYER_FORMAT`] of the diff (absent: 1).
+    #[serde(default = "first_format")]
+    pub format: u32,
+}
+
+fn first_format() -> u32 {
+    1
 }
 
 /// `refs/<tag>.json`: what a stored image was built from.
@@ -152,7 +166,8 @@ impl LayerStore {
     pub fn get(&self, id: &LayerId) -> Option<LayerMeta> {
         let path = self.root.join("layers").join(&id.0).join("meta.json");
         let bytes = fs::read(path).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let meta: LayerMeta = serde_json::from_slice(&bytes).ok()?;
+        (meta.format == LAYER_FORMAT).then_some(meta)
     }
 
     /// The layer cached for `key`, if any (and whole: every ancestor too).
@@ -225,9 +240,13 @@ impl LayerStore {
         description: &str,
     ) -> Result<LayerMeta> {
         let id = key.layer_id();
-        let work_dir = work.dir.join("work");
-        let _ = fs::remove_dir_all(&work_dir);
-        let _ = fs::remove_dir(work.dir.join("merged"));
+        // Only the diff is kept: overlay work dirs, mount points and the
+        // step's scratch files go.
+        if let Ok(entries) = fs::read_dir(&work.dir) {
+            for e in entries.flatten().filter(|e| e.file_name() != "diff") {
+                let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+            }
+        }
         let empty = fs::read_dir(work.diff())
             .map(|mut d| d.next().is_none())
             .unwrap_or(false);
@@ -238,6 +257,7 @@ impl LayerStore {
             description: description.to_owned(),
             created: crate::util::now_unix(),
             empty,
+            format: LAYER_FORMAT,
         };
         let meta_path = work.dir.join("meta.json");
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| BuildError::Cache {
@@ -352,7 +372,7 @@ impl LayerStore {
         let entries = fs::read_dir(&layers).map_err(BuildError::io("reading", &layers))?;
         for e in entries.flatten() {
             let id = LayerId(e.file_name().to_string_lossy().into_owned());
-            if live.contains(&id) {
+            if live.contains(&id) && self.get(&id).is_some() {
                 continue;
             }
             report.bytes_freed += du(&e.path());

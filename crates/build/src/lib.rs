@@ -51,4 +51,4 @@ pub use error::{BuildError, Result, StepLocation};
 pub use firebuild_metadata::ImageType;
 pub use firebuild_oci::RegistryConfig;
 pub use layers::PruneReport;
-pub use sandbox::CancelToken;
+pub use sandbox::{CancelToken, IdMap, Limits, Network, SandboxSettings};

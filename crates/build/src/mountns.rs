@@ -9,7 +9,7 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{BuildError, Result};
 use crate::layers::LayerId;
@@ -132,6 +132,73 @@ pub struct OverlaySpec<'a> {
     pub empty_dir: &'a Path,
 }
 
+/// How to mount an [`OverlaySpec`]: `data` names the lower dirs relative
+/// to `cwd`, so the option string (one page at most) holds many layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayMount {
+    pub cwd: PathBuf,
+    pub data: String,
+    pub flags: libc::c_ulong,
+}
+
+impl OverlaySpec<'_> {
+    /// The overlay's options, with every directory seen through `view`
+    /// (the identity on the host; an idmapped copy of the cache for the RUN
+    /// sandbox). `None` when the layers need no overlay (see
+    /// [`mount_overlay`]).
+    pub fn options(&self, view: impl Fn(&Path) -> PathBuf) -> Result<Option<OverlayMount>> {
+        if self.upper.is_none() && self.lower.len() <= 1 {
+            return Ok(None);
+        }
+        let mut lower: Vec<String> = self
+            .lower
+            .iter()
+            .rev()
+            .map(|id| format!("{}/diff", id.0))
+            .collect();
+        if lower.is_empty() {
+            lower.push(view(self.empty_dir).display().to_string());
+        }
+        let mut data = format!("lowerdir={}", lower.join(":"));
+        if let Some((upper, work)) = self.upper {
+            data.push_str(&format!(
+                ",upperdir={},workdir={}",
+                view(upper).display(),
+                view(work).display()
+            ));
+        }
+        // Layers are recombined freely between mounts: no inode index, no
+        // metadata-only copy-ups, no directory redirects to keep consistent.
+        // Overlay metadata (opaque directories) lives in user.overlay.*
+        // xattrs, which the RUN sandbox can mount from its user namespace.
+        data.push_str(",userxattr");
+        if data.len() >= 4000 {
+            return Err(BuildError::Sandbox(format!(
+                "the stage has too many filesystem layers ({}) for one overlay mount; merge RUN steps",
+                self.lower.len()
+            )));
+        }
+        let flags = if self.upper.is_none() {
+            libc::MS_RDONLY
+        } else {
+            0
+        } | libc::MS_NODEV;
+        Ok(Some(OverlayMount {
+            cwd: view(self.layers_dir),
+            data,
+            flags,
+        }))
+    }
+
+    /// The directory to bind instead when [`OverlaySpec::options`] is `None`.
+    pub fn single_dir(&self) -> PathBuf {
+        match self.lower.first() {
+            Some(id) => self.layers_dir.join(&id.0).join("diff"),
+            None => self.empty_dir.to_path_buf(),
+        }
+    }
+}
+
 /// Mounts the merged view of `spec` on `target`. Call only on a
 /// [`with_private_mounts`] thread (it changes the thread's cwd).
 pub fn mount_overlay(spec: &OverlaySpec<'_>, target: &Path) -> Result<()> {
@@ -142,14 +209,10 @@ pub fn mount_overlay(spec: &OverlaySpec<'_>, target: &Path) -> Result<()> {
             target.display()
         ))
     };
-    if spec.upper.is_none() && spec.lower.len() <= 1 {
+    let Some(overlay) = spec.options(Path::to_path_buf)? else {
         // overlayfs needs two lower layers without an upper: bind instead.
-        let src = match spec.lower.first() {
-            Some(id) => spec.layers_dir.join(&id.0).join("diff"),
-            None => spec.empty_dir.to_path_buf(),
-        };
-        return bind_readonly(&src, target).map_err(|e| fail("bind", e));
-    }
+        return bind_readonly(&spec.single_dir(), target).map_err(|e| fail("bind", e));
+    };
     // Relative lower dirs keep the option string short; the cwd is restored
     // after the mount so relative paths of the caller keep working.
     let saved = rustix::fs::open(
@@ -158,50 +221,15 @@ pub fn mount_overlay(spec: &OverlaySpec<'_>, target: &Path) -> Result<()> {
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| fail("opening the working directory", e.into()))?;
-    std::env::set_current_dir(spec.layers_dir).map_err(|e| fail("chdir", e))?;
-    let restore = || {
-        rustix::process::fchdir(&saved)
-            .map_err(|e| fail("restoring the working directory", e.into()))
-    };
-    let mut lower: Vec<String> = spec
-        .lower
-        .iter()
-        .rev()
-        .map(|id| format!("{}/diff", id.0))
-        .collect();
-    if lower.is_empty() {
-        lower.push(spec.empty_dir.display().to_string());
-    }
-    let mut data = format!("lowerdir={}", lower.join(":"));
-    if let Some((upper, work)) = spec.upper {
-        data.push_str(&format!(
-            ",upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        ));
-    }
-    // Layers are recombined freely between mounts: no inode index, no
-    // metadata-only copy-ups, no directory redirects to keep consistent.
-    data.push_str(",index=off,metacopy=off,redirect_dir=off");
-    if data.len() >= 4000 {
-        restore()?;
-        return Err(BuildError::Sandbox(format!(
-            "the stage has too many filesystem layers ({}) for one overlay mount; merge RUN steps",
-            spec.lower.len()
-        )));
-    }
-    let flags = if spec.upper.is_none() {
-        libc::MS_RDONLY
-    } else {
-        0
-    };
+    std::env::set_current_dir(&overlay.cwd).map_err(|e| fail("chdir", e))?;
     let mounted = mount(
         Some(Path::new("overlay")),
         target,
         Some("overlay"),
-        flags,
-        Some(&data),
+        overlay.flags,
+        Some(&overlay.data),
     );
-    restore()?;
-    mounted.map_err(|e| fail(&data, e))
+    rustix::process::fchdir(&saved)
+        .map_err(|e| fail("restoring the working directory", e.into()))?;
+    mounted.map_err(|e| fail(&overlay.data, e))
 }

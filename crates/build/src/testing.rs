@@ -30,3 +30,20 @@ pub fn busybox_root(dir: &Path) {
     )
     .unwrap();
 }
+
+/// The subordinate id range the tests map the RUN sandbox to (not read from
+/// the machine's /etc/subuid: tests bring their own settings). High and
+/// unassigned: nothing on a host owns these ids.
+pub const TEST_IDS: crate::sandbox::IdMap = crate::sandbox::IdMap {
+    uid: 3_000_000_000,
+    gid: 3_000_000_000,
+    count: crate::sandbox::idmap::MIN_IDS,
+};
+
+/// The sandbox settings of the tests: [`TEST_IDS`], the default network.
+pub fn sandbox() -> crate::sandbox::SandboxSettings {
+    crate::sandbox::SandboxSettings {
+        ids: Some(TEST_IDS),
+        ..Default::default()
+    }
+}

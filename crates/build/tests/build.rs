@@ -166,9 +166,11 @@ fn failing_run_reports_command_status_and_last_lines_and_stores_nothing() {
             at,
             command,
             code,
+            note,
             tail,
         } => {
             assert_eq!(*code, 7);
+            assert_eq!(note, "", "no build limit was set");
             assert_eq!(at.line, 2);
             assert!(command.contains("exit 7"), "{command}");
             assert!(tail.contains("second-line"), "{tail}");
@@ -338,9 +340,11 @@ fn deletions_hide_base_files_and_prune_keeps_only_what_stored_images_use() {
 fn from_a_stored_image_whose_layers_are_no_longer_cached() {
     let f = Fixture::new();
     f.busybox_base();
+    // (RUN may not make device nodes: the sandbox's user namespace refuses
+    // mknod, as rootless BuildKit does. ext4.rs tests reading them back.)
     let base = f
         .build(
-            "FROM busybox:test\nRUN mkdir -p /s && echo x > /s/f && ln /s/f /s/hl && chown 1000:50 /s/f && chmod 4755 /s/f && mknod /s/null c 1 3\n",
+            "FROM busybox:test\nRUN mkdir -p /s && echo x > /s/f && ln /s/f /s/hl && chown 1000:50 /s/f && chmod 4755 /s/f\n",
             "tests/base:1",
         )
         .unwrap();
@@ -362,7 +366,6 @@ fn from_a_stored_image_whose_layers_are_no_longer_cached() {
         debugfs(&img, "stat /s/hl").contains("Links: 2"),
         "hard link kept"
     );
-    assert_eq!(stat(&img, "/s/null").unwrap().3, "character");
     assert_eq!(out.metadata.parent.as_deref(), Some("tests/base:1"));
     assert_eq!(out.metadata.base_image_digest, base.metadata.rootfs_digest);
     fsck_clean(&img);

@@ -26,6 +26,7 @@ fn driver() {
     let store = DirectoryStore::new(parts[0]);
     let mut o = BuildOptions::new(parts[2], parts[1], parts[3]);
     o.tag = Some(parts[4].into());
+    o.sandbox = firebuild_build::testing::sandbox();
     o.cancel.cancel_on_signals().unwrap();
     match build(&store, &o) {
         Ok(_) => std::process::exit(0),
@@ -65,7 +66,7 @@ fn interrupt_with(signal: i32) {
         ])
         .env(DRIVER_ENV, spec)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(f.dir.path().join("driver.err")).unwrap())
         .spawn()
         .unwrap();
     struct Reap(std::process::Child);
@@ -81,7 +82,8 @@ fn interrupt_with(signal: i32) {
         assert!(Instant::now() < deadline, "the RUN step never started");
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the driver exited early"
+            "the driver exited early: {}",
+            std::fs::read_to_string(f.dir.path().join("driver.err")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -4,7 +4,7 @@
 //! copy of memory in which another thread may have held the allocator's lock:
 //! nothing here allocates, panics, or takes a lock. Everything it needs is
 //! prepared by the parent in [`ChildPlan`]; it only makes syscalls. Failures
-//! are reported as a (step, errno) record on a close-on-exec pipe.
+//! are reported as a (step, errno, index) record on a close-on-exec pipe.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -15,10 +15,12 @@ use std::os::fd::RawFd;
 pub enum ChildStep {
     Wait = 1,
     Session,
+    SandboxRoot,
+    Namespaces,
     Hostname,
     Loopback,
-    MountProc,
-    MountSys,
+    /// A [`MountOp`]; the record's index says which.
+    Mount,
     PivotRoot,
     Fork,
     Stdio,
@@ -28,42 +30,45 @@ pub enum ChildStep {
     Gid,
     Uid,
     NoNewPrivs,
+    Seccomp,
     Exec,
 }
 
 impl ChildStep {
+    const ALL: [ChildStep; 18] = [
+        ChildStep::Wait,
+        ChildStep::Session,
+        ChildStep::SandboxRoot,
+        ChildStep::Namespaces,
+        ChildStep::Hostname,
+        ChildStep::Loopback,
+        ChildStep::Mount,
+        ChildStep::PivotRoot,
+        ChildStep::Fork,
+        ChildStep::Stdio,
+        ChildStep::Workdir,
+        ChildStep::Capabilities,
+        ChildStep::Groups,
+        ChildStep::Gid,
+        ChildStep::Uid,
+        ChildStep::NoNewPrivs,
+        ChildStep::Seccomp,
+        ChildStep::Exec,
+    ];
+
     pub fn from_raw(n: u32) -> Option<ChildStep> {
-        use ChildStep::*;
-        [
-            Wait,
-            Session,
-            Hostname,
-            Loopback,
-            MountProc,
-            MountSys,
-            PivotRoot,
-            Fork,
-            Stdio,
-            Workdir,
-            Capabilities,
-            Groups,
-            Gid,
-            Uid,
-            NoNewPrivs,
-            Exec,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == n)
+        Self::ALL.into_iter().find(|s| *s as u32 == n)
     }
 
     pub fn describe(self) -> &'static str {
         match self {
             ChildStep::Wait => "waiting for the builder",
             ChildStep::Session => "starting a session",
+            ChildStep::SandboxRoot => "becoming root of the sandbox's user namespace",
+            ChildStep::Namespaces => "creating the mount and cgroup namespaces",
             ChildStep::Hostname => "setting the hostname",
             ChildStep::Loopback => "bringing up the loopback interface",
-            ChildStep::MountProc => "mounting /proc",
-            ChildStep::MountSys => "mounting /sys",
+            ChildStep::Mount => "mounting",
             ChildStep::PivotRoot => "entering the image root (pivot_root)",
             ChildStep::Fork => "starting the command process",
             ChildStep::Stdio => "setting up stdin/stdout/stderr",
@@ -73,18 +78,61 @@ impl ChildStep {
             ChildStep::Gid => "setting the group id",
             ChildStep::Uid => "setting the user id",
             ChildStep::NoNewPrivs => "setting no-new-privileges",
+            ChildStep::Seccomp => "loading the seccomp filter",
             ChildStep::Exec => "executing the command",
         }
     }
 }
 
+/// One step of assembling the sandbox's filesystem, run in order by the
+/// sandbox's PID 1 inside its user and mount namespaces. Paths are absolute
+/// host paths (the image root is entered only afterwards).
+pub enum MountOp {
+    /// `mount(2)`; with `cwd`, relative paths in `data` are resolved there
+    /// (overlay lower dirs); `optional` skips targets that do not exist.
+    Mount {
+        source: CString,
+        target: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+        cwd: Option<CString>,
+        optional: bool,
+    },
+    /// A bind of `path` onto itself, then a read-only remount (absent paths
+    /// are skipped). `flags` are kept on the remount.
+    ReadOnly {
+        path: CString,
+        flags: libc::c_ulong,
+    },
+    /// Hides `path`: `/dev/null` over a file, an empty read-only tmpfs over
+    /// a directory (absent paths are skipped).
+    Mask {
+        path: CString,
+        dev_null: CString,
+    },
+    Mkdir {
+        path: CString,
+        mode: libc::mode_t,
+    },
+    /// An empty file (a bind target).
+    File {
+        path: CString,
+    },
+    Symlink {
+        target: CString,
+        path: CString,
+    },
+}
+
 /// Everything the children need, prepared (allocated) by the parent.
 pub struct ChildPlan {
+    /// The image root after the mounts: pivoted into.
     pub root: CString,
-    pub proc_target: CString,
-    pub sys_target: CString,
+    pub mounts: Vec<MountOp>,
     pub hostname: Vec<u8>,
-    pub new_net: bool,
+    /// A network namespace of our own: bring its loopback up.
+    pub own_net: bool,
     pub cwd: CString,
     pub dev_null: CString,
     /// Full paths to try for argv[0], in order (PATH search done here).
@@ -100,6 +148,8 @@ pub struct ChildPlan {
     pub last_cap: u32,
     /// Capabilities kept (Docker's default set), as a bit mask.
     pub keep_caps: u64,
+    /// The seccomp program loaded right before `execve`.
+    pub seccomp: &'static [libc::sock_filter],
     pub out_w: RawFd,
     pub out_r: RawFd,
     pub err_w: RawFd,
@@ -119,6 +169,9 @@ impl ChildPlan {
     }
 }
 
+/// A failure record: step, errno, index of the mount op.
+pub const RECORD_LEN: usize = 12;
+
 fn errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
@@ -126,12 +179,17 @@ fn errno() -> i32 {
 }
 
 /// Reports a failure to the parent and exits.
-unsafe fn fail(plan: &ChildPlan, step: ChildStep, err: i32) -> ! {
-    let mut rec = [0u8; 8];
+unsafe fn fail_at(plan: &ChildPlan, step: ChildStep, err: i32, index: u32) -> ! {
+    let mut rec = [0u8; RECORD_LEN];
     rec[..4].copy_from_slice(&(step as u32).to_le_bytes());
-    rec[4..].copy_from_slice(&err.to_le_bytes());
+    rec[4..8].copy_from_slice(&err.to_le_bytes());
+    rec[8..].copy_from_slice(&index.to_le_bytes());
     libc::write(plan.err_w, rec.as_ptr().cast(), rec.len());
     libc::_exit(if step == ChildStep::Exec { 127 } else { 125 });
+}
+
+unsafe fn fail(plan: &ChildPlan, step: ChildStep, err: i32) -> ! {
+    fail_at(plan, step, err, 0)
 }
 
 /// A fork: a raw clone, so no atfork handlers (which would take locks) run.
@@ -146,12 +204,132 @@ pub unsafe fn raw_clone(flags: libc::c_int) -> libc::pid_t {
     ) as libc::pid_t
 }
 
-/// PID 1 of the sandbox: sets up the namespaces' mounts, enters the root,
-/// starts the command and reaps every process until the command exits; its
-/// exit then makes the kernel kill whatever is left in the PID namespace.
+fn ptr(s: &Option<CString>) -> *const libc::c_char {
+    s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// Is `path` absent (so an optional step is skipped)?
+unsafe fn absent(path: &CString) -> bool {
+    let mut st: libc::stat = std::mem::zeroed();
+    libc::lstat(path.as_ptr(), &mut st) != 0 && errno() == libc::ENOENT
+}
+
+unsafe fn is_dir(path: &CString) -> bool {
+    let mut st: libc::stat = std::mem::zeroed();
+    libc::stat(path.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// Runs one mount op; `Err(errno)` on failure.
+unsafe fn run_op(op: &MountOp) -> Result<(), i32> {
+    let ok = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(errno()) };
+    match op {
+        MountOp::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+            cwd,
+            optional,
+        } => {
+            if *optional && absent(target) {
+                return Ok(());
+            }
+            let mut saved = -1;
+            if let Some(cwd) = cwd {
+                saved = libc::open(
+                    c".".as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                if saved < 0 || libc::chdir(cwd.as_ptr()) != 0 {
+                    return Err(errno());
+                }
+            }
+            let rc = libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                ptr(fstype),
+                *flags,
+                ptr(data).cast(),
+            );
+            let r = ok(rc);
+            if saved >= 0 {
+                libc::fchdir(saved);
+                libc::close(saved);
+            }
+            r
+        }
+        MountOp::ReadOnly { path, flags } => {
+            if absent(path) {
+                return Ok(());
+            }
+            ok(libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+            ok(libc::mount(
+                std::ptr::null(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | flags,
+                std::ptr::null(),
+            ))
+        }
+        MountOp::Mask { path, dev_null } => {
+            if absent(path) {
+                return Ok(());
+            }
+            if is_dir(path) {
+                ok(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    path.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"size=0".as_ptr().cast(),
+                ))
+            } else {
+                ok(libc::mount(
+                    dev_null.as_ptr(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))
+            }
+        }
+        MountOp::Mkdir { path, mode } => {
+            if libc::mkdir(path.as_ptr(), *mode) != 0 && errno() != libc::EEXIST {
+                return Err(errno());
+            }
+            Ok(())
+        }
+        MountOp::File { path } => {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o644,
+            );
+            if fd < 0 {
+                return Err(errno());
+            }
+            libc::close(fd);
+            Ok(())
+        }
+        MountOp::Symlink { target, path } => ok(libc::symlink(target.as_ptr(), path.as_ptr())),
+    }
+}
+
+/// PID 1 of the sandbox: becomes root of its user namespace, assembles the
+/// filesystem, enters the root, starts the command and reaps every process
+/// until the command exits; its exit then makes the kernel kill whatever is
+/// left in the PID namespace.
 pub unsafe fn sandbox_init(plan: &ChildPlan) -> ! {
     // Die with the builder thread, and do not start if it is already gone
-    // (the "go" pipe then reads EOF).
+    // (the "go" pipe then reads EOF). The builder writes our id maps, then
+    // sends a first byte; the second comes when our views are attached.
     libc::prctl(
         libc::PR_SET_PDEATHSIG,
         libc::SIGKILL as libc::c_ulong,
@@ -166,40 +344,58 @@ pub unsafe fn sandbox_init(plan: &ChildPlan) -> ! {
     if libc::read(plan.go_r, b.as_mut_ptr().cast(), 1) != 1 {
         libc::_exit(125);
     }
-    libc::close(plan.go_r);
-
     // Terminal signals (Ctrl-C) go to the builder, which stops the step.
     if libc::setsid() < 0 {
         fail(plan, ChildStep::Session, errno());
     }
+    // Raw syscalls: glibc's wrappers would try to change the credentials of
+    // every thread of the (copied) builder process and wait forever.
+    let no_groups: [libc::gid_t; 0] = [];
+    if libc::syscall(libc::SYS_setgroups, 0, no_groups.as_ptr()) != 0
+        || libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0
+        || libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0
+    {
+        fail(plan, ChildStep::SandboxRoot, errno());
+    }
+    // Changing credentials cleared the parent-death signal: set it again.
+    // Should the builder have died meanwhile, the next read sees EOF.
+    libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0,
+    );
+    if libc::read(plan.go_r, b.as_mut_ptr().cast(), 1) != 1 {
+        libc::_exit(125);
+    }
+    libc::close(plan.go_r);
+    // Our own mount namespace, owned by our user namespace: made now, so it
+    // holds the idmapped mounts the builder attached after the clone. The
+    // cgroup namespace is rooted at the build's cgroup we were moved into.
+    if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP) != 0
+        || libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+    {
+        fail(plan, ChildStep::Namespaces, errno());
+    }
     if libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) != 0 {
         fail(plan, ChildStep::Hostname, errno());
     }
-    if plan.new_net {
+    if plan.own_net {
         if let Err(e) = loopback_up() {
             fail(plan, ChildStep::Loopback, e);
         }
     }
-    let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    if libc::mount(
-        c"proc".as_ptr(),
-        plan.proc_target.as_ptr(),
-        c"proc".as_ptr(),
-        nodev,
-        std::ptr::null(),
-    ) != 0
-    {
-        fail(plan, ChildStep::MountProc, errno());
-    }
-    if libc::mount(
-        c"sysfs".as_ptr(),
-        plan.sys_target.as_ptr(),
-        c"sysfs".as_ptr(),
-        nodev | libc::MS_RDONLY,
-        std::ptr::null(),
-    ) != 0
-    {
-        fail(plan, ChildStep::MountSys, errno());
+    for (i, op) in plan.mounts.iter().enumerate() {
+        if let Err(e) = run_op(op) {
+            fail_at(plan, ChildStep::Mount, e, i as u32);
+        }
     }
     // pivot_root(".", ".") stacks the old root on the new one; detaching it
     // leaves only the image visible.
@@ -242,7 +438,7 @@ pub unsafe fn sandbox_init(plan: &ChildPlan) -> ! {
 }
 
 /// The command process: stdio, working directory, credentials,
-/// capabilities, then `execve`.
+/// capabilities, no-new-privileges, seccomp, then `execve`.
 unsafe fn exec_command(plan: &ChildPlan) -> ! {
     let null = libc::open(plan.dev_null.as_ptr(), libc::O_RDONLY);
     if null < 0
@@ -280,8 +476,6 @@ unsafe fn exec_command(plan: &ChildPlan) -> ! {
             fail(plan, ChildStep::Capabilities, errno());
         }
     }
-    // Raw syscalls: glibc's wrappers would try to change the credentials of
-    // every thread of the (copied) builder process and wait forever.
     if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) != 0 {
         fail(plan, ChildStep::Groups, errno());
     }
@@ -318,6 +512,13 @@ unsafe fn exec_command(plan: &ChildPlan) -> ! {
     }
     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
         fail(plan, ChildStep::NoNewPrivs, errno());
+    }
+    let prog = libc::sock_fprog {
+        len: plan.seccomp.len() as u16,
+        filter: plan.seccomp.as_ptr() as *mut libc::sock_filter,
+    };
+    if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog) != 0 {
+        fail(plan, ChildStep::Seccomp, errno());
     }
     let mut err = libc::ENOENT;
     for path in &plan.exec_candidates {

@@ -1,24 +1,40 @@
 //! The RUN sandbox.
 //!
-//! [`run_in_root`] runs one command inside a stage's root filesystem, which
-//! the caller has mounted (an overlay) on a private-mount-namespace worker
-//! thread (see [`crate::mountns`]). The worker prepares the mount points and
-//! the mounts that need no new PID or network namespace (`/dev`, devpts,
-//! shm, resolv.conf, hosts, `RUN --mount` binds); then a child is cloned
-//! into new mount, PID, UTS, IPC and cgroup namespaces (and a new network
-//! namespace for `--network=none`). That child is PID 1: it mounts `/proc`
-//! and a read-only `/sys`, pivots into the root, starts the command with
-//! Docker's default capabilities and no-new-privileges, and reaps until the
-//! command exits. When it exits the kernel kills everything left in the PID
-//! namespace, and its mounts go with the mount namespace; the worker then
-//! detaches its own mounts and removes the mount points it had to create,
-//! so nothing of the sandbox stays in the image.
+//! [`run_in_root`] runs one command on a stage's layers. The caller has
+//! mounted the layers (an overlay) on a private-mount-namespace worker
+//! thread (see [`crate::mountns`]); the sandbox creates the mount points it
+//! needs through that mount, then unmounts it: the command gets its own view
+//! of the same layers, mounted inside its user namespace.
+//!
+//! The command's PID 1 is cloned into new user, PID, UTS, IPC and network
+//! namespaces (the network one shared with the host only for
+//! `--network host`). Its uid/gid 0..65535 are an unprivileged subordinate
+//! range of the host ([`IdMap`]); it sees the layer cache through an
+//! idmapped mount with the same mapping, so the image's owners stay exact.
+//! Then it makes its own mount and cgroup namespaces, assembles the
+//! filesystem ([`mounts`]): the overlay, `/dev` with the standard nodes
+//! only, devpts, shm, `/proc` with runc's masks, a read-only `/sys`, the
+//! step's binds; pivots into the root; and starts the command with Docker's
+//! default capabilities (within the user namespace), no-new-privileges and
+//! Docker's default seccomp profile ([`seccomp`]), reaping until it exits.
+//! The default network is a user-mode NAT that cannot reach the host
+//! ([`net`], [`egress`]); `--memory`, `--cpus` and `--pids-limit` are cgroup
+//! limits ([`limits`]). When PID 1 exits the kernel kills everything left
+//! in the PID namespace, and every mount goes with the namespaces; the
+//! mount points the sandbox had to create are removed, so nothing of the
+//! sandbox stays in the image.
 
 mod child;
+pub mod egress;
+pub mod idmap;
+pub mod limits;
+mod mounts;
+pub mod net;
+pub mod seccomp;
 
 use std::collections::VecDeque;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +45,11 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::error::{BuildError, Result};
 use crate::fsutil::{clean_rel, Root, Scope};
-use crate::mountns::{bind_readonly, mount, unmount};
+use crate::mountns::{mount, unmount, OverlayMount, OverlaySpec};
 use child::{ChildPlan, ChildStep};
+pub use idmap::IdMap;
+pub use limits::Limits;
+use mounts::Plan;
 
 /// How many output lines a failing RUN reports.
 pub const TAIL_LINES: usize = 20;
@@ -60,23 +79,127 @@ impl CancelToken {
     }
 }
 
-/// Network of a RUN step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Network of a RUN step (`docker build --network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Network {
-    /// The host's network (Docker's build default).
-    Host,
+    /// A network namespace of the step's own, with outbound access through
+    /// a user-mode NAT that cannot reach the host.
+    Default,
     /// A new, empty network namespace with only loopback.
     None,
+    /// The host's network (only when the user asks for it).
+    Host,
 }
 
-/// A `RUN --mount` prepared by the engine: a host directory (or file) to
-/// bind on `target`.
+impl Network {
+    pub fn parse(s: &str) -> std::result::Result<Network, String> {
+        match s {
+            "default" | "" => Ok(Network::Default),
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            other => Err(format!(
+                "unknown network {other:?}: use default, none or host"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Default => "default",
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
+}
+
+/// The sandbox settings of a build, as the user gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxSettings {
+    /// The host ids the sandbox's ids stand for; `None`: the range of user
+    /// `firebuild` in `/etc/subuid` and `/etc/subgid`.
+    pub ids: Option<IdMap>,
+    /// `--network`: what RUN steps get unless they say `--network=none`.
+    pub network: Network,
+    pub limits: Limits,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            ids: None,
+            network: Network::Default,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl SandboxSettings {
+    /// The sandbox every RUN step of the build gets, after checking that
+    /// this host can give it: an id range, the NAT, the limits' cgroup
+    /// controllers. Called before the first step runs.
+    pub fn resolve(&self) -> Result<SandboxOptions> {
+        let ids = match self.ids {
+            Some(ids) => ids,
+            None => IdMap::from_system()?,
+        };
+        if self.network == Network::Default {
+            net::find_slirp()?;
+        }
+        limits::Hierarchies::detect().check(&self.limits)?;
+        if self.network == Network::Host {
+            tracing::warn!(
+                "--network host: RUN steps share the host's network, loopback services included"
+            );
+        }
+        Ok(SandboxOptions {
+            ids,
+            network: self.network,
+            limits: self.limits,
+        })
+    }
+}
+
+/// The sandbox of a build, checked ([`SandboxSettings::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxOptions {
+    pub ids: IdMap,
+    pub network: Network,
+    pub limits: Limits,
+}
+
+/// Where a `RUN --mount` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindSource {
+    /// A path in the layer cache (cache mounts, the step's scratch files):
+    /// seen through the idmapped cache, with its real owners.
+    Store(PathBuf),
+    /// A path of the host outside the cache (the build context): an
+    /// idmapped bind where its filesystem allows one, else a plain bind
+    /// (its files then show as owned by `nobody`).
+    Host(PathBuf),
+    /// A path inside another stage's tree, `StepRoot::stages[index]`, as
+    /// resolved on the caller's mount of it.
+    Stage { index: usize, path: PathBuf },
+}
+
+/// What a `RUN --mount`'s writes do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    /// Writes stay in the source (cache mounts).
+    Shared,
+    /// Writes go to a throwaway layer and vanish with the step (BuildKit's
+    /// `rw` binds).
+    Throwaway,
+}
+
+/// A `RUN --mount` prepared by the engine.
 #[derive(Debug, Clone)]
 pub struct BindMount {
-    pub source: PathBuf,
+    pub source: BindSource,
     /// Absolute path in the image.
     pub target: String,
-    pub readonly: bool,
+    pub access: Access,
 }
 
 /// The user a command runs as, resolved through the image's passwd/group.
@@ -99,9 +222,10 @@ pub struct RunSpec {
     pub network: Network,
     pub hostname: String,
     pub mounts: Vec<BindMount>,
-    /// Host files copied to `/etc/resolv.conf` and `/etc/hosts` for the step.
-    pub resolv_conf: Option<PathBuf>,
-    pub hosts: Option<PathBuf>,
+    /// What the step's `/etc/resolv.conf` and `/etc/hosts` say (the
+    /// image's own files are left alone).
+    pub resolv_conf: Option<String>,
+    pub hosts: Option<String>,
 }
 
 /// How a command ended.
@@ -111,24 +235,39 @@ pub struct RunOutcome {
     pub code: i32,
     /// The last [`TAIL_LINES`] lines of output.
     pub tail: Vec<String>,
+    /// The build limit the step ran into, if any, said for the user.
+    pub limit: Option<String>,
 }
 
-/// Docker's default capability set.
-const DEFAULT_CAPS: &[u32] = &[
-    0,  // CHOWN
-    1,  // DAC_OVERRIDE
-    3,  // FOWNER
-    4,  // FSETID
-    5,  // KILL
-    6,  // SETGID
-    7,  // SETUID
-    8,  // SETPCAP
-    10, // NET_BIND_SERVICE
-    13, // NET_RAW
-    18, // SYS_CHROOT
-    27, // MKNOD
-    29, // AUDIT_WRITE
-    31, // SETFCAP
+/// The layers a step runs on.
+pub struct StepRoot<'a> {
+    /// Where the caller mounted `overlay` on this thread (unmounted here
+    /// before the command starts: it mounts its own).
+    pub merged: &'a Path,
+    pub overlay: OverlaySpec<'a>,
+    /// The layer cache's root: every layer, upper and scratch dir is in it.
+    pub store: &'a Path,
+    /// Read-only trees of other stages (`RUN --mount=from=`), each with
+    /// where the caller mounted it.
+    pub stages: Vec<(OverlaySpec<'a>, &'a Path)>,
+}
+
+/// Docker's default capability set (number, name).
+const DEFAULT_CAPS: &[(u32, &str)] = &[
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (3, "CAP_FOWNER"),
+    (4, "CAP_FSETID"),
+    (5, "CAP_KILL"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+    (8, "CAP_SETPCAP"),
+    (10, "CAP_NET_BIND_SERVICE"),
+    (13, "CAP_NET_RAW"),
+    (18, "CAP_SYS_CHROOT"),
+    (27, "CAP_MKNOD"),
+    (29, "CAP_AUDIT_WRITE"),
+    (31, "CAP_SETFCAP"),
 ];
 
 /// A mount point the sandbox needed; removed after the step if it had to
@@ -138,85 +277,114 @@ enum Made {
     File(String),
 }
 
-/// Runs `spec` in `root` (the stage's merged filesystem, mounted on this
-/// private-mount-namespace thread). Output lines go to `on_line` as they
-/// come. `scratch` is a private directory for the step's temporary files.
+/// Runs `spec` on `step` (mounted on this private-mount-namespace thread).
+/// Output lines go to `on_line` as they come. `scratch` is a private
+/// directory for the step's temporary files, inside the layer cache.
 pub fn run_in_root(
-    root_path: &Path,
+    step: &StepRoot<'_>,
     scratch: &Path,
+    sandbox: &SandboxOptions,
     spec: &RunSpec,
     on_line: &mut dyn FnMut(&str),
     cancel: &CancelToken,
 ) -> Result<RunOutcome> {
-    let root =
-        Root::open(root_path, Scope::InRoot).map_err(BuildError::errno("opening", root_path))?;
     let mut made: Vec<Made> = Vec::new();
-    let mut mounted: Vec<PathBuf> = Vec::new();
-    let result = (|| {
-        let prepared = prepare(&root, scratch, spec, &mut made, &mut mounted)?;
-        run_child(&root, spec, prepared, on_line, cancel)
-    })();
-    for target in mounted.iter().rev() {
-        if let Err(e) = unmount(target, true) {
-            tracing::warn!(path = %target.display(), error = %e, "could not detach a sandbox mount");
+    let prepared = Root::open(step.merged, Scope::InRoot)
+        .map_err(BuildError::errno("opening", step.merged))
+        .and_then(|root| prepare(&root, scratch, spec, &mut made));
+    // Two overlays on one upper directory must never be live together: the
+    // command's own view replaces this one (nothing holds it open now).
+    let unmounted = unmount(step.merged, false)
+        .map_err(|e| BuildError::Sandbox(format!("unmounting {}: {e}", step.merged.display())));
+    let result = prepared.and_then(|p| {
+        unmounted?;
+        run_child(step, scratch, sandbox, spec, p, on_line, cancel)
+    });
+    // What the step left is in the upper directory: tidy it there.
+    if let Some((upper, _)) = step.overlay.upper {
+        if let Ok(root) = Root::open(upper, Scope::InRoot) {
+            cleanup_made(&root, &made);
         }
     }
-    cleanup_made(&root, &made);
     result
 }
 
+/// A bind with its target's host path.
+struct PreparedBind {
+    source: BindSource,
+    target: PathBuf,
+    shown: String,
+    access: Access,
+    is_dir: bool,
+}
+
+/// Host paths (through the caller's mount) of what the sandbox mounts on.
 struct Prepared {
-    proc_target: PathBuf,
-    sys_target: PathBuf,
+    proc: PathBuf,
+    sys: PathBuf,
+    dev: PathBuf,
+    tmp: Option<PathBuf>,
+    /// (file in scratch, target).
+    files: Vec<(PathBuf, PathBuf, &'static str)>,
+    binds: Vec<PreparedBind>,
+    /// Full paths to try for argv[0], found on the caller's mount (the
+    /// command's own view shows the same files).
+    exec_candidates: Vec<String>,
 }
 
 /// Creates mount points (through the root, so image symlinks cannot send
-/// them outside) and mounts what the worker can.
-fn prepare(
-    root: &Root,
-    scratch: &Path,
-    spec: &RunSpec,
-    made: &mut Vec<Made>,
-    mounted: &mut Vec<PathBuf>,
-) -> Result<Prepared> {
-    let proc_target = ensure_dir(root, "proc", made)?;
-    let sys_target = ensure_dir(root, "sys", made)?;
+/// them outside) and the step's own files.
+fn prepare(root: &Root, scratch: &Path, spec: &RunSpec, made: &mut Vec<Made>) -> Result<Prepared> {
+    let proc = ensure_dir(root, "proc", made)?;
+    let sys = ensure_dir(root, "sys", made)?;
     let dev = ensure_dir(root, "dev", made)?;
-    mount_dev(&dev, mounted)?;
-    if !exists_in_root(root, "tmp") {
-        // No /tmp in the image: give the step a private one that is not kept.
-        let tmp = ensure_dir(root, "tmp", made)?;
-        mount(
-            Some(Path::new("tmpfs")),
-            &tmp,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=1777"),
-        )
-        .map_err(|e| BuildError::Sandbox(format!("mounting /tmp: {e}")))?;
-        mounted.push(tmp);
-    }
-    for (file, source) in [
+    // No /tmp in the image: give the step a private one that is not kept.
+    let tmp = if exists_in_root(root, "tmp") {
+        None
+    } else {
+        Some(ensure_dir(root, "tmp", made)?)
+    };
+    let mut files = Vec::new();
+    for (file, content) in [
         ("etc/resolv.conf", &spec.resolv_conf),
         ("etc/hosts", &spec.hosts),
     ] {
-        let Some(source) = source else { continue };
+        let Some(content) = content else { continue };
         // A private copy: the step may write it; the image keeps its own.
         let copy = scratch.join(file.replace('/', "_"));
-        std::fs::copy(source, &copy).map_err(BuildError::io("copying", source))?;
+        std::fs::write(&copy, content).map_err(BuildError::io("writing", &copy))?;
         let Some(target) = ensure_file(root, file, made)? else {
             tracing::debug!(file, "image has a dangling symlink here; not providing it");
             continue;
         };
-        mount(Some(&copy), &target, None, libc::MS_BIND, None)
-            .map_err(|e| BuildError::Sandbox(format!("providing /{file}: {e}")))?;
-        mounted.push(target);
+        files.push((
+            copy,
+            target,
+            if file.ends_with("hosts") {
+                "/etc/hosts"
+            } else {
+                "/etc/resolv.conf"
+            },
+        ));
     }
-    for m in &spec.mounts {
-        let rel = clean_rel(&m.target);
-        let is_dir = std::fs::metadata(&m.source)
+    let mut binds = Vec::new();
+    for (i, m) in spec.mounts.iter().enumerate() {
+        let (mut source, mut access) = (m.source.clone(), m.access);
+        let host = match &source {
+            BindSource::Store(p) | BindSource::Host(p) | BindSource::Stage { path: p, .. } => {
+                p.clone()
+            }
+        };
+        let is_dir = std::fs::metadata(&host)
             .map(|md| md.is_dir())
             .unwrap_or(true);
+        if access == Access::Throwaway && !is_dir {
+            // A file's throwaway layer is a copy of it.
+            let copy = scratch.join(format!("rw{i}.file"));
+            std::fs::copy(&host, &copy).map_err(BuildError::io("copying", &host))?;
+            (source, access) = (BindSource::Store(copy), Access::Shared);
+        }
+        let rel = clean_rel(&m.target);
         let target = if is_dir {
             ensure_dir(root, &rel, made)?
         } else {
@@ -224,29 +392,26 @@ fn prepare(
                 BuildError::Sandbox(format!("mount target {} is a dangling symlink", m.target))
             })?
         };
-        let r = if m.readonly {
-            bind_readonly(&m.source, &target)
-        } else {
-            mount(
-                Some(&m.source),
-                &target,
-                None,
-                libc::MS_BIND | libc::MS_REC,
-                None,
-            )
-        };
-        r.map_err(|e| {
-            BuildError::Sandbox(format!(
-                "mounting {} on {}: {e}",
-                m.source.display(),
-                m.target
-            ))
-        })?;
-        mounted.push(target);
+        binds.push(PreparedBind {
+            source,
+            target,
+            shown: m.target.clone(),
+            access,
+            is_dir,
+        });
     }
+    let exec_candidates = match spec.argv.first() {
+        Some(argv0) => exec_candidates(root, argv0, &spec.env),
+        None => Vec::new(),
+    };
     Ok(Prepared {
-        proc_target,
-        sys_target,
+        proc,
+        sys,
+        dev,
+        tmp,
+        files,
+        binds,
+        exec_candidates,
     })
 }
 
@@ -323,71 +488,110 @@ fn cleanup_made(root: &Root, made: &[Made]) {
     }
 }
 
-/// A minimal `/dev`: a tmpfs with the usual nodes, devpts and shm.
-fn mount_dev(dev: &Path, mounted: &mut Vec<PathBuf>) -> Result<()> {
-    let e = |what: &str, err: std::io::Error| {
-        BuildError::Sandbox(format!("setting up /dev ({what}): {err}"))
-    };
-    mount(
-        Some(Path::new("tmpfs")),
-        dev,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )
-    .map_err(|x| e("tmpfs", x))?;
-    mounted.push(dev.to_path_buf());
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
-        let p = dev.join(name);
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &p,
-            rustix::fs::FileType::CharacterDevice,
-            Mode::from_raw_mode(0o666),
-            rustix::fs::makedev(major, minor),
-        )
-        .map_err(|x| e(name, x.into()))?;
-        rustix::fs::chmod(&p, Mode::from_raw_mode(0o666)).map_err(|x| e(name, x.into()))?;
+/// Mounts this thread attaches for one step (the idmapped views); detached
+/// on drop.
+#[derive(Default)]
+struct Attached(Vec<PathBuf>);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        for target in self.0.iter().rev() {
+            if let Err(e) = unmount(target, true) {
+                tracing::warn!(path = %target.display(), error = %e, "could not detach a sandbox mount");
+            }
+        }
     }
-    for (name, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-        ("ptmx", "pts/ptmx"),
-        ("core", "/proc/kcore"),
-    ] {
-        std::os::unix::fs::symlink(target, dev.join(name)).map_err(|x| e(name, x))?;
+}
+
+/// Where the sandbox's view of a host path comes from.
+struct Views<'a> {
+    store: &'a Path,
+    /// The idmapped copy of `store`.
+    mapped: PathBuf,
+    /// Per bind: where its idmapped host source is attached.
+    host: Vec<Option<PathBuf>>,
+}
+
+impl Views<'_> {
+    fn store(&self, p: &Path) -> PathBuf {
+        mounts::view(self.store, &self.mapped, p)
     }
-    for sub in ["pts", "shm"] {
-        std::fs::create_dir(dev.join(sub)).map_err(|x| e(sub, x))?;
+
+    fn bind_source(&self, i: usize, b: &PreparedBind) -> PathBuf {
+        match &b.source {
+            BindSource::Store(p) => self.store(p),
+            BindSource::Host(p) => self.host[i].clone().unwrap_or_else(|| p.clone()),
+            BindSource::Stage { path, .. } => path.clone(),
+        }
     }
-    mount(
-        Some(Path::new("devpts")),
-        &dev.join("pts"),
-        Some("devpts"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    )
-    .map_err(|x| e("devpts", x))?;
-    mounted.push(dev.join("pts"));
-    mount(
-        Some(Path::new("shm")),
-        &dev.join("shm"),
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-    )
-    .map_err(|x| e("shm", x))?;
-    mounted.push(dev.join("shm"));
-    Ok(())
+}
+
+/// The sandbox's filesystem, in mount order.
+fn plan_mounts(
+    step: &StepRoot<'_>,
+    scratch: &Path,
+    p: &Prepared,
+    v: &Views<'_>,
+    own_net: bool,
+) -> Result<Plan> {
+    let mut plan = Plan::default();
+    let root = step
+        .overlay
+        .options(|d| v.store(d))?
+        .ok_or_else(|| BuildError::Sandbox("a RUN step needs a writable layer".into()))?;
+    plan.overlay(&root, step.merged, "the stage")?;
+    for (i, (spec, dir)) in step.stages.iter().enumerate() {
+        match spec.options(|d| v.store(d))? {
+            Some(o) => plan.overlay(&o, dir, &format!("--mount from= #{i}"))?,
+            None => plan.bind(
+                &v.store(&spec.single_dir()),
+                dir,
+                true,
+                &format!("--mount from= #{i}"),
+            )?,
+        }
+    }
+    plan.dev(&p.dev)?;
+    if let Some(tmp) = &p.tmp {
+        plan.fs(
+            "tmpfs",
+            tmp,
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+            "/tmp",
+        )?;
+    }
+    plan.proc(&p.proc)?;
+    plan.sys(&p.sys, own_net)?;
+    for (copy, target, shown) in &p.files {
+        plan.bind(&v.store(copy), target, false, shown)?;
+    }
+    for (i, b) in p.binds.iter().enumerate() {
+        let source = v.bind_source(i, b);
+        match b.access {
+            Access::ReadOnly => plan.bind(&source, &b.target, true, &b.shown)?,
+            Access::Shared => plan.bind(&source, &b.target, false, &b.shown)?,
+            Access::Throwaway => {
+                let layer = scratch.join(format!("rw{i}"));
+                for d in ["upper", "work"] {
+                    std::fs::create_dir_all(layer.join(d))
+                        .map_err(BuildError::io("creating", &layer))?;
+                }
+                // lowerdir "." (the source is the cwd): no escaping needed.
+                let o = OverlayMount {
+                    cwd: source,
+                    data: format!(
+                        "lowerdir=.,upperdir={},workdir={},userxattr",
+                        v.store(&layer.join("upper")).display(),
+                        v.store(&layer.join("work")).display()
+                    ),
+                    flags: libc::MS_NODEV,
+                };
+                plan.overlay(&o, &b.target, &b.shown)?;
+            }
+        }
+    }
+    Ok(plan)
 }
 
 fn cstring(s: impl AsRef<[u8]>, what: &str) -> Result<CString> {
@@ -427,8 +631,15 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
         .map_err(|e| BuildError::Sandbox(format!("creating a pipe: {e}")))
 }
 
+/// A name unique to this step on this host (cgroups, NAT).
+fn step_name() -> String {
+    format!("{}-{}", std::process::id(), crate::util::unique_suffix())
+}
+
 fn run_child(
-    root: &Root,
+    step: &StepRoot<'_>,
+    scratch: &Path,
+    sandbox: &SandboxOptions,
     spec: &RunSpec,
     prepared: Prepared,
     on_line: &mut dyn FnMut(&str),
@@ -437,19 +648,47 @@ fn run_child(
     if spec.argv.is_empty() {
         return Err(BuildError::Sandbox("empty command".into()));
     }
+    let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(BuildError::io("creating", p));
+    let views = Views {
+        store: step.store,
+        mapped: scratch.join("idroot"),
+        host: prepared
+            .binds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                matches!(b.source, BindSource::Host(_)).then(|| scratch.join(format!("host{i}")))
+            })
+            .collect(),
+    };
+    mkdir(&views.mapped)?;
+    for (b, at) in prepared.binds.iter().zip(&views.host) {
+        if let Some(at) = at {
+            if b.is_dir {
+                mkdir(at)?;
+            } else {
+                std::fs::write(at, b"").map_err(BuildError::io("creating", at))?;
+            }
+        }
+    }
+    let own_net = spec.network != Network::Host;
+    let plan = plan_mounts(step, scratch, &prepared, &views, own_net)?;
+    let caps: Vec<&str> = DEFAULT_CAPS.iter().map(|(_, n)| *n).collect();
+    let seccomp = seccomp::docker_default(&caps).map_err(BuildError::Sandbox)?;
+
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    let mut plan = ChildPlan {
-        root: cstring(root.path().as_os_str().as_bytes(), "root path")?,
-        proc_target: cstring(prepared.proc_target.as_os_str().as_bytes(), "path")?,
-        sys_target: cstring(prepared.sys_target.as_os_str().as_bytes(), "path")?,
+    let mut child_plan = ChildPlan {
+        root: cstring(step.merged.as_os_str().as_bytes(), "root path")?,
+        mounts: plan.ops,
         hostname: spec.hostname.as_bytes().to_vec(),
-        new_net: spec.network == Network::None,
+        own_net,
         cwd: cstring(&spec.cwd, "working directory")?,
         dev_null: cstring("/dev/null", "path")?,
-        exec_candidates: exec_candidates(root, &spec.argv[0], &spec.env)
-            .into_iter()
+        exec_candidates: prepared
+            .exec_candidates
+            .iter()
             .map(|c| cstring(c, "command path"))
             .collect::<Result<_>>()?,
         argv: spec
@@ -468,7 +707,8 @@ fn run_child(
         gid: spec.creds.gid,
         groups: spec.creds.groups.clone(),
         last_cap: last_cap().min(63),
-        keep_caps: DEFAULT_CAPS.iter().fold(0u64, |m, c| m | (1 << c)),
+        keep_caps: DEFAULT_CAPS.iter().fold(0u64, |m, (c, _)| m | (1 << c)),
+        seccomp,
         out_w: out_w.as_raw_fd(),
         out_r: out_r.as_raw_fd(),
         err_w: err_w.as_raw_fd(),
@@ -476,21 +716,18 @@ fn run_child(
         go_r: go_r.as_raw_fd(),
         go_w: go_w.as_raw_fd(),
     };
-    plan.finish();
+    child_plan.finish();
 
-    let mut flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWCGROUP;
-    if spec.network == Network::None {
+    let mut flags =
+        libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if own_net {
         flags |= libc::CLONE_NEWNET;
     }
     // SAFETY: the child runs only `sandbox_init`, which makes syscalls on
     // data prepared above and never returns.
     let pid = unsafe { child::raw_clone(flags) };
     if pid == 0 {
-        unsafe { child::sandbox_init(&plan) }
+        unsafe { child::sandbox_init(&child_plan) }
     }
     if pid < 0 {
         return Err(BuildError::Sandbox(format!(
@@ -501,40 +738,42 @@ fn run_child(
     drop(out_w);
     drop(err_w);
     drop(go_r);
-    // Let the child go: it checks the builder is alive through this pipe.
+
+    // Until "go" the child only waits; on any failure here closing the
+    // pipe makes it exit.
+    let mut attached = Attached::default();
+    let set_up = set_up_child(
+        pid,
+        &go_w,
+        step,
+        scratch,
+        sandbox,
+        spec,
+        &views,
+        &prepared,
+        &mut attached,
+    );
+    let (cgroup, _nat) = match set_up {
+        Ok(x) => x,
+        Err(e) => {
+            drop(go_w);
+            reap(pid);
+            return Err(e);
+        }
+    };
     let _ = rustix::io::write(&go_w, b"g");
     drop(go_w);
 
     let mut tail: VecDeque<String> = VecDeque::new();
     let read_result = pump_output(&out_r, on_line, &mut tail, cancel, pid);
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let status = reap(pid);
     read_result?;
     if cancel.is_cancelled() {
         return Err(BuildError::Interrupted);
     }
-    let mut rec = [0u8; 8];
-    if let Ok(8) = rustix::io::read(&err_r, &mut rec) {
-        let step = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
-        let errno = i32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
-        let err = std::io::Error::from_raw_os_error(errno);
-        let step = ChildStep::from_raw(step);
-        if step == Some(ChildStep::Exec) {
-            return Err(BuildError::Sandbox(format!(
-                "cannot execute {:?}: {err}{}",
-                spec.argv[0],
-                if errno == libc::ENOENT {
-                    " (is it installed in the image, and on its PATH?)"
-                } else {
-                    ""
-                }
-            )));
-        }
-        return Err(BuildError::Sandbox(format!(
-            "{} failed: {err}",
-            step.map_or("set-up", ChildStep::describe)
-        )));
+    let mut rec = [0u8; child::RECORD_LEN];
+    if let Ok(child::RECORD_LEN) = rustix::io::read(&err_r, &mut rec) {
+        return Err(child_error(&rec, spec, &plan.what));
     }
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
@@ -546,7 +785,116 @@ fn run_child(
     Ok(RunOutcome {
         code,
         tail: tail.into_iter().collect(),
+        limit: cgroup.as_ref().and_then(|c| c.exceeded()),
     })
+}
+
+/// Between clone and "go": the child's id maps, cgroup, network and the
+/// idmapped views it mounts from.
+#[allow(clippy::too_many_arguments)]
+fn set_up_child(
+    pid: libc::pid_t,
+    go: &OwnedFd,
+    step: &StepRoot<'_>,
+    scratch: &Path,
+    sandbox: &SandboxOptions,
+    spec: &RunSpec,
+    views: &Views<'_>,
+    prepared: &Prepared,
+    attached: &mut Attached,
+) -> Result<(Option<limits::StepCgroup>, Option<net::Nat>)> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let maps = |file: &str, line: String| {
+        std::fs::write(proc.join(file), &line).map_err(|e| {
+            BuildError::Sandbox(format!(
+                "writing the sandbox's {file} ({}): {e}",
+                line.trim()
+            ))
+        })
+    };
+    maps("uid_map", sandbox.ids.uid_line())?;
+    maps("gid_map", sandbox.ids.gid_line())?;
+    // The child may now become root of its namespace.
+    rustix::io::write(go, b"m")
+        .map_err(|e| BuildError::Sandbox(format!("starting the sandbox: {e}")))?;
+    let name = step_name();
+    let cgroup =
+        limits::StepCgroup::create(&limits::Hierarchies::detect(), &sandbox.limits, &name)?;
+    if let Some(c) = &cgroup {
+        c.add(pid)?;
+    }
+    let nat = if spec.network == Network::Default {
+        let v2 = scratch.join("cgroup2");
+        std::fs::create_dir_all(&v2).map_err(BuildError::io("creating", &v2))?;
+        egress::mount_v2(&v2)?;
+        attached.0.push(v2.clone());
+        egress::remove_stale(&v2);
+        Some(net::Nat::start(pid, &v2, &format!("net-{name}"))?)
+    } else {
+        None
+    };
+    let userns = std::fs::File::open(proc.join("ns/user"))
+        .map_err(BuildError::io("opening", proc.join("ns/user")))?;
+    idmap::idmapped_bind(step.store, &views.mapped, userns.as_fd(), false).map_err(|e| {
+        BuildError::Sandbox(format!(
+            "an idmapped mount of the build cache {} failed: {e} (the RUN sandbox needs Linux 5.19 or newer and a cache on ext4, xfs, btrfs or tmpfs)",
+            step.store.display()
+        ))
+    })?;
+    attached.0.push(views.mapped.clone());
+    for (b, at) in prepared.binds.iter().zip(&views.host) {
+        let (Some(at), BindSource::Host(src)) = (at, &b.source) else {
+            continue;
+        };
+        let readonly = b.access == Access::ReadOnly;
+        if let Err(e) = idmap::idmapped_bind(src, at, userns.as_fd(), readonly) {
+            tracing::debug!(source = %src.display(), error = %e, "no idmapped bind here; its files show as nobody in the sandbox");
+            mount(Some(src), at, None, libc::MS_BIND, None)
+                .map_err(|e| BuildError::Sandbox(format!("binding {}: {e}", src.display())))?;
+        }
+        attached.0.push(at.clone());
+    }
+    Ok((cgroup, nat))
+}
+
+/// Waits for the sandbox's PID 1; its status.
+fn reap(pid: libc::pid_t) -> libc::c_int {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+    status
+}
+
+/// The error a failure record from the child stands for.
+fn child_error(rec: &[u8; child::RECORD_LEN], spec: &RunSpec, what: &[String]) -> BuildError {
+    let word = |i: usize| u32::from_le_bytes([rec[i], rec[i + 1], rec[i + 2], rec[i + 3]]);
+    let (step, errno, index) = (
+        ChildStep::from_raw(word(0)),
+        word(4) as i32,
+        word(8) as usize,
+    );
+    let err = std::io::Error::from_raw_os_error(errno);
+    match step {
+        Some(ChildStep::Exec) => BuildError::Sandbox(format!(
+            "cannot execute {:?}: {err}{}",
+            spec.argv[0],
+            if errno == libc::ENOENT {
+                " (is it installed in the image, and on its PATH?)"
+            } else {
+                ""
+            }
+        )),
+        Some(ChildStep::Mount) => BuildError::Sandbox(format!(
+            "{} failed: {err}",
+            what.get(index).map_or("mounting", String::as_str)
+        )),
+        step => BuildError::Sandbox(format!(
+            "{} failed: {err}",
+            step.map_or("set-up", ChildStep::describe)
+        )),
+    }
 }
 
 /// Streams the command's output line by line until every writer is gone,
@@ -617,7 +965,9 @@ fn pump_output(
 mod tests {
     use super::*;
     use crate::layers::{Key, LayerStore};
-    use crate::mountns::{mount_overlay, with_private_mounts, OverlaySpec};
+    use crate::mountns::{mount_overlay, with_private_mounts};
+    use crate::testing::TEST_IDS;
+    use std::os::unix::fs::MetadataExt;
 
     fn spec(cmd: &str) -> RunSpec {
         RunSpec {
@@ -629,72 +979,98 @@ mod tests {
                 gid: 0,
                 groups: vec![0],
             },
-            network: Network::Host,
+            network: Network::None,
             hostname: "firebuild".into(),
             mounts: vec![],
-            resolv_conf: Some("/etc/resolv.conf".into()),
-            hosts: Some("/etc/hosts".into()),
+            resolv_conf: Some("nameserver 192.0.2.53\n".into()),
+            hosts: Some("127.0.0.1\tlocalhost\n".into()),
         }
     }
 
-    /// Runs `spec` on a fresh layer above a busybox base; returns the
-    /// outcome (or error), all output lines and the diff's top-level names.
-    fn run(spec: &RunSpec, cancel: &CancelToken) -> (Result<RunOutcome>, Vec<String>, Vec<String>) {
+    struct Ran {
+        result: Result<RunOutcome>,
+        lines: Vec<String>,
+        /// Top-level names in the step's diff.
+        diff: Vec<String>,
+        /// The diff itself (kept until the test ends).
+        diff_dir: PathBuf,
+        _cache: tempfile::TempDir,
+    }
+
+    /// Runs `spec` on a fresh layer above a busybox base.
+    fn run(spec: &RunSpec, cancel: &CancelToken) -> Ran {
         let cache = tempfile::tempdir().unwrap();
         let store = LayerStore::open(cache.path()).unwrap();
         let base = store.new_work().unwrap();
         crate::testing::busybox_root(&base.diff());
+        std::fs::create_dir_all(base.diff().join("home/app")).unwrap();
+        std::os::unix::fs::chown(base.diff().join("home/app"), Some(1000), Some(1000)).unwrap();
         let key = Key::derive(None, "busybox");
         let base = store.commit(base, &key, None, "busybox").unwrap();
         let work = store.new_work().unwrap();
         let empty = work.scratch("empty").unwrap();
         let scratch = work.scratch("scratch").unwrap();
         let mut lines = Vec::new();
-        let res = with_private_mounts(|| {
-            mount_overlay(
-                &OverlaySpec {
-                    layers_dir: &store.layers_dir(),
-                    lower: std::slice::from_ref(&base.id),
-                    upper: Some((&work.diff(), &work.work())),
-                    empty_dir: &empty,
-                },
-                &work.merged(),
-            )?;
+        let options = SandboxOptions {
+            ids: TEST_IDS,
+            network: spec.network,
+            limits: Limits::default(),
+        };
+        let result = with_private_mounts(|| {
+            let overlay = OverlaySpec {
+                layers_dir: &store.layers_dir(),
+                lower: std::slice::from_ref(&base.id),
+                upper: Some((&work.diff(), &work.work())),
+                empty_dir: &empty,
+            };
+            let merged = work.merged();
+            mount_overlay(&overlay, &merged)?;
+            let step = StepRoot {
+                merged: &merged,
+                overlay,
+                store: store.root(),
+                stages: vec![],
+            };
             run_in_root(
-                &work.merged(),
+                &step,
                 &scratch,
+                &options,
                 spec,
                 &mut |l| lines.push(l.to_owned()),
                 cancel,
             )
         });
-        if work.diff().join("etc").exists() {
-            assert_eq!(
-                std::fs::read_dir(work.diff().join("etc")).unwrap().count(),
-                0
-            );
-        }
-        let mut names: Vec<String> = std::fs::read_dir(work.diff())
+        let mut diff: Vec<String> = std::fs::read_dir(work.diff())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        names.sort();
-        (res, lines, names)
+        diff.sort();
+        let diff_dir = cache.path().join("kept-diff");
+        std::fs::rename(work.diff(), &diff_dir).unwrap();
+        Ran {
+            result,
+            lines,
+            diff,
+            diff_dir,
+            _cache: cache,
+        }
     }
 
     #[test]
     fn runs_isolated_and_leaves_nothing_of_the_sandbox() {
-        let (res, lines, diff) = run(
+        let ran = run(
             &spec(
                 "echo hello; echo pid=$$; hostname; ls /dev | tr '\\n' ' '; echo; \
-                 grep -c . /etc/resolv.conf >/dev/null && echo resolv-ok; \
+                 grep -q 192.0.2.53 /etc/resolv.conf && echo resolv-ok; \
                  touch /sys/x 2>/dev/null || echo sys-ro; \
                  grep CapBnd /proc/self/status; grep NoNewPrivs /proc/self/status; \
-                 echo made > /made; exit 3",
+                 grep '^Seccomp:' /proc/self/status; cat /proc/self/uid_map; \
+                 echo made > /made; mkdir /owned; chown 1000:50 /owned; \
+                 touch /home/app/by-root; exit 3",
             ),
             &CancelToken::new(),
         );
-        let out = res.unwrap();
+        let (out, lines) = (ran.result.unwrap(), &ran.lines);
         assert_eq!(out.code, 3, "{lines:?}");
         assert_eq!(lines[0], "hello");
         assert_eq!(
@@ -709,76 +1085,137 @@ mod tests {
                 lines[3]
             );
         }
-        assert!(lines.contains(&"resolv-ok".to_string()), "{lines:?}");
-        assert!(lines.contains(&"sys-ro".to_string()), "{lines:?}");
-        assert!(
-            lines.contains(&"CapBnd:\t00000000a80425fb".to_string()),
-            "{lines:?}"
-        );
-        assert!(lines.contains(&"NoNewPrivs:\t1".to_string()), "{lines:?}");
-        assert_eq!(out.tail.last().map(String::as_str), Some("NoNewPrivs:\t1"));
+        for want in [
+            "resolv-ok",
+            "sys-ro",
+            "CapBnd:\t00000000a80425fb",
+            "NoNewPrivs:\t1",
+            "Seccomp:\t2",
+        ] {
+            assert!(lines.iter().any(|l| l == want), "{want} missing: {lines:?}");
+        }
+        // The sandbox's root is host uid 3000000000, not host root.
+        let map: Vec<&str> = lines.last().unwrap().split_whitespace().collect();
+        assert_eq!(map, ["0", "3000000000", "65536"], "{lines:?}");
         // Only what the command wrote stays: no /proc, /dev, /sys, /etc/hosts
-        // (overlayfs keeps /etc copied up, empty, from the mount points).
-        assert_eq!(diff, vec!["etc", "made"]);
+        // (overlayfs keeps /etc copied up, empty, from the mount points) ...
+        assert_eq!(ran.diff, vec!["etc", "home", "made", "owned"]);
+        assert_eq!(
+            std::fs::read_dir(ran.diff_dir.join("etc")).unwrap().count(),
+            0
+        );
+        // ... with the owners Docker would give: the sandbox's root is 0 on
+        // disk, its `chown 1000:50` is 1000:50.
+        let md = |p: &str| std::fs::symlink_metadata(ran.diff_dir.join(p)).unwrap();
+        assert_eq!((md("made").uid(), md("made").gid()), (0, 0));
+        assert_eq!((md("owned").uid(), md("owned").gid()), (1000, 50));
+        assert_eq!(
+            (md("home/app").uid(), md("home/app/by-root").uid()),
+            (1000, 0)
+        );
     }
 
     #[test]
     fn user_network_none_and_exec_errors() {
         let mut s = spec(
-            "id -u; id -g; id -G; cat /proc/net/dev | grep -c :; grep CapEff /proc/self/status",
+            "id -u; id -g; id -G; cat /proc/net/dev | grep -c :; grep CapEff /proc/self/status; ls /sys/class/net",
         );
         s.creds = Credentials {
             uid: 1000,
             gid: 1000,
             groups: vec![1000, 50],
         };
-        s.network = Network::None;
-        let (res, lines, _) = run(&s, &CancelToken::new());
-        assert_eq!(res.unwrap().code, 0);
+        let ran = run(&s, &CancelToken::new());
+        assert_eq!(ran.result.unwrap().code, 0, "{:?}", ran.lines);
         assert_eq!(
-            lines[..4],
+            ran.lines[..4],
             ["1000", "1000", "1000 50", "1"],
             "only lo in a new netns"
         );
-        assert_eq!(lines[4], "CapEff:\t0000000000000000");
+        assert_eq!(ran.lines[4], "CapEff:\t0000000000000000");
+        assert_eq!(
+            ran.lines[5], "lo",
+            "/sys shows the sandbox's own network namespace"
+        );
 
         let mut s = spec("");
         s.argv = vec!["no-such-tool".into()];
-        let (res, _, _) = run(&s, &CancelToken::new());
-        let err = res.unwrap_err().to_string();
+        let err = run(&s, &CancelToken::new()).result.unwrap_err().to_string();
         assert!(err.contains("cannot execute \"no-such-tool\""), "{err}");
 
         let mut s = spec("pwd");
         s.cwd = "/missing".into();
-        let (res, _, _) = run(&s, &CancelToken::new());
-        assert!(res.unwrap_err().to_string().contains("working directory"));
+        let err = run(&s, &CancelToken::new()).result.unwrap_err().to_string();
+        assert!(err.contains("working directory"), "{err}");
+    }
+
+    #[test]
+    fn host_devices_kernel_knobs_and_namespaces_stay_out_of_reach() {
+        let ran = run(
+            &spec(
+                "exec 2>/dev/null; \
+                 mknod /blk b 7 0 && echo mknod-ok || echo mknod-refused; \
+                 (echo 1 > /proc/sys/vm/drop_caches) && echo sysctl-written || echo sysctl-refused; \
+                 (echo x > /proc/sysrq-trigger) && echo sysrq-written || echo sysrq-refused; \
+                 cat /proc/kcore /proc/keys /proc/timer_list | wc -c; \
+                 test -e /dev/kmsg && echo kmsg-present || echo kmsg-absent; \
+                 mount -t tmpfs t /mnt && echo mounted || echo mount-refused; \
+                 unshare -U true && echo unshared || echo unshare-refused; \
+                 dmesg >/dev/null && echo dmesg-read || echo dmesg-refused",
+            ),
+            &CancelToken::new(),
+        );
+        assert_eq!(ran.result.unwrap().code, 0, "{:?}", ran.lines);
+        assert_eq!(
+            ran.lines,
+            [
+                "mknod-refused",
+                "sysctl-refused",
+                "sysrq-refused",
+                "0",
+                "kmsg-absent",
+                "mount-refused",
+                "unshare-refused",
+                "dmesg-refused"
+            ]
+        );
     }
 
     #[test]
     fn cancel_kills_every_process_of_the_step() {
         let cancel = CancelToken::new();
         let c2 = cancel.clone();
+        let marked = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .map(|c| c.starts_with(b"sleep\x004242427"))
+                        .unwrap_or(false)
+                })
+                .count()
+        };
+        // Cancel once both marker sleeps run.
         let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(700));
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while marked() < 2 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             c2.cancel();
         });
-        let (res, lines, _) = run(
+        let ran = run(
             &spec("sleep 4242427 & echo started; sleep 4242427"),
             &cancel,
         );
         t.join().unwrap();
-        assert!(matches!(res, Err(BuildError::Interrupted)), "{res:?}");
-        assert_eq!(lines, vec!["started"]);
+        assert!(
+            matches!(ran.result, Err(BuildError::Interrupted)),
+            "{:?}",
+            ran.result
+        );
+        assert_eq!(ran.lines, vec!["started"]);
         // Nothing of the step survives: no process runs the marker sleep.
-        let alive = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline"))
-                    .map(|c| c.starts_with(b"sleep\x004242427"))
-                    .unwrap_or(false)
-            })
-            .count();
-        assert_eq!(alive, 0, "sandbox processes survived the cancel");
+        assert_eq!(marked(), 0, "sandbox processes survived the cancel");
     }
 }

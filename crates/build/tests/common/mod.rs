@@ -48,6 +48,7 @@ impl Fixture {
             self.dir.path().join("vminit"),
         );
         o.tag = Some(tag.into());
+        o.sandbox = firebuild_build::testing::sandbox();
         o
     }
 
@@ -71,6 +72,7 @@ impl Fixture {
         );
         o.kind = ImageType::Baseos;
         o.tag = Some("busybox:test".into());
+        o.sandbox = firebuild_build::testing::sandbox();
         build(&self.store, &o).expect("building the busybox base");
     }
 }

@@ -1,0 +1,449 @@
+//! What the build's user-mode NAT may connect to.
+//!
+//! slirp4netns turns the step's packets into ordinary sockets of its own
+//! process on the host, so without more a RUN step could reach any service
+//! of the host through the host's own addresses (`--disable-host-loopback`
+//! only closes the 10.0.2.2 alias of 127.0.0.1). The NAT therefore runs in
+//! a cgroup (v2) of its own with `cgroup/connect4`, `sendmsg4`, `connect6`
+//! and `sendmsg6` programs attached: IPv4 connections and datagrams to
+//! loopback, `0.0.0.0/8`, multicast, broadcast and every address of the
+//! host's interfaces are refused (`EPERM`), except DNS to the host's own
+//! resolver; IPv6 is refused (the NAT offers none). The rules cannot be
+//! changed from the sandbox: they act on the NAT's sockets, outside it.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::error::{BuildError, Result};
+
+/// An IPv4 prefix the NAT may not reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocked {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// Prefixes always refused: this host, "this network", multicast and the
+/// limited broadcast.
+const ALWAYS: &[(Ipv4Addr, u8)] = &[
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    (Ipv4Addr::new(255, 255, 255, 255), 32),
+];
+
+/// Everything the NAT must not reach on this host: [`ALWAYS`] plus every
+/// IPv4 address (and broadcast address) of the host's interfaces.
+pub fn host_blocklist() -> Vec<Blocked> {
+    let mut out: Vec<Blocked> = ALWAYS
+        .iter()
+        .map(|(addr, prefix)| Blocked {
+            addr: *addr,
+            prefix: *prefix,
+        })
+        .collect();
+    for a in host_addresses() {
+        let b = Blocked {
+            addr: a,
+            prefix: 32,
+        };
+        if !out.contains(&b) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The IPv4 addresses and broadcast addresses of the host's interfaces.
+fn host_addresses() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we walk and free.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return out;
+    }
+    let v4 = |sa: *const libc::sockaddr| -> Option<Ipv4Addr> {
+        // SAFETY: non-null sockaddrs of getifaddrs; AF_INET ones are sockaddr_in.
+        unsafe {
+            if sa.is_null() || (*sa).sa_family as i32 != libc::AF_INET {
+                return None;
+            }
+            let sin = &*(sa as *const libc::sockaddr_in);
+            Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+        }
+    };
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: walking the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        out.extend(v4(ifa.ifa_addr));
+        if ifa.ifa_flags & libc::IFF_BROADCAST as u32 != 0 {
+            out.extend(v4(ifa.ifa_ifu));
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: freeing what getifaddrs allocated.
+    unsafe { libc::freeifaddrs(list) };
+    out
+}
+
+/// The IPv4 resolvers in the host's resolv.conf (the NAT forwards DNS
+/// there).
+pub fn host_resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
+// Classic eBPF encoding (linux/bpf.h, linux/bpf_common.h).
+const BPF_LDX_MEM_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
+const BPF_ALU32_MOV_X: u8 = 0xbc; // BPF_ALU | BPF_MOV | BPF_X
+const BPF_ALU32_AND_K: u8 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+const BPF_JMP32_JEQ_K: u8 = 0x16; // BPF_JMP32 | BPF_JEQ | BPF_K
+const BPF_JMP32_JNE_K: u8 = 0x56; // BPF_JMP32 | BPF_JNE | BPF_K
+const BPF_ALU64_MOV_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+const BPF_EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+
+/// Offsets in `struct bpf_sock_addr`.
+const USER_IP4: i16 = 4;
+const USER_PORT: i16 = 24;
+
+/// One `struct bpf_insn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Insn {
+    code: u8,
+    /// dst_reg in the low nibble, src_reg in the high one.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: dst | (src << 4),
+        off,
+        imm,
+    }
+}
+
+/// An IPv4 address as `bpf_sock_addr.user_ip4` holds it (network order in
+/// a native u32), as an immediate.
+fn imm_of(a: Ipv4Addr) -> i32 {
+    u32::from_ne_bytes(a.octets()) as i32
+}
+
+fn mask_of(prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    })
+}
+
+/// The IPv4 program: allow DNS to `dns`, refuse `blocked`, allow the rest.
+pub fn ipv4_program(blocked: &[Blocked], dns: &[Ipv4Addr]) -> Vec<Insn> {
+    // r1 = ctx; r2 = destination address; r4 = destination port.
+    let mut p = vec![
+        insn(BPF_LDX_MEM_W, 2, 1, USER_IP4, 0),
+        insn(BPF_LDX_MEM_W, 4, 1, USER_PORT, 0),
+    ];
+    let dns_port = i32::from(53u16.to_be());
+    for ns in dns {
+        // if r2 != ns skip; if r4 == 53 goto allow (patched below).
+        p.push(insn(BPF_JMP32_JNE_K, 2, 0, 1, imm_of(*ns)));
+        p.push(insn(BPF_JMP32_JEQ_K, 4, 0, i16::MAX, dns_port));
+    }
+    let mut to_deny = Vec::new();
+    for b in blocked {
+        p.push(insn(BPF_ALU32_MOV_X, 3, 2, 0, 0));
+        p.push(insn(BPF_ALU32_AND_K, 3, 0, 0, imm_of(mask_of(b.prefix))));
+        to_deny.push(p.len());
+        let net = Ipv4Addr::from(u32::from(b.addr) & u32::from(mask_of(b.prefix)));
+        p.push(insn(BPF_JMP32_JEQ_K, 3, 0, 0, imm_of(net)));
+    }
+    let allow = p.len();
+    p.push(insn(BPF_ALU64_MOV_K, 0, 0, 0, 1));
+    p.push(insn(BPF_EXIT, 0, 0, 0, 0));
+    let deny = p.len();
+    p.push(insn(BPF_ALU64_MOV_K, 0, 0, 0, 0));
+    p.push(insn(BPF_EXIT, 0, 0, 0, 0));
+    for (i, ins) in p.iter_mut().enumerate() {
+        if ins.off == i16::MAX {
+            ins.off = (allow - i - 1) as i16;
+        }
+    }
+    for i in to_deny {
+        p[i].off = (deny - i - 1) as i16;
+    }
+    p
+}
+
+/// The IPv6 program: refuse everything.
+pub fn ipv6_program() -> Vec<Insn> {
+    vec![
+        insn(BPF_ALU64_MOV_K, 0, 0, 0, 0),
+        insn(BPF_EXIT, 0, 0, 0, 0),
+    ]
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
+const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    _rest: [u64; 8],
+}
+
+/// The `BPF_PROG_ATTACH` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgAttach {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+    _rest: [u32; 11],
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
+    // SAFETY: bpf(2) with a zero-padded attribute struct of the right layout.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn load(prog: &[Insn], attach_type: u32) -> std::io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    let mut attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        insn_cnt: prog.len() as u32,
+        insns: prog.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        expected_attach_type: attach_type,
+        ..Default::default()
+    };
+    attr.prog_name[..8].copy_from_slice(b"fb_egres");
+    match bpf(BPF_PROG_LOAD, &attr) {
+        // SAFETY: a new descriptor returned by the kernel.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(e) => {
+            let end = log.iter().position(|b| *b == 0).unwrap_or(0);
+            let msg = String::from_utf8_lossy(&log[..end]);
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("{e}: {}", msg.trim()),
+            ))
+        }
+    }
+}
+
+/// A cgroup (v2) whose processes' sockets obey the egress rules; removed
+/// on drop.
+#[derive(Debug)]
+pub struct EgressCgroup {
+    dir: PathBuf,
+}
+
+impl EgressCgroup {
+    /// Creates `<v2 root>/firebuild/<name>` and attaches the programs. `v2`
+    /// is a mount of the cgroup2 hierarchy's root.
+    pub fn create(
+        v2: &Path,
+        name: &str,
+        blocked: &[Blocked],
+        dns: &[Ipv4Addr],
+    ) -> Result<EgressCgroup> {
+        let fail = |what: &str, e: std::io::Error| {
+            BuildError::Sandbox(format!("filtering the build network ({what}): {e}"))
+        };
+        let parent = v2.join("firebuild");
+        std::fs::create_dir_all(&parent).map_err(|e| fail("creating the cgroup", e))?;
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).map_err(|e| fail("creating the cgroup", e))?;
+        let cg = EgressCgroup { dir };
+        let dir_fd = std::fs::File::open(&cg.dir).map_err(|e| fail("opening the cgroup", e))?;
+        let v4 = ipv4_program(blocked, dns);
+        let v6 = ipv6_program();
+        for (prog, attach_type) in [
+            (&v4, BPF_CGROUP_INET4_CONNECT),
+            (&v4, BPF_CGROUP_UDP4_SENDMSG),
+            (&v6, BPF_CGROUP_INET6_CONNECT),
+            (&v6, BPF_CGROUP_UDP6_SENDMSG),
+        ] {
+            let fd = load(prog, attach_type)
+                .map_err(|e| fail("loading a cgroup/sock_addr program", e))?;
+            let attr = ProgAttach {
+                target_fd: dir_fd.as_raw_fd() as u32,
+                attach_bpf_fd: fd.as_raw_fd() as u32,
+                attach_type,
+                attach_flags: BPF_F_ALLOW_MULTI,
+                ..Default::default()
+            };
+            bpf(BPF_PROG_ATTACH, &attr).map_err(|e| fail("attaching a program", e))?;
+            // The attachment holds the program; our descriptor can go.
+        }
+        Ok(cg)
+    }
+
+    /// Moves process `pid` (all its threads) into the cgroup.
+    pub fn add(&self, pid: u32) -> Result<()> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).map_err(|e| {
+            BuildError::Sandbox(format!(
+                "moving the build network's NAT into {}: {e}",
+                self.dir.display()
+            ))
+        })
+    }
+}
+
+impl Drop for EgressCgroup {
+    fn drop(&mut self) {
+        // The NAT has exited (or is being reaped): retry briefly while the
+        // kernel empties the cgroup.
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => return,
+            }
+        }
+        tracing::warn!(cgroup = %self.dir.display(), "could not remove the build network's cgroup");
+    }
+}
+
+/// Removes `<v2 root>/firebuild/net-<pid>-*` cgroups left by builders that
+/// were killed (those whose process is gone; rmdir refuses non-empty ones).
+pub fn remove_stale(v2: &Path) {
+    let Ok(entries) = std::fs::read_dir(v2.join("firebuild")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("net-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+}
+
+/// Mounts the cgroup2 hierarchy on `target` (in the caller's private mount
+/// namespace), whatever the host mounts where.
+pub fn mount_v2(target: &Path) -> Result<()> {
+    crate::mountns::mount(
+        Some(Path::new("cgroup2")),
+        target,
+        Some("cgroup2"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(|e| {
+        BuildError::Sandbox(format!(
+            "mounting the cgroup2 hierarchy for the build network: {e}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_program_jumps_land_on_allow_and_deny() {
+        let blocked = [
+            Blocked {
+                addr: Ipv4Addr::new(127, 0, 0, 0),
+                prefix: 8,
+            },
+            Blocked {
+                addr: Ipv4Addr::new(192, 0, 2, 2),
+                prefix: 32,
+            },
+        ];
+        let p = ipv4_program(&blocked, &[Ipv4Addr::new(127, 0, 0, 53)]);
+        let exits: Vec<usize> = p
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.code == BPF_EXIT)
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(exits.len(), 2);
+        let (allow, deny) = (exits[0] - 1, exits[1] - 1);
+        assert_eq!(p[allow].imm, 1);
+        assert_eq!(p[deny].imm, 0);
+        for (n, i) in p.iter().enumerate() {
+            match i.code {
+                BPF_JMP32_JEQ_K if i.regs & 0xf == 4 => assert_eq!(n + 1 + i.off as usize, allow),
+                BPF_JMP32_JEQ_K => assert_eq!(n + 1 + i.off as usize, deny),
+                BPF_JMP32_JNE_K => assert_eq!(i.off, 1),
+                _ => {}
+            }
+        }
+        // 127.0.0.0/8 in network order, masked in a native u32.
+        assert!(p
+            .iter()
+            .any(|i| i.code == BPF_ALU32_AND_K && i.imm == imm_of(Ipv4Addr::new(255, 0, 0, 0))));
+    }
+
+    #[test]
+    fn the_blocklist_has_loopback_and_this_hosts_addresses() {
+        let list = host_blocklist();
+        assert!(list.contains(&Blocked {
+            addr: Ipv4Addr::new(127, 0, 0, 0),
+            prefix: 8
+        }));
+        assert!(
+            list.contains(&Blocked {
+                addr: Ipv4Addr::new(127, 0, 0, 1),
+                prefix: 32
+            }),
+            "lo's address: {list:?}"
+        );
+        assert_eq!(
+            host_resolvers("# x\nnameserver 10.255.255.53\nnameserver ::1\nsearch a\n"),
+            vec![Ipv4Addr::new(10, 255, 255, 53)]
+        );
+    }
+}
