@@ -5,10 +5,14 @@
 # (an unchanged rebuild). Prints times and ratios. Needs root and the Debian
 # packages buildah, e2fsprogs and busybox-static; the Debian case also needs
 # debootstrap and the Debian mirror (skipped when unreachable, or when
-# BENCH_DEBIAN=0).
+# BENCH_DEBIAN=0). RUN steps run in firebuild's hardened sandbox (user
+# namespace, seccomp, its own network behind slirp4netns); with
+# BENCH_BASELINE=REV the engine of git revision REV is timed too (e.g. the
+# last one before the hardened sandbox, ad01f76), for the cost of the
+# hardening.
 #
 #   bench/build.sh            # both cases
-#   BENCH_DEBIAN=0 bench/build.sh
+#   BENCH_DEBIAN=0 BENCH_BASELINE=ad01f76 bench/build.sh
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +24,7 @@ done
 W=$(mktemp -d /var/tmp/firebuild-bench.XXXXXX)
 BUILDAH=(buildah --root "$W/buildah-root" --runroot "$W/buildah-run" --storage-driver overlay)
 cleanup() {
+    [ -d "$W/baseline" ] && git -C "$ROOT" worktree remove --force "$W/baseline" 2>/dev/null
     "${BUILDAH[@]}" rm --all >/dev/null 2>&1 || true
     "${BUILDAH[@]}" rmi --all --force >/dev/null 2>&1 || true
     umount -R "$W/buildah-root" 2>/dev/null || true
@@ -30,6 +35,13 @@ trap cleanup EXIT
 echo "building the firebuild build engine (release)..." >&2
 (cd "$ROOT" && cargo build -q --release -p firebuild-build --example build)
 FB="$ROOT/target/release/examples/build"
+FB_BASE=
+if [ -n "${BENCH_BASELINE:-}" ]; then
+    echo "building the engine of $BENCH_BASELINE (release)..." >&2
+    git -C "$ROOT" worktree add -q --detach "$W/baseline" "$BENCH_BASELINE"
+    (cd "$W/baseline" && CARGO_TARGET_DIR="$ROOT/target/bench-baseline" cargo build -q --release -p firebuild-build --example build)
+    FB_BASE="$ROOT/target/bench-baseline/release/examples/build"
+fi
 VMINIT=${FIREBUILD_VMINIT:-$ROOT/target/x86_64-unknown-linux-gnu/release/vminit}
 [ -x "$VMINIT" ] || VMINIT=/bin/busybox   # any static binary stands in for the guest init
 
@@ -84,8 +96,8 @@ EOF
 }
 
 # --- the two tools --------------------------------------------------------------
-fb_build() { # ctx tag
-    "$FB" --dockerfile "$1/Dockerfile" --tag "$2" --store "$W/fb-store" --cache "$W/fb-cache" \
+fb_build() { # ctx tag [engine]
+    "${3:-$FB}" --dockerfile "$1/Dockerfile" --tag "$2" --store "$W/fb-store" --cache "$W/fb-cache" \
         --vminit "$VMINIT" >/dev/null 2>"$W/fb.log" || { cat "$W/fb.log" >&2; return 1; }
 }
 
@@ -103,7 +115,7 @@ buildah_build() { # ctx tag
 }
 
 run_case() { # name ctx
-    local name=$1 ctx=$2 t fb_cold fb_warm bu_cold bu_warm
+    local name=$1 ctx=$2 t fb_cold fb_warm bu_cold bu_warm base_cold base_warm
     rm -rf "$W/fb-store" "$W/fb-cache"
     t=$(now); fb_build "$ctx" "bench/$name:1"; fb_cold=$(elapsed "$t")
     t=$(now); fb_build "$ctx" "bench/$name:1"; fb_warm=$(elapsed "$t")
@@ -111,6 +123,13 @@ run_case() { # name ctx
     t=$(now); buildah_build "$ctx" "localhost/bench-$name:1"; bu_warm=$(elapsed "$t")
     printf '%-8s %-6s firebuild %8.2fs   buildah+mkfs %8.2fs   ratio %.2f\n' "$name" cold "$fb_cold" "$bu_cold" "$(echo "$fb_cold / $bu_cold" | bc -l)"
     printf '%-8s %-6s firebuild %8.2fs   buildah+mkfs %8.2fs   ratio %.2f\n' "$name" warm "$fb_warm" "$bu_warm" "$(echo "$fb_warm / $bu_warm" | bc -l)"
+    if [ -n "$FB_BASE" ]; then
+        rm -rf "$W/fb-store" "$W/fb-cache"
+        t=$(now); fb_build "$ctx" "bench/$name:1" "$FB_BASE"; base_cold=$(elapsed "$t")
+        t=$(now); fb_build "$ctx" "bench/$name:1" "$FB_BASE"; base_warm=$(elapsed "$t")
+        printf '%-8s %-6s firebuild %8.2fs   %-12s %8.2fs   hardened/baseline %.2f\n' "$name" cold "$fb_cold" "$BENCH_BASELINE" "$base_cold" "$(echo "$fb_cold / $base_cold" | bc -l)"
+        printf '%-8s %-6s firebuild %8.2fs   %-12s %8.2fs   hardened/baseline %.2f\n' "$name" warm "$fb_warm" "$BENCH_BASELINE" "$base_warm" "$(echo "$fb_warm / $base_warm" | bc -l)"
+    fi
 }
 
 echo "case     cache  times (ratio = firebuild / buildah; below 1 is faster)"

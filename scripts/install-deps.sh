@@ -13,6 +13,8 @@ packages=(
   docker-registry skopeo umoci debootstrap buildah bc
   # networking
   containernetworking-plugins iproute2 iptables nftables
+  # the RUN sandbox: its user-mode NAT and Docker's seccomp profile
+  slirp4netns libseccomp-dev
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -30,6 +32,20 @@ fi
 if systemctl is-active --quiet docker-registry 2>/dev/null; then
   systemctl stop docker-registry || true
 fi
+
+# The RUN sandbox maps its root to an unprivileged range of host ids: give
+# the user "firebuild" one (65536 ids from 2147483648, or after the highest
+# range already handed out) in /etc/subuid and /etc/subgid.
+touch /etc/subuid /etc/subgid
+start=$(awk -F: 'BEGIN { s = 2147483648 }
+  $1 != "firebuild" { e = $2 + $3; if ($2 < s + 65536 && e > s) s = e }
+  END { printf "%.0f", s }' /etc/subuid /etc/subgid)
+for f in /etc/subuid /etc/subgid; do
+  if ! grep -q '^firebuild:' "$f"; then
+    echo "firebuild:$start:65536" >> "$f"
+    echo "added firebuild:$start:65536 to $f"
+  fi
+done
 
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs) first" >&2

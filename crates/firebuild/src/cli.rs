@@ -194,6 +194,20 @@ pub struct BuildArgs {
     /// Command run after the Dockerfile's instructions, repeatable.
     #[arg(long, value_name = "COMMAND")]
     pub post_build_command: Vec<String>,
+    /// Network of RUN steps: `default` (a private network behind a NAT that
+    /// cannot reach this host), `none`, or `host` (the host's network,
+    /// loopback services included: only for Dockerfiles you trust).
+    #[arg(long, value_name = "MODE", default_value = "default", value_parser = firebuild_build::Network::parse)]
+    pub network: firebuild_build::Network,
+    /// Memory limit of each RUN step (bytes, or with a k, m or g suffix).
+    #[arg(long, value_name = "SIZE", value_parser = firebuild_build::sandbox::limits::parse_memory)]
+    pub memory: Option<u64>,
+    /// CPU limit of each RUN step, in CPUs (0.5, 2).
+    #[arg(long, value_name = "CPUS", value_parser = firebuild_build::sandbox::limits::parse_cpus)]
+    pub cpus: Option<u64>,
+    /// Limit on the processes and threads of each RUN step.
+    #[arg(long, value_name = "N", value_parser = firebuild_build::sandbox::limits::parse_pids)]
+    pub pids_limit: Option<u64>,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }

@@ -1,7 +1,9 @@
 //! `rootfs` and `baseos`: Dockerfiles (or OCI images) into tagged, bootable
 //! root filesystems.
 
-use firebuild_build::{BuildOptions, BuildOutput, CancelToken, ImageOptions, ImageType};
+use firebuild_build::{
+    BuildOptions, BuildOutput, CancelToken, ImageOptions, ImageType, Limits, SandboxSettings,
+};
 use firebuild_store::DirectoryStore;
 
 use super::image::registry_config;
@@ -102,6 +104,15 @@ fn build_options(
         .clone_from(&args.post_build_command);
     options.registry = registry_config(settings)?;
     options.cancel = cancel;
+    options.sandbox = SandboxSettings {
+        ids: None,
+        network: args.network,
+        limits: Limits {
+            memory: args.memory,
+            cpu_quota_us: args.cpus,
+            pids: args.pids_limit,
+        },
+    };
     Ok(options)
 }
 
