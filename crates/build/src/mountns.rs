@@ -143,13 +143,15 @@ pub struct OverlayMount {
 
 impl OverlaySpec<'_> {
     /// The overlay's options, with every directory seen through `view`
-    /// (the identity on the host; an idmapped copy of the cache for the RUN
-    /// sandbox). `None` when the layers need no overlay (see
-    /// [`mount_overlay`]).
+    /// (the identity on the host; for the RUN sandbox, paths relative to
+    /// the idmapped copy of the cache it starts in). `None` when the layers
+    /// need no overlay (see [`mount_overlay`]).
     pub fn options(&self, view: impl Fn(&Path) -> PathBuf) -> Result<Option<OverlayMount>> {
         if self.upper.is_none() && self.lower.len() <= 1 {
             return Ok(None);
         }
+        let cwd = view(self.layers_dir);
+        let seen = |p: &Path| from_cwd(&cwd, &view(p)).display().to_string();
         let mut lower: Vec<String> = self
             .lower
             .iter()
@@ -157,15 +159,11 @@ impl OverlaySpec<'_> {
             .map(|id| format!("{}/diff", id.0))
             .collect();
         if lower.is_empty() {
-            lower.push(view(self.empty_dir).display().to_string());
+            lower.push(seen(self.empty_dir));
         }
         let mut data = format!("lowerdir={}", lower.join(":"));
         if let Some((upper, work)) = self.upper {
-            data.push_str(&format!(
-                ",upperdir={},workdir={}",
-                view(upper).display(),
-                view(work).display()
-            ));
+            data.push_str(&format!(",upperdir={},workdir={}", seen(upper), seen(work)));
         }
         // Layers are recombined freely between mounts: no inode index, no
         // metadata-only copy-ups, no directory redirects to keep consistent.
@@ -183,11 +181,7 @@ impl OverlaySpec<'_> {
         } else {
             0
         } | libc::MS_NODEV;
-        Ok(Some(OverlayMount {
-            cwd: view(self.layers_dir),
-            data,
-            flags,
-        }))
+        Ok(Some(OverlayMount { cwd, data, flags }))
     }
 
     /// The directory to bind instead when [`OverlaySpec::options`] is `None`.
@@ -197,6 +191,19 @@ impl OverlaySpec<'_> {
             None => self.empty_dir.to_path_buf(),
         }
     }
+}
+
+/// `p` as seen from directory `cwd`: absolute paths stay; a relative `p`
+/// (relative to the same base as a relative `cwd`) climbs out of `cwd`.
+pub fn from_cwd(cwd: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() || cwd.is_absolute() {
+        return p.to_path_buf();
+    }
+    let mut out = PathBuf::new();
+    for _ in cwd.components() {
+        out.push("..");
+    }
+    out.join(p)
 }
 
 /// Mounts the merged view of `spec` on `target`. Call only on a

@@ -85,8 +85,10 @@ impl ChildStep {
 }
 
 /// One step of assembling the sandbox's filesystem, run in order by the
-/// sandbox's PID 1 inside its user and mount namespaces. Paths are absolute
-/// host paths (the image root is entered only afterwards).
+/// sandbox's PID 1 inside its user and mount namespaces. Paths are relative
+/// to [`ChildPlan::base`] (the layer cache's idmapped copy) or absolute
+/// (the host's `/dev` nodes and `/sys`); the image root is entered only
+/// afterwards.
 pub enum MountOp {
     /// `mount(2)`; with `cwd`, relative paths in `data` are resolved there
     /// (overlay lower dirs); `optional` skips targets that do not exist.
@@ -127,6 +129,10 @@ pub enum MountOp {
 
 /// Everything the children need, prepared (allocated) by the parent.
 pub struct ChildPlan {
+    /// The idmapped copy of the layer cache (a host path, opened before the
+    /// child drops host root: its ancestors may be closed to others). Every
+    /// relative path below is resolved from it.
+    pub base: CString,
     /// The image root after the mounts: pivoted into.
     pub root: CString,
     pub mounts: Vec<MountOp>,
@@ -208,6 +214,27 @@ fn ptr(s: &Option<CString>) -> *const libc::c_char {
     s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
+/// Writes `/proc/self/fd/<fd>` (NUL-terminated) into `buf`, without
+/// allocating.
+fn proc_fd_path(fd: libc::c_int, buf: &mut [u8; 32]) {
+    let prefix = b"/proc/self/fd/";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let (mut n, mut len) = (fd as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[prefix.len() + i] = digits[len - 1 - i];
+    }
+    buf[prefix.len() + len] = 0;
+}
+
 /// Is `path` absent (so an optional step is skipped)?
 unsafe fn absent(path: &CString) -> bool {
     let mut st: libc::stat = std::mem::zeroed();
@@ -219,9 +246,10 @@ unsafe fn is_dir(path: &CString) -> bool {
     libc::stat(path.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-/// Runs one mount op; `Err(errno)` on failure.
-unsafe fn run_op(op: &MountOp) -> Result<(), i32> {
+/// Runs one mount op from directory `base`; `Err(errno)` on failure.
+unsafe fn run_op(op: &MountOp, base: libc::c_int) -> Result<(), i32> {
     let ok = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(errno()) };
+    ok(libc::fchdir(base))?;
     match op {
         MountOp::Mount {
             source,
@@ -235,28 +263,29 @@ unsafe fn run_op(op: &MountOp) -> Result<(), i32> {
             if *optional && absent(target) {
                 return Ok(());
             }
-            let mut saved = -1;
+            // Relative targets are taken from `base` first: resolve them to
+            // a descriptor before moving into `cwd`.
+            let fd = libc::open(target.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(errno());
+            }
+            let mut at = [0u8; 32];
+            proc_fd_path(fd, &mut at);
             if let Some(cwd) = cwd {
-                saved = libc::open(
-                    c".".as_ptr(),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                );
-                if saved < 0 || libc::chdir(cwd.as_ptr()) != 0 {
+                if libc::chdir(cwd.as_ptr()) != 0 {
+                    libc::close(fd);
                     return Err(errno());
                 }
             }
             let rc = libc::mount(
                 source.as_ptr(),
-                target.as_ptr(),
+                at.as_ptr().cast(),
                 ptr(fstype),
                 *flags,
                 ptr(data).cast(),
             );
             let r = ok(rc);
-            if saved >= 0 {
-                libc::fchdir(saved);
-                libc::close(saved);
-            }
+            libc::close(fd);
             r
         }
         MountOp::ReadOnly { path, flags } => {
@@ -348,6 +377,28 @@ pub unsafe fn sandbox_init(plan: &ChildPlan) -> ! {
     if libc::setsid() < 0 {
         fail(plan, ChildStep::Session, errno());
     }
+    // Our own mount namespace, owned by our user namespace: made now, so it
+    // holds the idmapped mounts the builder attached after the clone. The
+    // cache's copy is opened while we are still host root to the path
+    // lookup (its ancestors may be closed to everyone else).
+    if libc::unshare(libc::CLONE_NEWNS) != 0
+        || libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+    {
+        fail(plan, ChildStep::Namespaces, errno());
+    }
+    let base = libc::open(
+        plan.base.as_ptr(),
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    );
+    if base < 0 {
+        fail(plan, ChildStep::Namespaces, errno());
+    }
     // Raw syscalls: glibc's wrappers would try to change the credentials of
     // every thread of the (copied) builder process and wait forever.
     let no_groups: [libc::gid_t; 0] = [];
@@ -370,18 +421,9 @@ pub unsafe fn sandbox_init(plan: &ChildPlan) -> ! {
         libc::_exit(125);
     }
     libc::close(plan.go_r);
-    // Our own mount namespace, owned by our user namespace: made now, so it
-    // holds the idmapped mounts the builder attached after the clone. The
-    // cgroup namespace is rooted at the build's cgroup we were moved into.
-    if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWCGROUP) != 0
-        || libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-    {
+    // The cgroup namespace is rooted at the build's cgroup we were moved
+    // into meanwhile.
+    if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
         fail(plan, ChildStep::Namespaces, errno());
     }
     if libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) != 0 {
@@ -393,13 +435,14 @@ pub unsafe fn sandbox_init(plan: &ChildPlan) -> ! {
         }
     }
     for (i, op) in plan.mounts.iter().enumerate() {
-        if let Err(e) = run_op(op) {
+        if let Err(e) = run_op(op, base) {
             fail_at(plan, ChildStep::Mount, e, i as u32);
         }
     }
     // pivot_root(".", ".") stacks the old root on the new one; detaching it
     // leaves only the image visible.
-    if libc::chdir(plan.root.as_ptr()) != 0
+    if libc::fchdir(base) != 0
+        || libc::chdir(plan.root.as_ptr()) != 0
         || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
         || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
         || libc::chdir(c"/".as_ptr()) != 0

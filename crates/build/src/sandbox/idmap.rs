@@ -9,7 +9,7 @@
 //! the owners Docker would give it, and nothing is rewritten afterwards.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
@@ -162,11 +162,6 @@ const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
-/// `path` seen through an idmapped copy of `base` attached at `mapped`.
-pub fn through(base: &Path, mapped: &Path, path: &Path) -> Option<PathBuf> {
-    path.strip_prefix(base).ok().map(|rel| mapped.join(rel))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,21 +200,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no line"), "{e}");
-    }
-
-    #[test]
-    fn paths_through_a_mapped_copy() {
-        assert_eq!(
-            through(
-                Path::new("/c/build"),
-                Path::new("/m"),
-                Path::new("/c/build/layers/x")
-            ),
-            Some(PathBuf::from("/m/layers/x"))
-        );
-        assert_eq!(
-            through(Path::new("/c/build"), Path::new("/m"), Path::new("/etc")),
-            None
-        );
     }
 }

@@ -45,7 +45,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::error::{BuildError, Result};
 use crate::fsutil::{clean_rel, Root, Scope};
-use crate::mountns::{mount, unmount, OverlayMount, OverlaySpec};
+use crate::mountns::{from_cwd, mount, unmount, OverlayMount, OverlaySpec};
 use child::{ChildPlan, ChildStep};
 pub use idmap::IdMap;
 pub use limits::Limits;
@@ -503,25 +503,35 @@ impl Drop for Attached {
     }
 }
 
-/// Where the sandbox's view of a host path comes from.
+/// How the sandbox reaches host paths. Its PID 1 starts in the idmapped
+/// copy of the layer cache: paths in the cache become relative to it (so
+/// no ancestor directory of the cache needs to be open to the sandbox's
+/// ids); other paths stay absolute.
 struct Views<'a> {
     store: &'a Path,
-    /// The idmapped copy of `store`.
+    /// Where the idmapped copy of `store` is attached (a host path).
     mapped: PathBuf,
-    /// Per bind: where its idmapped host source is attached.
+    /// Per bind: where (relative) its idmapped host source is attached.
     host: Vec<Option<PathBuf>>,
 }
 
 impl Views<'_> {
-    fn store(&self, p: &Path) -> PathBuf {
-        mounts::view(self.store, &self.mapped, p)
+    fn seen(&self, p: &Path) -> PathBuf {
+        p.strip_prefix(self.store)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+
+    /// The host path of a relative view path, through the idmapped copy
+    /// (where the worker attaches what the sandbox mounts from).
+    fn through_mapped(&self, rel: &Path) -> PathBuf {
+        self.mapped.join(rel)
     }
 
     fn bind_source(&self, i: usize, b: &PreparedBind) -> PathBuf {
         match &b.source {
-            BindSource::Store(p) => self.store(p),
             BindSource::Host(p) => self.host[i].clone().unwrap_or_else(|| p.clone()),
-            BindSource::Stage { path, .. } => path.clone(),
+            BindSource::Store(p) | BindSource::Stage { path: p, .. } => self.seen(p),
         }
     }
 }
@@ -537,40 +547,36 @@ fn plan_mounts(
     let mut plan = Plan::default();
     let root = step
         .overlay
-        .options(|d| v.store(d))?
+        .options(|d| v.seen(d))?
         .ok_or_else(|| BuildError::Sandbox("a RUN step needs a writable layer".into()))?;
-    plan.overlay(&root, step.merged, "the stage")?;
+    plan.overlay(&root, &v.seen(step.merged), "the stage")?;
     for (i, (spec, dir)) in step.stages.iter().enumerate() {
-        match spec.options(|d| v.store(d))? {
-            Some(o) => plan.overlay(&o, dir, &format!("--mount from= #{i}"))?,
-            None => plan.bind(
-                &v.store(&spec.single_dir()),
-                dir,
-                true,
-                &format!("--mount from= #{i}"),
-            )?,
+        let shown = format!("--mount from= #{i}");
+        match spec.options(|d| v.seen(d))? {
+            Some(o) => plan.overlay(&o, &v.seen(dir), &shown)?,
+            None => plan.bind(&v.seen(&spec.single_dir()), &v.seen(dir), true, &shown)?,
         }
     }
-    plan.dev(&p.dev)?;
+    plan.dev(&v.seen(&p.dev))?;
     if let Some(tmp) = &p.tmp {
         plan.fs(
             "tmpfs",
-            tmp,
+            &v.seen(tmp),
             libc::MS_NOSUID | libc::MS_NODEV,
             "mode=1777",
             "/tmp",
         )?;
     }
-    plan.proc(&p.proc)?;
-    plan.sys(&p.sys, own_net)?;
+    plan.proc(&v.seen(&p.proc))?;
+    plan.sys(&v.seen(&p.sys), own_net)?;
     for (copy, target, shown) in &p.files {
-        plan.bind(&v.store(copy), target, false, shown)?;
+        plan.bind(&v.seen(copy), &v.seen(target), false, shown)?;
     }
     for (i, b) in p.binds.iter().enumerate() {
-        let source = v.bind_source(i, b);
+        let (source, target) = (v.bind_source(i, b), v.seen(&b.target));
         match b.access {
-            Access::ReadOnly => plan.bind(&source, &b.target, true, &b.shown)?,
-            Access::Shared => plan.bind(&source, &b.target, false, &b.shown)?,
+            Access::ReadOnly => plan.bind(&source, &target, true, &b.shown)?,
+            Access::Shared => plan.bind(&source, &target, false, &b.shown)?,
             Access::Throwaway => {
                 let layer = scratch.join(format!("rw{i}"));
                 for d in ["upper", "work"] {
@@ -578,16 +584,18 @@ fn plan_mounts(
                         .map_err(BuildError::io("creating", &layer))?;
                 }
                 // lowerdir "." (the source is the cwd): no escaping needed.
+                let upper = from_cwd(&source, &v.seen(&layer.join("upper")));
+                let work = from_cwd(&source, &v.seen(&layer.join("work")));
                 let o = OverlayMount {
-                    cwd: source,
                     data: format!(
                         "lowerdir=.,upperdir={},workdir={},userxattr",
-                        v.store(&layer.join("upper")).display(),
-                        v.store(&layer.join("work")).display()
+                        upper.display(),
+                        work.display()
                     ),
+                    cwd: source,
                     flags: libc::MS_NODEV,
                 };
-                plan.overlay(&o, &b.target, &b.shown)?;
+                plan.overlay(&o, &target, &b.shown)?;
             }
         }
     }
@@ -649,25 +657,28 @@ fn run_child(
         return Err(BuildError::Sandbox("empty command".into()));
     }
     let mkdir = |p: &Path| std::fs::create_dir_all(p).map_err(BuildError::io("creating", p));
-    let views = Views {
+    let mut views = Views {
         store: step.store,
         mapped: scratch.join("idroot"),
-        host: prepared
-            .binds
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                matches!(b.source, BindSource::Host(_)).then(|| scratch.join(format!("host{i}")))
-            })
-            .collect(),
+        host: Vec::new(),
     };
+    views.host = prepared
+        .binds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            matches!(b.source, BindSource::Host(_))
+                .then(|| views.seen(&scratch.join(format!("host{i}"))))
+        })
+        .collect();
     mkdir(&views.mapped)?;
     for (b, at) in prepared.binds.iter().zip(&views.host) {
         if let Some(at) = at {
+            let at = step.store.join(at);
             if b.is_dir {
-                mkdir(at)?;
+                mkdir(&at)?;
             } else {
-                std::fs::write(at, b"").map_err(BuildError::io("creating", at))?;
+                std::fs::write(&at, b"").map_err(BuildError::io("creating", &at))?;
             }
         }
     }
@@ -680,7 +691,8 @@ fn run_child(
     let (err_r, err_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     let mut child_plan = ChildPlan {
-        root: cstring(step.merged.as_os_str().as_bytes(), "root path")?,
+        base: cstring(views.mapped.as_os_str().as_bytes(), "cache path")?,
+        root: cstring(views.seen(step.merged).as_os_str().as_bytes(), "root path")?,
         mounts: plan.ops,
         hostname: spec.hostname.as_bytes().to_vec(),
         own_net,
@@ -814,7 +826,31 @@ fn set_up_child(
     };
     maps("uid_map", sandbox.ids.uid_line())?;
     maps("gid_map", sandbox.ids.gid_line())?;
-    // The child may now become root of its namespace.
+    // The views the child mounts from, attached before it makes its mount
+    // namespace.
+    let userns = std::fs::File::open(proc.join("ns/user"))
+        .map_err(BuildError::io("opening", proc.join("ns/user")))?;
+    idmap::idmapped_bind(step.store, &views.mapped, userns.as_fd(), false).map_err(|e| {
+        BuildError::Sandbox(format!(
+            "an idmapped mount of the build cache {} failed: {e} (the RUN sandbox needs Linux 5.19 or newer and a cache on ext4, xfs, btrfs or tmpfs)",
+            step.store.display()
+        ))
+    })?;
+    attached.0.push(views.mapped.clone());
+    for (b, at) in prepared.binds.iter().zip(&views.host) {
+        let (Some(at), BindSource::Host(src)) = (at, &b.source) else {
+            continue;
+        };
+        let at = views.through_mapped(at);
+        let readonly = b.access == Access::ReadOnly;
+        if let Err(e) = idmap::idmapped_bind(src, &at, userns.as_fd(), readonly) {
+            tracing::debug!(source = %src.display(), error = %e, "no idmapped bind here; its files show as nobody in the sandbox");
+            mount(Some(src), &at, None, libc::MS_BIND, None)
+                .map_err(|e| BuildError::Sandbox(format!("binding {}: {e}", src.display())))?;
+        }
+        attached.0.push(at);
+    }
+    // The child may now make its mount namespace and become its root.
     rustix::io::write(go, b"m")
         .map_err(|e| BuildError::Sandbox(format!("starting the sandbox: {e}")))?;
     let name = step_name();
@@ -833,27 +869,6 @@ fn set_up_child(
     } else {
         None
     };
-    let userns = std::fs::File::open(proc.join("ns/user"))
-        .map_err(BuildError::io("opening", proc.join("ns/user")))?;
-    idmap::idmapped_bind(step.store, &views.mapped, userns.as_fd(), false).map_err(|e| {
-        BuildError::Sandbox(format!(
-            "an idmapped mount of the build cache {} failed: {e} (the RUN sandbox needs Linux 5.19 or newer and a cache on ext4, xfs, btrfs or tmpfs)",
-            step.store.display()
-        ))
-    })?;
-    attached.0.push(views.mapped.clone());
-    for (b, at) in prepared.binds.iter().zip(&views.host) {
-        let (Some(at), BindSource::Host(src)) = (at, &b.source) else {
-            continue;
-        };
-        let readonly = b.access == Access::ReadOnly;
-        if let Err(e) = idmap::idmapped_bind(src, at, userns.as_fd(), readonly) {
-            tracing::debug!(source = %src.display(), error = %e, "no idmapped bind here; its files show as nobody in the sandbox");
-            mount(Some(src), at, None, libc::MS_BIND, None)
-                .map_err(|e| BuildError::Sandbox(format!("binding {}: {e}", src.display())))?;
-        }
-        attached.0.push(at.clone());
-    }
     Ok((cgroup, nat))
 }
 
@@ -1000,6 +1015,13 @@ mod tests {
     /// Runs `spec` on a fresh layer above a busybox base.
     fn run(spec: &RunSpec, cancel: &CancelToken) -> Ran {
         let cache = tempfile::tempdir().unwrap();
+        // Closed to others, as firebuild's own cache directories are: the
+        // sandbox must not need to walk through it.
+        std::fs::set_permissions(
+            cache.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         let store = LayerStore::open(cache.path()).unwrap();
         let base = store.new_work().unwrap();
         crate::testing::busybox_root(&base.diff());

@@ -12,7 +12,7 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::child::MountOp;
 use crate::error::{BuildError, Result};
@@ -270,12 +270,6 @@ impl Plan {
     }
 }
 
-/// `path` as the sandbox sees it through the idmapped copy of `store`
-/// attached at `mapped`; paths outside the store stay as they are.
-pub fn view(store: &Path, mapped: &Path, path: &Path) -> PathBuf {
-    super::idmap::through(store, mapped, path).unwrap_or_else(|| path.to_path_buf())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,18 +305,5 @@ mod tests {
             "{:?}",
             host.what
         );
-    }
-
-    #[test]
-    fn views_translate_only_store_paths() {
-        let (s, m) = (
-            Path::new("/cache/build"),
-            Path::new("/cache/build/tmp/w/idroot"),
-        );
-        assert_eq!(
-            view(s, m, Path::new("/cache/build/mounts/a")),
-            m.join("mounts/a")
-        );
-        assert_eq!(view(s, m, Path::new("/ctx/dir")), PathBuf::from("/ctx/dir"));
     }
 }
