@@ -4,7 +4,7 @@
 //! ```text
 //! build --dockerfile SRC --tag T --store DIR --cache DIR --vminit FILE
 //!       [--context DIR] [--no-cache] [--baseos] [--stage NAME]
-//!       [--build-arg K=V]... [--size-mib N] [--prune]
+//!       [--build-arg K=V]... [--size-mib N] [--network MODE] [--prune]
 //! ```
 
 use std::path::PathBuf;
@@ -57,6 +57,15 @@ fn main() -> ExitCode {
     o.target_stage = get("--stage");
     o.filesystem_size_mib = get("--size-mib").and_then(|s| s.parse().ok());
     o.no_cache = args.iter().any(|a| a == "--no-cache");
+    if let Some(n) = get("--network") {
+        match firebuild_build::Network::parse(&n) {
+            Ok(n) => o.sandbox.network = n,
+            Err(e) => {
+                eprintln!("--network: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if args.iter().any(|a| a == "--baseos") {
         o.kind = ImageType::Baseos;
     }

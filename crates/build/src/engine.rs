@@ -648,11 +648,11 @@ impl<'a> Engine<'a> {
 
     /// The checked sandbox (checked once, before the first RUN step).
     pub fn sandbox_options(&mut self) -> Result<SandboxOptions> {
-        if let Some(s) = self.sandbox_ready {
-            return Ok(s);
+        if let Some(s) = &self.sandbox_ready {
+            return Ok(s.clone());
         }
         let s = self.sandbox.resolve()?;
-        self.sandbox_ready = Some(s);
+        self.sandbox_ready = Some(s.clone());
         Ok(s)
     }
 

@@ -163,7 +163,14 @@ impl OverlaySpec<'_> {
         }
         let mut data = format!("lowerdir={}", lower.join(":"));
         if let Some((upper, work)) = self.upper {
-            data.push_str(&format!(",upperdir={},workdir={}", seen(upper), seen(work)));
+            // `volatile`: no syncs of the upper filesystem. A step's layer
+            // is kept or thrown away whole, and the unmount before a RUN
+            // would otherwise flush the whole cache filesystem.
+            data.push_str(&format!(
+                ",upperdir={},workdir={},volatile",
+                seen(upper),
+                seen(work)
+            ));
         }
         // Layers are recombined freely between mounts: no inode index, no
         // metadata-only copy-ups, no directory redirects to keep consistent.

@@ -13,7 +13,7 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{BuildError, Result};
 
@@ -277,17 +277,47 @@ fn load(prog: &[Insn], attach_type: u32) -> std::io::Result<OwnedFd> {
     }
 }
 
-/// A cgroup (v2) whose processes' sockets obey the egress rules; removed
-/// on drop.
+/// A cgroup (v2) whose processes' sockets obey the egress rules: one per
+/// build, shared by the NATs of its RUN steps; removed on drop. It is
+/// reached through descriptors, so it needs no cgroup2 mount once made.
 #[derive(Debug)]
 pub struct EgressCgroup {
-    dir: PathBuf,
+    /// `<v2 root>/firebuild`.
+    parent: OwnedFd,
+    dir: OwnedFd,
+    name: String,
+}
+
+fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
 }
 
 impl EgressCgroup {
-    /// Creates `<v2 root>/firebuild/<name>` and attaches the programs. `v2`
-    /// is a mount of the cgroup2 hierarchy's root.
-    pub fn create(
+    /// Creates `<v2 root>/firebuild/net-<pid>-<n>` with the programs for
+    /// this host's addresses attached. Mounts the cgroup2 hierarchy on a
+    /// private mount thread of its own, whatever the host mounts where.
+    pub fn for_build() -> Result<EgressCgroup> {
+        let resolvers = std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| host_resolvers(&t))
+            .unwrap_or_default();
+        let blocked = host_blocklist();
+        let name = format!(
+            "net-{}-{}",
+            std::process::id(),
+            crate::util::unique_suffix()
+        );
+        crate::mountns::with_private_mounts(|| {
+            let v2 = Path::new("/sys/fs/cgroup");
+            mount_v2(v2)?;
+            Self::create(v2, &name, &blocked, &resolvers)
+        })
+    }
+
+    fn create(
         v2: &Path,
         name: &str,
         blocked: &[Blocked],
@@ -296,12 +326,24 @@ impl EgressCgroup {
         let fail = |what: &str, e: std::io::Error| {
             BuildError::Sandbox(format!("filtering the build network ({what}): {e}"))
         };
-        let parent = v2.join("firebuild");
-        std::fs::create_dir_all(&parent).map_err(|e| fail("creating the cgroup", e))?;
-        let dir = parent.join(name);
-        std::fs::create_dir(&dir).map_err(|e| fail("creating the cgroup", e))?;
-        let cg = EgressCgroup { dir };
-        let dir_fd = std::fs::File::open(&cg.dir).map_err(|e| fail("opening the cgroup", e))?;
+        let parent_path = v2.join("firebuild");
+        std::fs::create_dir_all(&parent_path).map_err(|e| fail("creating the cgroup", e))?;
+        remove_stale(&parent_path);
+        let dir_path = parent_path.join(name);
+        std::fs::create_dir(&dir_path).map_err(|e| fail("creating the cgroup", e))?;
+        let parent = open_dir(&parent_path).map_err(|e| fail("opening the cgroup", e))?;
+        let dir = match open_dir(&dir_path) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir_path);
+                return Err(fail("opening the cgroup", e));
+            }
+        };
+        let cg = EgressCgroup {
+            parent,
+            dir,
+            name: name.to_owned(),
+        };
         let v4 = ipv4_program(blocked, dns);
         let v6 = ipv6_program();
         for (prog, attach_type) in [
@@ -313,7 +355,7 @@ impl EgressCgroup {
             let fd = load(prog, attach_type)
                 .map_err(|e| fail("loading a cgroup/sock_addr program", e))?;
             let attr = ProgAttach {
-                target_fd: dir_fd.as_raw_fd() as u32,
+                target_fd: cg.dir.as_raw_fd() as u32,
                 attach_bpf_fd: fd.as_raw_fd() as u32,
                 attach_type,
                 attach_flags: BPF_F_ALLOW_MULTI,
@@ -327,35 +369,47 @@ impl EgressCgroup {
 
     /// Moves process `pid` (all its threads) into the cgroup.
     pub fn add(&self, pid: u32) -> Result<()> {
-        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).map_err(|e| {
+        let fail = |e: std::io::Error| {
             BuildError::Sandbox(format!(
-                "moving the build network's NAT into {}: {e}",
-                self.dir.display()
+                "moving the build network's NAT into cgroup {}: {e}",
+                self.name
             ))
-        })
+        };
+        let fd = rustix::fs::openat(
+            &self.dir,
+            "cgroup.procs",
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| fail(e.into()))?;
+        rustix::io::write(&fd, pid.to_string().as_bytes()).map_err(|e| fail(e.into()))?;
+        Ok(())
     }
 }
 
 impl Drop for EgressCgroup {
     fn drop(&mut self) {
-        // The NAT has exited (or is being reaped): retry briefly while the
-        // kernel empties the cgroup.
-        for _ in 0..50 {
-            match std::fs::remove_dir(&self.dir) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
+        // The build's NATs have exited; the kernel may still be emptying it.
+        for _ in 0..200 {
+            match rustix::fs::unlinkat(
+                &self.parent,
+                self.name.as_str(),
+                rustix::fs::AtFlags::REMOVEDIR,
+            ) {
+                Err(rustix::io::Errno::BUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
                 }
                 _ => return,
             }
         }
-        tracing::warn!(cgroup = %self.dir.display(), "could not remove the build network's cgroup");
+        tracing::warn!(cgroup = %self.name, "could not remove the build network's cgroup");
     }
 }
 
-/// Removes `<v2 root>/firebuild/net-<pid>-*` cgroups left by builders that
-/// were killed (those whose process is gone; rmdir refuses non-empty ones).
-pub fn remove_stale(v2: &Path) {
-    let Ok(entries) = std::fs::read_dir(v2.join("firebuild")) else {
+/// Removes the `net-<pid>-*` cgroups in `parent` left by builders that were
+/// killed (those whose process is gone; rmdir refuses non-empty ones).
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for e in entries.flatten() {
@@ -370,8 +424,8 @@ pub fn remove_stale(v2: &Path) {
 }
 
 /// Mounts the cgroup2 hierarchy on `target` (in the caller's private mount
-/// namespace), whatever the host mounts where.
-pub fn mount_v2(target: &Path) -> Result<()> {
+/// namespace).
+fn mount_v2(target: &Path) -> Result<()> {
     crate::mountns::mount(
         Some(Path::new("cgroup2")),
         target,

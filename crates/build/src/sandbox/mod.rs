@@ -38,7 +38,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rustix::fs::{Mode, OFlags};
@@ -155,16 +155,29 @@ impl SandboxSettings {
             ids,
             network: self.network,
             limits: self.limits,
+            egress: Arc::default(),
         })
     }
 }
 
 /// The sandbox of a build, checked ([`SandboxSettings::resolve`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SandboxOptions {
     pub ids: IdMap,
     pub network: Network,
     pub limits: Limits,
+    /// The cgroup the build's NATs run in: made when the first step on the
+    /// default network runs, removed with the last copy of these options.
+    pub egress: Arc<OnceLock<std::result::Result<egress::EgressCgroup, String>>>,
+}
+
+impl SandboxOptions {
+    fn egress(&self) -> Result<&egress::EgressCgroup> {
+        self.egress
+            .get_or_init(|| egress::EgressCgroup::for_build().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| BuildError::Sandbox(e.clone()))
+    }
 }
 
 /// Where a `RUN --mount` comes from.
@@ -295,7 +308,8 @@ pub fn run_in_root(
     // Two overlays on one upper directory must never be live together: the
     // command's own view replaces this one (nothing holds it open now).
     let unmounted = unmount(step.merged, false)
-        .map_err(|e| BuildError::Sandbox(format!("unmounting {}: {e}", step.merged.display())));
+        .map_err(|e| BuildError::Sandbox(format!("unmounting {}: {e}", step.merged.display())))
+        .and_then(|()| fresh_workdir(&step.overlay));
     let result = prepared.and_then(|p| {
         unmounted?;
         run_child(step, scratch, sandbox, spec, p, on_line, cancel)
@@ -307,6 +321,17 @@ pub fn run_in_root(
         }
     }
     result
+}
+
+/// Empties the overlay's work directory after an unmount: a `volatile`
+/// overlay leaves a marker there that refuses the next mount.
+fn fresh_workdir(overlay: &OverlaySpec<'_>) -> Result<()> {
+    let Some((_, work)) = overlay.upper else {
+        return Ok(());
+    };
+    std::fs::remove_dir_all(work)
+        .and_then(|()| std::fs::create_dir(work))
+        .map_err(BuildError::io("renewing the overlay work directory", work))
 }
 
 /// A bind with its target's host path.
@@ -758,7 +783,6 @@ fn run_child(
         pid,
         &go_w,
         step,
-        scratch,
         sandbox,
         spec,
         &views,
@@ -808,7 +832,6 @@ fn set_up_child(
     pid: libc::pid_t,
     go: &OwnedFd,
     step: &StepRoot<'_>,
-    scratch: &Path,
     sandbox: &SandboxOptions,
     spec: &RunSpec,
     views: &Views<'_>,
@@ -859,15 +882,9 @@ fn set_up_child(
     if let Some(c) = &cgroup {
         c.add(pid)?;
     }
-    let nat = if spec.network == Network::Default {
-        let v2 = scratch.join("cgroup2");
-        std::fs::create_dir_all(&v2).map_err(BuildError::io("creating", &v2))?;
-        egress::mount_v2(&v2)?;
-        attached.0.push(v2.clone());
-        egress::remove_stale(&v2);
-        Some(net::Nat::start(pid, &v2, &format!("net-{name}"))?)
-    } else {
-        None
+    let nat = match spec.network {
+        Network::Default => Some(net::Nat::start(pid, sandbox.egress()?)?),
+        _ => None,
     };
     Ok((cgroup, nat))
 }
@@ -1037,6 +1054,7 @@ mod tests {
             ids: TEST_IDS,
             network: spec.network,
             limits: Limits::default(),
+            egress: Arc::default(),
         };
         let result = with_private_mounts(|| {
             let overlay = OverlaySpec {

@@ -12,11 +12,11 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::egress::{self, EgressCgroup};
+use super::egress::EgressCgroup;
 use crate::error::{BuildError, Result};
 
 /// What RUN's `/etc/resolv.conf` says in the default network.
@@ -30,9 +30,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running NAT for one step; stopped on drop.
 pub struct Nat {
-    child: Child,
+    /// `None` once dropped.
+    child: Option<Child>,
     _exit_w: OwnedFd,
-    _cgroup: EgressCgroup,
 }
 
 /// Where slirp4netns is, or the error that names the package.
@@ -50,17 +50,12 @@ pub fn find_slirp() -> Result<PathBuf> {
 }
 
 impl Nat {
-    /// Starts slirp4netns for the network namespace of `pid` and waits
-    /// until `tap0` is configured. `cgroup_v2` is a mount of the cgroup2
-    /// hierarchy; `name` names the NAT's cgroup in it.
-    pub fn start(pid: libc::pid_t, cgroup_v2: &Path, name: &str) -> Result<Nat> {
+    /// Starts slirp4netns for the network namespace of `pid`, in the
+    /// build's egress cgroup, and waits until `tap0` is configured.
+    pub fn start(pid: libc::pid_t, cgroup: &EgressCgroup) -> Result<Nat> {
         let fail =
             |what: String| BuildError::Sandbox(format!("starting the build network: {what}"));
         let slirp = find_slirp()?;
-        let resolvers = std::fs::read_to_string("/etc/resolv.conf")
-            .map(|t| egress::host_resolvers(&t))
-            .unwrap_or_default();
-        let cgroup = EgressCgroup::create(cgroup_v2, name, &egress::host_blocklist(), &resolvers)?;
         let pipe = || {
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                 .map_err(|e| fail(format!("pipe: {e}")))
@@ -116,9 +111,8 @@ impl Nat {
         // Not ready yet while it could still have connected somewhere: the
         // step has not started, so nothing has asked it to.
         let mut nat = Nat {
-            child,
+            child: Some(child),
             _exit_w: exit_w,
-            _cgroup: cgroup,
         };
         nat.wait_ready(ready_r).map_err(fail)?;
         Ok(nat)
@@ -153,10 +147,12 @@ impl Nat {
             return Ok(());
         }
         // EOF: it exited. Say why.
-        let _ = self.child.wait();
         let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.wait();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
         }
         Err(format!("slirp4netns exited: {}", err.trim()))
     }
@@ -164,9 +160,17 @@ impl Nat {
 
 impl Drop for Nat {
     fn drop(&mut self) {
-        // Closing the exit pipe (dropping `_exit_w` after this) asks it to
-        // stop; the kill makes sure of it before the cgroup goes.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = child.kill();
+        // Reaped in the background: tearing down its tap takes the kernel
+        // tens of milliseconds the next step need not wait for. (It cannot
+        // outlive the step's network namespace in any case.)
+        let _ = std::thread::Builder::new()
+            .name("fb-nat-reaper".into())
+            .spawn(move || {
+                let _ = child.wait();
+            });
     }
 }
