@@ -15,13 +15,14 @@ export FIREBUILD_VMINIT
 FIREBUILD_TEST_KERNEL="$(cargo run -q -p firebuild-kernel --example ci-kernel)"
 export FIREBUILD_TEST_KERNEL
 
-# Keep cargo's exit status, and close with one total line over all test
-# binaries (cargo prints a result line per binary; the last may be an
+# Every test binary runs (--no-fail-fast: one failure does not hide the
+# rest); keep cargo's exit status, and close with one total line over all
+# test binaries (cargo prints a result line per binary; the last may be an
 # example's empty harness).
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --all-targets 2>&1 | tee "$log"
+cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ { passed += $4; failed += $6 }

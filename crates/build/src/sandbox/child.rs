@@ -157,11 +157,8 @@ pub struct ChildPlan {
     /// The seccomp program loaded right before `execve`.
     pub seccomp: &'static [libc::sock_filter],
     pub out_w: RawFd,
-    pub out_r: RawFd,
     pub err_w: RawFd,
-    pub err_r: RawFd,
     pub go_r: RawFd,
-    pub go_w: RawFd,
 }
 
 impl ChildPlan {
@@ -212,6 +209,26 @@ pub unsafe fn raw_clone(flags: libc::c_int) -> libc::pid_t {
 
 fn ptr(s: &Option<CString>) -> *const libc::c_char {
     s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// Closes every descriptor from 3 up except `keep`, without allocating.
+unsafe fn close_all_but(keep: &[RawFd; 3]) {
+    let mut sorted = *keep;
+    sorted.sort_unstable();
+    let mut from: libc::c_uint = 3;
+    for fd in sorted {
+        let fd = fd as libc::c_uint;
+        if fd > from {
+            libc::syscall(libc::SYS_close_range, from, fd - 1, 0 as libc::c_uint);
+        }
+        from = from.max(fd + 1);
+    }
+    libc::syscall(
+        libc::SYS_close_range,
+        from,
+        libc::c_uint::MAX,
+        0 as libc::c_uint,
+    );
 }
 
 /// Writes `/proc/self/fd/<fd>` (NUL-terminated) into `buf`, without
@@ -366,9 +383,10 @@ pub unsafe fn sandbox_init(plan: &ChildPlan) -> ! {
         0,
         0,
     );
-    libc::close(plan.go_w);
-    libc::close(plan.out_r);
-    libc::close(plan.err_r);
+    // The clone copied every descriptor of the builder, other threads'
+    // too (another build's tree, held open, would keep its mount busy):
+    // keep only our pipes.
+    close_all_but(&[plan.go_r, plan.out_w, plan.err_w]);
     let mut b = [0u8; 1];
     if libc::read(plan.go_r, b.as_mut_ptr().cast(), 1) != 1 {
         libc::_exit(125);

@@ -307,9 +307,7 @@ pub fn run_in_root(
         .and_then(|root| prepare(&root, scratch, spec, &mut made));
     // Two overlays on one upper directory must never be live together: the
     // command's own view replaces this one (nothing holds it open now).
-    let unmounted = unmount(step.merged, false)
-        .map_err(|e| BuildError::Sandbox(format!("unmounting {}: {e}", step.merged.display())))
-        .and_then(|()| fresh_workdir(&step.overlay));
+    let unmounted = unmount_when_free(step.merged).and_then(|()| fresh_workdir(&step.overlay));
     let result = prepared.and_then(|p| {
         unmounted?;
         run_child(step, scratch, sandbox, spec, p, on_line, cancel)
@@ -321,6 +319,28 @@ pub fn run_in_root(
         }
     }
     result
+}
+
+/// Unmounts `merged`, waiting a little while it is busy: a process another
+/// thread of the builder is starting may hold a copy of a descriptor into
+/// it for a moment (sandbox children drop theirs first thing).
+fn unmount_when_free(merged: &Path) -> Result<()> {
+    for _ in 0..400 {
+        match unmount(merged, false) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            r => {
+                return r.map_err(|e| {
+                    BuildError::Sandbox(format!("unmounting {}: {e}", merged.display()))
+                })
+            }
+        }
+    }
+    Err(BuildError::Sandbox(format!(
+        "unmounting {}: still busy after 2s (is something on the host holding a file in it open?)",
+        merged.display()
+    )))
 }
 
 /// Empties the overlay's work directory after an unmount: a `volatile`
@@ -747,11 +767,8 @@ fn run_child(
         keep_caps: DEFAULT_CAPS.iter().fold(0u64, |m, (c, _)| m | (1 << c)),
         seccomp,
         out_w: out_w.as_raw_fd(),
-        out_r: out_r.as_raw_fd(),
         err_w: err_w.as_raw_fd(),
-        err_r: err_r.as_raw_fd(),
         go_r: go_r.as_raw_fd(),
-        go_w: go_w.as_raw_fd(),
     };
     child_plan.finish();
 
