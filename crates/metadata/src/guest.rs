@@ -57,6 +57,10 @@ pub struct GuestMetadata {
     pub stop_timeout_seconds: u32,
     #[serde(default)]
     pub init_mode: InitMode,
+    /// The health check the guest agent runs (the image's HEALTHCHECK with
+    /// `run`'s overrides); `None`: no check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::image::Healthcheck>,
 }
 
 /// What the guest init does once the VM is configured.

@@ -296,6 +296,9 @@ pub fn run() -> Result<i32, InitError> {
     log::set_verbose(cmdline.debug());
 
     let (meta, hostname) = configure(&cmdline)?;
+    if let Some(pid) = crate::agent::start(&meta, &hostname) {
+        log::info(format_args!("the agent runs as pid {pid}"));
+    }
     match meta.init_mode {
         InitMode::Image => Err(exec_image_init()),
         InitMode::Entrypoint => run_entrypoint(&meta, &hostname),

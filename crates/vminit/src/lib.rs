@@ -28,7 +28,12 @@
 //!   sends the image's STOPSIGNAL to the entrypoint and SIGKILL after
 //!   `stop-timeout-seconds` (0 means 10). SIGTERM and SIGPWR to PID 1 do
 //!   the same; other signals are forwarded to the entrypoint as they are.
+//! - The agent ([`agent`]): once the VM is configured, PID 1 forks the
+//!   agent that `firebuild exec`, `cp` and health checks talk to, over
+//!   vsock port [`firebuild_agent_proto::VSOCK_PORT`] (Firecracker) or the
+//!   virtio-serial ports named `org.firebuild.agent.N` (QEMU).
 
+pub mod agent;
 pub mod cmdline;
 pub mod files;
 pub mod init;

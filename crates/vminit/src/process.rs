@@ -170,6 +170,36 @@ pub fn spawn(
     user: &ExecUser,
     workdir: &str,
 ) -> Result<libc::pid_t, StartError> {
+    let stdio = ProcessStdio {
+        stdin: Stdio::null(),
+        stdout: Stdio::inherit(),
+        stderr: Stdio::inherit(),
+        controlling_tty: false,
+    };
+    start(program, argv, env, user, workdir, stdio).map(|c| c.id() as libc::pid_t)
+}
+
+/// Where a started process's stdio goes.
+pub struct ProcessStdio {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+    /// Make stdin (a pseudo-terminal's slave) the session's controlling
+    /// terminal, so Ctrl-C and window sizes reach the process.
+    pub controlling_tty: bool,
+}
+
+/// Starts `program` in a session of its own with the user's groups and
+/// ids, the working directory, environment and stdio given. The caller
+/// (PID 1's supervision loop, or the agent) reaps it.
+pub fn start(
+    program: &Path,
+    argv: &[String],
+    env: &[(String, String)],
+    user: &ExecUser,
+    workdir: &str,
+    stdio: ProcessStdio,
+) -> Result<std::process::Child, StartError> {
     let mut cmd = Command::new(program);
     if let Some(first) = argv.first() {
         cmd.arg0(first);
@@ -178,9 +208,12 @@ pub fn spawn(
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(workdir)
-        .stdin(Stdio::null());
+        .stdin(stdio.stdin)
+        .stdout(stdio.stdout)
+        .stderr(stdio.stderr);
     let groups: Vec<libc::gid_t> = user.supplementary.clone();
     let (uid, gid) = (user.uid, user.gid);
+    let tty = stdio.controlling_tty;
     // SAFETY: the closure only makes async-signal-safe system calls and
     // touches memory allocated before the fork.
     unsafe {
@@ -192,9 +225,12 @@ pub fn spawn(
             if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            // A new session without a controlling terminal, as Docker runs
-            // a container process without a TTY.
+            // A new session: without a controlling terminal, as Docker runs
+            // a container process without a TTY, or with the one given.
             if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
@@ -209,12 +245,12 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| StartError::Spawn {
+    // The Child handle is never waited on through std: PID 1 reaps with
+    // waitpid(-1), the agent with waitpid(pid).
+    cmd.spawn().map_err(|source| StartError::Spawn {
         program: program.display().to_string(),
         source,
-    })?;
-    // PID 1 reaps with waitpid(-1) itself; the Child handle is not waited on.
-    Ok(child.id() as libc::pid_t)
+    })
 }
 
 /// The entrypoint's exit status as a shell reports it: the exit code, or

@@ -1,0 +1,780 @@
+//! File trees in both directions (`firebuild cp`): the same sender and
+//! writer on the host and in the guest.
+//!
+//! A tree is a sequence of [`Entry`] frames in pre-order, each regular file
+//! followed by exactly `size` bytes of [`crate::Kind::Data`], then
+//! [`crate::Kind::End`]. The top entry's path is the source's base name;
+//! every other path starts with it. Modes, numeric owners, symlinks and
+//! mtimes are kept, as `docker cp` keeps them; devices, FIFOs and sockets
+//! are skipped (and counted).
+//!
+//! The writer treats what it receives as untrusted: paths must be relative
+//! and plain (no `..`, no empty or `.` components), and every path is
+//! opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` below the
+//! destination, so neither a crafted name nor a symlink sent earlier can
+//! make it write anywhere else. Each file is written to a temporary name
+//! and renamed into place when complete: a failed or interrupted copy
+//! leaves no half-written file.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{Kind, CHUNK};
+use crate::Copied;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One file of a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// `/`-separated, relative; the first component is the tree's name.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits (with setuid, setgid, sticky).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// Bytes of data that follow (regular files).
+    #[serde(default)]
+    pub size: u64,
+    /// Symlink target.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn errno() -> io::Error {
+    io::Error::last_os_error()
+}
+
+fn cstr(s: impl AsRef<OsStr>) -> io::Result<CString> {
+    CString::new(s.as_ref().as_bytes()).map_err(|_| invalid("a path contains a NUL byte".into()))
+}
+
+/// Sends the tree at `src` through `emit` (kind, payload). Fails before
+/// emitting anything when `src` cannot be read.
+pub fn send(src: &Path, emit: &mut dyn FnMut(Kind, &[u8]) -> io::Result<()>) -> io::Result<Copied> {
+    let md = std::fs::symlink_metadata(src)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
+    let name = src
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            invalid(format!(
+                "{}: name a file or directory, not a root",
+                src.display()
+            ))
+        })?;
+    let mut stats = Copied::default();
+    send_entry(src, name.to_owned(), md, emit, &mut stats)?;
+    emit(Kind::End, b"")?;
+    Ok(stats)
+}
+
+fn send_entry(
+    path: &Path,
+    rel: String,
+    md: std::fs::Metadata,
+    emit: &mut dyn FnMut(Kind, &[u8]) -> io::Result<()>,
+    stats: &mut Copied,
+) -> io::Result<()> {
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else {
+        let _ = ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device();
+        stats.skipped += 1;
+        return Ok(());
+    };
+    let target = if kind == EntryKind::Symlink {
+        Some(
+            std::fs::read_link(path)?
+                .into_os_string()
+                .into_string()
+                .map_err(|_| {
+                    invalid(format!(
+                        "{}: a symlink target that is not UTF-8",
+                        path.display()
+                    ))
+                })?,
+        )
+    } else {
+        None
+    };
+    let entry = Entry {
+        path: rel.clone(),
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: md.mtime(),
+        mtime_nsec: md.mtime_nsec() as u32,
+        size: if kind == EntryKind::File { md.len() } else { 0 },
+        target,
+    };
+    let json = serde_json::to_vec(&entry).map_err(|e| invalid(e.to_string()))?;
+    match kind {
+        EntryKind::File => {
+            // Opened before the entry goes out: an unreadable file fails
+            // the copy cleanly.
+            let mut f = File::open(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            emit(Kind::Entry, &json)?;
+            let mut left = entry.size;
+            let mut buf = vec![0u8; CHUNK];
+            while left > 0 {
+                let want = (left as usize).min(CHUNK);
+                let n = f.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(invalid(format!(
+                        "{} shrank while it was copied",
+                        path.display()
+                    )));
+                }
+                emit(Kind::Data, &buf[..n])?;
+                left -= n as u64;
+            }
+            stats.files += 1;
+            stats.bytes += entry.size;
+        }
+        EntryKind::Dir => {
+            emit(Kind::Entry, &json)?;
+            let mut children: Vec<(OsString, PathBuf)> = std::fs::read_dir(path)?
+                .map(|e| e.map(|e| (e.file_name(), e.path())))
+                .collect::<io::Result<_>>()?;
+            children.sort();
+            for (name, child) in children {
+                let name = name.into_string().map_err(|n| {
+                    invalid(format!(
+                        "{}: a name that is not UTF-8: {n:?}",
+                        path.display()
+                    ))
+                })?;
+                let md = std::fs::symlink_metadata(&child)?;
+                send_entry(&child, format!("{rel}/{name}"), md, emit, stats)?;
+            }
+        }
+        EntryKind::Symlink => {
+            emit(Kind::Entry, &json)?;
+            stats.files += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Where a tree named `top` of kind `kind` lands when copied to `dest`, as
+/// `docker cp` places it: into `dest` when it is a directory, else as
+/// `dest` (whose parent must exist). Returns the directory to write in and
+/// the name the top entry gets.
+pub fn place(dest: &Path, top: &str, kind: EntryKind) -> io::Result<(PathBuf, String)> {
+    let shown = dest.display();
+    let trailing_slash = dest.as_os_str().as_bytes().ends_with(b"/");
+    match std::fs::metadata(dest) {
+        Ok(md) if md.is_dir() => Ok((dest.to_path_buf(), top.to_owned())),
+        Ok(_) if kind == EntryKind::Dir => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{shown} is a file: cannot copy a directory onto it"),
+        )),
+        Ok(_) if trailing_slash => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{shown} is not a directory"),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && trailing_slash => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{shown}: no such directory"),
+        )),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(io::Error::new(e.kind(), format!("{shown}: {e}")))
+        }
+        _ => {
+            let parent = match dest.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            if !parent.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{}: no such directory", parent.display()),
+                ));
+            }
+            let name = dest
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| invalid(format!("{shown}: not a usable name")))?;
+            Ok((parent, name.to_owned()))
+        }
+    }
+}
+
+/// `struct open_how` of `<linux/openat2.h>`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// Opens directory `rel` below `base` without following any symlink and
+/// without leaving `base`.
+fn open_dir_beneath(base: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
+    let path = cstr(if rel.is_empty() { "." } else { rel })?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 with a valid path and struct.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            base.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a new descriptor of ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    // SAFETY: open with a valid path.
+    let fd = unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::new(
+            errno().kind(),
+            format!("{}: {}", path.display(), errno()),
+        ));
+    }
+    // SAFETY: a new descriptor of ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Checks a received path: relative, plain components only.
+fn check_path(path: &str) -> io::Result<()> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\0')
+        || path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(invalid(format!(
+            "refusing the path {path:?} in a copied tree"
+        )));
+    }
+    Ok(())
+}
+
+fn split_last(rel: &str) -> (&str, &str) {
+    match rel.rsplit_once('/') {
+        Some((p, n)) => (p, n),
+        None => ("", rel),
+    }
+}
+
+fn times(e: &Entry) -> [libc::timespec; 2] {
+    let t = libc::timespec {
+        tv_sec: e.mtime as libc::time_t,
+        tv_nsec: e.mtime_nsec as libc::c_long,
+    };
+    [t, t]
+}
+
+/// Owners are kept where the writer may set them (it may not as non-root).
+fn tolerate_eperm(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = errno();
+    if e.raw_os_error() == Some(libc::EPERM) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// The file being received.
+struct Current {
+    dir: OwnedFd,
+    tmp: CString,
+    name: CString,
+    file: File,
+    left: u64,
+    entry: Entry,
+}
+
+/// Receives a tree into `dest` (see [`place`]).
+pub struct TreeWriter {
+    dest: PathBuf,
+    /// After the first entry: the directory written in, and the top name
+    /// as sent and as written.
+    base: Option<(OwnedFd, String, String)>,
+    current: Option<Current>,
+    /// Directories, to get their metadata once their content is written.
+    dirs: Vec<(String, Entry)>,
+    stats: Copied,
+    seq: u64,
+}
+
+impl TreeWriter {
+    pub fn new(dest: impl Into<PathBuf>) -> TreeWriter {
+        TreeWriter {
+            dest: dest.into(),
+            base: None,
+            current: None,
+            dirs: Vec::new(),
+            stats: Copied::default(),
+            seq: 0,
+        }
+    }
+
+    /// The path an entry is written at, below the base directory.
+    fn out_path(&mut self, e: &Entry) -> io::Result<String> {
+        check_path(&e.path)?;
+        let (top_in, rest) = match e.path.split_once('/') {
+            Some((t, r)) => (t, Some(r)),
+            None => (e.path.as_str(), None),
+        };
+        if self.base.is_none() {
+            if rest.is_some() {
+                return Err(invalid(format!(
+                    "the tree starts with {:?}, not its top",
+                    e.path
+                )));
+            }
+            let (dir, name) = place(&self.dest, top_in, e.kind)?;
+            self.base = Some((open_dir(&dir)?, top_in.to_owned(), name));
+        }
+        let (_, sent_top, written_top) = self.base.as_ref().expect("set above");
+        if top_in != sent_top {
+            return Err(invalid(format!(
+                "{:?} is outside the tree {sent_top:?}",
+                e.path
+            )));
+        }
+        Ok(match rest {
+            Some(r) => format!("{written_top}/{r}"),
+            None => written_top.clone(),
+        })
+    }
+
+    /// The next entry.
+    pub fn entry(&mut self, e: Entry) -> io::Result<()> {
+        if self.current.is_some() {
+            return Err(invalid(format!(
+                "{:?} arrived before the previous file's data ended",
+                e.path
+            )));
+        }
+        let rel = self.out_path(&e)?;
+        let (parent, name) = split_last(&rel);
+        let base = &self.base.as_ref().expect("set by out_path").0;
+        let dir = open_dir_beneath(base, parent).map_err(|err| {
+            io::Error::new(err.kind(), format!("{parent:?} in the destination: {err}"))
+        })?;
+        let cname = cstr(name)?;
+        match e.kind {
+            EntryKind::Dir => {
+                // SAFETY: mkdirat/fstatat on our descriptors and strings.
+                unsafe {
+                    if libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), 0o700) != 0 {
+                        let err = errno();
+                        let mut st: libc::stat = std::mem::zeroed();
+                        let is_dir = libc::fstatat(
+                            dir.as_raw_fd(),
+                            cname.as_ptr(),
+                            &mut st,
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        ) == 0
+                            && st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                        if err.raw_os_error() != Some(libc::EEXIST) || !is_dir {
+                            return Err(io::Error::new(
+                                err.kind(),
+                                format!("creating {rel}: {err}"),
+                            ));
+                        }
+                    }
+                }
+                self.dirs.push((rel, e));
+            }
+            EntryKind::File => {
+                let tmp = self.temp_name(name)?;
+                // SAFETY: openat on our descriptor and strings.
+                let fd = unsafe {
+                    libc::openat(
+                        dir.as_raw_fd(),
+                        tmp.as_ptr(),
+                        libc::O_CREAT
+                            | libc::O_EXCL
+                            | libc::O_WRONLY
+                            | libc::O_NOFOLLOW
+                            | libc::O_CLOEXEC,
+                        0o600,
+                    )
+                };
+                if fd < 0 {
+                    return Err(io::Error::new(
+                        errno().kind(),
+                        format!("creating {rel}: {}", errno()),
+                    ));
+                }
+                // SAFETY: a new descriptor of ours.
+                let file = unsafe { File::from_raw_fd(fd) };
+                let left = e.size;
+                self.current = Some(Current {
+                    dir,
+                    tmp,
+                    name: cname,
+                    file,
+                    left,
+                    entry: e,
+                });
+                if left == 0 {
+                    self.complete()?;
+                }
+            }
+            EntryKind::Symlink => {
+                let target = cstr(e.target.as_deref().unwrap_or_default())?;
+                let tmp = self.temp_name(name)?;
+                let times = times(&e);
+                // SAFETY: *at calls on our descriptor and strings.
+                unsafe {
+                    check(libc::symlinkat(
+                        target.as_ptr(),
+                        dir.as_raw_fd(),
+                        tmp.as_ptr(),
+                    ))?;
+                    let done = tolerate_eperm(libc::fchownat(
+                        dir.as_raw_fd(),
+                        tmp.as_ptr(),
+                        e.uid,
+                        e.gid,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    ))
+                    .and_then(|_| {
+                        check(libc::utimensat(
+                            dir.as_raw_fd(),
+                            tmp.as_ptr(),
+                            times.as_ptr(),
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        ))
+                    })
+                    .and_then(|_| {
+                        check(libc::renameat(
+                            dir.as_raw_fd(),
+                            tmp.as_ptr(),
+                            dir.as_raw_fd(),
+                            cname.as_ptr(),
+                        ))
+                    });
+                    if let Err(err) = done {
+                        libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0);
+                        return Err(io::Error::new(
+                            err.kind(),
+                            format!("creating the symlink {rel}: {err}"),
+                        ));
+                    }
+                }
+                self.stats.files += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn temp_name(&mut self, name: &str) -> io::Result<CString> {
+        self.seq += 1;
+        cstr(format!(".{name}.fbcp-{}-{}", std::process::id(), self.seq))
+    }
+
+    /// File content for the current entry.
+    pub fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(cur) = self.current.as_mut() else {
+            return Err(invalid("file data without a file entry".into()));
+        };
+        if bytes.len() as u64 > cur.left {
+            return Err(invalid(format!("more data than {:?} has", cur.entry.path)));
+        }
+        cur.file.write_all(bytes)?;
+        cur.left -= bytes.len() as u64;
+        if cur.left == 0 {
+            self.complete()?;
+        }
+        Ok(())
+    }
+
+    /// The current file has all its bytes: its metadata, then its name.
+    fn complete(&mut self) -> io::Result<()> {
+        let cur = self.current.take().expect("called with a current file");
+        let e = &cur.entry;
+        let fd = cur.file.as_raw_fd();
+        let times = times(e);
+        // SAFETY: f* calls on our open file, renameat on our descriptors.
+        let done = unsafe {
+            // chown before chmod: chown clears setuid/setgid.
+            tolerate_eperm(libc::fchown(fd, e.uid, e.gid))
+                .and_then(|_| check(libc::fchmod(fd, e.mode & 0o7777)))
+                .and_then(|_| check(libc::futimens(fd, times.as_ptr())))
+                .and_then(|_| {
+                    check(libc::renameat(
+                        cur.dir.as_raw_fd(),
+                        cur.tmp.as_ptr(),
+                        cur.dir.as_raw_fd(),
+                        cur.name.as_ptr(),
+                    ))
+                })
+        };
+        if let Err(err) = done {
+            // SAFETY: removing our temporary file.
+            unsafe { libc::unlinkat(cur.dir.as_raw_fd(), cur.tmp.as_ptr(), 0) };
+            return Err(io::Error::new(
+                err.kind(),
+                format!("writing {}: {err}", e.path),
+            ));
+        }
+        self.stats.files += 1;
+        self.stats.bytes += e.size;
+        Ok(())
+    }
+
+    /// The tree is complete: directories get their modes, owners and
+    /// times (deepest first, so writing into them came before).
+    pub fn finish(mut self) -> io::Result<Copied> {
+        if let Some(cur) = &self.current {
+            return Err(invalid(format!(
+                "the tree ended inside {:?}",
+                cur.entry.path
+            )));
+        }
+        let Some((base, _, _)) = self.base.take() else {
+            return Err(invalid("the tree was empty".into()));
+        };
+        for (rel, e) in self.dirs.iter().rev() {
+            let dir = open_dir_beneath(&base, rel)?;
+            // O_PATH descriptors take no f* calls: go through /proc.
+            let p = cstr(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+            let times = times(e);
+            // SAFETY: calls on a valid C string.
+            unsafe {
+                tolerate_eperm(libc::chown(p.as_ptr(), e.uid, e.gid))?;
+                check(libc::chmod(p.as_ptr(), e.mode & 0o7777))?;
+                check(libc::utimensat(
+                    libc::AT_FDCWD,
+                    p.as_ptr(),
+                    times.as_ptr(),
+                    0,
+                ))?;
+            }
+        }
+        Ok(std::mem::take(&mut self.stats))
+    }
+}
+
+impl Drop for TreeWriter {
+    fn drop(&mut self) {
+        if let Some(cur) = self.current.take() {
+            // SAFETY: removing our temporary file.
+            unsafe { libc::unlinkat(cur.dir.as_raw_fd(), cur.tmp.as_ptr(), 0) };
+        }
+    }
+}
+
+/// Feeds a received frame to `w`; `Ok(true)` once the tree is complete.
+pub fn receive(w: &mut TreeWriter, kind: Kind, payload: &[u8]) -> io::Result<bool> {
+    match kind {
+        Kind::Entry => {
+            let e: Entry = serde_json::from_slice(payload)
+                .map_err(|e| invalid(format!("a file entry that is not valid: {e}")))?;
+            w.entry(e)?;
+            Ok(false)
+        }
+        Kind::Data => w.data(payload).map(|_| false),
+        Kind::End => Ok(true),
+        other => Err(invalid(format!("a {other:?} frame inside a file tree"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Sends `src` and writes it to `dest`, as the two sides do.
+    fn copy(src: &Path, dest: &Path) -> io::Result<Copied> {
+        let mut frames: Vec<(Kind, Vec<u8>)> = Vec::new();
+        send(src, &mut |k, p| {
+            frames.push((k, p.to_vec()));
+            Ok(())
+        })?;
+        let mut w = TreeWriter::new(dest);
+        for (k, p) in frames {
+            if receive(&mut w, k, &p)? {
+                return w.finish();
+            }
+        }
+        Err(invalid("no end".into()))
+    }
+
+    #[test]
+    fn trees_keep_modes_links_times_and_land_as_docker_cp_places_them() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/f"), vec![7u8; 200_000]).unwrap();
+        std::os::unix::fs::chown(src.join("sub/f"), Some(1234), Some(55)).unwrap();
+        std::fs::set_permissions(src.join("sub/f"), std::fs::Permissions::from_mode(0o4750))
+            .unwrap();
+        std::os::unix::fs::symlink("sub/f", src.join("link")).unwrap();
+        std::fs::set_permissions(src.join("sub"), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let old = libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 5,
+        };
+        let p = cstr(src.join("sub")).unwrap();
+        // SAFETY: utimensat on a valid path.
+        unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), [old, old].as_ptr(), 0) };
+
+        // Into an existing directory: dest/src.
+        let dest = t.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let stats = copy(&src, &dest).unwrap();
+        assert_eq!((stats.files, stats.bytes), (2, 200_000));
+        let f = std::fs::symlink_metadata(dest.join("src/sub/f")).unwrap();
+        assert_eq!(
+            (f.mode() & 0o7777, f.uid(), f.gid(), f.len()),
+            (0o4750, 1234, 55, 200_000)
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("src/link")).unwrap(),
+            Path::new("sub/f")
+        );
+        let d = std::fs::metadata(dest.join("src/sub")).unwrap();
+        assert_eq!((d.mode() & 0o7777, d.mtime()), (0o711, 1_000_000_000));
+        // No temporary names left.
+        assert!(!std::fs::read_dir(dest.join("src/sub")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("fbcp")));
+
+        // To a new name: the tree is renamed.
+        copy(&src, &t.path().join("renamed")).unwrap();
+        assert!(t.path().join("renamed/sub/f").is_file());
+        // A file onto a file, and errors that write nothing.
+        copy(&src.join("sub/f"), &t.path().join("renamed/link2")).unwrap();
+        let e = copy(&src, &t.path().join("missing/dir/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such directory"), "{e}");
+        let e = copy(&src, &t.path().join("renamed/sub/f"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot copy a directory"), "{e}");
+        let e = copy(&t.path().join("nope"), &dest).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn hostile_trees_cannot_write_outside_the_destination() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let entry = |path: &str, kind, target: Option<&str>| Entry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            target: target.map(str::to_owned),
+        };
+        for bad in ["../x", "/etc/x", "top/../../x", "top//x", "top/./x"] {
+            let mut w = TreeWriter::new(&dest);
+            let first = if bad.starts_with("top") {
+                w.entry(entry("top", EntryKind::Dir, None))
+            } else {
+                Ok(())
+            };
+            first.unwrap();
+            assert!(
+                w.entry(entry(bad, EntryKind::File, None)).is_err(),
+                "{bad} accepted"
+            );
+        }
+        // A symlink sent first cannot be written through.
+        let mut w = TreeWriter::new(&dest);
+        w.entry(entry("top", EntryKind::Dir, None)).unwrap();
+        w.entry(entry(
+            "top/escape",
+            EntryKind::Symlink,
+            Some(t.path().to_str().unwrap()),
+        ))
+        .unwrap();
+        let err = w
+            .entry(entry("top/escape/pwned", EntryKind::File, None))
+            .unwrap_err();
+        assert!(err.to_string().contains("destination"), "{err}");
+        assert!(!t.path().join("pwned").exists());
+        // An interrupted file leaves no temporary behind.
+        let mut w = TreeWriter::new(&dest);
+        let mut big = entry("big", EntryKind::File, None);
+        big.size = 10;
+        w.entry(big).unwrap();
+        w.data(b"12345").unwrap();
+        assert!(w.data(b"toolongdata").is_err());
+        drop(w);
+        assert_eq!(
+            std::fs::read_dir(&dest)
+                .unwrap()
+                .filter(|e| !e.as_ref().unwrap().path().is_dir())
+                .count(),
+            0
+        );
+    }
+}
