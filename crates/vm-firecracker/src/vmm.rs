@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use firebuild_firecracker::{self as fc, NetworkSpec, VmProcess, VmSpec};
+use firebuild_firecracker::{self as fc, NetworkSpec, VmProcess, VmSpec, VsockSpec};
 use firebuild_vm::rundir::RunDir;
 use firebuild_vm::{
-    Availability, LaunchConfig, NetworkAttachment, RunMetadata, StartedVm, VmError, Vmm, VmmKind,
+    AgentEndpoint, Availability, LaunchConfig, NetworkAttachment, RunMetadata, StartedVm, VmError,
+    Vmm, VmmKind,
 };
 use serde_json::json;
 
@@ -21,6 +22,14 @@ use crate::host;
 pub const LOG_FILE: &str = "firecracker.log";
 /// Firecracker's metrics, in the run directory.
 pub const METRICS_FILE: &str = "firecracker.metrics";
+
+/// The vsock Unix socket Firecracker creates for the guest agent (in the
+/// run directory, or the jail's root).
+pub const AGENT_SOCKET: &str = "agent.vsock";
+
+/// The guest's vsock CID (any value from 3 works: each VM has its own
+/// device).
+const GUEST_CID: u32 = 3;
 
 /// How long a SIGKILLed Firecracker may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -114,6 +123,11 @@ impl FirecrackerVmm {
             log_path: Some(log),
             metrics_path: Some(metrics),
             console_path: Some(console),
+            // The guest agent: Firecracker creates the socket (in the jail).
+            vsock: Some(VsockSpec {
+                guest_cid: GUEST_CID,
+                uds_path: launch.run_dir.file(AGENT_SOCKET),
+            }),
             ..VmSpec::new(&launch.id, &launch.kernel, &launch.rootfs)
         })
     }
@@ -311,6 +325,18 @@ impl Vmm for FirecrackerVmm {
             tokio::time::sleep(POLL).await;
         }
         Ok(())
+    }
+
+    fn agent_endpoint(&self, vm: &RunMetadata) -> Option<AgentEndpoint> {
+        let details = FirecrackerDetails::from_metadata(vm).ok()??;
+        let socket = match &details.process.jail {
+            Some(jail) => jail.host_path(&Path::new("/").join(AGENT_SOCKET)),
+            None => vm.run_dir.join(AGENT_SOCKET),
+        };
+        Some(AgentEndpoint::Vsock {
+            socket,
+            port: firebuild_agent_proto::VSOCK_PORT,
+        })
     }
 
     fn describe(&self, vm: &RunMetadata) -> serde_json::Value {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::{guest_document, run_metadata, wait_gone, Fixture, Netns, MAC, TAP};
 use firebuild_vm::rundir::RunDir;
-use firebuild_vm::{Availability, VmError, Vmm, VmmKind};
+use firebuild_vm::{AgentEndpoint, Availability, VmError, Vmm, VmmKind};
 use firebuild_vm_firecracker::{FirecrackerConfig, FirecrackerDetails, FirecrackerVmm, Mode};
 use serde_json::json;
 
@@ -37,7 +37,7 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
 
     // Exactly the requests a boot needs, in order, each accepted (204) by
     // the stand-in, which validated every body against the v1.16.1 spec.
-    let requests = fx.wait_requests("vm-jailed", 10);
+    let requests = fx.wait_requests("vm-jailed", 11);
     assert_eq!(
         fx.request_lines("vm-jailed"),
         [
@@ -49,6 +49,7 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
             "PUT /network-interfaces/eth0",
             "PUT /mmds/config",
             "PUT /mmds",
+            "PUT /vsock",
             "PUT /serial",
             "PUT /actions",
         ]
@@ -105,8 +106,11 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
     assert_eq!(meta["env"]["GREETING"], "hello from MMDS");
     assert_eq!(meta["local-hostname"], "fc-guest");
     assert_eq!(meta["entrypoint-json"], r#"["/bin/app","serve"]"#);
-    assert_eq!(body(8), json!({"serial_out_path": "/console.log"}));
-    assert_eq!(body(9), json!({"action_type": "InstanceStart"}));
+    // The guest agent's vsock: Firecracker makes the socket in the jail,
+    // owned by the jail user; nothing new is linked in.
+    assert_eq!(body(8), json!({"guest_cid": 3, "uds_path": "/agent.vsock"}));
+    assert_eq!(body(9), json!({"serial_out_path": "/console.log"}));
+    assert_eq!(body(10), json!({"action_type": "InstanceStart"}));
 
     // What the runtime stores: the process record, jailed.
     let details: FirecrackerDetails = serde_json::from_value(started.details.clone()).unwrap();
@@ -157,6 +161,13 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
 
     let vm = run_metadata(&launch, &started);
     assert!(vmm.is_running(&vm));
+    assert_eq!(
+        vmm.agent_endpoint(&vm),
+        Some(AgentEndpoint::Vsock {
+            socket: root.join("agent.vsock"),
+            port: firebuild_agent_proto::VSOCK_PORT
+        })
+    );
     let described = vmm.describe(&vm);
     assert_eq!(described["running"], true);
     assert_eq!(described["mode"], "jailed");
@@ -216,26 +227,37 @@ fn direct_start_and_force_stop() {
     let socket = launch.run_dir.file("firecracker.socket");
     assert_eq!(details.process.api_socket, socket);
     // Host paths, the run directory's own files.
-    let requests = fx.wait_requests("vm-direct", 10);
-    assert_eq!(requests.len(), 10);
+    let requests = fx.wait_requests("vm-direct", 11);
+    assert_eq!(requests.len(), 11);
     assert_eq!(requests[3]["body"]["kernel_image_path"], json!(fx.kernel()));
     assert_eq!(
         requests[4]["body"]["path_on_host"],
         json!(launch.run_dir.rootfs())
     );
     assert_eq!(
-        requests[8]["body"]["serial_out_path"],
+        requests[8]["body"],
+        json!({"guest_cid": 3, "uds_path": launch.run_dir.file("agent.vsock")})
+    );
+    assert_eq!(
+        requests[9]["body"]["serial_out_path"],
         json!(launch.run_dir.console_log())
     );
 
     let vm = run_metadata(&launch, &started);
+    assert_eq!(
+        vmm.agent_endpoint(&vm),
+        Some(AgentEndpoint::Vsock {
+            socket: launch.run_dir.file("agent.vsock"),
+            port: firebuild_agent_proto::VSOCK_PORT
+        })
+    );
     assert_eq!(vmm.describe(&vm)["mode"], "direct");
     assert!(vmm.describe(&vm).get("jail_dir").is_none());
     rt.block_on(vmm.force_stop(&vm)).unwrap();
     assert!(!vmm.is_running(&vm));
     assert!(wait_gone(details.process.pid));
     // Killed, not asked: no Ctrl-Alt-Del was sent.
-    assert_eq!(fx.requests("vm-direct").len(), 10);
+    assert_eq!(fx.requests("vm-direct").len(), 11);
     rt.block_on(vmm.cleanup(&vm)).unwrap();
     assert!(!socket.exists());
 }

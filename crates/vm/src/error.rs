@@ -115,6 +115,9 @@ pub enum VmError {
     #[error("no VM {id:?} in {run_cache}; see `firebuild ls`")]
     NotFound { id: String, run_cache: PathBuf },
 
+    #[error("VM {id} is {state}: its agent cannot be reached")]
+    NotRunning { id: String, state: String },
+
     #[error("VM {id} is still running; stop it with `firebuild kill --vmm-id {id}` first")]
     StillRunning { id: String },
 

@@ -9,6 +9,7 @@ use firebuild_metadata::boot::GUEST_INIT_PATH;
 use firebuild_metadata::guest::{
     GuestDrive, GuestMachine, GuestNetwork, GuestNetworkInterface, GuestUser, MmdsLatest,
 };
+use firebuild_metadata::image::Healthcheck;
 use firebuild_metadata::{GuestMetadata, ImageMetadata, InitMode, MmdsDocument};
 
 use crate::error::VmError;
@@ -198,6 +199,8 @@ pub struct GuestInputs<'a> {
     pub network: Option<&'a NetworkAttachment>,
     pub shutdown_timeout: Duration,
     pub init_mode: InitMode,
+    /// The health check the agent runs.
+    pub healthcheck: Option<&'a Healthcheck>,
 }
 
 /// Builds the guest metadata document (original MMDS shape).
@@ -267,6 +270,7 @@ pub fn guest_document(inputs: &GuestInputs<'_>) -> Result<MmdsDocument, VmError>
         stop_signal: inputs.image.stop_signal.clone().unwrap_or_default(),
         stop_timeout_seconds: guest_stop_timeout(inputs.shutdown_timeout),
         init_mode: inputs.init_mode,
+        healthcheck: inputs.healthcheck.cloned(),
     };
     Ok(MmdsDocument {
         latest: MmdsLatest { meta_data: meta },
@@ -348,6 +352,7 @@ pub(crate) mod tests {
             network: Some(&net),
             shutdown_timeout: Duration::from_secs(15),
             init_mode: InitMode::Entrypoint,
+            healthcheck: None,
         })
         .unwrap();
         let m = &doc.latest.meta_data;

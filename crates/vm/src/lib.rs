@@ -11,6 +11,7 @@
 //! Each VM lives in its own run directory (see [`rundir`]) with its run
 //! metadata ([`RunMetadata`]); no firebuild process stays resident.
 
+pub mod agent;
 pub mod argv;
 pub mod console;
 pub mod copy;
@@ -28,11 +29,12 @@ pub mod state;
 pub mod testing;
 pub mod vmm;
 
+pub use agent::{AgentConnection, AgentEndpoint, AgentError};
 pub use error::VmError;
 pub use liveness::ProcessIdentity;
 pub use network::{NetworkError, NetworkReleaser};
 pub use runtime::{Interrupts, PreparedVm, PurgeReport, RunOutcome, Runtime};
-pub use spec::{NetworkAttachment, RunSpec, VmmChoice};
+pub use spec::{HealthOverrides, NetworkAttachment, RunSpec, VmmChoice};
 pub use state::{render_table, RunMetadata, VmStatus, VmSummary};
 pub use vmm::qemu::{Accel, AccelPolicy, Machine, QemuConfig, QemuVmm};
 pub use vmm::{Availability, LaunchConfig, StartedVm, Vmm, VmmKind};

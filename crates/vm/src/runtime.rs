@@ -16,6 +16,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+use crate::agent::AgentEndpoint;
 use crate::argv::resolve_argv;
 use crate::console::{exit_code_from_log, ConsoleFollower, POLL_INTERVAL};
 use crate::copy::copy_image;
@@ -72,6 +73,7 @@ struct Resolved {
     user_kernel_args: Option<String>,
     shutdown_timeout: Duration,
     init_mode: InitMode,
+    healthcheck: Option<firebuild_metadata::image::Healthcheck>,
 }
 
 /// A VM whose run directory is ready (root filesystem copied, metadata
@@ -238,6 +240,7 @@ impl Runtime {
             &spec.image.tag,
         )?;
         let ssh_keys = guest::read_identity_files(&spec.identity_files)?;
+        let healthcheck = spec.health.apply(spec.image.healthcheck.as_ref());
         if !ssh_keys.is_empty() {
             guest::validate_ssh_user(&spec.ssh_user)?;
         }
@@ -302,6 +305,7 @@ impl Runtime {
             remove_on_exit: spec.remove_on_exit,
             shutdown_timeout_secs: spec.shutdown_timeout.as_secs(),
             creator,
+            has_healthcheck: healthcheck.is_some(),
         };
         metadata.store(&run_dir.metadata())?;
         Ok(PreparedVm {
@@ -317,6 +321,7 @@ impl Runtime {
                 user_kernel_args: spec.kernel_args,
                 shutdown_timeout: spec.shutdown_timeout,
                 init_mode: spec.init_mode,
+                healthcheck,
             },
         })
     }
@@ -355,6 +360,7 @@ impl Runtime {
             network: metadata.network.as_ref(),
             shutdown_timeout: resolved.shutdown_timeout,
             init_mode: resolved.init_mode,
+            healthcheck: resolved.healthcheck.as_ref(),
         })?;
         let launch = LaunchConfig {
             id: metadata.id.clone(),
@@ -631,19 +637,49 @@ impl Runtime {
         Ok(metadata)
     }
 
-    /// Waits until VM `id` has exited, for at most `timeout`.
-    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<RunMetadata, VmError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Waits until VM `id` has exited, for at most `timeout` (`None`: as
+    /// long as it runs).
+    pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<RunMetadata, VmError> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         loop {
             let metadata = self.load(id).await?;
             if metadata.status == VmStatus::Exited {
                 return Ok(metadata);
             }
-            if tokio::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 return Err(VmError::StillRunning { id: id.to_owned() });
             }
             tokio::time::sleep(POLL_INTERVAL * 5).await;
         }
+    }
+
+    /// Where the guest agent of `vm` is (whatever its state).
+    pub fn agent_endpoint_of(&self, vm: &RunMetadata) -> Option<AgentEndpoint> {
+        self.backend(vm.vmm).ok()?.agent_endpoint(vm)
+    }
+
+    /// Where the guest agent of running VM `id` is, with its metadata.
+    pub async fn agent(&self, id: &str) -> Result<(RunMetadata, AgentEndpoint), VmError> {
+        let metadata = self.load(id).await?;
+        if metadata.status != VmStatus::Running {
+            return Err(VmError::NotRunning {
+                id: metadata.id.clone(),
+                state: match metadata.exit_code {
+                    Some(code) if metadata.status == VmStatus::Exited => {
+                        format!("exited with status {code}")
+                    }
+                    _ => metadata.status.to_string(),
+                },
+            });
+        }
+        let endpoint = self
+            .backend(metadata.vmm)?
+            .agent_endpoint(&metadata)
+            .ok_or_else(|| VmError::NotRunning {
+                id: metadata.id.clone(),
+                state: "running without a recorded agent socket".into(),
+            })?;
+        Ok((metadata, endpoint))
     }
 
     /// `firebuild purge`: removes everything left by VMs that no longer run

@@ -5,6 +5,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use firebuild_metadata::image::Healthcheck;
+
 use firebuild_metadata::{ImageMetadata, InitMode};
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +123,67 @@ pub struct RunSpec {
     /// How long a graceful stop may take before the VM is killed.
     pub shutdown_timeout: Duration,
     pub init_mode: InitMode,
+    /// `--no-healthcheck`, `--health-cmd`, ... over the image's HEALTHCHECK.
+    pub health: HealthOverrides,
+}
+
+/// `run`'s health check flags (Docker's), over the image's HEALTHCHECK.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthOverrides {
+    /// `--no-healthcheck`: no check, whatever the image says.
+    pub disabled: bool,
+    /// `--health-cmd`: a shell command (`CMD-SHELL`).
+    pub cmd: Option<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub start_period: Option<Duration>,
+    pub start_interval: Option<Duration>,
+    pub retries: Option<u32>,
+}
+
+impl HealthOverrides {
+    /// The check the VM runs: the image's with these overrides; `None` for
+    /// no check (none anywhere, `NONE`, or `--no-healthcheck`).
+    pub fn apply(&self, image: Option<&Healthcheck>) -> Option<Healthcheck> {
+        if self.disabled {
+            return None;
+        }
+        let mut h = match (&self.cmd, image) {
+            (Some(cmd), base) => Healthcheck {
+                test: vec!["CMD-SHELL".into(), cmd.clone()],
+                ..base.cloned().unwrap_or_else(|| Healthcheck {
+                    test: Vec::new(),
+                    interval_ns: None,
+                    timeout_ns: None,
+                    start_period_ns: None,
+                    start_interval_ns: None,
+                    retries: None,
+                })
+            },
+            (None, Some(base)) => base.clone(),
+            (None, None) => return None,
+        };
+        if h.test.first().is_none_or(|t| t == "NONE") {
+            return None;
+        }
+        let ns = |d: Duration| d.as_nanos() as u64;
+        if let Some(d) = self.interval {
+            h.interval_ns = Some(ns(d));
+        }
+        if let Some(d) = self.timeout {
+            h.timeout_ns = Some(ns(d));
+        }
+        if let Some(d) = self.start_period {
+            h.start_period_ns = Some(ns(d));
+        }
+        if let Some(d) = self.start_interval {
+            h.start_interval_ns = Some(ns(d));
+        }
+        if let Some(r) = self.retries {
+            h.retries = Some(r);
+        }
+        Some(h)
+    }
 }
 
 impl RunSpec {
@@ -148,6 +211,7 @@ impl RunSpec {
             network: None,
             shutdown_timeout: Duration::from_secs(15),
             init_mode: InitMode::Entrypoint,
+            health: HealthOverrides::default(),
         }
     }
 }
@@ -155,6 +219,44 @@ impl RunSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_overrides_follow_docker() {
+        let image = Healthcheck {
+            test: vec!["CMD".into(), "/ok".into()],
+            interval_ns: Some(30_000_000_000),
+            timeout_ns: None,
+            start_period_ns: None,
+            start_interval_ns: None,
+            retries: Some(3),
+        };
+        let none = HealthOverrides::default();
+        assert_eq!(none.apply(Some(&image)), Some(image.clone()));
+        assert_eq!(none.apply(None), None);
+        let off = HealthOverrides {
+            disabled: true,
+            ..Default::default()
+        };
+        assert_eq!(off.apply(Some(&image)), None);
+        let cmd = HealthOverrides {
+            cmd: Some("test -f /x".into()),
+            interval: Some(Duration::from_secs(1)),
+            retries: Some(1),
+            ..Default::default()
+        };
+        let h = cmd.apply(Some(&image)).unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "test -f /x"]);
+        assert_eq!((h.interval_ns, h.retries), (Some(1_000_000_000), Some(1)));
+        assert!(cmd.apply(None).is_some(), "--health-cmd alone adds a check");
+        let mut disabled = image.clone();
+        disabled.test = vec!["NONE".into()];
+        assert_eq!(none.apply(Some(&disabled)), None);
+        let interval_only = HealthOverrides {
+            interval: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert_eq!(interval_only.apply(None), None);
+    }
 
     #[test]
     fn vmm_choice_parses() {

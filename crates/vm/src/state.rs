@@ -76,6 +76,9 @@ pub struct RunMetadata {
     /// The firebuild process that created the VM: a `created` VM whose
     /// creator is gone was abandoned half-way and may be purged.
     pub creator: ProcessIdentity,
+    /// The guest agent runs a health check (`ls` asks it for the state).
+    #[serde(default)]
+    pub has_healthcheck: bool,
 }
 
 impl RunMetadata {
@@ -132,6 +135,7 @@ impl RunMetadata {
                 .unwrap_or_default(),
             vmm: self.vmm,
             exit_code: self.exit_code,
+            health: None,
         }
     }
 }
@@ -148,6 +152,10 @@ pub struct VmSummary {
     pub started: String,
     pub vmm: VmmKind,
     pub exit_code: Option<i32>,
+    /// The health check's state (`starting`, `healthy`, `unhealthy`) of a
+    /// running VM that has one, as its agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// Renders summaries as the aligned table `firebuild ls` prints.
@@ -158,9 +166,10 @@ pub fn render_table(rows: &[VmSummary]) -> String {
     let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
-            let status = match (r.status, r.exit_code) {
-                (VmStatus::Exited, Some(code)) => format!("exited ({code})"),
-                (s, _) => s.to_string(),
+            let status = match (r.status, r.exit_code, &r.health) {
+                (VmStatus::Exited, Some(code), _) => format!("exited ({code})"),
+                (s, _, Some(h)) => format!("{s} ({h})"),
+                (s, _, None) => s.to_string(),
             };
             [
                 r.id.clone(),
@@ -232,6 +241,7 @@ pub(crate) mod tests {
                 pid: 1,
                 start_time: 1,
             },
+            has_healthcheck: false,
         }
     }
 

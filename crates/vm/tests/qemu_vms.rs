@@ -552,7 +552,7 @@ async fn network_attachment_runs_qemu_in_the_netns_on_its_tap() {
     let want_ns = std::fs::metadata(&netns.path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     assert_eq!(vmm_ns.unwrap(), want_ns.unwrap());
 
-    let exited = runtime.wait("netvm", BOOT).await.unwrap();
+    let exited = runtime.wait("netvm", Some(BOOT)).await.unwrap();
     let log = console_log(&exited);
     assert_eq!(exited.exit_code, Some(0), "{log}");
     assert!(

@@ -221,6 +221,7 @@ pub fn run_metadata(launch: &LaunchConfig, started: &StartedVm) -> RunMetadata {
         remove_on_exit: false,
         shutdown_timeout_secs: 15,
         creator: ProcessIdentity::current().unwrap(),
+        has_healthcheck: false,
     }
 }
 

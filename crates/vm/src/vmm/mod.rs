@@ -117,6 +117,9 @@ pub trait Vmm: Send + Sync {
         vm.process().is_some_and(|p| p.is_alive())
     }
 
+    /// Where the VM's guest agent is reached.
+    fn agent_endpoint(&self, vm: &RunMetadata) -> Option<crate::agent::AgentEndpoint>;
+
     /// Backend details for `inspect`.
     fn describe(&self, vm: &RunMetadata) -> serde_json::Value {
         vm.vmm_details.clone()

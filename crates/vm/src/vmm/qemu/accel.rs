@@ -113,6 +113,7 @@ async fn probe_in(
         qmp_socket: None,
         pid_file: None,
         network: None,
+        agent_sockets: &[],
     };
     let mut child = tokio::process::Command::new(binary)
         .args(invocation.args())

@@ -52,6 +52,13 @@ impl Machine {
         }
     }
 
+    fn serial_bus(self) -> &'static str {
+        match self {
+            Machine::Q35 => "virtio-serial-pci",
+            Machine::Microvm => "virtio-serial-device",
+        }
+    }
+
     fn net_device(self) -> &'static str {
         match self {
             Machine::Q35 => "virtio-net-pci",
@@ -81,6 +88,9 @@ pub struct Invocation<'a> {
     pub pid_file: Option<&'a Path>,
     /// Tap device and guest MAC.
     pub network: Option<(&'a str, &'a str)>,
+    /// The guest agent's virtio-serial ports: one Unix socket each, QEMU
+    /// listening ([`firebuild_agent_proto::serial_port_name`] names them).
+    pub agent_sockets: &'a [std::path::PathBuf],
 }
 
 /// QEMU splits option values at ',' and reads ",," as a literal comma.
@@ -151,6 +161,27 @@ impl Invocation<'_> {
             args.push(format!("{},netdev=net0,mac={mac}", self.machine.net_device()).into());
         }
 
+        if !self.agent_sockets.is_empty() {
+            args.push("-device".into());
+            args.push(format!("{},id=agent", self.machine.serial_bus()).into());
+        }
+        for (i, socket) in self.agent_sockets.iter().enumerate() {
+            args.push("-chardev".into());
+            args.push(opt(
+                &format!("socket,id=agent{i},path="),
+                socket,
+                ",server=on,wait=off",
+            ));
+            args.push("-device".into());
+            args.push(
+                format!(
+                    "virtserialport,bus=agent.0,chardev=agent{i},name={}",
+                    firebuild_agent_proto::serial_port_name(i)
+                )
+                .into(),
+            );
+        }
+
         args.push("-chardev".into());
         args.push(opt("file,id=console,path=", self.console_log, ""));
         args.push("-serial".into());
@@ -172,6 +203,7 @@ impl Invocation<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn invocation<'a>(machine: Machine, accel: Accel) -> Invocation<'a> {
         Invocation {
@@ -188,6 +220,7 @@ mod tests {
             qmp_socket: Some(Path::new("/run/vm1/qmp.sock")),
             pid_file: Some(Path::new("/run/vm1/vmm.pid")),
             network: Some(("tap0", "02:00:00:00:00:01")),
+            agent_sockets: &[],
         }
     }
 
@@ -196,6 +229,29 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[test]
+    fn agent_ports_are_virtio_serial_ports_on_unix_sockets() {
+        let sockets = [
+            PathBuf::from("/run/vm1/agent-0.sock"),
+            PathBuf::from("/run/vm1/agent-1.sock"),
+        ];
+        let mut inv = invocation(Machine::Q35, Accel::Tcg);
+        inv.agent_sockets = &sockets;
+        let line = joined(&inv.args());
+        assert!(
+            line.contains(
+                "-device virtio-serial-pci,id=agent \
+                 -chardev socket,id=agent0,path=/run/vm1/agent-0.sock,server=on,wait=off \
+                 -device virtserialport,bus=agent.0,chardev=agent0,name=org.firebuild.agent.0 \
+                 -chardev socket,id=agent1,path=/run/vm1/agent-1.sock,server=on,wait=off \
+                 -device virtserialport,bus=agent.0,chardev=agent1,name=org.firebuild.agent.1"
+            ),
+            "{line}"
+        );
+        inv.machine = Machine::Microvm;
+        assert!(joined(&inv.args()).contains("-device virtio-serial-device,id=agent"));
     }
 
     #[test]

@@ -132,7 +132,17 @@ impl Vmm for QemuVmm {
     }
 
     fn preflight(&self, run_dir: &RunDir) -> Result<(), VmError> {
-        RunDir::check_socket_path(&run_dir.qmp_socket())
+        RunDir::check_socket_path(&run_dir.qmp_socket())?;
+        for socket in crate::agent::serial_sockets(run_dir.path()) {
+            RunDir::check_socket_path(&socket)?;
+        }
+        Ok(())
+    }
+
+    fn agent_endpoint(&self, vm: &RunMetadata) -> Option<crate::agent::AgentEndpoint> {
+        Some(crate::agent::AgentEndpoint::Serial {
+            sockets: crate::agent::serial_sockets(&vm.run_dir),
+        })
     }
 
     async fn start(&self, launch: &LaunchConfig) -> Result<StartedVm, VmError> {
@@ -166,6 +176,7 @@ impl Vmm for QemuVmm {
         let qmp_socket = launch.run_dir.qmp_socket();
         let pid_file = launch.run_dir.pid_file();
         let _ = std::fs::remove_file(&pid_file);
+        let agent_sockets = crate::agent::serial_sockets(launch.run_dir.path());
 
         let invocation = cmdline::Invocation {
             name: &launch.id,
@@ -184,6 +195,7 @@ impl Vmm for QemuVmm {
                 .network
                 .as_ref()
                 .map(|n| (n.tap.as_str(), n.guest_mac.as_str())),
+            agent_sockets: &agent_sockets,
         };
         let args = invocation.args();
         let mut command = tokio::process::Command::new(&binary);
