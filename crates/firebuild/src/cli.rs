@@ -3,6 +3,7 @@
 //! This module only describes arguments; `commands` does the work.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use firebuild_vm::{AccelPolicy, VmmChoice};
@@ -88,6 +89,12 @@ pub enum Command {
     Purge(PurgeArgs),
     /// Print a microVM's console log.
     Logs(LogsArgs),
+    /// Run a command in a running microVM, through its guest agent.
+    Exec(ExecArgs),
+    /// Copy files and directory trees into or out of a running microVM.
+    Cp(CpArgs),
+    /// Wait until a microVM exits; print (and exit with) its entrypoint's status.
+    Wait(VmArgs),
 
     /// Stored root filesystems and pulled OCI images.
     #[command(subcommand)]
@@ -332,6 +339,71 @@ pub struct RunArgs {
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
     #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// Docker's health check flags of `run`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct HealthArgs {
+    /// Run no health check, whatever the image's HEALTHCHECK says.
+    #[arg(long, conflicts_with = "health_cmd")]
+    pub no_healthcheck: bool,
+    /// Health check command (run with /bin/sh -c in the guest).
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between checks (30s, 1m, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub health_interval: Option<Duration>,
+    /// Time a check may take.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub health_timeout: Option<Duration>,
+    /// Consecutive failures before the VM is unhealthy.
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Time to start before failures count.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub health_start_period: Option<Duration>,
+    /// Time between checks during the start period.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub health_start_interval: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Id of the microVM.
+    #[arg(long, value_name = "ID")]
+    pub vmm_id: String,
+    /// Keep stdin open and forward it (EOF closes it).
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the command a pseudo-terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// User (name or uid, optionally :group) instead of the image's USER.
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Working directory instead of the image's WORKDIR.
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Environment variable, repeatable: --env KEY=VALUE.
+    #[arg(short, long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub env: Vec<(String, String)>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Source: a host path, or ID:PATH in a microVM.
+    pub source: String,
+    /// Destination: a host path, or ID:PATH in a microVM.
+    pub destination: String,
+    #[command(flatten)]
     pub settings: SettingsArgs,
 }
 
@@ -535,6 +607,45 @@ pub enum NetworkCommand {
 }
 
 /// Parses `KEY=VALUE`; the value may contain `=` and be empty.
+/// A duration as Docker and the original firebuild read them (`500ms`,
+/// `15s`, `1m`, `1h30m`), or bare seconds (`15`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("{s:?} is not a duration: use 500ms, 15s, 1m, 1h30m or a number of seconds");
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (num, tail) = rest.split_at(digits);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ns" => n / 1e9,
+            "us" | "µs" => n / 1e6,
+            "ms" => n / 1e3,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = next;
+    }
+    Ok(total)
+}
+
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -546,6 +657,18 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn durations_parse_as_docker_writes_them() {
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "10x", "1m2", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

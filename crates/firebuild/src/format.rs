@@ -27,6 +27,31 @@ pub fn timestamp(unix_seconds: i64) -> String {
         .unwrap_or_else(|| unix_seconds.to_string())
 }
 
+/// Unix nanoseconds as an RFC 3339 UTC timestamp.
+fn timestamp_ns(ns: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ns.to_string())
+}
+
+/// A health report as `docker inspect` shows `State.Health`.
+pub fn docker_health(h: &firebuild_agent_proto::HealthReport) -> serde_json::Value {
+    serde_json::json!({
+        "Status": h.status.as_str(),
+        "FailingStreak": h.failing_streak,
+        "Log": h.log.iter().map(|r| serde_json::json!({
+            "Start": timestamp_ns(r.start_ns),
+            "End": timestamp_ns(r.end_ns),
+            "ExitCode": r.exit_code,
+            "Output": r.output,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// Prints rows as left-aligned columns separated by two spaces.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -21,7 +21,12 @@ fn main() -> ExitCode {
         Err(err) => {
             // `{:#}` joins the error chain: "what failed: why".
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // A command the guest could not run exits as Docker's would
+            // (126 cannot run, 127 not found).
+            match err.downcast_ref::<commands::GuestFailure>() {
+                Some(f) => ExitCode::from(f.failure.code.clamp(1, 255) as u8),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

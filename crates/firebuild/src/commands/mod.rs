@@ -3,6 +3,7 @@
 
 mod build;
 mod dockerfile;
+mod guest;
 mod image;
 mod kernel;
 mod network;
@@ -10,6 +11,8 @@ mod profile;
 mod vm;
 
 use std::process::ExitCode;
+
+pub use guest::GuestFailure;
 
 use crate::cli::{Cli, Command};
 
@@ -29,6 +32,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kill(args) => vm::kill(global, args),
         Command::Purge(args) => vm::purge(global, args),
         Command::Logs(args) => vm::logs(global, args),
+        Command::Exec(args) => guest::exec(global, args),
+        Command::Cp(args) => guest::cp(global, args),
+        Command::Wait(args) => guest::wait(global, args),
         Command::Kernel(command) => done(kernel::run(global, command)),
         Command::Dockerfile(command) => done(dockerfile::run(global, command)),
         Command::Network(command) => done(network::run(global, command)),

@@ -15,8 +15,8 @@ use firebuild_kernel::KernelStore;
 use firebuild_metadata::InitMode;
 use firebuild_store::{DirectoryStore, Tag};
 use firebuild_vm::{
-    render_table, Interrupts, NetworkAttachment, NetworkError, NetworkReleaser, QemuConfig,
-    QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, VmStatus, VmmKind,
+    render_table, HealthOverrides, Interrupts, NetworkAttachment, NetworkError, NetworkReleaser,
+    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, VmStatus, VmmKind,
 };
 use firebuild_vm_firecracker::{FirecrackerConfig, FirecrackerVmm, JailUser};
 
@@ -29,7 +29,7 @@ use crate::settings::Settings;
 
 /// Exit status of `run` when the guest reported none (killed, crashed), as a
 /// shell reports a SIGKILLed process.
-const NO_GUEST_EXIT_CODE: u8 = 137;
+pub(super) const NO_GUEST_EXIT_CODE: u8 = 137;
 
 /// The guest's network device; the kernel `ip=` argument and the metadata name it.
 const GUEST_DEVICE: &str = "eth0";
@@ -69,7 +69,7 @@ fn jail_user(settings: &Settings) -> Option<JailUser> {
 
 /// The runtime with every backend, so `ls`/`kill`/`purge` handle VMs of
 /// either VMM whatever `--vmm` says now.
-fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
+pub(super) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
     let firecracker = FirecrackerVmm::new(FirecrackerConfig {
         firecracker: settings.binary_firecracker.clone(),
         jailer: settings.binary_jailer.clone(),
@@ -90,7 +90,7 @@ fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
     .with_network_releaser(Arc::new(CniReleaser(cni_runtime(settings))))
 }
 
-fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -138,6 +138,15 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     spec.remove_on_exit = args.rm;
     spec.vmm = settings.vmm;
     spec.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    spec.health = HealthOverrides {
+        disabled: args.health.no_healthcheck,
+        cmd: args.health.health_cmd.clone(),
+        interval: args.health.health_interval,
+        timeout: args.health.health_timeout,
+        start_period: args.health.health_start_period,
+        start_interval: args.health.health_start_interval,
+        retries: args.health.health_retries,
+    };
     spec.init_mode = match args.init_mode {
         InitModeArg::Entrypoint => InitMode::Entrypoint,
         InitModeArg::Image => InitMode::Image,
@@ -245,7 +254,26 @@ pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(global, &args.settings)?;
     let runtime = vm_runtime(&settings, false);
     let vms = tokio_runtime()?.block_on(runtime.list())?;
-    let rows: Vec<_> = vms.iter().map(RunMetadata::summary).collect();
+    let mut rows: Vec<_> = vms.iter().map(RunMetadata::summary).collect();
+    // Health states come from the agents of running VMs with a check, asked
+    // all at once.
+    std::thread::scope(|s| {
+        let asks: Vec<_> = vms
+            .iter()
+            .zip(rows.iter_mut())
+            .filter(|(vm, _)| vm.status == VmStatus::Running && vm.has_healthcheck)
+            .filter_map(|(vm, row)| {
+                let endpoint = runtime.agent_endpoint_of(vm)?;
+                Some((row, s.spawn(move || super::guest::health(&endpoint))))
+            })
+            .collect();
+        for (row, ask) in asks {
+            row.health = Some(match ask.join().ok().flatten() {
+                Some(h) => h.status.as_str().to_owned(),
+                None => "health unknown".to_owned(),
+            });
+        }
+    });
     if args.json || global.log_as_json {
         for row in &rows {
             println!("{}", serde_json::to_string(row)?);
@@ -258,8 +286,19 @@ pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
 
 pub fn inspect(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(global, &args.settings)?;
-    let metadata = tokio_runtime()?.block_on(vm_runtime(&settings, false).inspect(&args.vmm_id))?;
-    println!("{}", serde_json::to_string_pretty(&metadata)?);
+    let runtime = vm_runtime(&settings, false);
+    let metadata = tokio_runtime()?.block_on(runtime.inspect(&args.vmm_id))?;
+    let mut shown = serde_json::to_value(&metadata)?;
+    if metadata.status == VmStatus::Running && metadata.has_healthcheck {
+        let health = runtime
+            .agent_endpoint_of(&metadata)
+            .and_then(|e| super::guest::health(&e));
+        shown["health"] = match health {
+            Some(h) => crate::format::docker_health(&h),
+            None => serde_json::json!({ "Status": "unknown: the agent did not answer" }),
+        };
+    }
+    println!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(ExitCode::SUCCESS)
 }
 
