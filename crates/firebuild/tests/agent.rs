@@ -16,28 +16,9 @@ use std::time::{Duration, Instant};
 use firebuild_vm::testing;
 use sha2::{Digest, Sha256};
 
-const KERNEL_CACHE: &str = "/var/cache/firebuild-ci/kernels";
 const IMAGE_TAG: &str = "fbt/agent:1";
 const KERNEL_ID: &str = "fbt-vmlinux";
 const BOOT_WAIT: Duration = Duration::from_secs(90);
-
-/// `$FIREBUILD_TEST_KERNEL`, else the newest kernel in the CI cache.
-fn guest_kernel() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIREBUILD_TEST_KERNEL").filter(|v| !v.is_empty()) {
-        return PathBuf::from(p);
-    }
-    std::fs::read_dir(KERNEL_CACHE)
-        .ok()
-        .and_then(|dirs| {
-            dirs.filter_map(|d| d.ok())
-                .map(|d| d.path().join("vmlinux"))
-                .filter(|k| k.is_file())
-                .max_by_key(|k| k.metadata().and_then(|m| m.modified()).ok())
-        })
-        .unwrap_or_else(|| {
-            panic!("no guest kernel: set FIREBUILD_TEST_KERNEL or build one into {KERNEL_CACHE}")
-        })
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -94,7 +75,7 @@ impl World {
             dir,
             vms: Vec::new(),
         };
-        let kernel = guest_kernel();
+        let kernel = testing::guest_kernel();
         w.ok(
             &["kernel", "add"],
             &["--file", kernel.to_str().unwrap(), "--id", KERNEL_ID],

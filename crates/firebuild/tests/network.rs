@@ -26,7 +26,6 @@ use firebuild_cni::netns;
 use firebuild_vm::testing;
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
-const KERNEL_CACHE: &str = "/var/cache/firebuild-ci/kernels";
 const NETWORK: &str = "machines";
 const SUBNET: &str = "192.168.127.0/24";
 const IMAGE_TAG: &str = "fbt/httpd:1";
@@ -61,25 +60,6 @@ fn require_root_and_tools() {
             "{tool} missing: apt-get install -y {package}"
         );
     }
-}
-
-/// `$FIREBUILD_TEST_KERNEL`, else the newest kernel in the CI cache.
-fn guest_kernel() -> PathBuf {
-    if let Some(p) = std::env::var_os("FIREBUILD_TEST_KERNEL").filter(|v| !v.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let newest = std::fs::read_dir(KERNEL_CACHE).ok().and_then(|dirs| {
-        dirs.filter_map(|d| d.ok())
-            .map(|d| d.path().join("vmlinux"))
-            .filter(|k| k.is_file())
-            .max_by_key(|k| k.metadata().and_then(|m| m.modified()).ok())
-    });
-    newest.unwrap_or_else(|| {
-        panic!(
-            "no guest kernel: set FIREBUILD_TEST_KERNEL or build one into {KERNEL_CACHE} \
-             (cargo run -p firebuild-kernel --example ci-kernel)"
-        )
-    })
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -528,7 +508,7 @@ fn machines_network_end_to_end() {
     let lap = |what: &str| eprintln!("[{:>6.1}s] {what}", started.elapsed().as_secs_f64());
     let pristine_links = w.links();
 
-    let kernel = guest_kernel();
+    let kernel = testing::guest_kernel();
     w.ok(
         &["kernel", "add"],
         &["--file", kernel.to_str().unwrap(), "--id", KERNEL_ID],

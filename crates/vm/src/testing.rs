@@ -47,6 +47,29 @@ pub fn vminit() -> PathBuf {
         .clone()
 }
 
+/// The CI kernel cache (`ci-kernel` of firebuild-kernel builds into it).
+const KERNEL_CACHE: &str = "/var/cache/firebuild-ci/kernels";
+
+/// The guest kernel the VM tests boot: `$FIREBUILD_TEST_KERNEL`, else the
+/// newest kernel in the CI cache.
+pub fn guest_kernel() -> PathBuf {
+    if let Some(p) = std::env::var_os("FIREBUILD_TEST_KERNEL").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let newest = std::fs::read_dir(KERNEL_CACHE).ok().and_then(|dirs| {
+        dirs.filter_map(|d| d.ok())
+            .map(|d| d.path().join("vmlinux"))
+            .filter(|k| k.is_file())
+            .max_by_key(|k| k.metadata().and_then(|m| m.modified()).ok())
+    });
+    newest.unwrap_or_else(|| {
+        panic!(
+            "no guest kernel: set FIREBUILD_TEST_KERNEL or build one into {KERNEL_CACHE} \
+             (cargo run -p firebuild-kernel --example ci-kernel)"
+        )
+    })
+}
+
 /// Fills the directory `root` with a bootable busybox tree: busybox with
 /// all its applets in /bin, the guest init (0755), empty mount points, a
 /// sticky /tmp, and users root and app (1000, home /home/app).
