@@ -335,6 +335,14 @@ pub struct RunArgs {
     /// Seconds to wait for a graceful stop (Ctrl-C in the foreground, --rm).
     #[arg(long, value_name = "SECONDS", default_value_t = 15)]
     pub shutdown_timeout: u64,
+    /// overlay: the image is shared read-only and the VM writes to its own
+    /// sparse scratch disk; copy: the VM gets a private copy of the image.
+    #[arg(long, value_name = "MODE", default_value = "overlay")]
+    pub rootfs_mode: firebuild_vm::RootfsMode,
+    /// Size of the scratch disk, the most the VM can write (sparse: it
+    /// costs only what is written). Bytes, or with a k, m, g or t suffix.
+    #[arg(long, value_name = "SIZE", default_value = "10g", value_parser = firebuild_build::sandbox::limits::parse_size)]
+    pub disk_size: u64,
     /// Command overriding the image's CMD.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -479,10 +487,14 @@ pub enum ImageCommand {
         #[command(flatten)]
         settings: SettingsArgs,
     },
-    /// Remove a stored image.
+    /// Remove a stored image (refused while VMs use it, until they are purged).
     Rm {
         /// org/name:version
         tag: String,
+        /// Remove the tag even if VMs use the image; its data stays until
+        /// the last of them is purged.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         settings: SettingsArgs,
     },

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::models::*;
-use crate::spec::{VmSpec, MMDS_IPV4, NET_IFACE_ID, ROOT_DRIVE_ID};
+use crate::spec::{check_api_id, VmSpec, MMDS_IPV4, NET_IFACE_ID, ROOT_DRIVE_ID};
 use crate::transport::{self, RawResponse};
 
 /// Default time one request may take (Firecracker answers in milliseconds;
@@ -163,8 +163,9 @@ impl Client {
 
     /// Configures every device of `spec` and boots it, in the order
     /// Firecracker needs: logger and metrics first (so later failures are
-    /// logged), machine, kernel, root drive, network, MMDS (its config names
-    /// the interface, so after it), vsock, console, then `InstanceStart`.
+    /// logged), machine, kernel, root drive, the other drives in order,
+    /// network, MMDS (its config names the interface, so after it), vsock,
+    /// console, then `InstanceStart`.
     ///
     /// Paths in `spec` must be valid for the Firecracker process (inside the
     /// jail when jailed). Stops at the first refusal, which names the request.
@@ -201,16 +202,19 @@ impl Client {
             initrd_path: spec.initrd.clone(),
         })
         .await?;
-        self.put_drive(&Drive {
-            drive_id: ROOT_DRIVE_ID.to_string(),
-            path_on_host: spec.root_drive.clone(),
-            is_root_device: true,
-            is_read_only: spec.root_read_only,
-            partuuid: None,
-            cache_type: None,
-            io_engine: None,
-        })
+        self.put_drive(&virtio_drive(
+            ROOT_DRIVE_ID,
+            &spec.root_drive,
+            true,
+            spec.root_read_only,
+        ))
         .await?;
+        // Firecracker attaches drives in the order they were first put (the
+        // root drive always first): this order is the guest's vdb, vdc, ...
+        for d in &spec.drives {
+            self.put_drive(&virtio_drive(&d.drive_id, &d.path, false, d.read_only))
+                .await?;
+        }
         if let Some(net) = &spec.network {
             self.put_network_interface(&NetworkInterface {
                 iface_id: NET_IFACE_ID.to_string(),
@@ -281,6 +285,20 @@ impl Client {
     }
 }
 
+/// A virtio-block drive backed by a file (the spec wants `path_on_host` and
+/// `is_read_only` for those), with Firecracker's default cache and engine.
+fn virtio_drive(id: &str, path: &Path, is_root_device: bool, is_read_only: bool) -> Drive {
+    Drive {
+        drive_id: id.to_string(),
+        path_on_host: path.to_path_buf(),
+        is_root_device,
+        is_read_only,
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+    }
+}
+
 fn encode<T: Serialize>(path: &str, body: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(body).map_err(|source| Error::Serialize {
         what: path.to_string(),
@@ -318,17 +336,9 @@ fn api_error(method: &str, path: &str, resp: &RawResponse, request_body: Option<
     }
 }
 
-/// Ids go into the URL path: refuse what would change the path.
+/// Ids go into the URL path: refuse what would change the path, and what
+/// Firecracker refuses anyway.
 fn path_segment(id: &str) -> Result<&str> {
-    if id.is_empty()
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(Error::config(
-            "device id",
-            format!("{id:?} must be non-empty ASCII letters, digits, '_' or '-'"),
-        ));
-    }
+    check_api_id("device id", id)?;
     Ok(id)
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupLayout, CgroupSetting, CgroupVersion};
 use crate::error::{Error, Result};
-use crate::spec::{check_vm_id, VmSpec};
+use crate::spec::{check_api_id, check_vm_id, VmSpec};
 use crate::transport::check_socket_path;
 
 /// The jailer's own default chroot base.
@@ -116,8 +116,10 @@ pub enum Access {
     /// Belongs to this VM alone (its rootfs copy, its logs): linked in and
     /// handed to the jail user, so Firecracker can write it.
     Owned,
-    /// Shared with others (a stored kernel): linked when world-readable,
-    /// else copied and the copy handed over; the original is never changed.
+    /// Shared with others (a stored kernel, a stored image attached
+    /// read-only): linked when world-readable, else copied and the copy
+    /// handed over; the original's owner and mode are never changed, so the
+    /// jail user can read it but not write it.
     Shared,
 }
 
@@ -255,6 +257,8 @@ impl Jail {
 
     /// Stages every file `spec` names into the jail and returns the spec
     /// with in-jail paths, ready for [`crate::Client::configure_and_start`].
+    /// Read-only drives (the root drive too) are [`Access::Shared`]: they may
+    /// be a stored image other VMs use. Writable ones are [`Access::Owned`].
     /// Log, metrics and console files are created (empty) at their host
     /// paths first, so the host reads them there (when hard-linked).
     pub fn stage(&self, spec: &VmSpec) -> Result<VmSpec> {
@@ -263,7 +267,15 @@ impl Jail {
         if let Some(initrd) = &spec.initrd {
             jailed.initrd = Some(self.link_in(initrd, INITRD_NAME, Access::Shared)?);
         }
-        jailed.root_drive = self.link_in(&spec.root_drive, ROOTFS_NAME, Access::Owned)?;
+        jailed.root_drive = self.link_in(
+            &spec.root_drive,
+            ROOTFS_NAME,
+            drive_access(spec.root_read_only),
+        )?;
+        for (d, out) in spec.drives.iter().zip(jailed.drives.iter_mut()) {
+            let name = drive_name(&d.drive_id)?;
+            out.path = self.link_in(&d.path, &name, drive_access(d.read_only))?;
+        }
         for (host, name, out) in [
             (&spec.log_path, LOG_NAME, &mut jailed.log_path),
             (&spec.metrics_path, METRICS_NAME, &mut jailed.metrics_path),
@@ -422,6 +434,23 @@ fn check_parent_cgroup(parent: &str) -> Result<String> {
 /// Parses a pid file's content.
 pub fn parse_pid(text: &str) -> Option<u32> {
     text.trim().parse().ok().filter(|p| *p > 0)
+}
+
+/// The staged name of an extra drive: distinct per drive id and from the
+/// root drive's; the id check keeps it one plain file name.
+fn drive_name(drive_id: &str) -> Result<String> {
+    check_api_id("drives.drive_id", drive_id)?;
+    Ok(format!("drive-{drive_id}.img"))
+}
+
+/// A read-only drive may be a shared stored image: the jail user reads it
+/// and never owns it. A writable one is the VM's own.
+fn drive_access(read_only: bool) -> Access {
+    if read_only {
+        Access::Shared
+    } else {
+        Access::Owned
+    }
 }
 
 #[cfg(test)]

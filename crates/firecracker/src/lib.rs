@@ -43,6 +43,6 @@ pub use machine::{
 };
 pub use process::VmProcess;
 pub use spec::{
-    check_vm_id, NetworkSpec, VmSpec, VsockSpec, MMDS_IPV4, NET_IFACE_ID, ROOT_DRIVE_ID,
+    check_vm_id, DriveSpec, NetworkSpec, VmSpec, VsockSpec, MMDS_IPV4, NET_IFACE_ID, ROOT_DRIVE_ID,
 };
 pub use transport::{check_socket_path, MAX_SOCKET_PATH};

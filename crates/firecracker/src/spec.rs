@@ -35,9 +35,14 @@ pub struct VmSpec {
     /// Kernel command line without `root=` or `virtio_mmio.device=`
     /// (Firecracker adds those); see [`crate::BootArgs`].
     pub boot_args: String,
-    /// The VM's own root filesystem image (never a stored image itself).
+    /// The root filesystem image: the VM's own, or (read-only) a shared
+    /// stored image.
     pub root_drive: PathBuf,
     pub root_read_only: bool,
+    /// Further drives, attached after the root drive in this order (the
+    /// guest sees them as /dev/vdb, /dev/vdc, ...).
+    #[serde(default)]
+    pub drives: Vec<DriveSpec>,
     pub vcpu_count: u8,
     pub mem_size_mib: u32,
     pub smt: bool,
@@ -65,6 +70,15 @@ pub struct NetworkSpec {
     pub mtu: Option<u16>,
 }
 
+/// A drive other than the root drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriveSpec {
+    /// Letters, digits and `_` (what Firecracker's API accepts in an id).
+    pub drive_id: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
 /// A virtio-vsock device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockSpec {
@@ -88,6 +102,7 @@ impl VmSpec {
             boot_args: RECOMMENDED_BOOT_ARGS.to_string(),
             root_drive: root_drive.into(),
             root_read_only: false,
+            drives: Vec::new(),
             vcpu_count: 1,
             mem_size_mib: 128,
             smt: false,
@@ -110,6 +125,7 @@ impl VmSpec {
             check_path("initrd", p)?;
         }
         check_path("root_drive", &self.root_drive)?;
+        check_drives(&self.drives)?;
         for (field, p) in [
             ("log_path", &self.log_path),
             ("metrics_path", &self.metrics_path),
@@ -189,6 +205,41 @@ pub fn check_vm_id(id: &str) -> Result<()> {
     }
     if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return bad("it contains a character other than a letter, digit or hyphen");
+    }
+    Ok(())
+}
+
+/// Extra drives: ids Firecracker accepts, none twice and none the root
+/// drive's (a PUT with a known id replaces that drive), usable paths.
+fn check_drives(drives: &[DriveSpec]) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::from([ROOT_DRIVE_ID]);
+    for d in drives {
+        check_api_id("drives.drive_id", &d.drive_id)?;
+        if !seen.insert(d.drive_id.as_str()) {
+            let whose = if d.drive_id == ROOT_DRIVE_ID {
+                "the root drive's id"
+            } else {
+                "given to two drives"
+            };
+            return Err(Error::config(
+                "drives.drive_id",
+                format!("{:?} is {whose}; give each drive its own id", d.drive_id),
+            ));
+        }
+        check_path("drives.path", &d.path)?;
+    }
+    Ok(())
+}
+
+/// An id in a Firecracker API path (`/drives/{drive_id}`): Firecracker's
+/// API server takes non-empty alphanumeric-or-`_` ids, no `-`. ASCII only,
+/// as the id travels unescaped in the request path.
+pub(crate) fn check_api_id(field: &'static str, id: &str) -> Result<()> {
+    if id.is_empty() || !id.chars().all(|c| c == '_' || c.is_ascii_alphanumeric()) {
+        return Err(Error::config(
+            field,
+            format!("{id:?} must be non-empty ASCII letters, digits and '_' (Firecracker refuses other ids)"),
+        ));
     }
     Ok(())
 }
@@ -366,6 +417,52 @@ mod tests {
             let err = s.validate().unwrap_err().to_string();
             assert!(err.contains(field), "expected {field} in {err}");
         }
+    }
+
+    fn with_drives(ids: &[&str]) -> VmSpec {
+        VmSpec {
+            drives: ids
+                .iter()
+                .map(|id| DriveSpec {
+                    drive_id: id.to_string(),
+                    path: format!("/r/{id}.ext4").into(),
+                    read_only: false,
+                })
+                .collect(),
+            ..spec()
+        }
+    }
+
+    #[test]
+    fn extra_drives_have_firecracker_ids_of_their_own() {
+        with_drives(&["scratch", "vol_1", "V2"]).validate().unwrap();
+        for (ids, expect) in [
+            (&[""][..], "must be non-empty"),
+            (&["my-vol"], "letters, digits and '_'"),
+            (&["a/b"], "letters, digits and '_'"),
+            (&["dat\u{e9}"], "letters, digits and '_'"),
+            (&["rootfs"], "the root drive's id"),
+            (&["scratch", "scratch"], "given to two drives"),
+        ] {
+            let err = with_drives(ids).validate().unwrap_err().to_string();
+            assert!(
+                err.contains("drives.drive_id") && err.contains(expect),
+                "{ids:?}: {err}"
+            );
+        }
+        let mut s = with_drives(&["scratch"]);
+        s.drives[0].path = PathBuf::new();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("drives.path"), "{err}");
+    }
+
+    #[test]
+    fn new_has_no_extra_drives_and_old_specs_still_read() {
+        assert!(spec().drives.is_empty());
+        let mut json = serde_json::to_value(spec()).unwrap();
+        json.as_object_mut().unwrap().remove("drives");
+        let back: VmSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, spec());
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{full_spec, sock, tempdir};
+use common::{full_spec, raw_put, sock, tempdir};
 use firebuild_firecracker::models::*;
 use firebuild_firecracker::standin::{read_request_log, Options, StandIn};
 use firebuild_firecracker::{BlockingClient, Client, Error, VmSpec};
@@ -46,6 +46,8 @@ fn boot_sequence_is_in_firecracker_order_and_ends_running() {
             "PUT /machine-config",
             "PUT /boot-source",
             "PUT /drives/rootfs",
+            "PUT /drives/scratch",
+            "PUT /drives/data",
             "PUT /network-interfaces/eth0",
             "PUT /mmds/config",
             "PUT /mmds",
@@ -64,6 +66,26 @@ fn boot_sequence_is_in_firecracker_order_and_ends_running() {
     let cfg = c.vm_config().unwrap();
     assert_eq!(cfg.machine_config.unwrap().vcpu_count, 2);
     assert_eq!(cfg.network_interfaces[0].host_dev_name, "fbtap0");
+    // Root drive first, the others in spec order, with their access.
+    let drives: Vec<_> = cfg
+        .drives
+        .iter()
+        .map(|d| {
+            (
+                d["drive_id"].clone(),
+                d["is_root_device"].clone(),
+                d["is_read_only"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        drives,
+        [
+            ("rootfs".into(), true.into(), false.into()),
+            ("scratch".into(), false.into(), false.into()),
+            ("data".into(), false.into(), true.into()),
+        ]
+    );
     assert_eq!(cfg.mmds_config.unwrap().version, Some(MmdsVersion::V2));
     c.send_ctrl_alt_del().unwrap();
     assert!(standin.vm(|vm| vm.ctrl_alt_del));
@@ -165,6 +187,122 @@ fn instance_start_needs_a_kernel_and_a_root_drive() {
     })
     .unwrap();
     c.start().unwrap();
+}
+
+fn drive(id: &str, is_root_device: bool) -> Drive {
+    Drive {
+        drive_id: id.into(),
+        path_on_host: format!("/{id}.img").into(),
+        is_root_device,
+        is_read_only: false,
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+    }
+}
+
+fn drive_order(standin: &StandIn) -> Vec<String> {
+    standin.vm(|vm| {
+        vm.drives
+            .iter()
+            .map(|d| d["drive_id"].as_str().unwrap().to_string())
+            .collect()
+    })
+}
+
+#[test]
+fn the_root_drive_is_unique_and_first_the_others_keep_their_order() {
+    let dir = tempdir();
+    let standin = StandIn::start(&sock(&dir)).unwrap();
+    let c = client(&standin);
+    c.put_drive(&drive("scratch", false)).unwrap();
+    c.put_drive(&drive("rootfs", true)).unwrap();
+    c.put_drive(&drive("vol1", false)).unwrap();
+    assert_eq!(drive_order(&standin), ["rootfs", "scratch", "vol1"]);
+
+    let err = c.put_drive(&drive("other_root", true)).unwrap_err();
+    assert_eq!(
+        api_fault(&err),
+        (
+            "PUT",
+            "/drives/other_root",
+            400,
+            "Drive config error: A root block device already exists!"
+        )
+    );
+    // Putting a known id again replaces that drive where it is.
+    c.put_drive(&Drive {
+        is_read_only: true,
+        ..drive("scratch", false)
+    })
+    .unwrap();
+    c.put_drive(&drive("rootfs", true)).unwrap();
+    assert_eq!(drive_order(&standin), ["rootfs", "scratch", "vol1"]);
+    assert!(standin.vm(|vm| vm.drives[1]["is_read_only"] == true));
+    c.put_boot_source(&BootSource {
+        kernel_image_path: "/k".into(),
+        boot_args: None,
+        initrd_path: None,
+    })
+    .unwrap();
+    c.start().unwrap();
+}
+
+#[test]
+fn a_drive_is_a_virtio_block_file_or_a_vhost_user_socket() {
+    let dir = tempdir();
+    let standin = StandIn::start(&sock(&dir)).unwrap();
+    let invalid = (
+        400,
+        r#"{"fault_message":"Drive config error: Unable to create the block device: Invalid block config."}"#.to_string(),
+    );
+    for body in [
+        // virtio-block: the spec requires path_on_host and is_read_only.
+        r#"{"drive_id":"d","is_root_device":false,"is_read_only":false}"#,
+        r#"{"drive_id":"d","is_root_device":false,"path_on_host":"/d"}"#,
+        // Not both kinds at once.
+        r#"{"drive_id":"d","is_root_device":false,"path_on_host":"/d","is_read_only":false,"socket":"/s"}"#,
+        r#"{"drive_id":"d","is_root_device":false,"socket":"/s","is_read_only":true}"#,
+    ] {
+        assert_eq!(
+            raw_put(&standin.socket, "/drives/d", body),
+            invalid,
+            "{body}"
+        );
+    }
+    assert!(standin.vm(|vm| vm.drives.is_empty()));
+    for body in [
+        r#"{"drive_id":"d","is_root_device":false,"path_on_host":"/d","is_read_only":true}"#,
+        r#"{"drive_id":"d","is_root_device":false,"socket":"/s"}"#,
+    ] {
+        assert_eq!(
+            raw_put(&standin.socket, "/drives/d", body),
+            (204, String::new()),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn the_standin_refuses_ids_firecracker_refuses() {
+    let dir = tempdir();
+    let standin = StandIn::start(&sock(&dir)).unwrap();
+    let (status, answer) = raw_put(
+        &standin.socket,
+        "/drives/my-vol",
+        r#"{"drive_id":"my-vol","is_root_device":false,"path_on_host":"/d","is_read_only":false}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        answer.contains("alphanumeric characters and underscores"),
+        "{answer}"
+    );
+    // So the client refuses them before sending.
+    let err = client(&standin)
+        .put_drive(&drive("my-vol", false))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    assert_eq!(standin.requests(), ["PUT /drives/my-vol"]);
 }
 
 #[test]
@@ -412,6 +550,20 @@ fn invalid_specs_send_nothing() {
             err,
             Error::InvalidConfig {
                 field: "boot_args",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A second drive called like the root drive would replace it.
+    let mut spec = full_spec(dir.path());
+    spec.drives[1].drive_id = "rootfs".into();
+    let err = client(&standin).configure_and_start(&spec).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "drives.drive_id",
                 ..
             }
         ),

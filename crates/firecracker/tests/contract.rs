@@ -212,7 +212,7 @@ fn every_request_the_client_sends_matches_the_spec() {
 }
 
 #[test]
-fn configure_and_start_sends_mmds_v2_on_the_interface_and_the_document_verbatim() {
+fn configure_and_start_sends_drives_mmds_v2_on_the_interface_and_the_document_verbatim() {
     let dir = tempdir();
     let standin = StandIn::start(&sock(&dir)).unwrap();
     let client = BlockingClient::for_socket(&standin.socket).unwrap();
@@ -234,6 +234,15 @@ fn configure_and_start_sends_mmds_v2_on_the_interface_and_the_document_verbatim(
     assert_eq!(
         body("/drives/rootfs"),
         serde_json::json!({"drive_id": "rootfs", "path_on_host": spec.root_drive, "is_root_device": true, "is_read_only": false})
+    );
+    // The other drives: never root, each with its own access.
+    assert_eq!(
+        body("/drives/scratch"),
+        serde_json::json!({"drive_id": "scratch", "path_on_host": spec.drives[0].path, "is_root_device": false, "is_read_only": false})
+    );
+    assert_eq!(
+        body("/drives/data"),
+        serde_json::json!({"drive_id": "data", "path_on_host": spec.drives[1].path, "is_root_device": false, "is_read_only": true})
     );
     assert_eq!(
         body("/network-interfaces/eth0"),

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use common::{full_spec, tempdir};
 use firebuild_firecracker::{
-    Access, CgroupLayout, CgroupSetting, CgroupVersion, Error, Hierarchy, Jail, JailUser,
-    JailerConfig, VmSpec,
+    Access, CgroupLayout, CgroupSetting, CgroupVersion, DriveSpec, Error, Hierarchy, Jail,
+    JailUser, JailerConfig, VmSpec,
 };
 
 const USER: JailUser = JailUser {
@@ -223,6 +223,8 @@ fn staging_links_owned_files_and_hands_them_to_the_jail_user() {
     let spec = full_spec(&vmdir);
     // A world-readable shared kernel is linked and left alone.
     std::fs::set_permissions(&spec.kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A world-readable read-only drive is shared like the kernel.
+    std::fs::set_permissions(&spec.drives[1].path, std::fs::Permissions::from_mode(0o644)).unwrap();
     // A private initrd is copied for the jail user; the original is untouched.
     std::fs::set_permissions(
         spec.initrd.as_ref().unwrap(),
@@ -237,6 +239,9 @@ fn staging_links_owned_files_and_hands_them_to_the_jail_user() {
     assert_eq!(staged.kernel, Path::new("/vmlinux"));
     assert_eq!(staged.initrd.as_deref(), Some(Path::new("/initrd")));
     assert_eq!(staged.root_drive, Path::new("/rootfs.img"));
+    // Each drive under a name of its own.
+    assert_eq!(staged.drives[0].path, Path::new("/drive-scratch.img"));
+    assert_eq!(staged.drives[1].path, Path::new("/drive-data.img"));
     assert_eq!(
         staged.log_path.as_deref(),
         Some(Path::new("/firecracker.log"))
@@ -259,6 +264,7 @@ fn staging_links_owned_files_and_hands_them_to_the_jail_user() {
             kernel: spec.kernel.clone(),
             initrd: spec.initrd.clone(),
             root_drive: spec.root_drive.clone(),
+            drives: spec.drives.clone(),
             log_path: spec.log_path.clone(),
             metrics_path: spec.metrics_path.clone(),
             console_path: spec.console_path.clone(),
@@ -273,6 +279,7 @@ fn staging_links_owned_files_and_hands_them_to_the_jail_user() {
     // Owned: same inode, jail user's.
     for (host, jailed) in [
         (&spec.root_drive, &staged.root_drive),
+        (&spec.drives[0].path, &staged.drives[0].path),
         (
             spec.log_path.as_ref().unwrap(),
             staged.log_path.as_ref().unwrap(),
@@ -289,9 +296,19 @@ fn staging_links_owned_files_and_hands_them_to_the_jail_user() {
     // Log files did not exist on the host: created there first.
     assert!(spec.metrics_path.as_ref().unwrap().is_file());
     // Shared, world-readable: linked, still root's.
-    let k = meta(&inside(&staged.kernel));
-    assert_eq!(k.ino(), meta(&spec.kernel).ino());
-    assert_eq!((k.uid(), k.mode() & 0o777), (0, 0o644));
+    for (host, jailed) in [
+        (&spec.kernel, &staged.kernel),
+        (&spec.drives[1].path, &staged.drives[1].path),
+    ] {
+        let j = meta(&inside(jailed));
+        assert_eq!(
+            j.ino(),
+            meta(host).ino(),
+            "{} is hard-linked",
+            host.display()
+        );
+        assert_eq!((j.uid(), j.mode() & 0o777), (0, 0o644));
+    }
     // Shared, private: a separate copy for the jail user, original unchanged.
     let (orig, copy) = (
         meta(spec.initrd.as_ref().unwrap()),
@@ -306,6 +323,114 @@ fn staging_links_owned_files_and_hands_them_to_the_jail_user() {
     assert_eq!(
         std::fs::read(inside(staged.initrd.as_ref().unwrap())).unwrap(),
         b"initrd"
+    );
+}
+
+/// The stored image attached read-only is shared by every VM of its tag:
+/// staged without any change to it, while the VM's scratch disk becomes the
+/// jail user's.
+#[test]
+fn staging_a_read_only_root_shares_the_stored_image_and_hands_over_the_scratch_disk() {
+    let fx = Fixture::new();
+    let store = fx.path().join("store");
+    let run = fx.path().join("run");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::create_dir(&run).unwrap();
+    let image = store.join("rootfs");
+    std::fs::write(&image, b"stored image").unwrap();
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let scratch = run.join("scratch.ext4");
+    std::fs::write(&scratch, b"scratch").unwrap();
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let kernel = run.join("vmlinux");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let spec = VmSpec {
+        root_read_only: true,
+        drives: vec![DriveSpec {
+            drive_id: "scratch".into(),
+            path: scratch.clone(),
+            read_only: false,
+        }],
+        ..VmSpec::new("vm-1", &kernel, &image)
+    };
+    let before = std::fs::metadata(&image).unwrap();
+
+    let jail = fx.jail("vm-1");
+    jail.create().unwrap();
+    let staged = jail.stage(&spec).unwrap();
+
+    let meta = |p: &Path| std::fs::metadata(jail.host_path(p)).unwrap();
+    let root = meta(&staged.root_drive);
+    assert_eq!((root.dev(), root.ino()), (before.dev(), before.ino()));
+    let after = std::fs::metadata(&image).unwrap();
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode()),
+        (before.uid(), before.gid(), before.mode())
+    );
+    assert_eq!((after.uid(), after.mode() & 0o777), (0, 0o644));
+    let s = meta(&staged.drives[0].path);
+    assert_eq!(s.ino(), std::fs::metadata(&scratch).unwrap().ino());
+    assert_eq!((s.uid(), s.gid(), s.mode() & 0o777), (10000, 10001, 0o600));
+    assert_ne!(staged.root_drive, staged.drives[0].path);
+}
+
+/// A stored image the jail user could not read is copied for it rather
+/// than handed over; a writable root drive stays the VM's own, as before.
+#[test]
+fn a_private_read_only_root_is_copied_and_a_writable_root_is_handed_over() {
+    let fx = Fixture::new();
+    let dir = fx.path().join("run");
+    std::fs::create_dir(&dir).unwrap();
+    let image = dir.join("rootfs.ext4");
+    std::fs::write(&image, b"image").unwrap();
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("vmlinux"), b"kernel").unwrap();
+    let spec = VmSpec {
+        root_read_only: true,
+        ..VmSpec::new("vm-1", dir.join("vmlinux"), &image)
+    };
+    let jail = fx.jail("vm-1");
+    jail.create().unwrap();
+    let staged = jail.stage(&spec).unwrap();
+    let copy = std::fs::metadata(jail.host_path(&staged.root_drive)).unwrap();
+    let orig = std::fs::metadata(&image).unwrap();
+    assert_ne!(copy.ino(), orig.ino());
+    assert_eq!((copy.uid(), copy.mode() & 0o777), (10000, 0o400));
+    assert_eq!((orig.uid(), orig.mode() & 0o777), (0, 0o600));
+
+    let writable = fx.jail("vm-2");
+    writable.create().unwrap();
+    let staged = writable
+        .stage(&VmSpec {
+            vm_id: "vm-2".into(),
+            root_read_only: false,
+            ..spec
+        })
+        .unwrap();
+    let linked = std::fs::metadata(writable.host_path(&staged.root_drive)).unwrap();
+    assert_eq!((linked.ino(), linked.uid()), (orig.ino(), 10000));
+}
+
+#[test]
+fn staging_refuses_a_drive_id_that_is_no_file_name() {
+    let fx = Fixture::new();
+    let dir = fx.path().join("run");
+    std::fs::create_dir(&dir).unwrap();
+    let mut spec = full_spec(&dir);
+    spec.drives[0].drive_id = "../escape".into();
+    let jail = fx.jail("vm-1");
+    jail.create().unwrap();
+    let err = jail.stage(&spec).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "drives.drive_id",
+                ..
+            }
+        ),
+        "{err}"
     );
 }
 

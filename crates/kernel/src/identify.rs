@@ -239,6 +239,27 @@ pub fn vmlinux_release(path: &Path) -> Result<Option<String>> {
     }
 }
 
+/// The kernel's own `.config`, when it was built with `CONFIG_IKCONFIG`
+/// (a gzip stream between the `IKCFG_ST` and `IKCFG_ED` markers).
+pub fn embedded_config(path: &Path) -> Result<Option<String>> {
+    const START: &[u8] = b"IKCFG_ST";
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let Some(at) = find(&bytes, START) else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    let mut gz = flate2::read::GzDecoder::new(&bytes[at + START.len()..]);
+    // A marker without a valid stream (another string) says nothing.
+    Ok(gz.read_to_string(&mut text).ok().map(|_| text))
+}
+
+/// Whether overlayfs is built in (`CONFIG_OVERLAY_FS=y`): VMs boot on an
+/// overlay root by default, and the guest loads no modules. `None` when
+/// the kernel does not carry its configuration.
+pub fn overlayfs_built_in(path: &Path) -> Result<Option<bool>> {
+    Ok(embedded_config(path)?.map(|c| c.lines().any(|l| l.trim() == "CONFIG_OVERLAY_FS=y")))
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -366,5 +387,27 @@ pub(crate) mod tests {
 
         std::fs::write(&path, elf_header(2, true, 2, 62)).unwrap();
         assert_eq!(vmlinux_release(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_the_embedded_config_for_overlayfs() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        let with = |config: &str| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(config.as_bytes()).unwrap();
+            let mut file = fake_vmlinux("6.1.192");
+            file.extend_from_slice(b"IKCFG_ST");
+            file.extend_from_slice(&gz.finish().unwrap());
+            file.extend_from_slice(b"IKCFG_ED");
+            file
+        };
+        std::fs::write(&path, with("CONFIG_EXT4_FS=y\nCONFIG_OVERLAY_FS=y\n")).unwrap();
+        assert_eq!(overlayfs_built_in(&path).unwrap(), Some(true));
+        std::fs::write(&path, with("CONFIG_EXT4_FS=y\nCONFIG_OVERLAY_FS=m\n")).unwrap();
+        assert_eq!(overlayfs_built_in(&path).unwrap(), Some(false));
+        std::fs::write(&path, fake_vmlinux("6.1.192")).unwrap();
+        assert_eq!(overlayfs_built_in(&path).unwrap(), None);
     }
 }

@@ -211,6 +211,17 @@ impl KernelStore {
             self.ensure_free(id)?;
         }
         let version = identify::vmlinux_release(file)?;
+        match identify::overlayfs_built_in(file)? {
+            Some(true) => {}
+            Some(false) => tracing::warn!(
+                kernel = %file.display(),
+                "this kernel has no built-in overlayfs (CONFIG_OVERLAY_FS=y): VMs on it need `run --rootfs-mode copy`"
+            ),
+            None => tracing::warn!(
+                kernel = %file.display(),
+                "this kernel carries no configuration (CONFIG_IKCONFIG): make sure it has CONFIG_OVERLAY_FS=y, or run its VMs with --rootfs-mode copy"
+            ),
+        }
         let source = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
         self.publish(id, file, replace, |size, sha256| KernelMetadata {
             id: id.into(),

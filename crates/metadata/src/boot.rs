@@ -14,6 +14,12 @@ pub const METADATA_KERNEL_ARG: &str = "firebuild.metadata";
 /// The value of [`METADATA_KERNEL_ARG`] that selects MMDS.
 pub const METADATA_FROM_MMDS: &str = "mmds";
 
+/// Kernel argument naming the scratch disk (`firebuild.overlay=/dev/vdX`):
+/// the init mounts it, builds an overlay root with the read-only root drive
+/// as its lower layer and a directory of the disk as its upper layer, and
+/// switches into it before anything else runs.
+pub const OVERLAY_KERNEL_ARG: &str = "firebuild.overlay";
+
 /// The link-local address Firecracker serves MMDS on (its default).
 pub const MMDS_ADDRESS: &str = "169.254.169.254";
 

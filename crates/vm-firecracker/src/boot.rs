@@ -9,8 +9,9 @@ use firebuild_vm::guest::BootArgs;
 /// i8042 probing), the guest init, and `firebuild.metadata=mmds` so the init
 /// reads its metadata from MMDS.
 ///
-/// No `root=`: Firecracker appends `root=/dev/vda rw` (and its
-/// `virtio_mmio.device=` entries) itself. Arguments the runtime already
+/// No `root=`, `ro` or `rw`: Firecracker appends `root=/dev/vda` and `ro`
+/// or `rw` after these, from the root drive's `is_read_only` (and its
+/// `virtio_mmio.device=` entries), so the root drive's access alone decides. Arguments the runtime already
 /// puts first on every command line (console, reboot, panic, init) are left
 /// out rather than repeated.
 pub fn kernel_args() -> Vec<String> {
@@ -26,6 +27,30 @@ pub fn kernel_args() -> Vec<String> {
         ])
         .filter(|arg| !common.contains(arg))
         .collect()
+}
+
+/// The guest's node for the extra drive `index` (after the root drive).
+///
+/// Firecracker keeps the root drive first and the other drives in the order
+/// they were first put (v1.16.1 src/vmm/src/vmm_config/drive.rs,
+/// `BlockBuilder::insert`) and attaches them in that order, each a
+/// virtio-mmio device listed on the kernel command line in turn
+/// (src/vmm/src/builder.rs, `attach_block_devices`); the guest's virtio-blk
+/// names disks in probe order. So the root drive is `vda` and
+/// `disks[index]` is the `index + 1`-th disk after it, named as Linux does
+/// (`vdz`, then `vdaa`).
+pub fn disk_device(index: usize) -> String {
+    let mut n = index + 1;
+    let mut name = Vec::new();
+    loop {
+        name.push(b'a' + (n % 26) as u8);
+        match (n / 26).checked_sub(1) {
+            Some(rest) => n = rest,
+            None => break,
+        }
+    }
+    name.reverse();
+    format!("/dev/vd{}", String::from_utf8_lossy(&name))
 }
 
 #[cfg(test)]
@@ -50,6 +75,25 @@ mod tests {
             assert_eq!(n, 1, "{wanted} appears {n} times in {line}");
         }
         assert!(!tokens.iter().any(|t| t.starts_with("root=")), "{line}");
+        // Firecracker adds `ro`/`rw` from the root drive: ours would come
+        // first and lose, or contradict it.
+        assert!(!tokens.iter().any(|t| *t == "ro" || *t == "rw"), "{line}");
         firebuild_firecracker::check_boot_args(&line).unwrap();
+    }
+
+    #[test]
+    fn extra_disks_follow_the_root_drive_in_linux_naming() {
+        let names: Vec<String> = [0, 1, 24, 25, 26, 701].map(disk_device).into();
+        assert_eq!(
+            names,
+            [
+                "/dev/vdb",
+                "/dev/vdc",
+                "/dev/vdz",
+                "/dev/vdaa",
+                "/dev/vdab",
+                "/dev/vdaaa"
+            ]
+        );
     }
 }

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use firebuild_firecracker::{self as fc, NetworkSpec, VmProcess, VmSpec, VsockSpec};
+use firebuild_firecracker::{self as fc, DriveSpec, NetworkSpec, VmProcess, VmSpec, VsockSpec};
 use firebuild_vm::rundir::RunDir;
 use firebuild_vm::{
-    AgentEndpoint, Availability, LaunchConfig, NetworkAttachment, RunMetadata, StartedVm, VmError,
-    Vmm, VmmKind,
+    AgentEndpoint, Availability, Disk, LaunchConfig, NetworkAttachment, RunMetadata, StartedVm,
+    VmError, Vmm, VmmKind,
 };
 use serde_json::json;
 
@@ -128,7 +128,9 @@ impl FirecrackerVmm {
                 guest_cid: GUEST_CID,
                 uds_path: launch.run_dir.file(AGENT_SOCKET),
             }),
-            ..VmSpec::new(&launch.id, &launch.kernel, &launch.rootfs)
+            root_read_only: launch.root.read_only,
+            drives: launch.disks.iter().map(drive_spec).collect(),
+            ..VmSpec::new(&launch.id, &launch.kernel, &launch.root.path)
         })
     }
 }
@@ -194,8 +196,16 @@ impl Vmm for FirecrackerVmm {
         }
     }
 
-    fn kernel_args(&self) -> Vec<String> {
+    /// The same either way: Firecracker appends `root=/dev/vda` and `ro` or
+    /// `rw` from the root drive's `is_read_only` itself, after our
+    /// `boot_args` (v1.16.1 src/vmm/src/builder.rs, `attach_block_devices`),
+    /// so the guest mounts a read-only root drive read-only.
+    fn kernel_args(&self, _root_read_only: bool) -> Vec<String> {
         boot::kernel_args()
+    }
+
+    fn disk_device(&self, index: usize) -> String {
+        boot::disk_device(index)
     }
 
     fn preflight(&self, run_dir: &RunDir) -> Result<(), VmError> {
@@ -367,5 +377,16 @@ impl Vmm for FirecrackerVmm {
             fc::Error::StillRunning { .. } => VmError::StillRunning { id: vm.id.clone() },
             other => stop_error(&vm.id, format!("cleaning up after Firecracker: {other}")),
         })
+    }
+}
+
+/// A launch disk as a Firecracker drive (the root drive's id is fixed:
+/// [`fc::ROOT_DRIVE_ID`]). Firecracker takes ids of letters, digits and
+/// `_` only; [`VmSpec::validate`] says so when a disk's id is not one.
+fn drive_spec(disk: &Disk) -> DriveSpec {
+    DriveSpec {
+        drive_id: disk.id.clone(),
+        path: disk.path.clone(),
+        read_only: disk.read_only,
     }
 }

@@ -91,15 +91,29 @@ fn daemonized_vm_is_listed_inspected_killed_and_purged() {
         );
 
         // The MMDS document carries the run's env and hostname.
-        let requests = fx.wait_requests("fc-web", 10);
-        let meta = &requests[7]["body"]["latest"]["meta-data"];
-        assert_eq!(requests[7]["path"], "/mmds");
+        let requests = fx.wait_requests("fc-web", 11);
+        let meta = &requests[8]["body"]["latest"]["meta-data"];
+        assert_eq!(requests[8]["path"], "/mmds");
         assert_eq!(meta["env"]["GREETING"], "hi");
         assert_eq!(meta["env"]["FROM_IMAGE"], "1");
         assert_eq!(meta["local-hostname"], "fc-guest");
         assert_eq!(meta["entrypoint-json"], r#"["/bin/app","serve"]"#);
         let boot_args = requests[3]["body"]["boot_args"].as_str().unwrap();
         assert!(boot_args.contains("firebuild.metadata=mmds"), "{boot_args}");
+        // The stored image shared read-only, the VM's scratch disk after it.
+        assert!(
+            boot_args.contains("firebuild.overlay=/dev/vdb"),
+            "{boot_args}"
+        );
+        let drive = |i: usize| &requests[i]["body"];
+        assert_eq!(
+            (&drive(4)["drive_id"], &drive(4)["is_read_only"]),
+            (&"rootfs".into(), &true.into())
+        );
+        assert_eq!(
+            (&drive(5)["drive_id"], &drive(5)["is_read_only"]),
+            (&"scratch".into(), &false.into())
+        );
 
         let listed = runtime.list().await.unwrap();
         assert_eq!(listed.len(), 1);

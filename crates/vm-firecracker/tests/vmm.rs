@@ -37,7 +37,7 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
 
     // Exactly the requests a boot needs, in order, each accepted (204) by
     // the stand-in, which validated every body against the v1.16.1 spec.
-    let requests = fx.wait_requests("vm-jailed", 11);
+    let requests = fx.wait_requests("vm-jailed", 12);
     assert_eq!(
         fx.request_lines("vm-jailed"),
         [
@@ -46,6 +46,7 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
             "PUT /machine-config",
             "PUT /boot-source",
             "PUT /drives/rootfs",
+            "PUT /drives/scratch",
             "PUT /network-interfaces/eth0",
             "PUT /mmds/config",
             "PUT /mmds",
@@ -84,20 +85,30 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
         !args.contains("root="),
         "Firecracker adds root= itself: {args}"
     );
+    // The shared image read-only (Firecracker then adds `root=/dev/vda
+    // ro`), the scratch disk writable, after it (/dev/vdb).
+    assert!(
+        args.split(' ').any(|a| a == "firebuild.overlay=/dev/vdb"),
+        "{args}"
+    );
     assert_eq!(
         body(4),
-        json!({"drive_id": "rootfs", "path_on_host": "/rootfs.img", "is_root_device": true, "is_read_only": false})
+        json!({"drive_id": "rootfs", "path_on_host": "/rootfs.img", "is_root_device": true, "is_read_only": true})
     );
     assert_eq!(
         body(5),
-        json!({"iface_id": "eth0", "host_dev_name": TAP, "guest_mac": MAC, "mtu": 1400})
+        json!({"drive_id": "scratch", "path_on_host": "/drive-scratch.img", "is_root_device": false, "is_read_only": false})
     );
     assert_eq!(
         body(6),
+        json!({"iface_id": "eth0", "host_dev_name": TAP, "guest_mac": MAC, "mtu": 1400})
+    );
+    assert_eq!(
+        body(7),
         json!({"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.169.254"})
     );
     // The MMDS document is the guest metadata, as the config drive has it.
-    let mmds = body(7);
+    let mmds = body(8);
     assert_eq!(
         mmds,
         serde_json::to_value(guest_document("vm-jailed")).unwrap()
@@ -108,9 +119,9 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
     assert_eq!(meta["entrypoint-json"], r#"["/bin/app","serve"]"#);
     // The guest agent's vsock: Firecracker makes the socket in the jail,
     // owned by the jail user; nothing new is linked in.
-    assert_eq!(body(8), json!({"guest_cid": 3, "uds_path": "/agent.vsock"}));
-    assert_eq!(body(9), json!({"serial_out_path": "/console.log"}));
-    assert_eq!(body(10), json!({"action_type": "InstanceStart"}));
+    assert_eq!(body(9), json!({"guest_cid": 3, "uds_path": "/agent.vsock"}));
+    assert_eq!(body(10), json!({"serial_out_path": "/console.log"}));
+    assert_eq!(body(11), json!({"action_type": "InstanceStart"}));
 
     // What the runtime stores: the process record, jailed.
     let details: FirecrackerDetails = serde_json::from_value(started.details.clone()).unwrap();
@@ -144,10 +155,16 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
         jailer_args.contains("--uid 10000 --gid 10000"),
         "{jailer_args}"
     );
-    // The run directory's files are the jail's (hard links), handed to the
-    // jail user; so the console the runtime follows is the one written.
+    // The shared image is linked in unchanged: readable by the jail user,
+    // never owned or writable by it.
+    let image = std::fs::metadata(root.join("rootfs.img")).unwrap();
+    let stored = std::fs::metadata(launch.run_dir.rootfs()).unwrap();
+    assert_eq!((image.dev(), image.ino()), (stored.dev(), stored.ino()));
+    assert_eq!((image.uid(), image.mode() & 0o777), (0, 0o644));
+    // The run directory's own files are the jail's (hard links), handed to
+    // the jail user; so the console the runtime follows is the one written.
     for (run_file, jail_file) in [
-        (launch.run_dir.rootfs(), "rootfs.img"),
+        (launch.run_dir.file("scratch.ext4"), "drive-scratch.img"),
         (launch.run_dir.console_log(), "console.log"),
         (launch.run_dir.file("firecracker.log"), "firecracker.log"),
     ] {
@@ -227,19 +244,23 @@ fn direct_start_and_force_stop() {
     let socket = launch.run_dir.file("firecracker.socket");
     assert_eq!(details.process.api_socket, socket);
     // Host paths, the run directory's own files.
-    let requests = fx.wait_requests("vm-direct", 11);
-    assert_eq!(requests.len(), 11);
+    let requests = fx.wait_requests("vm-direct", 12);
+    assert_eq!(requests.len(), 12);
     assert_eq!(requests[3]["body"]["kernel_image_path"], json!(fx.kernel()));
     assert_eq!(
         requests[4]["body"]["path_on_host"],
         json!(launch.run_dir.rootfs())
     );
     assert_eq!(
-        requests[8]["body"],
+        requests[5]["body"]["path_on_host"],
+        json!(launch.run_dir.file("scratch.ext4"))
+    );
+    assert_eq!(
+        requests[9]["body"],
         json!({"guest_cid": 3, "uds_path": launch.run_dir.file("agent.vsock")})
     );
     assert_eq!(
-        requests[9]["body"]["serial_out_path"],
+        requests[10]["body"]["serial_out_path"],
         json!(launch.run_dir.console_log())
     );
 
@@ -257,7 +278,7 @@ fn direct_start_and_force_stop() {
     assert!(!vmm.is_running(&vm));
     assert!(wait_gone(details.process.pid));
     // Killed, not asked: no Ctrl-Alt-Del was sent.
-    assert_eq!(fx.requests("vm-direct").len(), 11);
+    assert_eq!(fx.requests("vm-direct").len(), 12);
     rt.block_on(vmm.cleanup(&vm)).unwrap();
     assert!(!socket.exists());
 }
@@ -308,6 +329,22 @@ fn out_of_range_resources_are_refused_by_name() {
     launch.cpus = 33;
     let err = rt().block_on(vmm.start(&launch)).unwrap_err();
     assert!(err.to_string().contains("vcpu_count"), "{err}");
+    assert!(fx.pids().is_empty());
+}
+
+#[test]
+fn disk_ids_firecracker_refuses_fail_before_anything_runs() {
+    let fx = Fixture::new();
+    let ns = Netns::new();
+    let vmm = FirecrackerVmm::new(fx.config());
+    let mut launch = fx.launch("vm-vol", Some(ns.attachment()));
+    // Firecracker's drive ids are letters, digits and `_`; "rootfs" is the
+    // root drive's own.
+    for id in ["my-vol", "rootfs"] {
+        launch.disks[0].id = id.into();
+        let err = rt().block_on(vmm.start(&launch)).unwrap_err();
+        assert!(err.to_string().contains("drives.drive_id"), "{id}: {err}");
+    }
     assert!(fx.pids().is_empty());
 }
 
@@ -535,7 +572,16 @@ fn preflight_checks_the_vm_id_socket_paths_and_filesystems() {
 fn kind_and_kernel_args() {
     let vmm = FirecrackerVmm::default();
     assert_eq!(vmm.kind(), VmmKind::Firecracker);
-    let args = vmm.kernel_args();
+    let args = vmm.kernel_args(true);
+    assert_eq!(
+        args,
+        vmm.kernel_args(false),
+        "Firecracker adds root= ro|rw itself"
+    );
+    assert_eq!(
+        (vmm.disk_device(0), vmm.disk_device(1)),
+        ("/dev/vdb".into(), "/dev/vdc".into())
+    );
     assert!(
         args.contains(&"firebuild.metadata=mmds".to_owned()),
         "{args:?}"

@@ -1,7 +1,9 @@
 //! The per-VM run directory, `<run-cache>/<vm-id>/` (mode 0700):
 //!
 //! ```text
-//! rootfs.ext4     the VM's private copy of the image's root filesystem
+//! rootfs.ext4     a hard link to the stored image (read-only, shared), or
+//!                 with `--rootfs-mode copy` the VM's private copy
+//! scratch.ext4    the sparse scratch disk the overlay root writes to
 //! config.drive    the guest metadata as a raw config drive (QEMU)
 //! console.log     the serial console
 //! qmp.sock        QEMU's QMP socket

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::agent::AgentEndpoint;
 use crate::argv::resolve_argv;
 use crate::console::{exit_code_from_log, ConsoleFollower, POLL_INTERVAL};
-use crate::copy::copy_image;
+use crate::disks::{RootfsMode, VmDisks, MIN_DISK_SIZE};
 use crate::env::{host_env, merge_env};
 use crate::error::VmError;
 use crate::guest::{self, BootArgs, GuestInputs};
@@ -85,6 +85,7 @@ pub struct PreparedVm {
     run_dir: RunDir,
     metadata: RunMetadata,
     backend: Arc<dyn Vmm>,
+    disks: VmDisks,
     resolved: Resolved,
 }
 
@@ -214,6 +215,13 @@ impl Runtime {
             path: spec.rootfs.clone(),
             source,
         })?;
+        if spec.rootfs_mode == RootfsMode::Overlay && spec.disk_size < MIN_DISK_SIZE {
+            return Err(VmError::Resource {
+                what: "--disk-size (bytes)",
+                min: MIN_DISK_SIZE,
+                value: spec.disk_size,
+            });
+        }
         let id = match &spec.name {
             Some(name) => {
                 validate_name(name)?;
@@ -254,9 +262,7 @@ impl Runtime {
             spec.kernel_args.as_deref(),
         )?;
         let backend = self.select_backend(spec.vmm, &spec.kernel).await?;
-        let backend_args = backend.kernel_args();
-        let kernel_args =
-            boot.render(&backend_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let kernel_args = render_kernel_args(&boot, backend.as_ref(), spec.rootfs_mode)?;
         let planned = RunDir::new(&self.run_cache, &id);
         backend.preflight(&planned)?;
         if planned.path().exists() {
@@ -271,13 +277,7 @@ impl Runtime {
         // --- set-up, undone by the guard on failure ---
         let run_dir = RunDir::create(&self.run_cache, &id)?;
         let guard = RunDirGuard::new(run_dir.clone());
-        let rootfs = run_dir.rootfs();
-        let method = copy_image(&spec.rootfs, &rootfs).map_err(|source| VmError::RootfsCopy {
-            from: spec.rootfs.clone(),
-            to: rootfs.clone(),
-            source,
-        })?;
-        tracing::debug!(id = %id, ?method, "root filesystem copied");
+        let disks = VmDisks::create(&run_dir, &spec.rootfs, spec.rootfs_mode, spec.disk_size)?;
         let metadata = RunMetadata {
             id: id.clone(),
             name: spec.name.clone().unwrap_or_else(|| hostname.clone()),
@@ -306,6 +306,8 @@ impl Runtime {
             shutdown_timeout_secs: spec.shutdown_timeout.as_secs(),
             creator,
             has_healthcheck: healthcheck.is_some(),
+            rootfs_mode: spec.rootfs_mode,
+            root_disk: Some(disks.root.path.clone()),
         };
         metadata.store(&run_dir.metadata())?;
         Ok(PreparedVm {
@@ -313,6 +315,7 @@ impl Runtime {
             run_dir,
             metadata,
             backend,
+            disks,
             resolved: Resolved {
                 image: spec.image,
                 env,
@@ -334,6 +337,7 @@ impl Runtime {
             run_dir,
             mut metadata,
             backend,
+            disks,
             resolved,
         } = prepared;
         // Recomputed: the network may have been attached after prepare.
@@ -342,9 +346,7 @@ impl Runtime {
             &metadata.hostname,
             resolved.user_kernel_args.as_deref(),
         )?;
-        let backend_args = backend.kernel_args();
-        metadata.kernel_args =
-            boot.render(&backend_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        metadata.kernel_args = render_kernel_args(&boot, backend.as_ref(), metadata.rootfs_mode)?;
         let document = guest::guest_document(&GuestInputs {
             id: &metadata.id,
             hostname: &metadata.hostname,
@@ -369,7 +371,8 @@ impl Runtime {
             kernel_args: metadata.kernel_args.clone(),
             cpus: metadata.cpus,
             mem_mib: metadata.mem_mib,
-            rootfs: run_dir.rootfs(),
+            root: disks.root,
+            disks: disks.disks,
             guest: document,
             network: metadata.network.clone(),
         };
@@ -555,6 +558,17 @@ impl Runtime {
             vms.push(metadata);
         }
         Ok(vms)
+    }
+
+    /// The VMs, running or not yet purged, that boot the image file
+    /// `image`: their run directories keep its data alive.
+    pub async fn vms_using_image(&self, image: &Path) -> Result<Vec<RunMetadata>, VmError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|vm| vm.uses_image(image))
+            .collect())
     }
 
     /// Reads every run directory's metadata, skipping what is not a VM.
@@ -756,6 +770,25 @@ impl Runtime {
 
 /// Turns an [`Interrupts`] source into a channel of stop requests; the
 /// returned guard ends the Ctrl-C listener.
+/// The whole kernel command line: the backend's arguments, and in overlay
+/// mode where the guest init finds the scratch disk (the first extra disk).
+fn render_kernel_args(
+    boot: &BootArgs,
+    backend: &dyn Vmm,
+    mode: RootfsMode,
+) -> Result<String, VmError> {
+    let overlay = mode == RootfsMode::Overlay;
+    let mut args = backend.kernel_args(overlay);
+    if overlay {
+        args.push(format!(
+            "{}={}",
+            firebuild_metadata::boot::OVERLAY_KERNEL_ARG,
+            backend.disk_device(0)
+        ));
+    }
+    boot.render(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn listen(interrupts: Interrupts) -> (mpsc::UnboundedReceiver<()>, Option<AbortOnDrop>) {
     match interrupts {
         Interrupts::Channel(rx) => (rx, None),
@@ -899,9 +932,19 @@ mod tests {
         let md = RunMetadata::load(&run_dir.join("run.json")).unwrap();
         assert_eq!(md.status, VmStatus::Created);
         assert_eq!(md.command, ["/bin/app", "serve"]);
-        assert!(md
-            .kernel_args
-            .contains("root=/dev/vda rw firebuild.metadata=/dev/vdb"));
+        assert!(
+            md.kernel_args.contains(
+                "root=/dev/vda ro firebuild.metadata=/dev/vdb firebuild.overlay=/dev/vdc"
+            ),
+            "{}",
+            md.kernel_args
+        );
+        assert_eq!(md.rootfs_mode, RootfsMode::Overlay);
+        assert!(
+            md.uses_image(&dir.path().join("rootfs.ext4")),
+            "the image is linked, not copied"
+        );
+        assert!(run_dir.join("scratch.ext4").exists());
         // Listed as created while its creator (this process) lives.
         let listed = runtime.list().await.unwrap();
         assert_eq!(listed.len(), 1);

@@ -10,6 +10,8 @@ use firebuild_metadata::image::Healthcheck;
 use firebuild_metadata::{ImageMetadata, InitMode};
 use serde::{Deserialize, Serialize};
 
+use crate::disks::{RootfsMode, DEFAULT_DISK_SIZE};
+
 /// Which VMM to run the VM on (`--vmm`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,8 +90,12 @@ impl NetworkAttachment {
 /// Everything `run` needs, as plain values.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
-    /// The stored ext4 root filesystem image; only read (the VM gets a copy).
+    /// The stored ext4 root filesystem image; never written.
     pub rootfs: PathBuf,
+    /// Shared read-only image plus scratch disk, or a private copy.
+    pub rootfs_mode: RootfsMode,
+    /// Size of the sparse scratch disk (overlay mode), in bytes.
+    pub disk_size: u64,
     /// The stored image's metadata (entrypoint info, env, stop signal, tag).
     pub image: ImageMetadata,
     /// The uncompressed kernel (`vmlinux`).
@@ -188,10 +194,13 @@ impl HealthOverrides {
 
 impl RunSpec {
     /// A spec with the defaults of `firebuild run` (1 vCPU, 128 MiB, user
-    /// root, 15 s shutdown timeout, foreground, `--vmm auto`).
+    /// root, 15 s shutdown timeout, foreground, `--vmm auto`, the image shared
+    /// read-only with a 10 GiB sparse scratch disk).
     pub fn new(rootfs: PathBuf, image: ImageMetadata, kernel: PathBuf) -> Self {
         RunSpec {
             rootfs,
+            rootfs_mode: RootfsMode::Overlay,
+            disk_size: DEFAULT_DISK_SIZE,
             image,
             kernel,
             kernel_id: String::new(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::disks::RootfsMode;
 use crate::error::VmError;
 use crate::liveness::ProcessIdentity;
 use crate::spec::NetworkAttachment;
@@ -79,6 +80,19 @@ pub struct RunMetadata {
     /// The guest agent runs a health check (`ls` asks it for the state).
     #[serde(default)]
     pub has_healthcheck: bool,
+    /// How the VM got its root filesystem (VMs from before shared images
+    /// had a copy).
+    #[serde(default = "copy_mode")]
+    pub rootfs_mode: RootfsMode,
+    /// The file the VMM opens as the root drive: the run directory's link to
+    /// the stored image, its private copy, or (another filesystem) the
+    /// stored image itself.
+    #[serde(default)]
+    pub root_disk: Option<PathBuf>,
+}
+
+fn copy_mode() -> RootfsMode {
+    RootfsMode::Copy
 }
 
 impl RunMetadata {
@@ -88,6 +102,21 @@ impl RunMetadata {
             pid: self.pid?,
             start_time: self.pid_start_time?,
         })
+    }
+
+    /// Bytes its writable disks take on the host.
+    pub fn disk_usage(&self) -> u64 {
+        crate::disks::allocated_bytes(&self.run_dir, self.rootfs_mode)
+    }
+
+    /// Whether the VM boots the image file `image` (same inode).
+    pub fn uses_image(&self, image: &Path) -> bool {
+        let root = self
+            .root_disk
+            .clone()
+            .unwrap_or_else(|| self.run_dir.join("rootfs.ext4"));
+        let theirs = crate::disks::file_identity(&root);
+        theirs.is_some() && theirs == crate::disks::file_identity(image)
     }
 
     /// Reads `run.json` from `path`.
@@ -136,6 +165,7 @@ impl RunMetadata {
             vmm: self.vmm,
             exit_code: self.exit_code,
             health: None,
+            disk_bytes: self.disk_usage(),
         }
     }
 }
@@ -156,14 +186,18 @@ pub struct VmSummary {
     /// running VM that has one, as its agent reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// Bytes its writable disks take on the host (scratch disk or copy).
+    #[serde(default)]
+    pub disk_bytes: u64,
 }
 
-/// Renders summaries as the aligned table `firebuild ls` prints.
-pub fn render_table(rows: &[VmSummary]) -> String {
+/// Renders summaries as the aligned table `firebuild ls` prints, sizes
+/// written by `size`.
+pub fn render_table(rows: &[VmSummary], size: impl Fn(u64) -> String) -> String {
     let header = [
-        "ID", "NAME", "IMAGE", "IP", "PID", "STATUS", "STARTED", "VMM",
+        "ID", "NAME", "IMAGE", "IP", "PID", "STATUS", "STARTED", "VMM", "DISK",
     ];
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             let status = match (r.status, r.exit_code, &r.health) {
@@ -180,6 +214,7 @@ pub fn render_table(rows: &[VmSummary]) -> String {
                 status,
                 r.started.clone(),
                 r.vmm.to_string(),
+                size(r.disk_bytes),
             ]
         })
         .collect();
@@ -242,6 +277,8 @@ pub(crate) mod tests {
                 start_time: 1,
             },
             has_healthcheck: false,
+            rootfs_mode: RootfsMode::Overlay,
+            root_disk: Some(dir.join("rootfs.ext4")),
         }
     }
 
@@ -276,11 +313,12 @@ pub(crate) mod tests {
         md.status = VmStatus::Exited;
         md.exit_code = Some(3);
         md.id = "a-much-longer-id".into();
-        let table = render_table(&[running, md.summary()]);
+        let table = render_table(&[running, md.summary()], |b| format!("{b}B"));
         let lines: Vec<_> = table.lines().collect();
         assert!(lines[0].starts_with("ID") && lines[0].contains("STATUS"));
         assert!(lines[1].contains("running") && lines[1].contains("10.0.0.2"));
         assert!(lines[2].contains("exited (3)"));
+        assert!(lines[0].ends_with("DISK") && lines[1].ends_with("0B"));
         // Columns are aligned.
         assert_eq!(lines[0].find("NAME"), lines[1].find("quiet-otter"));
     }

@@ -112,11 +112,16 @@ pub fn busybox_tree(root: &Path) {
 /// Packs the directory `root` into a 64 MiB ext4 file system at `image`
 /// with `mkfs.ext4 -d`, then removes `root`.
 pub fn pack_ext4(root: &Path, image: &Path) {
+    pack_ext4_sized(root, image, "64M");
+}
+
+/// [`pack_ext4`] into a file system of `size` (mkfs.ext4's notation).
+pub fn pack_ext4_sized(root: &Path, image: &Path, size: &str) {
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
         .arg(root)
         .arg(image)
-        .arg("64M")
+        .arg(size)
         .output()
         .expect("mkfs.ext4 (apt-get install -y e2fsprogs)");
     assert!(

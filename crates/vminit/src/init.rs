@@ -21,6 +21,7 @@ use crate::log;
 use crate::metadata::{self, MetadataError};
 use crate::mounts::{self, MountError, MountOutcome};
 use crate::network::{self, NetError};
+use crate::overlay::{self, OverlayError};
 use crate::process::{self, StartError, StopPolicy, DEFAULT_STOP_TIMEOUT};
 use crate::signals::{self, SignalError};
 use crate::users::{self, UserError};
@@ -36,6 +37,8 @@ const DRIVE_WAIT: Duration = Duration::from_secs(5);
 pub enum InitError {
     #[error("mounting the early filesystems: {0}")]
     Mounts(#[from] MountError),
+    #[error("assembling the overlay root: {0}")]
+    Overlay(#[from] OverlayError),
     #[error("reading the guest metadata: {0}")]
     Cmdline(#[from] CmdlineError),
     #[error("reading the guest metadata: {0}")]
@@ -52,7 +55,7 @@ impl InitError {
     /// The exit status reported for this failure.
     pub fn code(&self) -> i32 {
         match self {
-            InitError::Mounts(_) => init_failure::MOUNTS,
+            InitError::Mounts(_) | InitError::Overlay(_) => init_failure::MOUNTS,
             InitError::Cmdline(_) | InitError::Metadata(_) | InitError::MmdsNetwork(_) => {
                 init_failure::METADATA
             }
@@ -157,12 +160,18 @@ fn set_kernel_hostname(name: &str) -> Result<(), ConfigureError> {
 /// could not give init a console (no /dev/console in the image before
 /// devtmpfs was mounted).
 pub fn ensure_console() {
+    ensure_console_in("/dev");
+}
+
+/// [`ensure_console`] with devtmpfs mounted on `dev_dir`.
+pub fn ensure_console_in(dev_dir: &str) {
     for fd in 0..3 {
         // SAFETY: F_GETFD on a small integer has no side effects.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
             continue;
         }
-        for dev in ["/dev/console", "/dev/ttyS0", "/dev/null"] {
+        for dev in ["console", "ttyS0", "null"] {
+            let dev = format!("{dev_dir}/{dev}");
             if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
                 // SAFETY: both descriptors are valid; dup2 onto the missing fd.
                 unsafe { libc::dup2(f.as_raw_fd(), fd) };
@@ -279,6 +288,7 @@ pub fn run() -> Result<i32, InitError> {
     // SAFETY: reboot(2) with RB_DISABLE_CAD only changes that behaviour.
     unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
 
+    let overlaid = overlay::switch_root_if_asked()?;
     let mounted = mounts::mount_early();
     ensure_console();
     for (target, outcome) in mounted? {
@@ -294,6 +304,11 @@ pub fn run() -> Result<i32, InitError> {
     }
     let cmdline = KernelCmdline::parse(&read_proc("/proc/cmdline"));
     log::set_verbose(cmdline.debug());
+    if overlaid {
+        log::info(format_args!(
+            "root: an overlay on the read-only image, its writes on the scratch disk"
+        ));
+    }
 
     let (meta, hostname) = configure(&cmdline)?;
     if let Some(pid) = crate::agent::start(&meta, &hostname) {

@@ -16,7 +16,9 @@
 //!   kernel's `ip=` (then the init keeps the kernel's address and route and
 //!   applies only the MTU) and `firebuild.debug` (info lines on the console).
 //!   `reboot=k panic=1` with QEMU's `-no-reboot` makes the final reboot end
-//!   the VM.
+//!   the VM. `firebuild.overlay=/dev/vdX` (with `ro`): the root drive is a
+//!   shared image; the init builds an overlay root on the scratch disk vdX
+//!   first ([`overlay`]).
 //! - Exit status: a line `firebuild-exit-code=<n>` (preceded by a newline)
 //!   is printed right before the reboot: the entrypoint's code (128+signal
 //!   when killed), or 240 (metadata), 241 (mounts), 242 (configuration),
@@ -42,6 +44,7 @@ pub mod metadata;
 pub mod mmds;
 pub mod mounts;
 pub mod network;
+pub mod overlay;
 pub mod power;
 pub mod process;
 pub mod signals;

@@ -48,19 +48,28 @@ impl Limits {
     }
 }
 
-/// `--memory`: bytes with an optional `b`, `k`, `m` or `g` suffix, as
-/// Docker reads it (`512m`, `1g`, `1073741824`).
-pub fn parse_memory(s: &str) -> std::result::Result<u64, String> {
+/// A size as Docker reads one: bytes with an optional `b`, `k`, `m`, `g` or
+/// `t` suffix (`512m`, `1g`, `1073741824`).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').unwrap_or(&t);
     let (num, mult) = match t.as_bytes().last() {
         Some(b'k') => (&t[..t.len() - 1], 1u64 << 10),
         Some(b'm') => (&t[..t.len() - 1], 1 << 20),
         Some(b'g') => (&t[..t.len() - 1], 1 << 30),
+        Some(b't') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size: use a number of bytes with an optional b, k, m or g suffix (512m)"))?;
-    let bytes = (n * mult as f64) as u64;
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size: use a number of bytes with an optional b, k, m, g or t suffix (512m)"))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("{s:?} is not a size: it must not be negative"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// `--memory`: a [`parse_size`] of at least Docker's minimum.
+pub fn parse_memory(s: &str) -> std::result::Result<u64, String> {
+    let bytes = parse_size(s)?;
     // Docker's minimum: less cannot start a shell.
     if bytes < 6 << 20 {
         return Err(format!("{s:?} is too little memory: the minimum is 6m"));

@@ -22,9 +22,29 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&image.metadata)?);
             Ok(())
         }
-        ImageCommand::Rm { tag, settings } => {
+        ImageCommand::Rm {
+            tag,
+            force,
+            settings,
+        } => {
             let tag: Tag = tag.parse()?;
-            store(global, settings)?.remove(&tag)?;
+            let settings = Settings::resolve(global, settings)?;
+            let store = DirectoryStore::new(&settings.rootfs_storage_root);
+            let image = store.get(&tag)?;
+            let runtime = super::vm::vm_runtime(&settings, false);
+            let users = super::vm::tokio_runtime()?
+                .block_on(runtime.vms_using_image(&image.rootfs_path()))?;
+            if !users.is_empty() {
+                let names: Vec<&str> = users.iter().map(|vm| vm.id.as_str()).collect();
+                if !force {
+                    anyhow::bail!(
+                        "image {tag} is in use by VM {}; stop and purge them first, or pass --force to remove only the tag (the data stays until the last of them is purged)",
+                        names.join(", ")
+                    );
+                }
+                tracing::warn!(%tag, vms = %names.join(", "), "removing the tag of an image in use: its data stays until these VMs are purged");
+            }
+            store.remove(&tag)?;
             tracing::info!(%tag, "image removed");
             Ok(())
         }

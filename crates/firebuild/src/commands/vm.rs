@@ -25,6 +25,7 @@ use super::require_root;
 use crate::cli::{
     GlobalArgs, InitModeArg, KillArgs, LogsArgs, LsArgs, PurgeArgs, RunArgs, SettingsArgs, VmArgs,
 };
+use crate::format;
 use crate::settings::Settings;
 
 /// Exit status of `run` when the guest reported none (killed, crashed), as a
@@ -138,6 +139,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     spec.remove_on_exit = args.rm;
     spec.vmm = settings.vmm;
     spec.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    spec.rootfs_mode = args.rootfs_mode;
+    spec.disk_size = args.disk_size;
     spec.health = HealthOverrides {
         disabled: args.health.no_healthcheck,
         cmd: args.health.health_cmd.clone(),
@@ -279,7 +282,7 @@ pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(row)?);
         }
     } else {
-        print!("{}", render_table(&rows));
+        print!("{}", render_table(&rows, format::size));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -289,6 +292,7 @@ pub fn inspect(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
     let runtime = vm_runtime(&settings, false);
     let metadata = tokio_runtime()?.block_on(runtime.inspect(&args.vmm_id))?;
     let mut shown = serde_json::to_value(&metadata)?;
+    shown["disk_bytes"] = metadata.disk_usage().into();
     if metadata.status == VmStatus::Running && metadata.has_healthcheck {
         let health = runtime
             .agent_endpoint_of(&metadata)

@@ -89,10 +89,7 @@ pub(super) fn route(
             put("logger", &vm.logger);
             put("metrics", &vm.metrics);
             put("vsock", &vm.vsock);
-            cfg.insert(
-                "drives".into(),
-                Value::Array(vm.drives.values().cloned().collect()),
-            );
+            cfg.insert("drives".into(), Value::Array(vm.drives.clone()));
             cfg.insert(
                 "network-interfaces".into(),
                 Value::Array(vm.ifaces.values().cloned().collect()),
@@ -124,27 +121,14 @@ pub(super) fn route(
         }
         ("PUT", "/drives/{drive_id}") => {
             pre_boot!();
-            let id = body["drive_id"].as_str().unwrap_or_default().to_string();
-            if body["is_root_device"] == true
-                && vm
-                    .drives
-                    .iter()
-                    .any(|(k, d)| *k != id && d["is_root_device"] == true)
-            {
-                return fault("A root block device already exists!");
-            }
-            if opts.check_host_resources {
-                let file = host_path(opts, &body["path_on_host"]);
-                if !file.is_file() {
-                    return fault(format!("Unable to create the block device: BackingFile(Os {{ code: 2, kind: NotFound }}, \"{}\")", file.display()));
-                }
-            }
-            vm.drives.insert(id, body);
-            ok
+            put_drive(vm, opts, body)
         }
         ("PUT", "/network-interfaces/{iface_id}") => {
             pre_boot!();
-            let id = body["iface_id"].as_str().unwrap_or_default().to_string();
+            let id = match checked_id(&body["iface_id"]) {
+                Ok(id) => id,
+                Err(a) => return a,
+            };
             let tap = body["host_dev_name"].as_str().unwrap_or_default();
             if vm
                 .ifaces
@@ -213,7 +197,7 @@ pub(super) fn route(
                     return fault("Cannot start microvm without kernel configuration.");
                 }
                 // Stand-in rule (firebuild always boots from a root drive).
-                if !vm.drives.values().any(|d| d["is_root_device"] == true) {
+                if !vm.drives.iter().any(|d| d["is_root_device"] == true) {
                     return fault("Cannot start microvm without a root block device.");
                 }
                 if let Some(line) = &opts.serial_on_start {
@@ -253,6 +237,80 @@ pub(super) fn route(
         }
         (m, t) => fault(format!("The stand-in does not implement {m} {t}.")),
     }
+}
+
+const INVALID_BLOCK_CONFIG: &str =
+    "Drive config error: Unable to create the block device: Invalid block config.";
+
+/// `PUT /drives/{drive_id}` as Firecracker's block builder takes it: one
+/// root drive at most, kept first; a known id replaces that drive in place;
+/// a new one goes last. So `vm.drives` is the guest's vda, vdb, ... order.
+fn put_drive(vm: &mut VmModel, opts: &Options, body: Value) -> Answer {
+    let id = match checked_id(&body["drive_id"]) {
+        Ok(id) => id,
+        Err(a) => return a,
+    };
+    if let Err(a) = check_block_backend(&body) {
+        return a;
+    }
+    let is_root = body["is_root_device"] == true;
+    let position = vm.drives.iter().position(|d| d["drive_id"] == id.as_str());
+    let has_root = vm
+        .drives
+        .first()
+        .is_some_and(|d| d["is_root_device"] == true);
+    if is_root && has_root && position != Some(0) {
+        return fault("Drive config error: A root block device already exists!");
+    }
+    if opts.check_host_resources && body.get("path_on_host").is_some() {
+        let file = host_path(opts, &body["path_on_host"]);
+        if !file.is_file() {
+            return fault(format!("Drive config error: Unable to create the block device: Virtio backend error: Error manipulating the backing file: No such file or directory (os error 2) {}", file.display()));
+        }
+    }
+    match position {
+        None if is_root => vm.drives.insert(0, body),
+        None => vm.drives.push(body),
+        Some(i) => {
+            vm.drives[i] = body;
+            if is_root {
+                vm.drives.swap(0, i);
+            }
+        }
+    }
+    (204, None)
+}
+
+/// A drive is either virtio-block (a file: the spec requires
+/// `path_on_host` and `is_read_only`, and no `socket`) or vhost-user-block
+/// (only a `socket`, none of the virtio fields). Firecracker itself takes a
+/// missing `is_read_only` as false; the stand-in holds clients to the spec.
+fn check_block_backend(body: &Value) -> Result<(), Answer> {
+    let has = |field: &str| body.get(field).is_some_and(|v| !v.is_null());
+    let virtio = has("path_on_host") && has("is_read_only") && !has("socket");
+    let vhost_user = has("socket")
+        && !["path_on_host", "is_read_only", "rate_limiter", "io_engine"]
+            .iter()
+            .any(|f| has(f));
+    if virtio || vhost_user {
+        Ok(())
+    } else {
+        Err(fault(INVALID_BLOCK_CONFIG))
+    }
+}
+
+/// Firecracker's API server takes ids that are non-empty, alphanumeric or `_`.
+fn checked_id(id: &Value) -> Result<String, Answer> {
+    let id = id.as_str().unwrap_or_default();
+    if id.is_empty() {
+        return Err(fault("The ID cannot be empty."));
+    }
+    if !id.chars().all(|c| c == '_' || c.is_alphanumeric()) {
+        return Err(fault(
+            "API Resource IDs can only contain alphanumeric characters and underscores.",
+        ));
+    }
+    Ok(id.to_string())
 }
 
 /// A path from a request, seen from the stand-in's side of the jail.

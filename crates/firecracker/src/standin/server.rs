@@ -60,7 +60,9 @@ pub struct VmModel {
     pub paused: bool,
     pub machine_config: Option<Value>,
     pub boot_source: Option<Value>,
-    pub drives: BTreeMap<String, Value>,
+    /// In Firecracker's attach order: the root drive first, the others as
+    /// first put (the guest's /dev/vda, vdb, ...).
+    pub drives: Vec<Value>,
     pub ifaces: BTreeMap<String, Value>,
     pub mmds_config: Option<Value>,
     pub mmds: Option<Value>,

@@ -1,9 +1,10 @@
 //! Shared test helpers (the API stand-in is `firebuild_firecracker::standin`).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
-use firebuild_firecracker::{NetworkSpec, VmSpec, VsockSpec};
+use firebuild_firecracker::{DriveSpec, NetworkSpec, VmSpec, VsockSpec};
 
 /// A spec using every device `configure_and_start` knows, with host files
 /// created under `dir`.
@@ -18,6 +19,18 @@ pub fn full_spec(dir: &std::path::Path) -> VmSpec {
         vcpu_count: 2,
         mem_size_mib: 256,
         smt: true,
+        drives: vec![
+            DriveSpec {
+                drive_id: "scratch".into(),
+                path: file("scratch.ext4"),
+                read_only: false,
+            },
+            DriveSpec {
+                drive_id: "data".into(),
+                path: file("data.ext4"),
+                read_only: true,
+            },
+        ],
         network: Some(NetworkSpec {
             tap: "fbtap0".into(),
             guest_mac: Some("02:fc:00:00:00:05".into()),
@@ -45,4 +58,21 @@ pub fn tempdir() -> tempfile::TempDir {
 /// Socket path inside a temp dir.
 pub fn sock(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("api.sock")
+}
+
+/// Sends `PUT path` with a JSON `body` as raw HTTP/1.1, for bodies the typed
+/// client cannot produce; returns the status and the answer body.
+pub fn raw_put(socket: &Path, path: &str, body: &str) -> (u16, String) {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
 }

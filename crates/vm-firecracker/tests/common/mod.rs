@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,7 +30,8 @@ use firebuild_metadata::{GuestMetadata, ImageMetadata, MmdsDocument};
 use firebuild_vm::guest::BootArgs;
 use firebuild_vm::rundir::RunDir;
 use firebuild_vm::{
-    LaunchConfig, NetworkAttachment, ProcessIdentity, RunMetadata, StartedVm, VmStatus, VmmKind,
+    Disk, LaunchConfig, NetworkAttachment, ProcessIdentity, RunMetadata, StartedVm, VmStatus,
+    VmmKind,
 };
 use firebuild_vm_firecracker::FirecrackerConfig;
 use serde_json::Value;
@@ -150,13 +152,22 @@ impl Fixture {
         self.exes.pids()
     }
 
-    /// The inputs the runtime hands the backend for VM `id`: a run
-    /// directory with a root filesystem file, the full kernel command line,
-    /// the guest metadata document.
+    /// The inputs the runtime hands the backend for VM `id` (the default
+    /// overlay layout): a run directory holding a hard link to a stored
+    /// image (0644, root's) and a scratch disk, the full kernel command
+    /// line, the guest metadata document.
     pub fn launch(&self, id: &str, network: Option<NetworkAttachment>) -> LaunchConfig {
         let run_dir = RunDir::create(&self.run_cache(), id).unwrap();
-        std::fs::write(run_dir.rootfs(), b"stand-in rootfs").unwrap();
-        let backend = firebuild_vm_firecracker::kernel_args();
+        let store = self.run_cache().parent().unwrap().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let image = store.join(format!("{id}.ext4"));
+        std::fs::write(&image, b"stand-in stored image").unwrap();
+        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::hard_link(&image, run_dir.rootfs()).unwrap();
+        let scratch = run_dir.file("scratch.ext4");
+        std::fs::write(&scratch, b"stand-in scratch disk").unwrap();
+        let mut backend = firebuild_vm_firecracker::kernel_args();
+        backend.push("firebuild.overlay=/dev/vdb".into());
         let backend: Vec<&str> = backend.iter().map(String::as_str).collect();
         let kernel_args = BootArgs::new(network.as_ref(), "fc-guest", None)
             .unwrap()
@@ -164,7 +175,16 @@ impl Fixture {
             .unwrap();
         LaunchConfig {
             id: id.to_owned(),
-            rootfs: run_dir.rootfs(),
+            root: Disk {
+                id: "rootfs".into(),
+                path: run_dir.rootfs(),
+                read_only: true,
+            },
+            disks: vec![Disk {
+                id: "scratch".into(),
+                path: scratch,
+                read_only: false,
+            }],
             run_dir,
             kernel: self.kernel(),
             kernel_args,
@@ -222,6 +242,8 @@ pub fn run_metadata(launch: &LaunchConfig, started: &StartedVm) -> RunMetadata {
         shutdown_timeout_secs: 15,
         creator: ProcessIdentity::current().unwrap(),
         has_healthcheck: false,
+        rootfs_mode: firebuild_vm::RootfsMode::Overlay,
+        root_disk: Some(launch.root.path.clone()),
     }
 }
 

@@ -4,8 +4,9 @@
 //! trait, so the runtime does not change when it is added.
 //!
 //! The contract between runtime and backend:
-//! - the runtime prepares the run directory (root filesystem copy, console
-//!   log path, run metadata) and the guest metadata document;
+//! - the runtime prepares the run directory (the VM's disks, see
+//!   [`crate::disks`]; console log path, run metadata) and the guest
+//!   metadata document;
 //! - the backend starts the VMM *detached* (no firebuild process stays
 //!   resident), writes the serial console into [`RunDir::console_log`],
 //!   serves the guest metadata (config drive or MMDS) and returns the VMM
@@ -62,12 +63,27 @@ pub struct LaunchConfig {
     pub kernel_args: String,
     pub cpus: u32,
     pub mem_mib: u32,
-    /// The VM's private root filesystem (in the run directory).
-    pub rootfs: PathBuf,
+    /// The root drive (`/dev/vda`): the stored image read-only, or the
+    /// VM's private copy.
+    pub root: Disk,
+    /// Further drives, in guest order after the root drive (and after the
+    /// config drive under QEMU): the scratch disk, volumes.
+    pub disks: Vec<Disk>,
     /// The guest metadata: a config drive under QEMU, MMDS under Firecracker.
     pub guest: MmdsDocument,
     /// When set, the VMM runs inside `netns` and attaches to its tap.
     pub network: Option<NetworkAttachment>,
+}
+
+/// One block device of a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Unique in the VM (`rootfs`, `scratch`, a volume's name); Firecracker's
+    /// drive id, QEMU's drive id.
+    pub id: String,
+    pub path: PathBuf,
+    /// Attached read-only: the guest cannot write the file through it.
+    pub read_only: bool,
 }
 
 /// What a backend reports once the VMM runs.
@@ -92,8 +108,12 @@ pub trait Vmm: Send + Sync {
     async fn availability(&self, kernel: &Path, run_cache: &Path) -> Availability;
 
     /// The backend's part of the kernel command line (root device, where
-    /// the guest finds its metadata).
-    fn kernel_args(&self) -> Vec<String>;
+    /// the guest finds its metadata); `root_read_only` when the root drive
+    /// is attached read-only.
+    fn kernel_args(&self, root_read_only: bool) -> Vec<String>;
+
+    /// The guest's device node for [`LaunchConfig::disks`]`[index]`.
+    fn disk_device(&self, index: usize) -> String;
 
     /// Checks, before anything is created, what the backend will need in
     /// the run directory (e.g. socket path lengths).

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::vmm::Disk;
+
 /// CPU virtualisation QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -79,8 +81,12 @@ pub struct Invocation<'a> {
     pub append: &'a str,
     /// First disk, `/dev/vda`.
     pub rootfs: &'a Path,
+    /// Attach the first disk read-only (a shared stored image).
+    pub rootfs_read_only: bool,
     /// Second disk, `/dev/vdb`, read-only.
     pub config_drive: &'a Path,
+    /// Further disks, `/dev/vdc` onwards, in order.
+    pub disks: &'a [Disk],
     pub console_log: &'a Path,
     /// `None` for a probe run that nobody controls.
     pub qmp_socket: Option<&'a Path>,
@@ -142,7 +148,16 @@ impl Invocation<'_> {
 
         let block = self.machine.block_device();
         args.push("-drive".into());
-        args.push(opt("id=rootfs,file=", self.rootfs, ",format=raw,if=none"));
+        let readonly = if self.rootfs_read_only {
+            ",readonly=on"
+        } else {
+            ""
+        };
+        args.push(opt(
+            "id=rootfs,file=",
+            self.rootfs,
+            &format!(",format=raw,if=none{readonly}"),
+        ));
         args.push("-device".into());
         args.push(format!("{block},drive=rootfs").into());
         args.push("-drive".into());
@@ -153,6 +168,19 @@ impl Invocation<'_> {
         ));
         args.push("-device".into());
         args.push(format!("{block},drive=config").into());
+        // Drive ids of our own: disk ids (volume names) need not be valid
+        // QEMU ids.
+        for (i, disk) in self.disks.iter().enumerate() {
+            let readonly = if disk.read_only { ",readonly=on" } else { "" };
+            args.push("-drive".into());
+            args.push(opt(
+                &format!("id=disk{i},file="),
+                &disk.path,
+                &format!(",format=raw,if=none{readonly}"),
+            ));
+            args.push("-device".into());
+            args.push(format!("{block},drive=disk{i}").into());
+        }
 
         if let Some((tap, mac)) = self.network {
             args.push("-netdev".into());
@@ -215,7 +243,9 @@ mod tests {
             kernel: Path::new("/k/vmlinux"),
             append: "console=ttyS0 root=/dev/vda",
             rootfs: Path::new("/run/vm1/rootfs.ext4"),
+            rootfs_read_only: false,
             config_drive: Path::new("/run/vm1/config.drive"),
+            disks: &[],
             console_log: Path::new("/run/vm1/console.log"),
             qmp_socket: Some(Path::new("/run/vm1/qmp.sock")),
             pid_file: Some(Path::new("/run/vm1/vmm.pid")),
@@ -270,6 +300,39 @@ mod tests {
              -chardev file,id=console,path=/run/vm1/console.log -serial chardev:console \
              -qmp unix:/run/vm1/qmp.sock,server=on,wait=off \
              -pidfile /run/vm1/vmm.pid -daemonize"
+        );
+    }
+
+    #[test]
+    fn a_shared_root_is_read_only_and_more_disks_follow_the_config_drive() {
+        let disks = [
+            Disk {
+                id: "scratch".into(),
+                path: PathBuf::from("/run/vm1/scratch.ext4"),
+                read_only: false,
+            },
+            Disk {
+                id: "my data".into(),
+                path: PathBuf::from("/v/data.ext4"),
+                read_only: true,
+            },
+        ];
+        let mut inv = invocation(Machine::Q35, Accel::Tcg);
+        inv.rootfs_read_only = true;
+        inv.disks = &disks;
+        let line = joined(&inv.args());
+        assert!(
+            line.contains(
+                "-drive id=rootfs,file=/run/vm1/rootfs.ext4,format=raw,if=none,readonly=on \
+                 -device virtio-blk-pci,drive=rootfs \
+                 -drive id=config,file=/run/vm1/config.drive,format=raw,if=none,readonly=on \
+                 -device virtio-blk-pci,drive=config \
+                 -drive id=disk0,file=/run/vm1/scratch.ext4,format=raw,if=none \
+                 -device virtio-blk-pci,drive=disk0 \
+                 -drive id=disk1,file=/v/data.ext4,format=raw,if=none,readonly=on \
+                 -device virtio-blk-pci,drive=disk1 "
+            ),
+            "{line}"
         );
     }
 

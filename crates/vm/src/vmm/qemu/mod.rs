@@ -123,12 +123,18 @@ impl Vmm for QemuVmm {
         }
     }
 
-    fn kernel_args(&self) -> Vec<String> {
+    fn kernel_args(&self, root_read_only: bool) -> Vec<String> {
         vec![
             "root=/dev/vda".into(),
-            "rw".into(),
+            if root_read_only { "ro" } else { "rw" }.into(),
             format!("{METADATA_KERNEL_ARG}=/dev/vdb"),
         ]
+    }
+
+    /// Drives enumerate in PCI slot order, which is command-line order:
+    /// root (`vda`), config drive (`vdb`), then these.
+    fn disk_device(&self, index: usize) -> String {
+        format!("/dev/vd{}", (b'c' + index as u8) as char)
     }
 
     fn preflight(&self, run_dir: &RunDir) -> Result<(), VmError> {
@@ -186,8 +192,10 @@ impl Vmm for QemuVmm {
             mem_mib: launch.mem_mib,
             kernel: &launch.kernel,
             append: &launch.kernel_args,
-            rootfs: &launch.rootfs,
+            rootfs: &launch.root.path,
+            rootfs_read_only: launch.root.read_only,
             config_drive: &config_drive,
+            disks: &launch.disks,
             console_log: &console_log,
             qmp_socket: Some(&qmp_socket),
             pid_file: Some(&pid_file),
@@ -374,8 +382,14 @@ mod tests {
 
     #[test]
     fn qemu_kernel_args_point_at_the_config_drive() {
-        let args = QemuVmm::default().kernel_args();
-        assert_eq!(args, ["root=/dev/vda", "rw", "firebuild.metadata=/dev/vdb"]);
+        let vmm = QemuVmm::default();
+        assert_eq!(
+            vmm.kernel_args(false),
+            ["root=/dev/vda", "rw", "firebuild.metadata=/dev/vdb"]
+        );
+        assert_eq!(vmm.kernel_args(true)[1], "ro");
+        assert_eq!(vmm.disk_device(0), "/dev/vdc");
+        assert_eq!(vmm.disk_device(2), "/dev/vde");
     }
 
     #[tokio::test]

@@ -1,0 +1,262 @@
+//! A VM's disks in its run directory.
+//!
+//! By default ([`RootfsMode::Overlay`]) the stored image is shared: the run
+//! directory holds a hard link to it (so a re-tag or `image rm` cannot take
+//! the data from under a VM until the VM is purged), attached read-only,
+//! plus a sparse ext4 scratch disk the guest init puts the overlay's upper
+//! layer on. It costs what the VM writes and nothing per image byte.
+//! [`RootfsMode::Copy`] gives the VM a private copy instead, for images that
+//! need block-level writes to their root.
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::copy::copy_image;
+use crate::error::VmError;
+use crate::rundir::RunDir;
+use crate::vmm::Disk;
+
+/// `run --disk-size` when not given: the scratch disk is sparse, so this is
+/// a ceiling on what the VM may write, not what it costs.
+pub const DEFAULT_DISK_SIZE: u64 = 10 << 30;
+
+/// Smallest scratch disk: room for ext4's own metadata and journal.
+pub const MIN_DISK_SIZE: u64 = 16 << 20;
+
+/// The drive id of the scratch disk.
+pub const SCRATCH_ID: &str = "scratch";
+
+/// The file name of the scratch disk in the run directory.
+const SCRATCH_FILE: &str = "scratch.ext4";
+
+/// How a VM gets its root filesystem (`run --rootfs-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsMode {
+    /// The stored image read-only and shared, a per-VM scratch disk, an
+    /// overlay root assembled by the guest init.
+    #[default]
+    Overlay,
+    /// A private copy of the image (reflink or sparse), written in place.
+    Copy,
+}
+
+impl std::str::FromStr for RootfsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "overlay" => Ok(RootfsMode::Overlay),
+            "copy" => Ok(RootfsMode::Copy),
+            other => Err(format!(
+                "unknown root filesystem mode {other:?}; expected overlay or copy"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for RootfsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RootfsMode::Overlay => "overlay",
+            RootfsMode::Copy => "copy",
+        })
+    }
+}
+
+/// The disks of one VM, in the order the backend attaches them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDisks {
+    pub root: Disk,
+    /// The scratch disk first (overlay mode), then volumes.
+    pub disks: Vec<Disk>,
+}
+
+impl VmDisks {
+    /// Makes the disks of a VM whose run directory was just created. On
+    /// failure the caller removes the run directory (and what is in it).
+    pub fn create(
+        run_dir: &RunDir,
+        image: &Path,
+        mode: RootfsMode,
+        disk_size: u64,
+    ) -> Result<VmDisks, VmError> {
+        let root_path = run_dir.rootfs();
+        match mode {
+            RootfsMode::Copy => {
+                let method =
+                    copy_image(image, &root_path).map_err(|source| VmError::RootfsCopy {
+                        from: image.to_owned(),
+                        to: root_path.clone(),
+                        source,
+                    })?;
+                tracing::debug!(?method, "root filesystem copied");
+                Ok(VmDisks {
+                    root: root_disk(root_path, false),
+                    disks: Vec::new(),
+                })
+            }
+            RootfsMode::Overlay => {
+                let root = match std::fs::hard_link(image, &root_path) {
+                    Ok(()) => root_path,
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                        // Another filesystem: the VMM opens the image in place.
+                        // A running VM keeps its open file; an exited one
+                        // loses its image to a re-tag.
+                        tracing::warn!(
+                            image = %image.display(),
+                            run_dir = %run_dir.path().display(),
+                            "the run cache is on another filesystem than the image store: the image is used in place, not linked"
+                        );
+                        image.to_owned()
+                    }
+                    Err(source) => {
+                        return Err(VmError::io("linking the image into", &root_path, source))
+                    }
+                };
+                let scratch = run_dir.file(SCRATCH_FILE);
+                make_scratch(&scratch, disk_size)?;
+                Ok(VmDisks {
+                    root: root_disk(root, true),
+                    disks: vec![Disk {
+                        id: SCRATCH_ID.into(),
+                        path: scratch,
+                        read_only: false,
+                    }],
+                })
+            }
+        }
+    }
+}
+
+fn root_disk(path: PathBuf, read_only: bool) -> Disk {
+    Disk {
+        id: "rootfs".into(),
+        path,
+        read_only,
+    }
+}
+
+/// A sparse file of `size` bytes (0600) with an empty ext4 (lazy inode
+/// tables and journal: a few MiB written, whatever the size).
+fn make_scratch(path: &Path, size: u64) -> Result<(), VmError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| VmError::io("creating the scratch disk", path, e))?;
+    file.set_len(size)
+        .map_err(|e| VmError::io("sizing the scratch disk", path, e))?;
+    drop(file);
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-L", SCRATCH_ID])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            VmError::io(
+                "running mkfs.ext4 (install e2fsprogs) for",
+                path,
+                io::Error::new(e.kind(), e.to_string()),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(VmError::io(
+            "formatting the scratch disk",
+            path,
+            io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes the VM's writable disks take on the host (allocated blocks, not
+/// their apparent size): the scratch disk, or the private copy.
+pub fn allocated_bytes(run_dir: &Path, mode: RootfsMode) -> u64 {
+    let file = match mode {
+        RootfsMode::Overlay => run_dir.join(SCRATCH_FILE),
+        RootfsMode::Copy => run_dir.join("rootfs.ext4"),
+    };
+    std::fs::metadata(file).map_or(0, |m| m.blocks() * 512)
+}
+
+/// The (device, inode) of a file: what decides whether a VM boots a given
+/// stored image, whatever path it was reached by.
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(dir: &Path) -> PathBuf {
+        let p = dir.join("image.ext4");
+        std::fs::write(&p, vec![7u8; 8192]).unwrap();
+        p
+    }
+
+    #[test]
+    fn overlay_links_the_image_and_makes_a_sparse_scratch_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = image(tmp.path());
+        let run_dir = RunDir::create(&tmp.path().join("run"), "vm1").unwrap();
+        let disks = VmDisks::create(&run_dir, &image, RootfsMode::Overlay, 1 << 30).unwrap();
+        assert!(disks.root.read_only);
+        assert_eq!(file_identity(&disks.root.path), file_identity(&image));
+        let scratch = &disks.disks[0];
+        assert_eq!(
+            (scratch.id.as_str(), scratch.read_only),
+            (SCRATCH_ID, false)
+        );
+        let meta = std::fs::metadata(&scratch.path).unwrap();
+        assert_eq!(meta.len(), 1 << 30);
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let used = allocated_bytes(run_dir.path(), RootfsMode::Overlay);
+        assert!(used > 0 && used < 64 << 20, "{used} bytes allocated");
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&scratch.path)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Filesystem volume name:   scratch"));
+    }
+
+    #[test]
+    fn copy_mode_makes_a_private_writable_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = image(tmp.path());
+        let run_dir = RunDir::create(&tmp.path().join("run"), "vm1").unwrap();
+        let disks = VmDisks::create(&run_dir, &image, RootfsMode::Copy, 1 << 30).unwrap();
+        assert!(!disks.root.read_only && disks.disks.is_empty());
+        assert_ne!(file_identity(&disks.root.path), file_identity(&image));
+        assert_eq!(
+            std::fs::read(&disks.root.path).unwrap(),
+            std::fs::read(&image).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_failed_format_is_reported_with_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = make_scratch(&tmp.path().join("s.ext4"), 4096).unwrap_err();
+        assert!(err.to_string().contains("s.ext4"), "{err}");
+    }
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("copy".parse::<RootfsMode>().unwrap(), RootfsMode::Copy);
+        assert_eq!(
+            "overlay".parse::<RootfsMode>().unwrap(),
+            RootfsMode::Overlay
+        );
+        assert!("cow"
+            .parse::<RootfsMode>()
+            .unwrap_err()
+            .contains("overlay or copy"));
+    }
+}
