@@ -11,8 +11,8 @@ use firebuild_vm::guest::BootArgs;
 ///
 /// No `root=`, `ro` or `rw`: Firecracker appends `root=/dev/vda` and `ro`
 /// or `rw` after these, from the root drive's `is_read_only` (and its
-/// `virtio_mmio.device=` entries), so the root drive's access alone decides. Arguments the runtime already
-/// puts first on every command line (console, reboot, panic, init) are left
+/// `virtio_mmio.device=` entries), so the root drive's access alone
+/// decides. Arguments the runtime already puts first on every command line (console, reboot, panic, init) are left
 /// out rather than repeated.
 pub fn kernel_args() -> Vec<String> {
     let common = BootArgs::new(None, "firecracker", None)
@@ -40,17 +40,7 @@ pub fn kernel_args() -> Vec<String> {
 /// `disks[index]` is the `index + 1`-th disk after it, named as Linux does
 /// (`vdz`, then `vdaa`).
 pub fn disk_device(index: usize) -> String {
-    let mut n = index + 1;
-    let mut name = Vec::new();
-    loop {
-        name.push(b'a' + (n % 26) as u8);
-        match (n / 26).checked_sub(1) {
-            Some(rest) => n = rest,
-            None => break,
-        }
-    }
-    name.reverse();
-    format!("/dev/vd{}", String::from_utf8_lossy(&name))
+    firebuild_vm::disks::virtio_disk_node(index + 1)
 }
 
 #[cfg(test)]

@@ -184,6 +184,22 @@ pub fn allocated_bytes(run_dir: &Path, mode: RootfsMode) -> u64 {
     std::fs::metadata(file).map_or(0, |m| m.blocks() * 512)
 }
 
+/// The guest's node of the `n`-th virtio disk (0 is `/dev/vda`), named as
+/// Linux names them: `vdz`, then `vdaa`.
+pub fn virtio_disk_node(n: usize) -> String {
+    let mut n = n;
+    let mut name = Vec::new();
+    loop {
+        name.push(b'a' + (n % 26) as u8);
+        match (n / 26).checked_sub(1) {
+            Some(rest) => n = rest,
+            None => break,
+        }
+    }
+    name.reverse();
+    format!("/dev/vd{}", String::from_utf8_lossy(&name))
+}
+
 /// The (device, inode) of a file: what decides whether a VM boots a given
 /// stored image, whatever path it was reached by.
 pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
@@ -245,6 +261,22 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = make_scratch(&tmp.path().join("s.ext4"), 4096).unwrap_err();
         assert!(err.to_string().contains("s.ext4"), "{err}");
+    }
+
+    #[test]
+    fn disk_nodes_are_named_as_linux_names_them() {
+        let names = [0, 2, 25, 26, 27, 702].map(virtio_disk_node);
+        assert_eq!(
+            names,
+            [
+                "/dev/vda",
+                "/dev/vdc",
+                "/dev/vdz",
+                "/dev/vdaa",
+                "/dev/vdab",
+                "/dev/vdaaa"
+            ]
+        );
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl Vmm for QemuVmm {
     /// Drives enumerate in PCI slot order, which is command-line order:
     /// root (`vda`), config drive (`vdb`), then these.
     fn disk_device(&self, index: usize) -> String {
-        format!("/dev/vd{}", (b'c' + index as u8) as char)
+        crate::disks::virtio_disk_node(index + 2)
     }
 
     fn preflight(&self, run_dir: &RunDir) -> Result<(), VmError> {
