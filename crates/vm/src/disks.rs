@@ -157,13 +157,7 @@ fn make_scratch(path: &Path, size: u64) -> Result<(), VmError> {
         .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
         .arg(path)
         .output()
-        .map_err(|e| {
-            VmError::io(
-                "running mkfs.ext4 (install e2fsprogs) for",
-                path,
-                io::Error::new(e.kind(), e.to_string()),
-            )
-        })?;
+        .map_err(|e| VmError::io("running mkfs.ext4 (install e2fsprogs) for", path, e))?;
     if !out.status.success() {
         return Err(VmError::io(
             "formatting the scratch disk",
