@@ -56,6 +56,10 @@ pub enum Request {
     Health,
     /// A [`Kind::Reply`] of [`Pong`].
     Ping,
+    /// Build mode only: end the RUN step (stray processes killed, the
+    /// step's mounts undone) and send its diff, the overlay's upper
+    /// directory, as a layer tree ([`tree::send_layer`]), then [`Kind::End`].
+    LayerOut,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

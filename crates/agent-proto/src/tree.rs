@@ -8,6 +8,13 @@
 //! mtimes are kept, as `docker cp` keeps them; devices, FIFOs and sockets
 //! are skipped (and counted).
 //!
+//! A *layer tree* ([`send_layer`], [`TreeWriter::layer`]) carries an
+//! overlayfs upper directory (a build step's diff) byte-exact: also
+//! whiteouts (character devices 0/0), FIFOs, and the extended attributes
+//! `user.*` (overlayfs' `user.overlay.opaque` among them) and
+//! `security.capability`. Any other device node is refused at both ends:
+//! the sender may be an untrusted guest, and its tree lands on the host.
+//!
 //! The writer treats what it receives as untrusted: paths must be relative
 //! and plain (no `..`, no empty or `.` components), and every path is
 //! opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` below the
@@ -16,6 +23,7 @@
 //! and renamed into place when complete: a failed or interrupted copy
 //! leaves no half-written file.
 
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -35,6 +43,23 @@ pub enum EntryKind {
     File,
     Dir,
     Symlink,
+    /// An overlayfs whiteout, a character device 0/0 (layer trees only).
+    Whiteout,
+    /// A named pipe (layer trees only).
+    Fifo,
+}
+
+/// Whether a tree is a `cp` copy or a layer (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Copy,
+    Layer,
+}
+
+/// The extended attributes a layer tree carries: overlayfs' own (with
+/// `userxattr`) and anything else in `user.*`, and file capabilities.
+pub fn layer_xattr_allowed(name: &str) -> bool {
+    name.starts_with("user.") || name == "security.capability"
 }
 
 /// One file of a tree.
@@ -55,6 +80,9 @@ pub struct Entry {
     /// Symlink target.
     #[serde(default)]
     pub target: Option<String>,
+    /// Extended attributes, name → hex value (layer trees only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, String>,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -85,15 +113,105 @@ pub fn send(src: &Path, emit: &mut dyn FnMut(Kind, &[u8]) -> io::Result<()>) -> 
             ))
         })?;
     let mut stats = Copied::default();
-    send_entry(src, name.to_owned(), md, emit, &mut stats)?;
+    send_entry(src, name.to_owned(), md, Mode::Copy, emit, &mut stats)?;
     emit(Kind::End, b"")?;
     Ok(stats)
+}
+
+/// The top entry's name in a layer tree.
+pub const LAYER_TOP: &str = "layer";
+
+/// Sends the directory `src` as a layer tree (its top entry is `src`
+/// itself, named [`LAYER_TOP`]).
+pub fn send_layer(
+    src: &Path,
+    emit: &mut dyn FnMut(Kind, &[u8]) -> io::Result<()>,
+) -> io::Result<Copied> {
+    let md = std::fs::symlink_metadata(src)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
+    if !md.is_dir() {
+        return Err(invalid(format!(
+            "{}: a layer is a directory",
+            src.display()
+        )));
+    }
+    let mut stats = Copied::default();
+    send_entry(src, LAYER_TOP.to_owned(), md, Mode::Layer, emit, &mut stats)?;
+    emit(Kind::End, b"")?;
+    Ok(stats)
+}
+
+/// The allowed extended attributes of `path` (not followed), hex-encoded.
+fn read_xattrs(path: &Path) -> io::Result<BTreeMap<String, String>> {
+    let p = cstr(path)?;
+    let mut names = vec![0u8; 4096];
+    let len = loop {
+        // SAFETY: llistxattr into a buffer of the given size.
+        let n = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = errno();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(BTreeMap::new()),
+            _ => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+    };
+    let mut out = BTreeMap::new();
+    for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if !layer_xattr_allowed(name) {
+            continue;
+        }
+        let cname = cstr(name)?;
+        let mut value = vec![0u8; XATTR_SIZE_MAX];
+        // SAFETY: lgetxattr into a buffer of the given size.
+        let n = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if n < 0 {
+            let e = errno();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{} {name}: {e}", path.display()),
+            ));
+        }
+        out.insert(name.to_owned(), to_hex(&value[..n as usize]));
+    }
+    Ok(out)
+}
+
+/// The kernel's limit on one attribute value.
+const XATTR_SIZE_MAX: usize = 65536;
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> io::Result<Vec<u8>> {
+    let bad = || invalid(format!("an attribute value that is not hex: {text:?}"));
+    if !text.len().is_multiple_of(2) || text.len() > 2 * XATTR_SIZE_MAX {
+        return Err(bad());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect()
 }
 
 fn send_entry(
     path: &Path,
     rel: String,
     md: std::fs::Metadata,
+    mode: Mode,
     emit: &mut dyn FnMut(Kind, &[u8]) -> io::Result<()>,
     stats: &mut Copied,
 ) -> io::Result<()> {
@@ -104,10 +222,22 @@ fn send_entry(
         EntryKind::File
     } else if ft.is_symlink() {
         EntryKind::Symlink
+    } else if mode == Mode::Layer && ft.is_char_device() && md.rdev() == 0 {
+        EntryKind::Whiteout
+    } else if mode == Mode::Layer && ft.is_fifo() {
+        EntryKind::Fifo
+    } else if mode == Mode::Layer {
+        return Err(invalid(format!(
+            "{}: a device node or socket cannot be kept in a layer",
+            path.display()
+        )));
     } else {
-        let _ = ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device();
         stats.skipped += 1;
         return Ok(());
+    };
+    let xattrs = match (mode, kind) {
+        (Mode::Layer, EntryKind::File | EntryKind::Dir) => read_xattrs(path)?,
+        _ => BTreeMap::new(),
     };
     let target = if kind == EntryKind::Symlink {
         Some(
@@ -134,6 +264,7 @@ fn send_entry(
         mtime_nsec: md.mtime_nsec() as u32,
         size: if kind == EntryKind::File { md.len() } else { 0 },
         target,
+        xattrs,
     };
     let json = serde_json::to_vec(&entry).map_err(|e| invalid(e.to_string()))?;
     match kind {
@@ -174,10 +305,10 @@ fn send_entry(
                     ))
                 })?;
                 let md = std::fs::symlink_metadata(&child)?;
-                send_entry(&child, format!("{rel}/{name}"), md, emit, stats)?;
+                send_entry(&child, format!("{rel}/{name}"), md, mode, emit, stats)?;
             }
         }
-        EntryKind::Symlink => {
+        EntryKind::Symlink | EntryKind::Whiteout | EntryKind::Fifo => {
             emit(Kind::Entry, &json)?;
             stats.files += 1;
         }
@@ -286,6 +417,46 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Where a layer tree's top directory lands: `dest` itself.
+fn layer_place(dest: &Path, kind: EntryKind) -> io::Result<(PathBuf, String)> {
+    if kind != EntryKind::Dir || !dest.is_dir() {
+        return Err(invalid(format!(
+            "a layer tree is a directory, received into the directory {}",
+            dest.display()
+        )));
+    }
+    let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| invalid(format!("{}: not a usable name", dest.display())))?;
+    Ok((parent, name.to_owned()))
+}
+
+/// Sets hex-encoded attributes on `path` (a /proc/self/fd link of ours).
+fn set_xattrs(path: &str, xattrs: &BTreeMap<String, String>) -> io::Result<()> {
+    let p = cstr(path)?;
+    for (name, value) in xattrs {
+        let value = from_hex(value)?;
+        let n = cstr(name)?;
+        // SAFETY: setxattr with valid strings and a buffer of its length.
+        let rc = unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc != 0 {
+            let e = errno();
+            return Err(io::Error::new(e.kind(), format!("setting {name}: {e}")));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a received path: relative, plain components only.
 fn check_path(path: &str) -> io::Result<()> {
     let bad = path.is_empty()
@@ -359,6 +530,7 @@ pub struct TreeWriter {
     dirs: Vec<(String, Entry)>,
     stats: Copied,
     seq: u64,
+    mode: Mode,
 }
 
 impl TreeWriter {
@@ -370,7 +542,40 @@ impl TreeWriter {
             dirs: Vec::new(),
             stats: Copied::default(),
             seq: 0,
+            mode: Mode::Copy,
         }
+    }
+
+    /// Receives a layer tree: its top directory is `dest` itself (an
+    /// existing directory, normally empty), whose attributes it takes.
+    pub fn layer(dest: impl Into<PathBuf>) -> TreeWriter {
+        let mut writer = TreeWriter::new(dest);
+        writer.mode = Mode::Layer;
+        writer
+    }
+
+    /// Refuses what the tree's mode does not carry.
+    fn check_kind(&self, e: &Entry) -> io::Result<()> {
+        let layer_only = matches!(e.kind, EntryKind::Whiteout | EntryKind::Fifo);
+        if self.mode == Mode::Copy && (layer_only || !e.xattrs.is_empty()) {
+            return Err(invalid(format!(
+                "{:?}: whiteouts, FIFOs and attributes come only in layer trees",
+                e.path
+            )));
+        }
+        if !e.xattrs.is_empty() && !matches!(e.kind, EntryKind::File | EntryKind::Dir) {
+            return Err(invalid(format!(
+                "{:?}: attributes on a special file",
+                e.path
+            )));
+        }
+        if let Some(name) = e.xattrs.keys().find(|n| !layer_xattr_allowed(n)) {
+            return Err(invalid(format!(
+                "{:?}: refusing the attribute {name:?} (only user.* and security.capability)",
+                e.path
+            )));
+        }
+        Ok(())
     }
 
     /// The path an entry is written at, below the base directory.
@@ -387,7 +592,10 @@ impl TreeWriter {
                     e.path
                 )));
             }
-            let (dir, name) = place(&self.dest, top_in, e.kind)?;
+            let (dir, name) = match self.mode {
+                Mode::Copy => place(&self.dest, top_in, e.kind)?,
+                Mode::Layer => layer_place(&self.dest, e.kind)?,
+            };
             self.base = Some((open_dir(&dir)?, top_in.to_owned(), name));
         }
         let (_, sent_top, written_top) = self.base.as_ref().expect("set above");
@@ -411,6 +619,7 @@ impl TreeWriter {
                 e.path
             )));
         }
+        self.check_kind(&e)?;
         let rel = self.out_path(&e)?;
         let (parent, name) = split_last(&rel);
         let base = &self.base.as_ref().expect("set by out_path").0;
@@ -477,6 +686,66 @@ impl TreeWriter {
                 if left == 0 {
                     self.complete()?;
                 }
+            }
+            EntryKind::Whiteout | EntryKind::Fifo => {
+                let (kind, what) = match e.kind {
+                    EntryKind::Whiteout => (libc::S_IFCHR, "whiteout"),
+                    _ => (libc::S_IFIFO, "FIFO"),
+                };
+                let tmp = self.temp_name(name)?;
+                let times = times(&e);
+                // SAFETY: *at calls on our descriptor and strings; a
+                // whiteout is device 0, nothing else is ever made.
+                unsafe {
+                    check(libc::mknodat(
+                        dir.as_raw_fd(),
+                        tmp.as_ptr(),
+                        kind | (e.mode & 0o777),
+                        0,
+                    ))
+                    .map_err(|err| {
+                        io::Error::new(err.kind(), format!("creating the {what} {rel}: {err}"))
+                    })?;
+                    let done = tolerate_eperm(libc::fchownat(
+                        dir.as_raw_fd(),
+                        tmp.as_ptr(),
+                        e.uid,
+                        e.gid,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    ))
+                    .and_then(|_| {
+                        check(libc::fchmodat(
+                            dir.as_raw_fd(),
+                            tmp.as_ptr(),
+                            e.mode & 0o777,
+                            0,
+                        ))
+                    })
+                    .and_then(|_| {
+                        check(libc::utimensat(
+                            dir.as_raw_fd(),
+                            tmp.as_ptr(),
+                            times.as_ptr(),
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        ))
+                    })
+                    .and_then(|_| {
+                        check(libc::renameat(
+                            dir.as_raw_fd(),
+                            tmp.as_ptr(),
+                            dir.as_raw_fd(),
+                            cname.as_ptr(),
+                        ))
+                    });
+                    if let Err(err) = done {
+                        libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0);
+                        return Err(io::Error::new(
+                            err.kind(),
+                            format!("creating the {what} {rel}: {err}"),
+                        ));
+                    }
+                }
+                self.stats.files += 1;
             }
             EntryKind::Symlink => {
                 let target = cstr(e.target.as_deref().unwrap_or_default())?;
@@ -555,9 +824,11 @@ impl TreeWriter {
         let times = times(e);
         // SAFETY: f* calls on our open file, renameat on our descriptors.
         let done = unsafe {
-            // chown before chmod: chown clears setuid/setgid.
+            // chown before chmod and capabilities: chown clears setuid,
+            // setgid and security.capability.
             tolerate_eperm(libc::fchown(fd, e.uid, e.gid))
                 .and_then(|_| check(libc::fchmod(fd, e.mode & 0o7777)))
+                .and_then(|_| set_xattrs(&format!("/proc/self/fd/{fd}"), &e.xattrs))
                 .and_then(|_| check(libc::futimens(fd, times.as_ptr())))
                 .and_then(|_| {
                     check(libc::renameat(
@@ -602,6 +873,7 @@ impl TreeWriter {
             unsafe {
                 tolerate_eperm(libc::chown(p.as_ptr(), e.uid, e.gid))?;
                 check(libc::chmod(p.as_ptr(), e.mode & 0o7777))?;
+                set_xattrs(&format!("/proc/self/fd/{}", dir.as_raw_fd()), &e.xattrs)?;
                 check(libc::utimensat(
                     libc::AT_FDCWD,
                     p.as_ptr(),
@@ -733,6 +1005,7 @@ mod tests {
             mtime_nsec: 0,
             size: 0,
             target: target.map(str::to_owned),
+            xattrs: BTreeMap::new(),
         };
         for bad in ["../x", "/etc/x", "top/../../x", "top//x", "top/./x"] {
             let mut w = TreeWriter::new(&dest);
@@ -776,5 +1049,170 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    fn mknod(path: &Path, kind: libc::mode_t, dev: libc::dev_t) {
+        let p = cstr(path).unwrap();
+        // SAFETY: mknod on a valid path (the tests run as root).
+        assert_eq!(
+            unsafe { libc::mknod(p.as_ptr(), kind | 0o644, dev) },
+            0,
+            "{}",
+            errno()
+        );
+    }
+
+    fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+        let p = cstr(path).unwrap();
+        let n = cstr(name).unwrap();
+        let mut buf = vec![0u8; 256];
+        // SAFETY: lgetxattr into a buffer of its length.
+        let len =
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        (len >= 0).then(|| buf[..len as usize].to_vec())
+    }
+
+    fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+        let p = cstr(path).unwrap();
+        let n = cstr(name).unwrap();
+        // SAFETY: setxattr with a buffer of its length.
+        let rc = unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "{}", errno());
+    }
+
+    fn layer_frames(src: &Path) -> io::Result<Vec<(Kind, Vec<u8>)>> {
+        let mut frames = Vec::new();
+        send_layer(src, &mut |k, p| {
+            frames.push((k, p.to_vec()));
+            Ok(())
+        })?;
+        Ok(frames)
+    }
+
+    fn write_layer(frames: Vec<(Kind, Vec<u8>)>, dest: &Path) -> io::Result<Copied> {
+        let mut w = TreeWriter::layer(dest);
+        for (k, p) in frames {
+            if receive(&mut w, k, &p)? {
+                return w.finish();
+            }
+        }
+        Err(invalid("no end".into()))
+    }
+
+    #[test]
+    fn layer_trees_keep_whiteouts_fifos_and_overlay_attributes() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("upper");
+        std::fs::create_dir_all(src.join("opaque/sub")).unwrap();
+        std::fs::write(src.join("suid"), b"x").unwrap();
+        std::os::unix::fs::chown(src.join("suid"), Some(1000), Some(1000)).unwrap();
+        std::fs::set_permissions(src.join("suid"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
+        std::fs::write(src.join("capable"), b"bin").unwrap();
+        let cap = [
+            1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        set_xattr(&src.join("capable"), "security.capability", &cap);
+        set_xattr(&src.join("opaque"), "user.overlay.opaque", b"y");
+        std::os::unix::fs::symlink("suid", src.join("link")).unwrap();
+        mknod(&src.join("gone"), libc::S_IFCHR, 0);
+        mknod(&src.join("pipe"), libc::S_IFIFO, 0);
+
+        let dest = t.path().join("diff");
+        std::fs::create_dir(&dest).unwrap();
+        let copied = write_layer(layer_frames(&src).unwrap(), &dest).unwrap();
+        assert_eq!(copied.files, 5, "{copied:?}");
+        let md = |p: &str| std::fs::symlink_metadata(dest.join(p)).unwrap();
+        assert_eq!(
+            (md("suid").mode() & 0o7777, md("suid").uid()),
+            (0o4755, 1000)
+        );
+        assert!(md("gone").file_type().is_char_device() && md("gone").rdev() == 0);
+        assert!(md("pipe").file_type().is_fifo());
+        assert!(md("link").file_type().is_symlink());
+        assert!(md("opaque/sub").is_dir());
+        assert_eq!(
+            xattr(&dest.join("opaque"), "user.overlay.opaque").as_deref(),
+            Some(&b"y"[..])
+        );
+        assert_eq!(
+            xattr(&dest.join("capable"), "security.capability").as_deref(),
+            Some(&cap[..])
+        );
+        // The top is the destination itself: nothing nested under a name.
+        assert!(!dest.join(LAYER_TOP).exists());
+    }
+
+    #[test]
+    fn layer_trees_refuse_devices_foreign_attributes_and_copy_mode_extras() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("upper");
+        std::fs::create_dir(&src).unwrap();
+        mknod(&src.join("disk"), libc::S_IFBLK, libc::makedev(7, 0));
+        let err = layer_frames(&src).unwrap_err();
+        assert!(
+            err.to_string().contains("disk") && err.to_string().contains("device"),
+            "{err}"
+        );
+
+        let dest = t.path().join("diff");
+        std::fs::create_dir(&dest).unwrap();
+        let entry = |path: &str, kind, xattrs: &[(&str, &str)]| Entry {
+            path: path.into(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            target: None,
+            xattrs: xattrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut w = TreeWriter::layer(&dest);
+        w.entry(entry(LAYER_TOP, EntryKind::Dir, &[])).unwrap();
+        let err = w
+            .entry(entry(
+                "layer/d",
+                EntryKind::Dir,
+                &[("trusted.overlay.opaque", "79")],
+            ))
+            .unwrap_err();
+        assert!(err.to_string().contains("trusted.overlay.opaque"), "{err}");
+        assert!(w
+            .entry(entry("layer/../x", EntryKind::Whiteout, &[]))
+            .is_err());
+
+        let mut copy = TreeWriter::new(&dest);
+        copy.entry(entry("top", EntryKind::Dir, &[])).unwrap();
+        assert!(copy
+            .entry(entry("top/w", EntryKind::Whiteout, &[]))
+            .is_err());
+        assert!(copy
+            .entry(entry("top/x", EntryKind::Dir, &[("user.a", "00")]))
+            .is_err());
+
+        // Copy mode still skips devices and sends no attributes.
+        set_xattr(&src, "user.note", b"1");
+        let mut frames = Vec::new();
+        let copied = send(&src, &mut |k, p| {
+            frames.push((k, p.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(copied.skipped, 1);
+        let first: Entry = serde_json::from_slice(&frames[0].1).unwrap();
+        assert!(first.xattrs.is_empty());
     }
 }
