@@ -120,6 +120,15 @@ pub enum CniError {
         reason: String,
     },
 
+    #[error(
+        "keeping network {network:?} off this host ({command}): {reason}; is iptables installed?"
+    )]
+    HostGuard {
+        network: String,
+        command: String,
+        reason: String,
+    },
+
     #[error("invalid network settings for {name:?}: {reason}")]
     InvalidNetworkSpec { name: String, reason: String },
 

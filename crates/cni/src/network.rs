@@ -29,6 +29,15 @@ use crate::runtime::CniRuntime;
 /// Name of the network `run` uses when none is given.
 pub const DEFAULT_NETWORK: &str = "default";
 
+/// The network of build microVMs (`rootfs --isolation microvm`), made on
+/// first use like [`DEFAULT_NETWORK`].
+pub const BUILD_NETWORK: &str = "machine-builds";
+
+/// The networks firebuild makes itself when first asked for.
+pub fn is_managed(name: &str) -> bool {
+    name == DEFAULT_NETWORK || name == BUILD_NETWORK
+}
+
 /// What `network create` takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkSpec {
@@ -398,9 +407,10 @@ fn remove_ipam_dir_if_empty(dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Returns the `default` network, creating it first if it does not exist.
-pub fn ensure_default_network(rt: &CniRuntime) -> Result<NetworkInfo> {
-    match rt.load_network(DEFAULT_NETWORK) {
+/// Returns the managed network `name` ([`is_managed`]), creating it first
+/// (a free 10.213.N.0/24, masqueraded) if it does not exist.
+pub fn ensure_managed_network(rt: &CniRuntime, name: &str) -> Result<NetworkInfo> {
+    match rt.load_network(name) {
         Ok(list) => return Ok(NetworkInfo::from_list(&list)),
         Err(CniError::NetworkNotFound { .. }) => {}
         Err(e) => return Err(e),
@@ -415,16 +425,14 @@ pub fn ensure_default_network(rt: &CniRuntime) -> Result<NetworkInfo> {
         .map(|n| IpNet { addr: IpAddr::V4(Ipv4Addr::new(10, 213, n, 0)), prefix_len: 24 })
         .find(|c| !taken.iter().any(|t| t.overlaps(c)))
         .ok_or_else(|| CniError::InvalidNetworkSpec {
-            name: DEFAULT_NETWORK.into(),
-            reason: "every 10.213.N.0/24 is taken; create it yourself with `firebuild network create default --subnet CIDR`".into(),
+            name: name.into(),
+            reason: format!("every 10.213.N.0/24 is taken; create it yourself with `firebuild network create {name} --subnet CIDR`"),
         })?;
-    let mut spec = NetworkSpec::new(DEFAULT_NETWORK, subnet);
+    let mut spec = NetworkSpec::new(name, subnet);
     spec.ip_masq = true;
     match create_network(rt, &spec) {
         // Lost a race with another firebuild: use theirs.
-        Err(CniError::NetworkExists { .. }) => {
-            Ok(NetworkInfo::from_list(&rt.load_network(DEFAULT_NETWORK)?))
-        }
+        Err(CniError::NetworkExists { .. }) => Ok(NetworkInfo::from_list(&rt.load_network(name)?)),
         other => other,
     }
 }

@@ -18,7 +18,7 @@ use crate::cache::{CacheEntry, FirebuildAttachment};
 use crate::config::NetworkConfigList;
 use crate::error::{validate_name, CniError, Result};
 use crate::ipnet::IpNet;
-use crate::network::{ensure_default_network, DEFAULT_NETWORK};
+use crate::network::{ensure_managed_network, is_managed};
 use crate::ports::{port_mappings_arg, PortMapping};
 use crate::result::{CniResult, Dns, Route};
 use crate::runtime::{entry_runtime_conf, CniRuntime, RuntimeConf};
@@ -229,8 +229,8 @@ impl CniRuntime {
 
     fn network_for(&self, name: &str) -> Result<NetworkConfigList> {
         match self.load_network(name) {
-            Err(CniError::NetworkNotFound { .. }) if name == DEFAULT_NETWORK => {
-                ensure_default_network(self)?;
+            Err(CniError::NetworkNotFound { .. }) if is_managed(name) => {
+                ensure_managed_network(self, name)?;
                 self.load_network(name)
             }
             other => other,

@@ -9,9 +9,11 @@ use std::net::Ipv4Addr;
 use common::responder::Responder;
 use common::{retry, run_in, Snapshot, World};
 use firebuild_cni::network::{
-    create_network, ensure_default_network, list_networks, remove_network,
+    create_network, ensure_managed_network, list_networks, remove_network,
 };
-use firebuild_cni::{netns, parse_port_specs, CniError, CniRuntime, VmNetworkRequest};
+use firebuild_cni::{
+    netns, parse_port_specs, CniError, CniRuntime, VmNetworkRequest, DEFAULT_NETWORK,
+};
 
 fn mac_bytes(mac: &str) -> [u8; 6] {
     let v: Vec<u8> = mac
@@ -339,7 +341,7 @@ fn default_network_is_made_on_first_use() {
     let w = World::new("dflt");
     // Occupy the first candidate so the pick has to skip it.
     create_network(&w.rt, &w.spec("other", "10.213.0.0/24")).unwrap();
-    let info = ensure_default_network(&w.rt).unwrap();
+    let info = ensure_managed_network(&w.rt, DEFAULT_NETWORK).unwrap();
     assert_eq!(info.name, "default");
     assert_eq!(info.subnets, vec!["10.213.1.0/24"]);
     assert!(info.ip_masq);
@@ -349,7 +351,10 @@ fn default_network_is_made_on_first_use() {
         Some(w.rt.paths().cache_dir.join("networks"))
     );
     // Idempotent.
-    assert_eq!(ensure_default_network(&w.rt).unwrap(), info);
+    assert_eq!(
+        ensure_managed_network(&w.rt, DEFAULT_NETWORK).unwrap(),
+        info
+    );
 }
 
 #[test]
