@@ -15,6 +15,7 @@ use crate::base::Resolver;
 use crate::config::ImageConfig;
 use crate::engine::{Engine, StageState, Stats};
 use crate::error::{BuildError, Result};
+use crate::isolation::Isolation;
 use crate::layers::{ImageRef, Key, LayerId, LayerStore, PruneReport};
 use crate::mountns::{mount_overlay, with_private_mounts, OverlaySpec};
 use crate::sandbox::{CancelToken, SandboxSettings};
@@ -57,6 +58,8 @@ pub struct BuildOptions {
     pub cancel: CancelToken,
     /// How RUN steps are isolated (`--network`, `--memory`, ...).
     pub sandbox: SandboxSettings,
+    /// Where RUN steps run (`--isolation`).
+    pub isolation: Isolation,
 }
 
 impl BuildOptions {
@@ -83,6 +86,7 @@ impl BuildOptions {
             vminit: vminit.into(),
             cancel: CancelToken::new(),
             sandbox: SandboxSettings::default(),
+            isolation: Isolation::default(),
         }
     }
 }
@@ -221,6 +225,8 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         file_hashes: crate::filehash::FileHashes::load(&layers.root().join("filehash.json")),
         sandbox: opts.sandbox,
         sandbox_ready: None,
+        isolation: opts.isolation.clone(),
+        vminit: &opts.vminit,
     };
     // A RUN step needs things of the host (an id range, the NAT): say what
     // is missing before any step runs.
@@ -231,7 +237,7 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
                 .iter()
                 .any(|i| matches!(i.kind, firebuild_dockerfile::InstructionKind::Run(_)))
         });
-    if runs {
+    if runs && matches!(opts.isolation, Isolation::Sandbox) {
         engine.sandbox_options()?;
     }
     let mut last = None;

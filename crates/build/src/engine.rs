@@ -17,6 +17,7 @@ use crate::config::{ImageConfig, DEFAULT_PATH};
 use crate::copy::{self, CopyOp, Download, Source};
 use crate::error::{BuildError, Result, StepLocation};
 use crate::fsutil::{self, Root, Scope};
+use crate::isolation::{self, Isolation, VmStep};
 use crate::layers::{Key, LayerId, LayerStore};
 use crate::mountns::{mount_overlay, with_private_mounts, OverlaySpec};
 use crate::sandbox::{
@@ -64,6 +65,10 @@ pub struct Engine<'a> {
     /// checked result.
     pub sandbox: SandboxSettings,
     pub sandbox_ready: Option<SandboxOptions>,
+    /// Where RUN steps run; with a microVM, the guest init its root drive
+    /// carries.
+    pub isolation: Isolation,
+    pub vminit: &'a Path,
 }
 
 /// What a filesystem step needs inside its private mount namespace.
@@ -669,8 +674,11 @@ impl<'a> Engine<'a> {
                 "RUN --security=insecure is not supported (steps always run sandboxed)",
             ));
         }
-        let sandbox = self.sandbox_options()?;
-        let build_network = sandbox.network;
+        let step_vm = match &self.isolation {
+            Isolation::MicroVm(vm) => Some(vm.clone()),
+            Isolation::Sandbox => None,
+        };
+        let build_network = self.sandbox.network;
         let network = match r.network {
             Some(NetworkMode::None) => Network::None,
             Some(NetworkMode::Host) if build_network != Network::Host => {
@@ -793,6 +801,20 @@ impl<'a> Engine<'a> {
                 _ => continue,
             }
         }
+        if step_vm.is_some() {
+            if !planned.is_empty() {
+                return Err(BuildError::step(
+                    at,
+                    "RUN --mount is not supported with --isolation microvm yet; build this Dockerfile with the default sandbox isolation",
+                ));
+            }
+            if network == Network::Host {
+                return Err(BuildError::step(
+                    at,
+                    "a build microVM has no host network: drop --network host, or use the sandbox isolation",
+                ));
+            }
+        }
         let desc = format!(
             "RUN\0{}\0{}\0{}\0{}\0{:?}\0{:?}\0{}",
             serde_json::to_string(&argv).unwrap_or_default(),
@@ -806,6 +828,74 @@ impl<'a> Engine<'a> {
         let cancel = self.cancel.clone();
         let command_shown = ins.original.clone();
         let at_run = at.clone();
+        if let Some(vm) = step_vm {
+            let init_disk = isolation::init_disk(self.layers.root(), self.vminit)?;
+            let limits = self.sandbox.limits;
+            return self.fs_step(run, at, &desc, &[], move |senv| {
+                let lower = senv.overlay.lower;
+                if lower.is_empty() {
+                    return Err(StepFailure::Message(
+                        "the stage is empty (FROM scratch): there is nothing to run".into(),
+                    ));
+                }
+                if lower.len() > isolation::MAX_LAYER_DISKS {
+                    return Err(StepFailure::Message(format!(
+                        "the stage has {} layers; a build microVM takes at most {} (combine RUN steps, or use the sandbox isolation)",
+                        lower.len(),
+                        isolation::MAX_LAYER_DISKS
+                    )));
+                }
+                let disks = lower
+                    .iter()
+                    .map(|id| isolation::export_layer(senv.overlay.layers_dir, id))
+                    .collect::<Result<Vec<_>>>()
+                    .map_err(StepFailure::Error)?;
+                let Some((upper, _)) = senv.overlay.upper else {
+                    return Err(StepFailure::Message("the step has no upper layer".into()));
+                };
+                let mut env = env;
+                if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+                    let home = crate::users::resolve_user(&senv.root, &cfg.user)
+                        .map(|u| u.home)
+                        .unwrap_or_else(|_| "/root".into());
+                    env.push(format!("HOME={home}"));
+                }
+                let cwd = cfg.workdir_or_root();
+                let step = VmStep {
+                    init_disk: &init_disk,
+                    layers: &disks,
+                    upper,
+                    argv: &argv,
+                    env: &env,
+                    user: &cfg.user,
+                    cwd: &cwd,
+                    network,
+                    script: script.as_ref().map(|(p, c)| (p.as_str(), c.as_str())),
+                    limits,
+                };
+                let mut on_line =
+                    |line: &str| tracing::info!(target: "firebuild_build::run", "{line}");
+                let out = vm
+                    .run_step(&step, &mut on_line, &cancel)
+                    .map_err(|e| StepFailure::Error(BuildError::step(&at_run, e)))?;
+                if out.code != 0 {
+                    return Err(StepFailure::Error(BuildError::RunFailed {
+                        at: Box::new(at_run),
+                        command: command_shown,
+                        code: out.code,
+                        note: String::new(),
+                        tail: out
+                            .tail
+                            .iter()
+                            .map(|l| format!("    {l}"))
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    }));
+                }
+                Ok(())
+            });
+        }
+        let sandbox = self.sandbox_options()?;
         self.fs_step(run, at, &desc, &froms, move |senv| {
             let user =
                 crate::users::resolve_user(&senv.root, &cfg.user).map_err(|e| e.to_string())?;

@@ -38,6 +38,7 @@ mod error;
 mod ext4;
 mod filehash;
 mod fsutil;
+pub mod isolation;
 pub mod layers;
 pub mod mountns;
 pub mod sandbox;
@@ -50,5 +51,6 @@ pub use api::{build, build_from_image, prune, BuildOptions, BuildOutput, ImageOp
 pub use error::{BuildError, Result, StepLocation};
 pub use firebuild_metadata::ImageType;
 pub use firebuild_oci::RegistryConfig;
+pub use isolation::{Isolation, StepVm, VmStep, VmStepOutcome};
 pub use layers::PruneReport;
 pub use sandbox::{CancelToken, IdMap, Limits, Network, SandboxSettings};

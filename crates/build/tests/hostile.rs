@@ -100,13 +100,23 @@ fn services_of_the_host_are_unreachable_but_the_network_works() {
     targets.extend(host_address().map(|a| format!("{a}:{port}")));
     let probes: String = targets
         .iter()
-        .map(|t| format!("(wget -q -T 3 -O /dev/null http://{t}/) && echo {t}-reached || echo {t}-unreachable; "))
+        .map(|t| {
+            let (addr, port) = t.split_once(':').unwrap();
+            format!(
+                "nc -w 3 {addr} {port} </dev/null && echo {t}-reached || echo {t}-unreachable; "
+            )
+        })
         .collect();
+    // The control: the same probe reaches a listener of the step's own, so
+    // "unreachable" means the host is out of reach, not that nc is broken.
+    let control = "(nc -l -p 7 127.0.0.1 </dev/null &) ; sleep 1; \
+        nc -w 3 127.0.0.1 7 </dev/null && echo control-reached; ";
     let df = format!(
-        "FROM busybox:test\nRUN exec 2>/dev/null; {{ {probes} grep -c nameserver /etc/resolv.conf; ip -4 -o addr show tap0 | tr -s ' ' | cut -d' ' -f4; }} > /results\n"
+        "FROM busybox:test\nRUN exec 2>/dev/null; {{ {control} {probes} grep -c nameserver /etc/resolv.conf; ip -4 -o addr show tap0 | tr -s ' ' | cut -d' ' -f4; }} > /results\n"
     );
     let out = f.build(&df, "tests/net:1").expect("the probes run");
     let results = cat(&out.dir.join("rootfs"), "/results");
+    assert!(results.contains("control-reached"), "{results}");
     for t in &targets {
         assert!(
             results.contains(&format!("{t}-unreachable")),

@@ -7,6 +7,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use firebuild_vm::{AccelPolicy, VmmChoice};
+use serde::{Deserialize, Serialize};
+
+/// How builds isolate RUN steps (`--isolation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Sandbox,
+    Microvm,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,6 +109,9 @@ pub enum Command {
     /// Stored root filesystems and pulled OCI images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Named, persistent disks for `run --volume`.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Guest kernels.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -149,6 +162,10 @@ pub struct SettingsArgs {
     /// under it, else TCG), kvm or tcg (software emulation, works everywhere).
     #[arg(long, value_name = "auto|kvm|tcg")]
     pub qemu_accel: Option<AccelPolicy>,
+    /// Where builds run RUN steps: sandbox (a hardened namespace sandbox on
+    /// this host, the default) or microvm (a microVM per step).
+    #[arg(long, value_name = "sandbox|microvm")]
+    pub isolation: Option<Isolation>,
     /// User id jailed Firecracker runs as.
     #[arg(long, value_name = "UID")]
     pub jailer_uid: Option<u32>,
@@ -215,6 +232,10 @@ pub struct BuildArgs {
     /// Limit on the processes and threads of each RUN step.
     #[arg(long, value_name = "N", value_parser = firebuild_build::sandbox::limits::parse_pids)]
     pub pids_limit: Option<u64>,
+    /// Kernel of the build microVMs (--isolation microvm); default: the
+    /// only registered kernel.
+    #[arg(long, value_name = "ID")]
+    pub vmlinux_id: Option<String>,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -343,6 +364,11 @@ pub struct RunArgs {
     /// costs only what is written). Bytes, or with a k, m, g or t suffix.
     #[arg(long, value_name = "SIZE", default_value = "10g", value_parser = firebuild_build::sandbox::limits::parse_size)]
     pub disk_size: u64,
+    /// Attach a volume (`firebuild volume create`) or an existing ext4
+    /// image file, mounted at an absolute guest path; `:ro` read-only.
+    /// A volume is written by one running VM at a time. Repeatable.
+    #[arg(long, short = 'v', value_name = "NAME|/HOST/DISK.IMG:/GUEST/PATH[:ro]")]
+    pub volume: Vec<firebuild_vm::VolumeSpec>,
     /// Command overriding the image's CMD.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -522,6 +548,42 @@ pub enum ImageCommand {
         /// Also empty the RUN --mount=type=cache directories.
         #[arg(long)]
         cache_mounts: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume: a sparse disk with an empty filesystem.
+    Create {
+        name: String,
+        /// Its size (sparse: it costs only what is written). Bytes, or with
+        /// a k, m, g or t suffix.
+        #[arg(long, value_name = "SIZE", default_value = "1g", value_parser = firebuild_build::sandbox::limits::parse_size)]
+        size: u64,
+        #[arg(long, value_name = "FS", default_value = "ext4")]
+        fs: firebuild_vm::VolumeFs,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// List volumes, with the VMs that use them.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Print a volume as JSON, with the VMs that use it.
+    Inspect {
+        name: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Remove volumes and their data (refused while a VM not yet purged uses one).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
         #[command(flatten)]
         settings: SettingsArgs,
     },

@@ -11,13 +11,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{AccelPolicy, SettingsArgs, VmmChoice};
+use crate::cli::{AccelPolicy, Isolation, SettingsArgs, VmmChoice};
 
 /// The only storage provider.
 pub const DIRECTORY_PROVIDER: &str = "directory";
 pub const ROOTFS_STORAGE_ROOT: &str = "rootfs-storage-root";
 pub const KERNEL_STORAGE_ROOT: &str = "kernel-storage-root";
-const KNOWN_PROPERTIES: [&str; 2] = [ROOTFS_STORAGE_ROOT, KERNEL_STORAGE_ROOT];
+pub const VOLUME_STORAGE_ROOT: &str = "volume-storage-root";
+const KNOWN_PROPERTIES: [&str; 3] = [
+    ROOTFS_STORAGE_ROOT,
+    KERNEL_STORAGE_ROOT,
+    VOLUME_STORAGE_ROOT,
+];
 
 /// Longest VM id the runtime accepts; the jail socket path budget uses it.
 pub const MAX_VM_ID_LEN: usize = 32;
@@ -53,6 +58,8 @@ pub struct Profile {
     pub vmm: Option<VmmChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_accel: Option<AccelPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jailer_uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,7 +111,7 @@ pub enum ProfileError {
     },
     #[error("unknown storage provider {0:?}: the only provider is `directory`")]
     UnknownProvider(String),
-    #[error("unknown storage provider property {0:?}: the directory provider takes rootfs-storage-root and kernel-storage-root")]
+    #[error("unknown storage provider property {0:?}: the directory provider takes rootfs-storage-root, kernel-storage-root and volume-storage-root")]
     UnknownProperty(String),
     #[error("--registry-mirror {registry}={url}: the mirror must be an http:// or https:// URL")]
     BadMirror { registry: String, url: String },
@@ -248,6 +255,7 @@ impl Profile {
         set(&mut self.cache_dir, &args.cache_dir);
         set(&mut self.storage_provider, &args.storage_provider);
         set(&mut self.vmm, &args.vmm);
+        set(&mut self.isolation, &args.isolation);
         set(&mut self.qemu_accel, &args.qemu_accel);
         set(&mut self.jailer_uid, &args.jailer_uid);
         set(&mut self.jailer_gid, &args.jailer_gid);
@@ -323,10 +331,10 @@ impl Profile {
             if !KNOWN_PROPERTIES.contains(&key.as_str()) {
                 return Err(ProfileError::UnknownProperty(key.clone()));
             }
-            let flag = if key == ROOTFS_STORAGE_ROOT {
-                "storage-provider-property-string rootfs-storage-root"
-            } else {
-                "storage-provider-property-string kernel-storage-root"
+            let flag = match key.as_str() {
+                ROOTFS_STORAGE_ROOT => "storage-provider-property-string rootfs-storage-root",
+                KERNEL_STORAGE_ROOT => "storage-provider-property-string kernel-storage-root",
+                _ => "storage-provider-property-string volume-storage-root",
             };
             check_dir(flag, Path::new(value), dirs)?;
         }

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::cli::{AccelPolicy, GlobalArgs, SettingsArgs, VmmChoice};
-use crate::profile::{Profile, ProfileDir, KERNEL_STORAGE_ROOT, ROOTFS_STORAGE_ROOT};
+use crate::cli::{AccelPolicy, GlobalArgs, Isolation, SettingsArgs, VmmChoice};
+use crate::profile::{
+    Profile, ProfileDir, KERNEL_STORAGE_ROOT, ROOTFS_STORAGE_ROOT, VOLUME_STORAGE_ROOT,
+};
 
 /// Where state lives when no profile says otherwise.
 const STATE_DIR: &str = "/var/lib/firebuild";
@@ -24,8 +26,10 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     pub rootfs_storage_root: PathBuf,
     pub kernel_storage_root: PathBuf,
+    pub volume_storage_root: PathBuf,
     pub vmm: VmmChoice,
     pub qemu_accel: AccelPolicy,
+    pub isolation: Isolation,
     /// Unset: the jailer driver picks a `firebuild` system user if there is
     /// one, else 10000 — never root (the original ran it as root).
     pub jailer_uid: Option<u32>,
@@ -67,6 +71,7 @@ impl Settings {
         Settings {
             rootfs_storage_root: property(ROOTFS_STORAGE_ROOT, "rootfs"),
             kernel_storage_root: property(KERNEL_STORAGE_ROOT, "vmlinux"),
+            volume_storage_root: property(VOLUME_STORAGE_ROOT, "volumes"),
             binary_firecracker: p.binary_firecracker.unwrap_or_else(|| "firecracker".into()),
             binary_jailer: p.binary_jailer.unwrap_or_else(|| "jailer".into()),
             binary_qemu: p.binary_qemu.unwrap_or_else(|| "qemu-system-x86_64".into()),
@@ -75,6 +80,7 @@ impl Settings {
             cache_dir: p.cache_dir.unwrap_or_else(|| state.join("cache")),
             vmm: p.vmm.unwrap_or(VmmChoice::Auto),
             qemu_accel: p.qemu_accel.unwrap_or_default(),
+            isolation: p.isolation.unwrap_or_default(),
             jailer_uid: p.jailer_uid,
             jailer_gid: p.jailer_gid,
             insecure_registries: p.insecure_registries,

@@ -212,8 +212,11 @@ impl Client {
         // Firecracker attaches drives in the order they were first put (the
         // root drive always first): this order is the guest's vdb, vdc, ...
         for d in &spec.drives {
-            self.put_drive(&virtio_drive(&d.drive_id, &d.path, false, d.read_only))
-                .await?;
+            let mut drive = virtio_drive(&d.drive_id, &d.path, false, d.read_only);
+            if d.in_place && !d.read_only {
+                drive.cache_type = Some(CacheType::Writeback);
+            }
+            self.put_drive(&drive).await?;
         }
         if let Some(net) = &spec.network {
             self.put_network_interface(&NetworkInterface {

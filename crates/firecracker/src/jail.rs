@@ -121,6 +121,11 @@ pub enum Access {
     /// handed over; the original's owner and mode are never changed, so the
     /// jail user can read it but not write it.
     Shared,
+    /// A volume: hard-linked (never copied: its writes must reach the file
+    /// itself) and handed to the jail user, read-only or not, so the
+    /// jailed Firecracker can open it; the volume is the jail user's from
+    /// then on. Fails when the file is on another filesystem than the jail.
+    InPlace,
 }
 
 /// One VM's jail. Serializable so a later command can find it again.
@@ -239,6 +244,19 @@ impl Jail {
                 }
                 self.chown(&target)?;
             }
+            Access::InPlace => {
+                fs::hard_link(host, &target).map_err(|e| {
+                    Error::config(
+                        "jail",
+                        format!(
+                            "the volume {} cannot be linked into the jail {} ({e}): keep the volume store on the filesystem of the jailer's chroot base (--chroot-base)",
+                            host.display(),
+                            self.root().display()
+                        ),
+                    )
+                })?;
+                self.chown(&target)?;
+            }
             Access::Shared if meta.mode() & 0o004 != 0 => {
                 link_or_copy(host, &target)?;
             }
@@ -274,7 +292,12 @@ impl Jail {
         )?;
         for (d, out) in spec.drives.iter().zip(jailed.drives.iter_mut()) {
             let name = drive_name(&d.drive_id)?;
-            out.path = self.link_in(&d.path, &name, drive_access(d.read_only))?;
+            let access = if d.in_place {
+                Access::InPlace
+            } else {
+                drive_access(d.read_only)
+            };
+            out.path = self.link_in(&d.path, &name, access)?;
         }
         for (host, name, out) in [
             (&spec.log_path, LOG_NAME, &mut jailed.log_path),

@@ -77,6 +77,12 @@ pub struct DriveSpec {
     pub drive_id: String,
     pub path: PathBuf,
     pub read_only: bool,
+    /// A volume: it outlives the VM, so the jail links this very file
+    /// (never a copy) and Firecracker honours the guest's flushes
+    /// (`cache_type: Writeback`), so what the guest synced survives a host
+    /// crash.
+    #[serde(default)]
+    pub in_place: bool,
 }
 
 /// A virtio-vsock device.
@@ -427,6 +433,7 @@ mod tests {
                     drive_id: id.to_string(),
                     path: format!("/r/{id}.ext4").into(),
                     read_only: false,
+                    in_place: false,
                 })
                 .collect(),
             ..spec()

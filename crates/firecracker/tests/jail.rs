@@ -351,6 +351,7 @@ fn staging_a_read_only_root_shares_the_stored_image_and_hands_over_the_scratch_d
             drive_id: "scratch".into(),
             path: scratch.clone(),
             read_only: false,
+            in_place: false,
         }],
         ..VmSpec::new("vm-1", &kernel, &image)
     };
@@ -373,6 +374,85 @@ fn staging_a_read_only_root_shares_the_stored_image_and_hands_over_the_scratch_d
     assert_eq!(s.ino(), std::fs::metadata(&scratch).unwrap().ino());
     assert_eq!((s.uid(), s.gid(), s.mode() & 0o777), (10000, 10001, 0o600));
     assert_ne!(staged.root_drive, staged.drives[0].path);
+}
+
+/// Volumes are linked, never copied (their writes must reach the file),
+/// and handed to the jail user even when attached read-only.
+#[test]
+fn volumes_are_linked_in_place_and_handed_to_the_jail_user() {
+    let fx = Fixture::new();
+    let run = fx.path().join("run");
+    let volumes = fx.path().join("volumes");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::create_dir(&volumes).unwrap();
+    let image = run.join("rootfs.ext4");
+    std::fs::write(&image, b"image").unwrap();
+    std::fs::write(run.join("vmlinux"), b"kernel").unwrap();
+    let volume = |name: &str| {
+        let p = volumes.join(name);
+        std::fs::write(&p, b"volume").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    };
+    let (data, seed) = (volume("data.ext4"), volume("seed.ext4"));
+    let spec = VmSpec {
+        drives: [("vol0", &data, false), ("vol1", &seed, true)]
+            .into_iter()
+            .map(|(id, path, read_only)| DriveSpec {
+                drive_id: id.into(),
+                path: path.clone(),
+                read_only,
+                in_place: true,
+            })
+            .collect(),
+        ..VmSpec::new("vm-1", run.join("vmlinux"), &image)
+    };
+    let jail = fx.jail("vm-1");
+    jail.create().unwrap();
+    let staged = jail.stage(&spec).unwrap();
+    for (drive, original) in staged.drives.iter().zip([&data, &seed]) {
+        let inside = std::fs::metadata(jail.host_path(&drive.path)).unwrap();
+        let orig = std::fs::metadata(original).unwrap();
+        assert_eq!(
+            (inside.dev(), inside.ino()),
+            (orig.dev(), orig.ino()),
+            "linked"
+        );
+        assert_eq!(
+            (orig.uid(), orig.gid(), orig.mode() & 0o777),
+            (10000, 10001, 0o600)
+        );
+    }
+
+    // Across filesystems a volume is refused, not copied.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let same_fs =
+        std::fs::metadata(shm.path()).unwrap().dev() == std::fs::metadata(&run).unwrap().dev();
+    if same_fs {
+        eprintln!("skipping the cross-filesystem case: /dev/shm is on the test's filesystem");
+        return;
+    }
+    let far = shm.path().join("far.ext4");
+    std::fs::write(&far, b"volume").unwrap();
+    let other = fx.jail("vm-2");
+    other.create().unwrap();
+    let err = other
+        .stage(&VmSpec {
+            vm_id: "vm-2".into(),
+            drives: vec![DriveSpec {
+                drive_id: "vol0".into(),
+                path: far.clone(),
+                read_only: false,
+                in_place: true,
+            }],
+            ..spec
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("far.ext4") && err.contains("--chroot-base"),
+        "{err}"
+    );
 }
 
 /// A stored image the jail user could not read is copied for it rather

@@ -20,6 +20,14 @@ pub const METADATA_FROM_MMDS: &str = "mmds";
 /// switches into it before anything else runs.
 pub const OVERLAY_KERNEL_ARG: &str = "firebuild.overlay";
 
+/// Kernel argument of a build-step VM (with [`OVERLAY_KERNEL_ARG`]): the
+/// step's lower layers, one ext4 disk each, bottom first
+/// (`firebuild.layers=/dev/vdd,/dev/vde`). The init stacks them, not the
+/// root drive (which then only carries the init), under the overlay root,
+/// mounted with `userxattr` like the host's build overlays, and runs in
+/// build mode (see `firebuild_vminit::build_step`).
+pub const LAYERS_KERNEL_ARG: &str = "firebuild.layers";
+
 /// The link-local address Firecracker serves MMDS on (its default).
 pub const MMDS_ADDRESS: &str = "169.254.169.254";
 

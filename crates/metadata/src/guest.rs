@@ -61,6 +61,22 @@ pub struct GuestMetadata {
     /// `run`'s overrides); `None`: no check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<crate::image::Healthcheck>,
+    /// Volumes the init mounts before the entrypoint (or the image's init)
+    /// starts, in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<GuestVolume>,
+}
+
+/// A volume: an ext4 disk the guest mounts at an absolute path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GuestVolume {
+    /// The guest's device node, e.g. `/dev/vdd`.
+    pub device: String,
+    /// The absolute mount point; created in the root if missing.
+    pub path: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// What the guest init does once the VM is configured.

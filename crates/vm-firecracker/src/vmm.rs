@@ -388,5 +388,6 @@ fn drive_spec(disk: &Disk) -> DriveSpec {
         drive_id: disk.id.clone(),
         path: disk.path.clone(),
         read_only: disk.read_only,
+        in_place: disk.in_place,
     }
 }

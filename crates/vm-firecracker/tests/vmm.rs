@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::{guest_document, run_metadata, wait_gone, Fixture, Netns, MAC, TAP};
 use firebuild_vm::rundir::RunDir;
-use firebuild_vm::{AgentEndpoint, Availability, VmError, Vmm, VmmKind};
+use firebuild_vm::{AgentEndpoint, Availability, Disk, VmError, Vmm, VmmKind};
 use firebuild_vm_firecracker::{FirecrackerConfig, FirecrackerDetails, FirecrackerVmm, Mode};
 use serde_json::json;
 
@@ -281,6 +281,58 @@ fn direct_start_and_force_stop() {
     assert_eq!(fx.requests("vm-direct").len(), 12);
     rt.block_on(vmm.cleanup(&vm)).unwrap();
     assert!(!socket.exists());
+}
+
+/// Volumes follow the scratch disk as drives of their own; a writable one
+/// honours the guest's flushes (Writeback), as the spec allows.
+#[test]
+fn volumes_are_drives_after_the_scratch_disk() {
+    let fx = Fixture::new();
+    let ns = Netns::new();
+    let vmm = FirecrackerVmm::new(fx.direct_config());
+    let mut launch = fx.launch("vm-volumes", Some(ns.attachment()));
+    for (i, read_only) in [false, true].into_iter().enumerate() {
+        let path = launch.run_dir.file(&format!("volume{i}.ext4"));
+        std::fs::write(&path, b"volume").unwrap();
+        launch.disks.push(Disk {
+            id: format!("vol{i}"),
+            path,
+            read_only,
+            in_place: true,
+        });
+    }
+    let rt = rt();
+    let started = rt.block_on(vmm.start(&launch)).unwrap();
+    let requests = fx.wait_requests("vm-volumes", 14);
+    let lines: Vec<String> = requests[4..8]
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap(),
+                r["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "PUT /drives/rootfs",
+            "PUT /drives/scratch",
+            "PUT /drives/vol0",
+            "PUT /drives/vol1"
+        ]
+    );
+    let (vol0, vol1) = (&requests[6]["body"], &requests[7]["body"]);
+    assert_eq!(vol0["is_read_only"], json!(false));
+    assert_eq!(vol0["cache_type"], json!("Writeback"));
+    assert_eq!(vol0["path_on_host"], json!(launch.disks[1].path));
+    assert_eq!(vol1["is_read_only"], json!(true));
+    assert!(vol1.get("cache_type").is_none(), "{vol1}");
+    assert_eq!(vmm.disk_device(1), "/dev/vdc");
+    let vm = run_metadata(&launch, &started);
+    rt.block_on(vmm.force_stop(&vm)).unwrap();
+    rt.block_on(vmm.cleanup(&vm)).unwrap();
 }
 
 #[test]

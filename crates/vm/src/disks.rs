@@ -19,6 +19,7 @@ use crate::copy::copy_image;
 use crate::error::VmError;
 use crate::rundir::RunDir;
 use crate::vmm::Disk;
+use crate::volumes::VolumeMount;
 
 /// `run --disk-size` when not given: the scratch disk is sparse, so this is
 /// a ceiling on what the VM may write, not what it costs.
@@ -71,7 +72,8 @@ impl std::fmt::Display for RootfsMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmDisks {
     pub root: Disk,
-    /// The scratch disk first (overlay mode), then volumes.
+    /// The scratch disk first (overlay mode), then a build step's layers,
+    /// then volumes.
     pub disks: Vec<Disk>,
 }
 
@@ -79,6 +81,36 @@ impl VmDisks {
     /// Makes the disks of a VM whose run directory was just created. On
     /// failure the caller removes the run directory (and what is in it).
     pub fn create(
+        run_dir: &RunDir,
+        image: &Path,
+        mode: RootfsMode,
+        disk_size: u64,
+        layers: &[PathBuf],
+        volumes: &[VolumeMount],
+    ) -> Result<VmDisks, VmError> {
+        let mut disks = Self::create_root(run_dir, image, mode, disk_size)?;
+        disks
+            .disks
+            .extend(layers.iter().enumerate().map(|(i, path)| Disk {
+                id: format!("layer{i}"),
+                path: path.clone(),
+                read_only: true,
+                in_place: false,
+            }));
+        disks
+            .disks
+            .extend(volumes.iter().enumerate().map(|(i, v)| Disk {
+                // Letters and digits: a valid Firecracker drive id.
+                id: format!("vol{i}"),
+                path: v.path.clone(),
+                read_only: v.read_only,
+                in_place: true,
+            }));
+        Ok(disks)
+    }
+
+    /// The root drive, and the scratch disk in overlay mode.
+    fn create_root(
         run_dir: &RunDir,
         image: &Path,
         mode: RootfsMode,
@@ -118,13 +150,14 @@ impl VmDisks {
                     }
                 };
                 let scratch = run_dir.file(SCRATCH_FILE);
-                make_scratch(&scratch, disk_size)?;
+                make_ext4(&scratch, disk_size, SCRATCH_ID)?;
                 Ok(VmDisks {
                     root: root_disk(root, true),
                     disks: vec![Disk {
                         id: SCRATCH_ID.into(),
                         path: scratch,
                         read_only: false,
+                        in_place: false,
                     }],
                 })
             }
@@ -137,30 +170,32 @@ fn root_disk(path: PathBuf, read_only: bool) -> Disk {
         id: "rootfs".into(),
         path,
         read_only,
+        in_place: false,
     }
 }
 
-/// A sparse file of `size` bytes (0600) with an empty ext4 (lazy inode
-/// tables and journal: a few MiB written, whatever the size).
-fn make_scratch(path: &Path, size: u64) -> Result<(), VmError> {
+/// A new sparse file of `size` bytes (0600) with an empty ext4 labelled
+/// `label` (lazy inode tables and journal: a few MiB written, whatever the
+/// size).
+pub(crate) fn make_ext4(path: &Path, size: u64, label: &str) -> Result<(), VmError> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| VmError::io("creating the scratch disk", path, e))?;
+        .map_err(|e| VmError::io("creating the disk", path, e))?;
     file.set_len(size)
-        .map_err(|e| VmError::io("sizing the scratch disk", path, e))?;
+        .map_err(|e| VmError::io("sizing the disk", path, e))?;
     drop(file);
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-L", SCRATCH_ID])
+        .args(["-q", "-F", "-m", "0", "-L", label])
         .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
         .arg(path)
         .output()
         .map_err(|e| VmError::io("running mkfs.ext4 (install e2fsprogs) for", path, e))?;
     if !out.status.success() {
         return Err(VmError::io(
-            "formatting the scratch disk",
+            "formatting the disk",
             path,
             io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
         ));
@@ -215,7 +250,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let image = image(tmp.path());
         let run_dir = RunDir::create(&tmp.path().join("run"), "vm1").unwrap();
-        let disks = VmDisks::create(&run_dir, &image, RootfsMode::Overlay, 1 << 30).unwrap();
+        let disks =
+            VmDisks::create(&run_dir, &image, RootfsMode::Overlay, 1 << 30, &[], &[]).unwrap();
         assert!(disks.root.read_only);
         assert_eq!(file_identity(&disks.root.path), file_identity(&image));
         let scratch = &disks.disks[0];
@@ -241,7 +277,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let image = image(tmp.path());
         let run_dir = RunDir::create(&tmp.path().join("run"), "vm1").unwrap();
-        let disks = VmDisks::create(&run_dir, &image, RootfsMode::Copy, 1 << 30).unwrap();
+        let disks = VmDisks::create(&run_dir, &image, RootfsMode::Copy, 1 << 30, &[], &[]).unwrap();
         assert!(!disks.root.read_only && disks.disks.is_empty());
         assert_ne!(file_identity(&disks.root.path), file_identity(&image));
         assert_eq!(
@@ -253,7 +289,7 @@ mod tests {
     #[test]
     fn a_failed_format_is_reported_with_the_path() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = make_scratch(&tmp.path().join("s.ext4"), 4096).unwrap_err();
+        let err = make_ext4(&tmp.path().join("s.ext4"), 4096, "s").unwrap_err();
         assert!(err.to_string().contains("s.ext4"), "{err}");
     }
 

@@ -127,6 +127,29 @@ pub enum VmError {
     #[error("no {kind} backend is registered with the runtime")]
     BackendMissing { kind: VmmKind },
 
+    #[error("volume name {name:?} is not valid: {reason}")]
+    VolumeName { name: String, reason: String },
+
+    #[error("volume {name:?} already exists; choose another name, or `firebuild volume rm {name}` first")]
+    VolumeExists { name: String },
+
+    #[error("no volume {name:?} in {store}; create it with `firebuild volume create {name}`, or give the absolute path of an ext4 image file")]
+    VolumeNotFound { name: String, store: PathBuf },
+
+    #[error(
+        "volume record {path}: {source}; remove the directory if it is not a firebuild volume"
+    )]
+    VolumeRecord {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+
+    #[error("--volume {spec}: {reason}")]
+    VolumeSpec { spec: String, reason: String },
+
+    #[error("volume {volume} is used by VM {vms} (not yet purged); kill and purge them first")]
+    VolumeInUse { volume: String, vms: String },
+
     #[error("writing the console: {0}")]
     ConsoleSink(io::Error),
 }

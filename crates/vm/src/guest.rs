@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use firebuild_metadata::boot::GUEST_INIT_PATH;
 use firebuild_metadata::guest::{
-    GuestDrive, GuestMachine, GuestNetwork, GuestNetworkInterface, GuestUser, MmdsLatest,
+    GuestDrive, GuestMachine, GuestNetwork, GuestNetworkInterface, GuestUser, GuestVolume,
+    MmdsLatest,
 };
 use firebuild_metadata::image::Healthcheck;
 use firebuild_metadata::{GuestMetadata, ImageMetadata, InitMode, MmdsDocument};
@@ -201,6 +202,8 @@ pub struct GuestInputs<'a> {
     pub init_mode: InitMode,
     /// The health check the agent runs.
     pub healthcheck: Option<&'a Healthcheck>,
+    /// The volumes the init mounts.
+    pub volumes: &'a [GuestVolume],
 }
 
 /// Builds the guest metadata document (original MMDS shape).
@@ -271,6 +274,7 @@ pub fn guest_document(inputs: &GuestInputs<'_>) -> Result<MmdsDocument, VmError>
         stop_timeout_seconds: guest_stop_timeout(inputs.shutdown_timeout),
         init_mode: inputs.init_mode,
         healthcheck: inputs.healthcheck.cloned(),
+        volumes: inputs.volumes.to_vec(),
     };
     Ok(MmdsDocument {
         latest: MmdsLatest { meta_data: meta },
@@ -353,6 +357,7 @@ pub(crate) mod tests {
             shutdown_timeout: Duration::from_secs(15),
             init_mode: InitMode::Entrypoint,
             healthcheck: None,
+            volumes: &[],
         })
         .unwrap();
         let m = &doc.latest.meta_data;

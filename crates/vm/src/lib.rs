@@ -29,6 +29,8 @@ pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vmm;
+pub mod volume_store;
+pub mod volumes;
 
 pub use agent::{AgentConnection, AgentEndpoint, AgentError};
 pub use disks::{RootfsMode, DEFAULT_DISK_SIZE};
@@ -40,3 +42,5 @@ pub use spec::{HealthOverrides, NetworkAttachment, RunSpec, VmmChoice};
 pub use state::{render_table, RunMetadata, VmStatus, VmSummary};
 pub use vmm::qemu::{Accel, AccelPolicy, Machine, QemuConfig, QemuVmm};
 pub use vmm::{Availability, Disk, LaunchConfig, StartedVm, Vmm, VmmKind};
+pub use volume_store::{Volume, VolumeFs, VolumeStore, DEFAULT_VOLUME_SIZE};
+pub use volumes::{VolumeMount, VolumeSpec};

@@ -65,30 +65,30 @@ pub fn random_id() -> String {
 /// Checks a user-given VM name (it becomes the VM id and its run directory
 /// name): `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most [`MAX_NAME_LEN`] bytes.
 pub fn validate_name(name: &str) -> Result<(), VmError> {
-    let fail = |reason: &str| {
-        Err(VmError::InvalidName {
+    match name_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(VmError::InvalidName {
             name: name.to_owned(),
-            reason: reason.to_owned(),
-        })
-    };
+            reason,
+        }),
+    }
+}
+
+/// What is wrong with `name` as a VM or volume name (a directory name):
+/// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most [`MAX_NAME_LEN`] bytes.
+pub fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
-        return fail("it is empty");
+        return Some("it is empty".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return fail(&format!("it is longer than {MAX_NAME_LEN} characters"));
+        return Some(format!("it is longer than {MAX_NAME_LEN} characters"));
     }
     if !name.as_bytes()[0].is_ascii_alphanumeric() {
-        return fail("it must start with a letter or digit");
+        return Some("it must start with a letter or digit".into());
     }
-    if let Some(c) = name
-        .chars()
+    name.chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return fail(&format!(
-            "{c:?} is not allowed (use letters, digits, '_', '.', '-')"
-        ));
-    }
-    Ok(())
+        .map(|c| format!("{c:?} is not allowed (use letters, digits, '_', '.', '-')"))
 }
 
 /// Checks a hostname against RFC 1123: dot-separated labels of letters,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use firebuild_metadata::guest::GuestVolume;
 use firebuild_metadata::{ImageMetadata, InitMode};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -31,6 +32,7 @@ use crate::spec::{NetworkAttachment, RunSpec, VmmChoice};
 use crate::state::{RunMetadata, VmStatus};
 use crate::vmm::qemu::QemuVmm;
 use crate::vmm::{Availability, LaunchConfig, Vmm, VmmKind};
+use crate::volumes::{self, ClaimLock, VolumeMount};
 
 /// Smallest memory size accepted, in MiB.
 const MIN_MEM_MIB: u32 = 32;
@@ -74,6 +76,8 @@ struct Resolved {
     shutdown_timeout: Duration,
     init_mode: InitMode,
     healthcheck: Option<firebuild_metadata::image::Healthcheck>,
+    /// How many build layer disks follow the scratch disk.
+    layers: usize,
 }
 
 /// A VM whose run directory is ready (root filesystem copied, metadata
@@ -215,6 +219,19 @@ impl Runtime {
             path: spec.rootfs.clone(),
             source,
         })?;
+        volumes::check_mounts(&spec.volumes, &spec.rootfs)?;
+        if !spec.layers.is_empty() && spec.rootfs_mode != RootfsMode::Overlay {
+            return Err(VmError::KernelArgs {
+                args: firebuild_metadata::boot::LAYERS_KERNEL_ARG.into(),
+                reason: "build layers need the overlay root mode".into(),
+            });
+        }
+        for layer in &spec.layers {
+            check_regular_file(layer).map_err(|source| VmError::Rootfs {
+                path: layer.clone(),
+                source,
+            })?;
+        }
         if spec.rootfs_mode == RootfsMode::Overlay && spec.disk_size < MIN_DISK_SIZE {
             return Err(VmError::Resource {
                 what: "--disk-size (bytes)",
@@ -262,7 +279,8 @@ impl Runtime {
             spec.kernel_args.as_deref(),
         )?;
         let backend = self.select_backend(spec.vmm, &spec.kernel).await?;
-        let kernel_args = render_kernel_args(&boot, backend.as_ref(), spec.rootfs_mode)?;
+        let kernel_args =
+            render_kernel_args(&boot, backend.as_ref(), spec.rootfs_mode, spec.layers.len())?;
         let planned = RunDir::new(&self.run_cache, &id);
         backend.preflight(&planned)?;
         if planned.path().exists() {
@@ -274,10 +292,21 @@ impl Runtime {
         let creator =
             ProcessIdentity::current().map_err(|e| VmError::io("reading", "/proc/self/stat", e))?;
 
+        // Held until this VM's claim on its volumes (its run.json) is stored.
+        let claim = ClaimLock::take(&spec.volumes)?;
+        self.check_volume_holders(&spec.volumes)?;
+
         // --- set-up, undone by the guard on failure ---
         let run_dir = RunDir::create(&self.run_cache, &id)?;
         let guard = RunDirGuard::new(run_dir.clone());
-        let disks = VmDisks::create(&run_dir, &spec.rootfs, spec.rootfs_mode, spec.disk_size)?;
+        let disks = VmDisks::create(
+            &run_dir,
+            &spec.rootfs,
+            spec.rootfs_mode,
+            spec.disk_size,
+            &spec.layers,
+            &spec.volumes,
+        )?;
         let metadata = RunMetadata {
             id: id.clone(),
             name: spec.name.clone().unwrap_or_else(|| hostname.clone()),
@@ -308,8 +337,10 @@ impl Runtime {
             has_healthcheck: healthcheck.is_some(),
             rootfs_mode: spec.rootfs_mode,
             root_disk: Some(disks.root.path.clone()),
+            volumes: spec.volumes.clone(),
         };
         metadata.store(&run_dir.metadata())?;
+        drop(claim);
         Ok(PreparedVm {
             dir: guard,
             run_dir,
@@ -325,6 +356,7 @@ impl Runtime {
                 shutdown_timeout: spec.shutdown_timeout,
                 init_mode: spec.init_mode,
                 healthcheck,
+                layers: spec.layers.len(),
             },
         })
     }
@@ -346,7 +378,12 @@ impl Runtime {
             &metadata.hostname,
             resolved.user_kernel_args.as_deref(),
         )?;
-        metadata.kernel_args = render_kernel_args(&boot, backend.as_ref(), metadata.rootfs_mode)?;
+        metadata.kernel_args = render_kernel_args(
+            &boot,
+            backend.as_ref(),
+            metadata.rootfs_mode,
+            resolved.layers,
+        )?;
         let document = guest::guest_document(&GuestInputs {
             id: &metadata.id,
             hostname: &metadata.hostname,
@@ -363,6 +400,7 @@ impl Runtime {
             shutdown_timeout: resolved.shutdown_timeout,
             init_mode: resolved.init_mode,
             healthcheck: resolved.healthcheck.as_ref(),
+            volumes: &guest_volumes(&metadata, &disks, backend.as_ref()),
         })?;
         let launch = LaunchConfig {
             id: metadata.id.clone(),
@@ -571,6 +609,43 @@ impl Runtime {
             .collect())
     }
 
+    /// The VMs, running or not yet purged, that have the volume file `path`
+    /// attached: `volume rm` waits for their purge.
+    pub async fn vms_using_volume(&self, path: &Path) -> Result<Vec<RunMetadata>, VmError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|vm| vm.volume_mount(path).is_some())
+            .collect())
+    }
+
+    /// The single-writer rule: refuses `wanted` volumes that a VM which has
+    /// not exited holds in a conflicting way (see
+    /// [`VolumeMount::conflict_with`]). Called under the volumes' [`ClaimLock`].
+    fn check_volume_holders(&self, wanted: &[VolumeMount]) -> Result<(), VmError> {
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for (dir, mut holder) in self.scan()? {
+            self.refresh(&mut holder, &dir)?;
+            if holder.status == VmStatus::Exited {
+                continue;
+            }
+            for held in &holder.volumes {
+                for mount in wanted {
+                    if let Some(reason) = mount.conflict_with(held, &holder.id) {
+                        return Err(VmError::VolumeSpec {
+                            spec: mount.spec(),
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads every run directory's metadata, skipping what is not a VM.
     fn scan(&self) -> Result<Vec<(RunDir, RunMetadata)>, VmError> {
         let entries = match std::fs::read_dir(&self.run_cache) {
@@ -768,14 +843,14 @@ impl Runtime {
     }
 }
 
-/// Turns an [`Interrupts`] source into a channel of stop requests; the
-/// returned guard ends the Ctrl-C listener.
 /// The whole kernel command line: the backend's arguments, and in overlay
-/// mode where the guest init finds the scratch disk (the first extra disk).
+/// mode where the guest init finds the scratch disk (the first extra disk)
+/// and a build step's `layers` disks (right after it).
 fn render_kernel_args(
     boot: &BootArgs,
     backend: &dyn Vmm,
     mode: RootfsMode,
+    layers: usize,
 ) -> Result<String, VmError> {
     let overlay = mode == RootfsMode::Overlay;
     let mut args = backend.kernel_args(overlay);
@@ -786,9 +861,34 @@ fn render_kernel_args(
             backend.disk_device(0)
         ));
     }
+    if layers > 0 {
+        let devices: Vec<String> = (1..=layers).map(|i| backend.disk_device(i)).collect();
+        args.push(format!(
+            "{}={}",
+            firebuild_metadata::boot::LAYERS_KERNEL_ARG,
+            devices.join(",")
+        ));
+    }
     boot.render(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// Where the guest finds each volume: the volumes are the last disks.
+fn guest_volumes(metadata: &RunMetadata, disks: &VmDisks, backend: &dyn Vmm) -> Vec<GuestVolume> {
+    let first = disks.disks.len() - metadata.volumes.len();
+    metadata
+        .volumes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| GuestVolume {
+            device: backend.disk_device(first + i),
+            path: m.guest_path.clone(),
+            read_only: m.read_only,
+        })
+        .collect()
+}
+
+/// Turns an [`Interrupts`] source into a channel of stop requests; the
+/// returned guard ends the Ctrl-C listener.
 fn listen(interrupts: Interrupts) -> (mpsc::UnboundedReceiver<()>, Option<AbortOnDrop>) {
     match interrupts {
         Interrupts::Channel(rx) => (rx, None),
@@ -1007,6 +1107,107 @@ mod tests {
             "{:?}",
             cache_entries(&runtime)
         );
+    }
+
+    #[tokio::test]
+    async fn a_volume_has_one_writer_and_no_readers_while_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path().join("vms"));
+        let volume = dir.path().join("data.ext4");
+        crate::disks::make_ext4(&volume, 16 << 20, "data").unwrap();
+        let vm = |name: &str, read_only: bool| {
+            let mut s = spec(dir.path());
+            s.name = Some(name.into());
+            s.volumes = vec![VolumeMount {
+                volume: Some("data".into()),
+                path: volume.clone(),
+                guest_path: "/data".into(),
+                read_only,
+            }];
+            s
+        };
+        let writer = runtime.prepare(vm("writer", false)).await.unwrap();
+        assert_eq!(writer.metadata().volumes.len(), 1);
+        for (name, read_only) in [("second", false), ("reader", true)] {
+            let err = runtime.prepare(vm(name, read_only)).await.err().unwrap();
+            let err = err.to_string();
+            assert!(err.starts_with("--volume data:/data"), "{err}");
+            assert!(err.contains("read-write to VM writer"), "{err}");
+        }
+        assert_eq!(
+            cache_entries(&runtime),
+            ["writer"],
+            "refused runs made nothing"
+        );
+        drop(writer);
+
+        let a = runtime.prepare(vm("reader-a", true)).await.unwrap();
+        let b = runtime.prepare(vm("reader-b", true)).await.unwrap();
+        let err = runtime
+            .prepare(vm("late-writer", false))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("read-only to VM reader-"), "{err}");
+        drop((a, b));
+
+        // A VM that has exited no longer holds its volumes, but keeps them
+        // in use until it is purged.
+        let exited = runtime.prepare(vm("exited", false)).await.unwrap();
+        let mut md = exited.metadata().clone();
+        md.creator.start_time += 1;
+        md.store(&exited.run_dir().join("run.json")).unwrap();
+        std::mem::forget(exited);
+        let next = runtime.prepare(vm("next", false)).await.unwrap();
+        let users: Vec<String> = runtime
+            .vms_using_volume(&volume)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|vm| vm.id)
+            .collect();
+        assert_eq!(users, ["exited", "next"]);
+        drop(next);
+        runtime.purge().await.unwrap();
+        assert!(runtime.vms_using_volume(&volume).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn build_layers_follow_the_scratch_disk_on_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path().join("vms"));
+        let layers: Vec<PathBuf> = (0..2)
+            .map(|i| {
+                let p = dir.path().join(format!("layer{i}.ext4"));
+                std::fs::write(&p, b"layer").unwrap();
+                p
+            })
+            .collect();
+        let mut s = spec(dir.path());
+        s.layers = layers.clone();
+        let prepared = runtime.prepare(s).await.unwrap();
+        let args = &prepared.metadata().kernel_args;
+        assert!(
+            args.contains("firebuild.overlay=/dev/vdc firebuild.layers=/dev/vdd,/dev/vde"),
+            "{args}"
+        );
+        let ids: Vec<&str> = prepared.disks.disks.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["scratch", "layer0", "layer1"]);
+        assert!(prepared.disks.disks[1..].iter().all(|d| d.read_only));
+        drop(prepared);
+
+        let mut s = spec(dir.path());
+        s.layers = layers;
+        s.rootfs_mode = RootfsMode::Copy;
+        assert!(
+            runtime.prepare(s).await.is_err(),
+            "layers need an overlay root"
+        );
+        let mut s = spec(dir.path());
+        s.layers = vec![dir.path().join("missing.ext4")];
+        let err = runtime.prepare(s).await.err().unwrap();
+        assert!(err.to_string().contains("missing.ext4"), "{err}");
+        assert!(cache_entries(&runtime).is_empty());
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use firebuild_metadata::{ImageMetadata, InitMode};
 use serde::{Deserialize, Serialize};
 
 use crate::disks::{RootfsMode, DEFAULT_DISK_SIZE};
+use crate::volumes::VolumeMount;
 
 /// Which VMM to run the VM on (`--vmm`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +97,12 @@ pub struct RunSpec {
     pub rootfs_mode: RootfsMode,
     /// Size of the sparse scratch disk (overlay mode), in bytes.
     pub disk_size: u64,
+    /// Volumes to attach and mount (`--volume`), resolved to their files.
+    pub volumes: Vec<VolumeMount>,
+    /// A build step's lower layers (ext4 disks, bottom first): the guest
+    /// stacks them, not the root drive (which then only carries the init),
+    /// and runs in build mode. Needs the overlay root mode.
+    pub layers: Vec<PathBuf>,
     /// The stored image's metadata (entrypoint info, env, stop signal, tag).
     pub image: ImageMetadata,
     /// The uncompressed kernel (`vmlinux`).
@@ -201,6 +208,8 @@ impl RunSpec {
             rootfs,
             rootfs_mode: RootfsMode::Overlay,
             disk_size: DEFAULT_DISK_SIZE,
+            volumes: Vec::new(),
+            layers: Vec::new(),
             image,
             kernel,
             kernel_id: String::new(),

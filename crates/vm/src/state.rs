@@ -12,6 +12,7 @@ use crate::error::VmError;
 use crate::liveness::ProcessIdentity;
 use crate::spec::NetworkAttachment;
 use crate::vmm::VmmKind;
+use crate::volumes::VolumeMount;
 
 /// Where a VM is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,10 @@ pub struct RunMetadata {
     /// stored image itself.
     #[serde(default)]
     pub root_disk: Option<PathBuf>,
+    /// Its volumes, in attach order. A VM that has not exited holds them
+    /// (the single-writer rule); one not yet purged keeps them in use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
 }
 
 fn copy_mode() -> RootfsMode {
@@ -117,6 +122,11 @@ impl RunMetadata {
             .unwrap_or_else(|| self.run_dir.join("rootfs.ext4"));
         let theirs = crate::disks::file_identity(&root);
         theirs.is_some() && theirs == crate::disks::file_identity(image)
+    }
+
+    /// Its mount of the volume file `path`, if it has one.
+    pub fn volume_mount(&self, path: &Path) -> Option<&VolumeMount> {
+        self.volumes.iter().find(|m| m.is_file(path))
     }
 
     /// Reads `run.json` from `path`.
@@ -279,6 +289,7 @@ pub(crate) mod tests {
             has_healthcheck: false,
             rootfs_mode: RootfsMode::Overlay,
             root_disk: Some(dir.join("rootfs.ext4")),
+            volumes: Vec::new(),
         }
     }
 

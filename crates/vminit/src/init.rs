@@ -15,6 +15,7 @@ use firebuild_metadata::boot::init_failure;
 use firebuild_metadata::guest::GuestNetwork;
 use firebuild_metadata::{GuestMetadata, InitMode};
 
+use crate::build_step::{self, BuildStepError};
 use crate::cmdline::{CmdlineError, KernelCmdline, MetadataSource};
 use crate::files::{self, FileError};
 use crate::log;
@@ -25,6 +26,7 @@ use crate::overlay::{self, OverlayError};
 use crate::process::{self, StartError, StopPolicy, DEFAULT_STOP_TIMEOUT};
 use crate::signals::{self, SignalError};
 use crate::users::{self, UserError};
+use crate::volumes::{self, VolumeError};
 
 /// The image's own init for `init-mode: image`.
 pub const IMAGE_INIT: &str = "/sbin/init";
@@ -39,6 +41,10 @@ pub enum InitError {
     Mounts(#[from] MountError),
     #[error("assembling the overlay root: {0}")]
     Overlay(#[from] OverlayError),
+    #[error("mounting the volumes: {0}")]
+    Volumes(#[from] VolumeError),
+    #[error("setting up the build step: {0}")]
+    BuildStep(#[from] BuildStepError),
     #[error("reading the guest metadata: {0}")]
     Cmdline(#[from] CmdlineError),
     #[error("reading the guest metadata: {0}")]
@@ -55,7 +61,10 @@ impl InitError {
     /// The exit status reported for this failure.
     pub fn code(&self) -> i32 {
         match self {
-            InitError::Mounts(_) | InitError::Overlay(_) => init_failure::MOUNTS,
+            InitError::Mounts(_)
+            | InitError::Overlay(_)
+            | InitError::Volumes(_)
+            | InitError::BuildStep(_) => init_failure::MOUNTS,
             InitError::Cmdline(_) | InitError::Metadata(_) | InitError::MmdsNetwork(_) => {
                 init_failure::METADATA
             }
@@ -185,8 +194,47 @@ fn read_proc(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// What [`connect`] found and set up.
+struct Connected {
+    meta: GuestMetadata,
+    hostname: String,
+    own_ip: Option<std::net::Ipv4Addr>,
+    nameservers: Vec<IpAddr>,
+}
+
 /// Configures the VM from its metadata; returns the metadata and hostname.
 fn configure(cmdline: &KernelCmdline) -> Result<(GuestMetadata, String), InitError> {
+    let Connected {
+        meta,
+        hostname,
+        own_ip,
+        nameservers,
+    } = connect(cmdline)?;
+    let root = Path::new("/");
+    (|| -> Result<(), FileError> {
+        files::write_hostname(root, &hostname)?;
+        files::write_hosts(root, &hostname, own_ip.map(IpAddr::V4))?;
+        files::write_resolv(root, &nameservers)?;
+        files::ensure_nsswitch(root)?;
+        files::write_env_script(root, &meta.env)
+    })()
+    .map_err(ConfigureError::from)?;
+
+    if meta.users.values().any(|u| !u.ssh_keys.trim().is_empty()) {
+        let passwd = users::read_passwd(root).map_err(ConfigureError::from)?;
+        for (name, user) in &meta.users {
+            if !user.ssh_keys.trim().is_empty() {
+                files::install_ssh_keys(root, name, &user.ssh_keys, &passwd)
+                    .map_err(ConfigureError::from)?;
+            }
+        }
+    }
+    Ok((meta, hostname))
+}
+
+/// Reads the metadata, sets the hostname and brings the network up; writes
+/// nothing into the root.
+fn connect(cmdline: &KernelCmdline) -> Result<Connected, InitError> {
     let source = cmdline.metadata_source()?;
     let kernel_ip = cmdline.ip_config();
 
@@ -213,29 +261,47 @@ fn configure(cmdline: &KernelCmdline) -> Result<(GuestMetadata, String), InitErr
 
     let own_ip =
         network::configure(&meta.network, kernel_ip.as_ref()).map_err(ConfigureError::from)?;
-
-    let root = Path::new("/");
     let nameservers = collect_nameservers(&meta.network, &read_proc("/proc/net/pnp"))
         .map_err(ConfigureError::from)?;
-    (|| -> Result<(), FileError> {
-        files::write_hostname(root, &hostname)?;
-        files::write_hosts(root, &hostname, own_ip.map(IpAddr::V4))?;
-        files::write_resolv(root, &nameservers)?;
-        files::ensure_nsswitch(root)?;
-        files::write_env_script(root, &meta.env)
-    })()
-    .map_err(ConfigureError::from)?;
+    Ok(Connected {
+        meta,
+        hostname,
+        own_ip,
+        nameservers,
+    })
+}
 
-    if meta.users.values().any(|u| !u.ssh_keys.trim().is_empty()) {
-        let passwd = users::read_passwd(root).map_err(ConfigureError::from)?;
-        for (name, user) in &meta.users {
-            if !user.ssh_keys.trim().is_empty() {
-                files::install_ssh_keys(root, name, &user.ssh_keys, &passwd)
-                    .map_err(ConfigureError::from)?;
-            }
-        }
-    }
-    Ok((meta, hostname))
+/// Build mode: sets the step's root up, then serves the host through the
+/// agent until the host ends the VM. Returns the agent's exit status.
+fn run_build_step(scratch: &str) -> Result<i32, InitError> {
+    build_step::mount_step_filesystems(scratch)?;
+    ensure_console();
+    let cmdline = KernelCmdline::parse(&read_proc("/proc/cmdline"));
+    log::set_verbose(cmdline.debug());
+    let Connected {
+        meta,
+        hostname,
+        nameservers,
+        ..
+    } = connect(&cmdline)?;
+    let resolv: String = nameservers
+        .iter()
+        .map(|ns| format!("nameserver {ns}\n"))
+        .collect();
+    build_step::bind_etc_files(
+        &build_step::hosts_file(&hostname),
+        (!resolv.is_empty()).then_some(resolv.as_str()),
+    )?;
+    let agent = crate::agent::start(&meta, &hostname)
+        .ok_or_else(|| StartFailure::ImageInit(io::Error::other("the agent did not start")))?;
+    log::info(format_args!(
+        "build step root ready; the agent runs as pid {agent}"
+    ));
+    let stop = StopPolicy {
+        signal: libc::SIGKILL,
+        timeout: DEFAULT_STOP_TIMEOUT,
+    };
+    Ok(process::supervise(agent, stop))
 }
 
 /// Starts the entrypoint and supervises it; returns its exit code.
@@ -288,7 +354,10 @@ pub fn run() -> Result<i32, InitError> {
     // SAFETY: reboot(2) with RB_DISABLE_CAD only changes that behaviour.
     unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
 
-    let overlaid = overlay::switch_root_if_asked()?;
+    let root = overlay::switch_root_if_asked()?;
+    if let overlay::Root::Layers { scratch } = &root {
+        return run_build_step(scratch);
+    }
     let mounted = mounts::mount_early();
     ensure_console();
     for (target, outcome) in mounted? {
@@ -304,13 +373,14 @@ pub fn run() -> Result<i32, InitError> {
     }
     let cmdline = KernelCmdline::parse(&read_proc("/proc/cmdline"));
     log::set_verbose(cmdline.debug());
-    if overlaid {
+    if root == overlay::Root::Overlay {
         log::info(format_args!(
             "root: an overlay on the read-only image, its writes on the scratch disk"
         ));
     }
 
     let (meta, hostname) = configure(&cmdline)?;
+    volumes::mount_all(Path::new("/"), &meta.volumes, DRIVE_WAIT)?;
     if let Some(pid) = crate::agent::start(&meta, &hostname) {
         log::info(format_args!("the agent runs as pid {pid}"));
     }

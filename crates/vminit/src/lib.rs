@@ -19,6 +19,8 @@
 //!   the VM. `firebuild.overlay=/dev/vdX` (with `ro`): the root drive is a
 //!   shared image; the init builds an overlay root on the scratch disk vdX
 //!   first ([`overlay`]).
+//! - Volumes: the metadata's `volumes` (device, path, read-only) are
+//!   mounted as ext4 before the entrypoint or the image's init ([`volumes`]).
 //! - Exit status: a line `firebuild-exit-code=<n>` (preceded by a newline)
 //!   is printed right before the reboot: the entrypoint's code (128+signal
 //!   when killed), or 240 (metadata), 241 (mounts), 242 (configuration),
@@ -36,6 +38,7 @@
 //!   virtio-serial ports named `org.firebuild.agent.N` (QEMU).
 
 pub mod agent;
+pub mod build_step;
 pub mod cmdline;
 pub mod files;
 pub mod init;
@@ -49,3 +52,4 @@ pub mod power;
 pub mod process;
 pub mod signals;
 pub mod users;
+pub mod volumes;

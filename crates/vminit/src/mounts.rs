@@ -172,6 +172,37 @@ fn dir_has_entries(path: &Path) -> bool {
     std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some())
 }
 
+/// mount(2); an empty `data` passes none.
+pub fn sys_mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let cstr = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let (src, tgt, fs, dat) = (cstr(source)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
+    // SAFETY: all pointers are valid NUL-terminated strings living across the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fs.as_ptr(),
+            flags,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                dat.as_ptr().cast()
+            },
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Performs one mount unless already mounted.
 pub fn mount_one(spec: &MountSpec) -> Result<MountOutcome, MountError> {
     if is_mounted(spec.target)? {
@@ -194,31 +225,10 @@ pub fn mount_one(spec: &MountSpec) -> Result<MountOutcome, MountError> {
             source,
         })?;
     }
-    let cstr = |s: &str| CString::new(s).unwrap_or_default();
-    let (source, tgt, fstype, data) = (
-        cstr(spec.source),
-        cstr(spec.target),
-        cstr(spec.fstype),
-        cstr(spec.data),
-    );
-    // SAFETY: all pointers are valid NUL-terminated strings living across the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            tgt.as_ptr(),
-            fstype.as_ptr(),
-            spec.flags,
-            if spec.data.is_empty() {
-                std::ptr::null()
-            } else {
-                data.as_ptr().cast()
-            },
-        )
-    };
-    if rc == 0 {
+    let result = sys_mount(spec.source, spec.target, spec.fstype, spec.flags, spec.data);
+    let Err(err) = result else {
         return Ok(MountOutcome::Mounted);
-    }
-    let err = io::Error::last_os_error();
+    };
     if spec.optional && err.raw_os_error() == Some(libc::ENODEV) {
         return Ok(MountOutcome::Unsupported(err.to_string()));
     }

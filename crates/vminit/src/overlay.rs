@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use firebuild_metadata::boot::OVERLAY_KERNEL_ARG;
+use firebuild_metadata::boot::{LAYERS_KERNEL_ARG, OVERLAY_KERNEL_ARG};
 
 use crate::cmdline::KernelCmdline;
 
@@ -28,8 +28,8 @@ const DEVICE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
-    #[error("{OVERLAY_KERNEL_ARG}={0:?}: expected a device such as /dev/vdc")]
-    BadArg(String),
+    #[error("{0}={1:?}: expected a device such as /dev/vdc")]
+    BadArg(&'static str, String),
     #[error("the scratch disk {0} did not appear within {1} s")]
     DeviceMissing(String, u64),
     #[error("{what} {target}: {source}")]
@@ -47,23 +47,51 @@ pub enum OverlayError {
     },
 }
 
+/// What the root became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Root {
+    /// The root drive as the kernel mounted it.
+    Image,
+    /// An overlay on the read-only root drive.
+    Overlay,
+    /// A build step's root: an overlay of its layer disks; the scratch
+    /// disk's device name, for the step's diff.
+    Layers { scratch: String },
+}
+
 /// The scratch disk's device name (`vdc`) from `firebuild.overlay=`.
 pub fn scratch_device(cmdline: &KernelCmdline) -> Result<Option<String>, OverlayError> {
-    let Some(value) = cmdline.get(OVERLAY_KERNEL_ARG) else {
-        return Ok(None);
-    };
+    cmdline
+        .get(OVERLAY_KERNEL_ARG)
+        .map(|value| device_name(OVERLAY_KERNEL_ARG, value))
+        .transpose()
+}
+
+/// The layer disks' device names from `firebuild.layers=`, bottom first.
+pub fn layer_devices(cmdline: &KernelCmdline) -> Result<Option<Vec<String>>, OverlayError> {
+    cmdline
+        .get(LAYERS_KERNEL_ARG)
+        .map(|value| {
+            value
+                .split(',')
+                .map(|d| device_name(LAYERS_KERNEL_ARG, d))
+                .collect()
+        })
+        .transpose()
+}
+
+fn device_name(arg: &'static str, value: &str) -> Result<String, OverlayError> {
     match value.strip_prefix("/dev/") {
         Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric()) => {
-            Ok(Some(name.to_owned()))
+            Ok(name.to_owned())
         }
-        _ => Err(OverlayError::BadArg(value.to_owned())),
+        _ => Err(OverlayError::BadArg(arg, value.to_owned())),
     }
 }
 
 /// Reads the kernel command line and, when it asks for an overlay root,
-/// switches into one. Returns whether it did. Leaves no mount of its own
-/// behind when it does not.
-pub fn switch_root_if_asked() -> Result<bool, OverlayError> {
+/// switches into one. Leaves no mount of its own behind when it does not.
+pub fn switch_root_if_asked() -> Result<Root, OverlayError> {
     mount(
         "tmpfs",
         WORK,
@@ -78,19 +106,25 @@ pub fn switch_root_if_asked() -> Result<bool, OverlayError> {
         let cmdline = std::fs::read_to_string(format!("{proc_dir}/cmdline"));
         unmount(&proc_dir);
         let cmdline = KernelCmdline::parse(&cmdline.unwrap_or_default());
-        match scratch_device(&cmdline)? {
-            Some(device) => assemble(&device).map(|()| true),
-            None => Ok(false),
+        let layers = layer_devices(&cmdline)?;
+        match (scratch_device(&cmdline)?, layers) {
+            (Some(scratch), Some(layers)) => {
+                assemble(&scratch, Some(&layers))?;
+                Ok(Root::Layers { scratch })
+            }
+            (Some(scratch), None) => assemble(&scratch, None).map(|()| Root::Overlay),
+            (None, _) => Ok(Root::Image),
         }
     })();
-    if !matches!(result, Ok(true)) {
+    if !matches!(result, Ok(Root::Overlay | Root::Layers { .. })) {
         unmount(WORK);
     }
     result
 }
 
 /// Mounts the scratch disk and the overlay under [`WORK`], then pivots.
-fn assemble(device: &str) -> Result<(), OverlayError> {
+/// The lower layer is the root drive, or the `layers` disks (bottom first).
+fn assemble(device: &str, layers: Option<&[String]>) -> Result<(), OverlayError> {
     let dev_dir = subdir("dev")?;
     mount(
         "devtmpfs",
@@ -125,9 +159,34 @@ fn assemble(device: &str) -> Result<(), OverlayError> {
         }
     }
     let root = subdir("root")?;
-    // The image's root itself is the lower layer: overlayfs reads the
-    // filesystem underneath, not the mounts laid on it (like this tmpfs).
-    let options = format!("lowerdir=/,upperdir={scratch}/upper,workdir={scratch}/work");
+    let options = match layers {
+        // The image's root itself is the lower layer: overlayfs reads the
+        // filesystem underneath, not the mounts laid on it (like this tmpfs).
+        None => format!("lowerdir=/,upperdir={scratch}/upper,workdir={scratch}/work"),
+        Some(layers) => {
+            let mut lowers = Vec::new();
+            for (i, layer) in layers.iter().enumerate() {
+                let node = wait_for(&PathBuf::from(&dev_dir).join(layer), layer)?;
+                let dir = subdir(&format!("layer{i}"))?;
+                mount(
+                    &node.to_string_lossy(),
+                    &dir,
+                    "ext4",
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                    "noload",
+                    "mounting a layer disk on",
+                )?;
+                lowers.push(dir);
+            }
+            lowers.reverse();
+            // The layers are in the host's diff format: whiteouts and
+            // `user.overlay.*` xattrs (userxattr), as the diff written back.
+            format!(
+                "lowerdir={},upperdir={scratch}/upper,workdir={scratch}/work,userxattr",
+                lowers.join(":")
+            )
+        }
+    };
     mount(
         "overlay",
         &root,
@@ -192,30 +251,13 @@ fn mount(
     data: &str,
     what: &'static str,
 ) -> Result<(), OverlayError> {
-    let c = |s: &str| CString::new(s).unwrap_or_default();
-    let (src, tgt, fs, dat) = (c(source), c(target), c(fstype), c(data));
-    // SAFETY: all pointers are valid NUL-terminated strings for the call.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            fs.as_ptr(),
-            flags,
-            if data.is_empty() {
-                std::ptr::null()
-            } else {
-                dat.as_ptr().cast()
-            },
-        )
-    };
-    if rc != 0 {
-        return Err(OverlayError::Mount {
+    crate::mounts::sys_mount(source, target, fstype, flags, data).map_err(|source| {
+        OverlayError::Mount {
             what,
             target: target.to_owned(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+            source,
+        }
+    })
 }
 
 /// Best effort: only used to leave the image's root as the kernel gave it.

@@ -4,19 +4,23 @@
 use firebuild_build::{
     BuildOptions, BuildOutput, CancelToken, ImageOptions, ImageType, Limits, SandboxSettings,
 };
+use std::sync::Arc;
+
+use firebuild_kernel::KernelStore;
 use firebuild_store::DirectoryStore;
 
 use super::image::registry_config;
 use super::require_root;
-use crate::cli::{BaseosArgs, BuildArgs, GlobalArgs, RootfsArgs};
+use crate::cli::{BaseosArgs, BuildArgs, GlobalArgs, Isolation, RootfsArgs};
 use crate::guest_init;
 use crate::settings::Settings;
+use crate::step_vm::MicroVmSteps;
 
 pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
     require_root("rootfs")?;
     if args.legacy.given() {
         tracing::warn!(
-            "--bootstrap-* flags are ignored: builds run in a sandbox on the host, not in a VM"
+            "--bootstrap-* flags are ignored: RUN steps run in the sandbox, or in microVMs with --isolation microvm"
         );
     }
     let settings = Settings::resolve(global, &args.build.settings)?;
@@ -113,7 +117,34 @@ fn build_options(
             pids: args.pids_limit,
         },
     };
+    options.isolation = match settings.isolation {
+        Isolation::Sandbox => firebuild_build::Isolation::Sandbox,
+        Isolation::Microvm => {
+            let kernels = KernelStore::new(&settings.kernel_storage_root);
+            let id = match &args.vmlinux_id {
+                Some(id) => id.clone(),
+                None => only_kernel(&kernels)?,
+            };
+            let kernel = kernels.resolve(&id)?;
+            tracing::info!(kernel = %id, "RUN steps run in microVMs");
+            firebuild_build::Isolation::MicroVm(Arc::new(MicroVmSteps::new(settings, kernel, &id)?))
+        }
+    };
     Ok(options)
+}
+
+/// The one registered kernel, for `--isolation microvm` without
+/// `--vmlinux-id`.
+fn only_kernel(kernels: &KernelStore) -> anyhow::Result<String> {
+    let ids: Vec<String> = kernels.list()?.into_iter().map(|k| k.id).collect();
+    match ids.as_slice() {
+        [id] => Ok(id.clone()),
+        [] => anyhow::bail!("--isolation microvm needs a guest kernel: add one with `firebuild kernel add` or `kernel build`"),
+        _ => anyhow::bail!(
+            "--isolation microvm: say which kernel the build microVMs boot with --vmlinux-id ({})",
+            ids.join(", ")
+        ),
+    }
 }
 
 /// The engine logs the summary (tag, size, time); stdout gets the tag alone,

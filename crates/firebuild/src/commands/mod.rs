@@ -9,10 +9,13 @@ mod kernel;
 mod network;
 mod profile;
 mod vm;
+mod volume;
 
 use std::process::ExitCode;
 
 pub use guest::GuestFailure;
+pub(crate) use network::cni_runtime;
+pub(crate) use vm::{attachment, tokio_runtime, vm_runtime};
 
 use crate::cli::{Cli, Command};
 
@@ -24,6 +27,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ProfileLs => done(profile::list(global)),
         Command::ProfileInspect => done(profile::inspect(global)),
         Command::Image(command) => done(image::run(global, command)),
+        Command::Volume(command) => done(volume::run(global, command)),
         Command::Baseos(args) => done(build::baseos(global, args)),
         Command::Rootfs(args) => done(build::rootfs(global, args)),
         Command::Run(args) => vm::run(global, args),

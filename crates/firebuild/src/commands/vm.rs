@@ -16,7 +16,7 @@ use firebuild_metadata::InitMode;
 use firebuild_store::{DirectoryStore, Tag};
 use firebuild_vm::{
     render_table, HealthOverrides, Interrupts, NetworkAttachment, NetworkError, NetworkReleaser,
-    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, VmStatus, VmmKind,
+    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, VmStatus, VmmKind, VolumeStore,
 };
 use firebuild_vm_firecracker::{FirecrackerConfig, FirecrackerVmm, JailUser};
 
@@ -70,7 +70,7 @@ fn jail_user(settings: &Settings) -> Option<JailUser> {
 
 /// The runtime with every backend, so `ls`/`kill`/`purge` handle VMs of
 /// either VMM whatever `--vmm` says now.
-pub(super) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
+pub(crate) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
     let firecracker = FirecrackerVmm::new(FirecrackerConfig {
         firecracker: settings.binary_firecracker.clone(),
         jailer: settings.binary_jailer.clone(),
@@ -91,7 +91,7 @@ pub(super) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
     .with_network_releaser(Arc::new(CniReleaser(cni_runtime(settings))))
 }
 
-pub(super) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -141,6 +141,12 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     spec.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
     spec.rootfs_mode = args.rootfs_mode;
     spec.disk_size = args.disk_size;
+    let volumes = VolumeStore::new(&settings.volume_storage_root);
+    spec.volumes = args
+        .volume
+        .iter()
+        .map(|v| firebuild_vm::volumes::resolve(v, &volumes))
+        .collect::<Result<_, _>>()?;
     spec.health = HealthOverrides {
         disabled: args.health.no_healthcheck,
         cmd: args.health.health_cmd.clone(),
@@ -223,7 +229,7 @@ fn release_quietly(cni: &CniRuntime, vm_id: &str) {
 }
 
 /// The runtime's view of a CNI attachment.
-fn attachment(net: &VmNetwork) -> anyhow::Result<NetworkAttachment> {
+pub(crate) fn attachment(net: &VmNetwork) -> anyhow::Result<NetworkAttachment> {
     let IpAddr::V4(ip) = net.address.addr else {
         anyhow::bail!(
             "network {} gave the VM the IPv6 address {}: microVMs need an IPv4 address (add an IPv4 range to the network)",

@@ -63,6 +63,10 @@ impl World {
                 "--storage-provider-property-string=kernel-storage-root={}",
                 p("vmlinux")
             ),
+            format!(
+                "--storage-provider-property-string=volume-storage-root={}",
+                p("volumes")
+            ),
             "--vmm=qemu".into(),
             "--qemu-accel=tcg".into(),
         ]

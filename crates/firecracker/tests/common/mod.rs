@@ -24,11 +24,13 @@ pub fn full_spec(dir: &std::path::Path) -> VmSpec {
                 drive_id: "scratch".into(),
                 path: file("scratch.ext4"),
                 read_only: false,
+                in_place: false,
             },
             DriveSpec {
                 drive_id: "data".into(),
                 path: file("data.ext4"),
                 read_only: true,
+                in_place: false,
             },
         ],
         network: Some(NetworkSpec {

@@ -179,11 +179,13 @@ impl Fixture {
                 id: "rootfs".into(),
                 path: run_dir.rootfs(),
                 read_only: true,
+                in_place: false,
             },
             disks: vec![Disk {
                 id: "scratch".into(),
                 path: scratch,
                 read_only: false,
+                in_place: false,
             }],
             run_dir,
             kernel: self.kernel(),
@@ -244,6 +246,7 @@ pub fn run_metadata(launch: &LaunchConfig, started: &StartedVm) -> RunMetadata {
         has_healthcheck: false,
         rootfs_mode: firebuild_vm::RootfsMode::Overlay,
         root_disk: Some(launch.root.path.clone()),
+        volumes: Vec::new(),
     }
 }
 

@@ -84,6 +84,9 @@ pub struct Disk {
     pub path: PathBuf,
     /// Attached read-only: the guest cannot write the file through it.
     pub read_only: bool,
+    /// A volume: it outlives the VM, so the VMM must open this very file
+    /// (a copy would lose its writes) and nothing may copy it aside.
+    pub in_place: bool,
 }
 
 /// What a backend reports once the VMM runs.

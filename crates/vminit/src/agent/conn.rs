@@ -171,6 +171,15 @@ fn handle(frame: Frame, sessions: &mut HashMap<u32, Session>, out: &Writer, ctx:
                     let out = Arc::clone(out);
                     std::thread::spawn(move || copy_out(&source, ch, &out));
                 }
+                Request::LayerOut if crate::build_step::is_build_mode() => {
+                    let out = Arc::clone(out);
+                    std::thread::spawn(move || layer_out(ch, &out));
+                }
+                Request::LayerOut => fail(
+                    out,
+                    ch,
+                    &Failure::new(1, "this VM does not run a build step"),
+                ),
                 Request::Health => reply(out, ch, &ctx.health.report()),
                 Request::Ping => reply(
                     out,
@@ -225,5 +234,23 @@ fn copy_out(source: &str, ch: u32, out: &Writer) {
     });
     if let Err(e) = sent {
         fail(out, ch, &Failure::new(1, e.to_string()));
+    }
+}
+
+/// Ends the build step and sends its diff, or the error that stops it.
+fn layer_out(ch: u32, out: &Writer) {
+    let sent = (|| {
+        let upper = crate::build_step::finish()?;
+        crate::build_step::enter(&upper)?;
+        tree::send_layer(std::path::Path::new("."), &mut |kind, payload| {
+            send(out, &Frame::new(ch, kind, payload.to_vec()))
+        })
+    })();
+    if let Err(e) = sent {
+        fail(
+            out,
+            ch,
+            &Failure::new(1, format!("sending the step's diff: {e}")),
+        );
     }
 }

@@ -310,11 +310,13 @@ mod tests {
                 id: "scratch".into(),
                 path: PathBuf::from("/run/vm1/scratch.ext4"),
                 read_only: false,
+                in_place: false,
             },
             Disk {
                 id: "my data".into(),
                 path: PathBuf::from("/v/data.ext4"),
                 read_only: true,
+                in_place: false,
             },
         ];
         let mut inv = invocation(Machine::Q35, Accel::Tcg);
