@@ -132,25 +132,35 @@ impl AgentConnection {
         write_frame(&mut self.stream, frame)
     }
 
-    /// The next frame of our channel; `timeout` bounds the wait (`None`:
-    /// no bound).
+    /// The next frame of our channel; `timeout` bounds the wait for it to
+    /// begin (`None`: no bound). A frame once begun is read whole: a
+    /// timeout that split one would leave the stream out of step.
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Frame, AgentError> {
-        self.stream.set_read_timeout(timeout)?;
-        match read_frame(&mut self.stream) {
-            Ok(Some(f)) if f.channel != self.channel => self.recv(timeout),
-            Ok(Some(f)) => Ok(f),
-            Ok(None) => Err(AgentError::Unreachable(
-                "the agent closed the connection".into(),
-            )),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(AgentError::Timeout(timeout.unwrap_or_default()))
+        loop {
+            self.stream.set_read_timeout(timeout)?;
+            let mut reader = FrameReader {
+                stream: &self.stream,
+                begun: false,
+            };
+            match read_frame(&mut reader) {
+                Ok(Some(f)) if f.channel != self.channel => continue,
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {
+                    return Err(AgentError::Unreachable(
+                        "the agent closed the connection".into(),
+                    ))
+                }
+                Err(e) if is_timeout(&e) && !reader.begun => {
+                    return Err(AgentError::Timeout(timeout.unwrap_or_default()))
+                }
+                Err(e) if is_timeout(&e) => {
+                    return Err(AgentError::Unreachable(format!(
+                        "it stopped in the middle of a frame for {} s",
+                        MID_FRAME.as_secs()
+                    )))
+                }
+                Err(e) => return Err(AgentError::Io(e)),
             }
-            Err(e) => Err(AgentError::Io(e)),
         }
     }
 
@@ -173,6 +183,34 @@ impl AgentConnection {
                 _ => continue,
             }
         }
+    }
+}
+
+/// How long the rest of a begun frame may take to arrive.
+const MID_FRAME: Duration = Duration::from_secs(60);
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads a frame from `stream`: once its first byte is in, the caller's
+/// wait gives way to [`MID_FRAME`].
+struct FrameReader<'a> {
+    stream: &'a UnixStream,
+    begun: bool,
+}
+
+impl Read for FrameReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&mut &*self.stream).read(buf)?;
+        if n > 0 && !self.begun {
+            self.begun = true;
+            self.stream.set_read_timeout(Some(MID_FRAME))?;
+        }
+        Ok(n)
     }
 }
 
@@ -390,5 +428,40 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, AgentError::Timeout(_)), "{err}");
+    }
+
+    #[test]
+    fn a_frame_that_arrives_slowly_is_read_whole() {
+        let (client, mut guest) = UnixStream::pair().unwrap();
+        let mut conn = AgentConnection {
+            stream: client,
+            channel: 5,
+            _lock: None,
+        };
+        let mut bytes = Vec::new();
+        write_frame(&mut bytes, &Frame::new(5, Kind::Stdout, b"slow".to_vec())).unwrap();
+        let writer = std::thread::spawn(move || {
+            guest.write_all(&bytes[..3]).unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+            guest.write_all(&bytes[3..]).unwrap();
+            guest
+        });
+        // Nothing yet: a plain timeout.
+        let first = conn.recv(Some(Duration::from_millis(1)));
+        // Begun within the wait, finished after it: still one frame.
+        let frame = match first {
+            Err(AgentError::Timeout(_)) => conn.recv(Some(Duration::from_millis(100))),
+            other => other,
+        }
+        .unwrap();
+        assert_eq!(
+            (frame.kind, frame.payload.as_slice()),
+            (Kind::Stdout, &b"slow"[..])
+        );
+        let _guest = writer.join().unwrap();
+        assert!(matches!(
+            conn.recv(Some(Duration::from_millis(50))),
+            Err(AgentError::Timeout(_))
+        ));
     }
 }
