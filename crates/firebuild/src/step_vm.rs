@@ -134,7 +134,7 @@ impl MicroVmSteps {
         }
         let outcome = vm.exec(&mut conn, on_line, cancel)?;
         if outcome.code == 0 {
-            vm.take_diff(step.upper)?;
+            vm.take_diff(step.upper, cancel)?;
         }
         Ok(outcome)
     }
@@ -328,12 +328,19 @@ impl<'a> RunningStep<'a> {
     }
 
     /// Receives the step's diff into `upper`.
-    fn take_diff(&self, upper: &Path) -> anyhow::Result<Copied> {
+    fn take_diff(&self, upper: &Path, cancel: &CancelToken) -> anyhow::Result<Copied> {
         let mut conn = self.connect()?;
         conn.request(Request::LayerOut)?;
         let mut writer = TreeWriter::layer(upper);
         loop {
-            let frame = conn.recv(None)?;
+            if cancel.is_cancelled() {
+                anyhow::bail!("interrupted");
+            }
+            let frame = match conn.recv(Some(Duration::from_millis(500))) {
+                Ok(frame) => frame,
+                Err(firebuild_vm::AgentError::Timeout(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
             match frame.kind {
                 Kind::Error => return Err(guest_failure(&frame)),
                 Kind::Entry | Kind::Data | Kind::End
