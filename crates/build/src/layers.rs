@@ -137,6 +137,10 @@ impl LayerStore {
         // caller's working directory.
         let root = fs::canonicalize(cache_dir.join("build"))
             .map_err(BuildError::io("resolving", cache_dir))?;
+        // Layers hold what untrusted steps wrote, setuid-root files and file
+        // capabilities included: no other user of the host may reach them.
+        fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(BuildError::io("restricting", &root))?;
         let lock_path = root.join("lock");
         let lock = File::options()
             .create(true)
@@ -468,6 +472,17 @@ impl Drop for WorkLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_is_closed_to_other_users_of_the_host() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("build")).unwrap();
+        fs::set_permissions(dir.path().join("build"), fs::Permissions::from_mode(0o755)).unwrap();
+        let store = LayerStore::open(dir.path()).unwrap();
+        let mode = fs::metadata(store.root()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 
     #[test]
     fn commit_lookup_chain_and_prune() {
