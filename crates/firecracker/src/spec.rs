@@ -148,7 +148,7 @@ impl VmSpec {
                 format!("{} is outside Firecracker's 1..=32", self.vcpu_count),
             ));
         }
-        if self.smt && self.vcpu_count != 1 && self.vcpu_count % 2 != 0 {
+        if self.smt && self.vcpu_count != 1 && !self.vcpu_count.is_multiple_of(2) {
             return Err(Error::config(
                 "vcpu_count",
                 format!("{} with SMT on: must be 1 or even", self.vcpu_count),

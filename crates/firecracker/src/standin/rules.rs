@@ -99,7 +99,7 @@ pub(super) fn route(
         ("PUT", "/machine-config") => {
             pre_boot!();
             let vcpus = body["vcpu_count"].as_u64().unwrap_or(0);
-            if body["smt"] == true && vcpus != 1 && vcpus % 2 != 0 {
+            if body["smt"] == true && vcpus != 1 && !vcpus.is_multiple_of(2) {
                 return fault("The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.");
             }
             if body["mem_size_mib"].as_u64() == Some(0) {
