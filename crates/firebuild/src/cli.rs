@@ -353,9 +353,10 @@ pub struct RunArgs {
     /// Run Firecracker without the jailer (development hosts only).
     #[arg(long)]
     pub no_jailer: bool,
-    /// Seconds to wait for a graceful stop (Ctrl-C in the foreground, --rm).
-    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
-    pub shutdown_timeout: u64,
+    /// How long to wait for a graceful stop (Ctrl-C in the foreground,
+    /// --rm): 15s, 1m, 500ms, or bare seconds.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     /// overlay: the image is shared read-only and the VM writes to its own
     /// sparse scratch disk; copy: the VM gets a private copy of the image.
     #[arg(long, value_name = "MODE", default_value = "overlay")]
@@ -472,9 +473,10 @@ pub struct KillArgs {
     /// Id of the microVM.
     #[arg(long, value_name = "ID")]
     pub vmm_id: String,
-    /// Seconds to wait for a clean shutdown before forcing it.
-    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
-    pub shutdown_timeout: u64,
+    /// How long to wait for a clean shutdown before forcing it: 15s, 1m,
+    /// 500ms, or bare seconds.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -513,9 +515,10 @@ pub enum ImageCommand {
         #[command(flatten)]
         settings: SettingsArgs,
     },
-    /// Remove a stored image (refused while VMs use it, until they are purged).
+    /// Remove a stored image (refused while VMs use it, until they are
+    /// purged) or a pulled or imported OCI image (its blobs go with `image prune`).
     Rm {
-        /// org/name:version
+        /// org/name:version, or an OCI image as `image ls` shows it
         tag: String,
         /// Remove the tag even if VMs use the image; its data stays until
         /// the last of them is purged.
@@ -742,6 +745,34 @@ mod tests {
         for bad in ["", "s", "10x", "1m2", "abc"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn shutdown_timeouts_take_durations_and_bare_seconds() {
+        let timeout = |value: &str| {
+            let cli = Cli::try_parse_from([
+                "firebuild",
+                "kill",
+                "--vmm-id",
+                "vm",
+                "--shutdown-timeout",
+                value,
+            ])
+            .map_err(|e| e.to_string())?;
+            match cli.command {
+                Command::Kill(k) => Ok(k.shutdown_timeout),
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        assert_eq!(timeout("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(timeout("7"), Ok(Duration::from_secs(7)));
+        let err: String = timeout("soon").unwrap_err();
+        assert!(err.contains("is not a duration"), "{err}");
+        let cli = Cli::try_parse_from(["firebuild", "kill", "--vmm-id", "vm"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Kill(k) if k.shutdown_timeout == Duration::from_secs(15))
+        );
     }
 
     #[test]

@@ -4,7 +4,6 @@
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -138,7 +137,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     spec.daemonize = args.daemonize;
     spec.remove_on_exit = args.rm;
     spec.vmm = settings.vmm;
-    spec.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    spec.shutdown_timeout = args.shutdown_timeout;
     spec.rootfs_mode = args.rootfs_mode;
     spec.disk_size = args.disk_size;
     let volumes = VolumeStore::new(&settings.volume_storage_root);
@@ -316,10 +315,8 @@ pub fn kill(global: &GlobalArgs, args: &KillArgs) -> anyhow::Result<ExitCode> {
     require_root("kill")?;
     let settings = Settings::resolve(global, &args.settings)?;
     let runtime = vm_runtime(&settings, false);
-    let metadata = tokio_runtime()?.block_on(runtime.kill(
-        &args.vmm_id,
-        Some(Duration::from_secs(args.shutdown_timeout)),
-    ))?;
+    let metadata =
+        tokio_runtime()?.block_on(runtime.kill(&args.vmm_id, Some(args.shutdown_timeout)))?;
     // The VM is gone: give its address and tap back now rather than at purge.
     if metadata.network.is_some() && metadata.status == VmStatus::Exited {
         cni_runtime(&settings).teardown_vm_network(&metadata.id, false)?;
