@@ -165,9 +165,18 @@ impl DirectoryStore {
         Ok(removed)
     }
 
+    /// The staging directory, 0700: images in the making are nobody
+    /// else's business until published.
     fn staging_root(&self) -> Result<PathBuf, StoreError> {
         let staging = self.root.join(STAGING_DIR);
-        fs::create_dir_all(&staging).map_err(StoreError::io("creating", &staging))?;
+        fs::create_dir_all(&staging)
+            .and_then(|()| {
+                fs::set_permissions(
+                    &staging,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+            })
+            .map_err(StoreError::io("creating", &staging))?;
         Ok(staging)
     }
 }

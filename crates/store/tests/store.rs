@@ -108,6 +108,13 @@ fn staging_dropped_before_publish_leaves_no_tag() {
         fs::read_dir(root.path().join(".staging")).unwrap().count(),
         0
     );
+    let mode = fs::metadata(root.path().join(".staging"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
 }
 
 #[test]

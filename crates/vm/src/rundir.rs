@@ -16,7 +16,7 @@
 
 use std::fs::DirBuilder;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::VmError;
@@ -44,10 +44,13 @@ impl RunDir {
     /// Creates the directory (0700), failing with [`VmError::NameClash`] if
     /// it exists: this is what reserves a VM name, atomically.
     pub fn create(run_cache: &Path, id: &str) -> Result<Self, VmError> {
+        // 0700 also when it exists: run directories hold consoles, the
+        // run's environment and the VMs' control sockets.
         DirBuilder::new()
             .recursive(true)
-            .mode(0o755)
+            .mode(0o700)
             .create(run_cache)
+            .and_then(|()| std::fs::set_permissions(run_cache, PermissionsExt::from_mode(0o700)))
             .map_err(|e| VmError::io("creating the run cache directory", run_cache, e))?;
         let dir = RunDir::new(run_cache, id);
         match DirBuilder::new().mode(0o700).create(&dir.root) {
@@ -178,6 +181,17 @@ mod tests {
         assert_eq!(dir.metadata(), run_cache.join("vm1/run.json"));
         assert_eq!(dir.config_drive(), run_cache.join("vm1/config.drive"));
         assert_eq!(dir.pid_file(), run_cache.join("vm1/vmm.pid"));
+    }
+
+    #[test]
+    fn the_run_cache_is_private_even_when_it_existed() {
+        let cache = tempfile::tempdir().unwrap();
+        let run_cache = cache.path().join("vms");
+        std::fs::create_dir(&run_cache).unwrap();
+        std::fs::set_permissions(&run_cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+        RunDir::create(&run_cache, "vm1").unwrap();
+        let mode = std::fs::metadata(&run_cache).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]

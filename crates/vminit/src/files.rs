@@ -271,13 +271,17 @@ pub fn env_script_content(env: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// Writes `<root>/etc/profile.d/run-env.sh`.
-pub fn write_env_script(root: &Path, env: &BTreeMap<String, String>) -> Result<(), FileError> {
-    write_atomic(
-        &under(root, "/etc/profile.d/run-env.sh"),
-        env_script_content(env).as_bytes(),
-        0o644,
-    )
+/// Writes `<root>/etc/profile.d/run-env.sh`, mode 0600 and owned by
+/// `owner` (the run's user, whose login shells source it): the run's
+/// environment may hold secrets no other user of the guest should read.
+pub fn write_env_script(
+    root: &Path,
+    env: &BTreeMap<String, String>,
+    owner: (u32, u32),
+) -> Result<(), FileError> {
+    let path = under(root, "/etc/profile.d/run-env.sh");
+    write_atomic(&path, env_script_content(env).as_bytes(), 0o600)?;
+    chown(&path, owner.0, owner.1)
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), FileError> {
@@ -470,9 +474,11 @@ mod tests {
              export _OK1='a\nb'\n"
         );
         let dir = tempfile::tempdir().unwrap();
-        write_env_script(dir.path(), &env).unwrap();
+        write_env_script(dir.path(), &env, (1000, 1001)).unwrap();
         let path = dir.path().join("etc/profile.d/run-env.sh");
-        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
+        let md = fs::metadata(&path).unwrap();
+        assert_eq!(md.mode() & 0o777, 0o600);
+        assert_eq!((md.uid(), md.gid()), (1000, 1001));
     }
 
     #[test]
@@ -480,7 +486,7 @@ mod tests {
         let env: BTreeMap<String, String> =
             [("V".to_string(), "it's $x `y` \\ \"z\"".to_string())].into();
         let dir = tempfile::tempdir().unwrap();
-        write_env_script(dir.path(), &env).unwrap();
+        write_env_script(dir.path(), &env, (0, 0)).unwrap();
         let script = dir.path().join("etc/profile.d/run-env.sh");
         let out = std::process::Command::new("sh")
             .arg("-c")

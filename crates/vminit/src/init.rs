@@ -216,7 +216,10 @@ fn configure(cmdline: &KernelCmdline) -> Result<(GuestMetadata, String), InitErr
         files::write_hosts(root, &hostname, own_ip.map(IpAddr::V4))?;
         files::write_resolv(root, &nameservers)?;
         files::ensure_nsswitch(root)?;
-        files::write_env_script(root, &meta.env)
+        // The run's user sources it; an unknown user leaves it root's.
+        let owner =
+            users::resolve_user_in_root(root, &meta.user).map_or((0, 0), |u| (u.uid, u.gid));
+        files::write_env_script(root, &meta.env, owner)
     })()
     .map_err(ConfigureError::from)?;
 
