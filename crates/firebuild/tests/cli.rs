@@ -151,6 +151,13 @@ fn image_ls_inspect_rm_on_a_store() {
         "--storage-provider-property-string=rootfs-storage-root={}",
         root.display()
     );
+    // Its own cache and profiles too: never the machine's pulled images.
+    let own = tempfile::tempdir().unwrap();
+    let cache_flag = format!("--cache-dir={}", own.path().join("cache").display());
+    let conf_flag = format!(
+        "--profile-conf-dir={}",
+        own.path().join("profiles").display()
+    );
     let image_dir = root.join("combust-labs/consul/1.9.4");
     std::fs::create_dir_all(&image_dir).unwrap();
     std::fs::write(image_dir.join("rootfs"), vec![1u8; 8192]).unwrap();
@@ -161,34 +168,71 @@ fn image_ls_inspect_rm_on_a_store() {
     )
     .unwrap();
 
-    let out = firebuild(&["image", "ls", &store_flag]);
+    let out = firebuild(&["image", "ls", &store_flag, &cache_flag, &conf_flag]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("IMAGE"), "{text}");
     assert!(text.contains("combust-labs/consul:1.9.4  rootfs"), "{text}");
 
-    let out = firebuild(&["image", "ls", "--json", &store_flag]);
+    let out = firebuild(&[
+        "image",
+        "ls",
+        "--json",
+        &store_flag,
+        &cache_flag,
+        &conf_flag,
+    ]);
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["tag"], "combust-labs/consul:1.9.4");
     assert_eq!(line["type"], "rootfs");
 
-    let out = firebuild(&["image", "inspect", "combust-labs/consul:1.9.4", &store_flag]);
+    let out = firebuild(&[
+        "image",
+        "inspect",
+        "combust-labs/consul:1.9.4",
+        &store_flag,
+        &cache_flag,
+        &conf_flag,
+    ]);
     let md: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(md["image"]["image"], "consul");
 
-    let out = firebuild(&["image", "inspect", "Bad Tag", &store_flag]);
+    let out = firebuild(&[
+        "image",
+        "inspect",
+        "Bad Tag",
+        &store_flag,
+        &cache_flag,
+        &conf_flag,
+    ]);
     assert!(
         stderr(&out).contains("invalid tag \"Bad Tag\""),
         "{}",
         stderr(&out)
     );
 
-    let out = firebuild(&["image", "rm", "combust-labs/consul:1.9.4", &store_flag]);
+    let out = firebuild(&[
+        "image",
+        "rm",
+        "combust-labs/consul:1.9.4",
+        &store_flag,
+        &cache_flag,
+        &conf_flag,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!Path::new(&image_dir).exists());
-    let out = firebuild(&["image", "rm", "combust-labs/consul:1.9.4", &store_flag]);
+    let out = firebuild(&[
+        "image",
+        "rm",
+        "combust-labs/consul:1.9.4",
+        &store_flag,
+        &cache_flag,
+        &conf_flag,
+    ]);
     assert!(
-        stderr(&out).contains("no image tagged combust-labs/consul:1.9.4"),
+        stderr(&out).contains(
+            "no stored image or pulled/imported OCI image is named \"combust-labs/consul:1.9.4\""
+        ),
         "{}",
         stderr(&out)
     );

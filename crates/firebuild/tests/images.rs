@@ -42,6 +42,10 @@ fn pull_then_list_then_pull_again_offline() {
             "--storage-provider-property-string=rootfs-storage-root={}",
             store.path().display()
         ),
+        format!(
+            "--profile-conf-dir={}",
+            store.path().join(".profiles").display()
+        ),
     ];
     let with = |args: &[&str]| {
         let mut all = args.to_vec();
@@ -60,6 +64,7 @@ fn pull_then_list_then_pull_again_offline() {
         listed.contains("tools/busybox") && listed.contains("oci (pulled)"),
         "{listed}"
     );
+    assert_eq!(listed.lines().count(), 1, "listed once: {listed}");
 
     // The blobs are cached: with the registry gone, pulling by digest works.
     let pinned = format!("{}/tools/busybox@{digest}", registry.host());
@@ -75,6 +80,32 @@ fn pull_then_list_then_pull_again_offline() {
     let out = with(&["image", "pull", "127.0.0.1:1/nothing:here"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("127.0.0.1:1"), "{}", stderr(&out));
+
+    // rm takes the image out of the list; prune then frees its blobs.
+    let blobs = || {
+        std::fs::read_dir(cache.path().join("blobs/sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(blobs() >= 3, "manifest, config and layer are cached");
+    let out = with(&["image", "rm", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = with(&["image", "ls", "--json"]);
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = with(&["image", "rm", &name]);
+    assert!(
+        stderr(&out).contains("no stored image or pulled/imported OCI image is named"),
+        "{}",
+        stderr(&out)
+    );
+    let out = with(&["image", "prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("blobs=3"), "{}", stderr(&out));
+    assert_eq!(blobs(), 0);
 }
 
 #[test]

@@ -6,6 +6,10 @@
 //! process pulling the same blob waits and then finds it done, and a download
 //! killed half-way leaves a partial file the next pull resumes from (its
 //! content is re-verified at the end, and thrown away if wrong).
+//!
+//! Pulls and imports hold the cache root shared while they add blobs and
+//! record the image; [`BlobCache::prune`] holds it exclusively, so it never
+//! takes a blob whose record is still being written.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -141,7 +145,63 @@ impl BlobCache {
     fn ensure_dir(&self, algorithm: Algorithm) -> Result<PathBuf> {
         let dir = self.dir(algorithm);
         std::fs::create_dir_all(&dir).map_err(Error::io("creating blob cache directory", &dir))?;
+        // Blobs may come from private repositories, pulled with credentials.
+        let blobs = self.root.join("blobs");
+        std::fs::set_permissions(&blobs, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(Error::io("restricting the blob cache directory", &blobs))?;
         Ok(dir)
+    }
+
+    /// Holds the cache for adding blobs (shared) or pruning (exclusive)
+    /// until the returned lock is dropped.
+    /// The lock is on the cache root directory itself: taking it writes
+    /// nothing.
+    pub fn hold(&self, exclusive: bool) -> Result<File> {
+        let path = &self.root;
+        std::fs::create_dir_all(path).map_err(Error::io("creating the cache directory", path))?;
+        let lock = File::open(path).map_err(Error::io("opening", path))?;
+        let op = if exclusive {
+            FlockOperation::LockExclusive
+        } else {
+            FlockOperation::LockShared
+        };
+        rustix::fs::flock(&lock, op).map_err(|e| Error::io("locking", path)(e.into()))?;
+        Ok(lock)
+    }
+
+    /// Removes every complete blob not in `keep()` (the digests the recorded
+    /// images need, read once the cache is held); partial downloads and
+    /// locks stay.
+    pub fn prune(
+        &self,
+        keep: impl FnOnce() -> Result<std::collections::HashSet<Digest>>,
+    ) -> Result<BlobPrune> {
+        let _held = self.hold(true)?;
+        let keep = keep()?;
+        let mut report = BlobPrune::default();
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            let dir = self.dir(algorithm);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("reading the blob cache", &dir)(e)),
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Ok(digest) = format!("{}:{name}", algorithm.as_str()).parse::<Digest>() else {
+                    continue;
+                };
+                if keep.contains(&digest) {
+                    continue;
+                }
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(Error::io("removing blob", &path))?;
+                report.removed += 1;
+                report.bytes_freed += size;
+            }
+        }
+        Ok(report)
     }
 
     /// Starts (or resumes) a download of `digest`. Blocks while another
@@ -179,6 +239,13 @@ impl BlobCache {
         partial.rehash_existing()?;
         Ok(Download::Partial(Box::new(partial)))
     }
+}
+
+/// What [`BlobCache::prune`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlobPrune {
+    pub removed: usize,
+    pub bytes_freed: u64,
 }
 
 /// Checks `data` against `expected`.
@@ -319,6 +386,40 @@ mod tests {
         assert!(!cache.contains(&other));
         let (d2, n) = cache.insert_reader(&mut &b"hello"[..]).unwrap();
         assert_eq!((d2, n), (d, 5));
+        let mode = std::fs::metadata(dir.path().join("blobs"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn prune_keeps_what_images_reference_and_partial_downloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::new(dir.path());
+        let kept = cache.insert_bytes(b"referenced").unwrap();
+        let dropped = cache.insert_bytes(b"orphan blob").unwrap();
+        let partial = Digest::sha256_of(b"half");
+        let Download::Partial(mut p) = cache.begin_download(&partial).unwrap() else {
+            panic!("present")
+        };
+        p.write(b"ha").unwrap();
+        drop(p);
+        let report = cache.prune(|| Ok([kept.clone()].into())).unwrap();
+        assert_eq!(
+            report,
+            BlobPrune {
+                removed: 1,
+                bytes_freed: 11
+            }
+        );
+        assert!(cache.contains(&kept) && !cache.contains(&dropped));
+        let partial_file = cache
+            .dir(Algorithm::Sha256)
+            .join(format!("{}.partial", partial.hex()));
+        assert!(partial_file.exists());
     }
 
     #[test]

@@ -94,6 +94,16 @@ impl ImageRecord {
         self.index_digest.as_ref().unwrap_or(&self.digest)
     }
 
+    /// Whether this is the copy of `tagged`'s record filed under its digest
+    /// (so `FROM repo@sha256:…` resolves offline), not an image of its own.
+    pub fn is_digest_twin_of(&self, tagged: &ImageRecord) -> bool {
+        self.key != tagged.key
+            && self.key == tagged.top_digest().to_string()
+            && tagged.key.parse::<Digest>().is_err()
+            && (&self.registry, &self.repository, &self.platform)
+                == (&tagged.registry, &tagged.repository, &tagged.platform)
+    }
+
     /// Applies every layer, bottom first, to `rootfs` (created if missing).
     pub fn unpack(&self, cache: &BlobCache, rootfs: &Path, opts: &UnpackOptions) -> Result<()> {
         for layer in &self.layers {
@@ -217,8 +227,34 @@ impl ImageRecords {
         Ok(None)
     }
 
-    /// Every record, sorted by reference then platform.
+    /// One record per image, sorted by reference then platform: a pull by
+    /// tag also files its record under the digest (see
+    /// [`ImageRecord::is_digest_twin_of`]); that twin is left out.
     pub fn list(&self) -> Result<Vec<ImageRecord>> {
+        let all = self.list_all()?;
+        let images = all
+            .iter()
+            .filter(|r| !all.iter().any(|other| r.is_digest_twin_of(other)))
+            .cloned()
+            .collect();
+        Ok(images)
+    }
+
+    /// Every blob the recorded images need: manifests, indexes, configs
+    /// and layers.
+    pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<Digest>> {
+        let mut out = std::collections::HashSet::new();
+        for r in self.list_all()? {
+            out.insert(r.digest.clone());
+            out.insert(r.config_digest.clone());
+            out.extend(r.index_digest.clone());
+            out.extend(r.layers.iter().map(|l| l.digest.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Every record file, digest twins included.
+    fn list_all(&self) -> Result<Vec<ImageRecord>> {
         let mut out = Vec::new();
         let mut stack = vec![self.dir.clone()];
         while let Some(dir) = stack.pop() {
@@ -249,20 +285,26 @@ impl ImageRecords {
         Ok(out)
     }
 
-    /// Removes the records of `record`'s reference for its platform. Blobs
-    /// stay in the cache (other images may share them).
+    /// Removes the record of `record`'s reference for its platform, and
+    /// its digest twin unless another tag still names that image. Blobs
+    /// stay in the cache until `image prune` (other images may share them).
     pub fn remove(&self, record: &ImageRecord) -> Result<()> {
-        let path = self.record_path(
-            &record.registry,
-            &record.repository,
-            &record.key,
-            &record.platform,
-        );
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("removing image record", &path)(e)),
+        let all = self.list_all()?;
+        let twins = all.iter().filter(|twin| {
+            twin.is_digest_twin_of(record)
+                && !all
+                    .iter()
+                    .any(|other| other.key != record.key && twin.is_digest_twin_of(other))
+        });
+        for r in std::iter::once(record).chain(twins) {
+            let path = self.record_path(&r.registry, &r.repository, &r.key, &r.platform);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("removing image record", &path)(e)),
+            }
         }
+        Ok(())
     }
 }
 
@@ -318,6 +360,60 @@ pub(crate) fn now_utc() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(key: &str, digest: &Digest) -> ImageRecord {
+        ImageRecord {
+            reference: "docker.io/library/alpine:3.20".into(),
+            registry: "docker.io".into(),
+            repository: "library/alpine".into(),
+            key: key.into(),
+            source: ImageSource::Built,
+            digest: digest.clone(),
+            index_digest: None,
+            platform: Platform::host(),
+            manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            config_digest: Digest::sha256_of(b"config"),
+            layers: Vec::new(),
+            config: ImageConfigFile::default(),
+            recorded_at_utc: 0,
+        }
+    }
+
+    #[test]
+    fn a_pull_by_tag_is_one_image_and_rm_takes_its_digest_twin_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = ImageRecords::new(dir.path());
+        let digest = Digest::sha256_of(b"manifest");
+        let tagged = record("3.20", &digest);
+        let twin = record(&digest.to_string(), &digest);
+        let latest = record("latest", &digest);
+        for r in [&tagged, &twin, &latest] {
+            records.save(r).unwrap();
+        }
+        // An image pulled by digest alone is listed.
+        let other = Digest::sha256_of(b"other manifest");
+        records.save(&record(&other.to_string(), &other)).unwrap();
+        let keys = |rs: Vec<ImageRecord>| rs.into_iter().map(|r| r.key).collect::<Vec<_>>();
+        let mut listed = keys(records.list().unwrap());
+        listed.sort();
+        let mut want = vec!["3.20".to_string(), "latest".into(), other.to_string()];
+        want.sort();
+        assert_eq!(listed, want);
+        // Another tag still names the image: its digest twin stays.
+        records.remove(&tagged).unwrap();
+        assert_eq!(records.list_all().unwrap().len(), 3);
+        assert!(records
+            .lookup_key(
+                "docker.io",
+                "library/alpine",
+                &digest.to_string(),
+                &Platform::host()
+            )
+            .unwrap()
+            .is_some());
+        records.remove(&latest).unwrap();
+        assert_eq!(keys(records.list_all().unwrap()), vec![other.to_string()]);
+    }
 
     #[test]
     fn local_names() {

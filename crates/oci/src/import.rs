@@ -43,6 +43,8 @@ pub fn import(
 ) -> Result<(ImportKind, ImageRecord)> {
     split_local_name(name)?; // fail before any work on a bad name
     let cache = BlobCache::new(cache_root);
+    // Until the record is written, `image prune` must not take its blobs.
+    let _held = cache.hold(false)?;
     let meta = std::fs::metadata(source).map_err(Error::io("reading import source", source))?;
     let (kind, record) = if meta.is_dir() {
         if source.join("oci-layout").is_file() {

@@ -40,7 +40,7 @@ pub mod testing;
 pub mod unpack;
 
 pub use builder::ImageBuilder;
-pub use cache::BlobCache;
+pub use cache::{BlobCache, BlobPrune};
 pub use config::RegistryConfig;
 pub use digest::Digest;
 pub use error::{Error, Result};

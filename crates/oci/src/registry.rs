@@ -117,6 +117,8 @@ impl Registry {
     /// Pulls `reference` for `platform` into the cache and records it. Blobs
     /// already cached are not downloaded again.
     pub async fn pull(&self, reference: &ImageRef, platform: &Platform) -> Result<ImageRecord> {
+        // Until the record is written, `image prune` must not take its blobs.
+        let _held = self.cache.hold(false)?;
         self.try_endpoints(reference, |ep| self.pull_at(ep, reference, platform))
             .await
     }

@@ -1,6 +1,8 @@
 //! `image ls|inspect|rm|pull|import|prune`.
 
-use firebuild_oci::{ImageRecords, ImageSource, Platform, Registry, RegistryConfig};
+use firebuild_oci::{
+    BlobCache, ImageRecords, ImageRef, ImageSource, Platform, Registry, RegistryConfig,
+};
 use firebuild_store::{DirectoryStore, Tag};
 
 use crate::cli::{GlobalArgs, ImageCommand, SettingsArgs};
@@ -27,26 +29,14 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             force,
             settings,
         } => {
-            let tag: Tag = tag.parse()?;
             let settings = Settings::resolve(global, settings)?;
             let store = DirectoryStore::new(&settings.rootfs_storage_root);
-            let image = store.get(&tag)?;
-            let runtime = super::vm::vm_runtime(&settings, false);
-            let users = super::vm::tokio_runtime()?
-                .block_on(runtime.vms_using_image(&image.rootfs_path()))?;
-            if !users.is_empty() {
-                let names: Vec<&str> = users.iter().map(|vm| vm.id.as_str()).collect();
-                if !force {
-                    anyhow::bail!(
-                        "image {tag} is in use by VM {}; stop and purge them first, or pass --force to remove only the tag (the data stays until the last of them is purged)",
-                        names.join(", ")
-                    );
+            match tag.parse::<Tag>() {
+                Ok(stored) if store.contains(&stored) => {
+                    remove_stored(&settings, &store, &stored, *force)
                 }
-                tracing::warn!(%tag, vms = %names.join(", "), "removing the tag of an image in use: its data stays until these VMs are purged");
+                _ => remove_oci(&ImageRecords::new(&settings.cache_dir), tag),
             }
-            store.remove(&tag)?;
-            tracing::info!(%tag, "image removed");
-            Ok(())
         }
         ImageCommand::Pull {
             reference,
@@ -87,15 +77,67 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             let settings = Settings::resolve(global, settings)?;
             let store = DirectoryStore::new(&settings.rootfs_storage_root);
             let report = firebuild_build::prune(&store, &settings.cache_dir, *cache_mounts)?;
+            // Blobs no pulled, imported or built image record needs.
+            let records = ImageRecords::new(&settings.cache_dir);
+            let blobs = BlobCache::new(&settings.cache_dir).prune(|| records.referenced_blobs())?;
             tracing::info!(
                 layers = report.layers_removed,
                 cache_mounts = report.cache_mounts_removed,
-                freed = %format::size(report.bytes_freed),
+                blobs = blobs.removed,
+                freed = %format::size(report.bytes_freed + blobs.bytes_freed),
                 "pruned"
             );
             Ok(())
         }
     }
+}
+
+/// Removes a stored image, refused while VMs use it unless `force`.
+fn remove_stored(
+    settings: &Settings,
+    store: &DirectoryStore,
+    tag: &Tag,
+    force: bool,
+) -> anyhow::Result<()> {
+    let image = store.get(tag)?;
+    let runtime = super::vm::vm_runtime(settings, false);
+    let users =
+        super::vm::tokio_runtime()?.block_on(runtime.vms_using_image(&image.rootfs_path()))?;
+    if !users.is_empty() {
+        let names: Vec<&str> = users.iter().map(|vm| vm.id.as_str()).collect();
+        if !force {
+            anyhow::bail!(
+                "image {tag} is in use by VM {}; stop and purge them first, or pass --force to remove only the tag (the data stays until the last of them is purged)",
+                names.join(", ")
+            );
+        }
+        tracing::warn!(%tag, vms = %names.join(", "), "removing the tag of an image in use: its data stays until these VMs are purged");
+    }
+    store.remove(tag)?;
+    tracing::info!(%tag, "image removed");
+    Ok(())
+}
+
+/// Removes a pulled or imported OCI image (every platform of it). Its
+/// blobs stay until `image prune`.
+fn remove_oci(records: &ImageRecords, name: &str) -> anyhow::Result<()> {
+    // As `image ls` shows it: the canonical reference, or an import's name.
+    let canonical = name.parse::<ImageRef>().map(|r| r.to_string()).ok();
+    let matching: Vec<_> = records
+        .list()?
+        .into_iter()
+        .filter(|r| r.reference == name || canonical.as_deref() == Some(r.reference.as_str()))
+        .collect();
+    if matching.is_empty() {
+        anyhow::bail!(
+            "no stored image or pulled/imported OCI image is named {name:?} (see `firebuild image ls`)"
+        );
+    }
+    for record in &matching {
+        records.remove(record)?;
+        tracing::info!(image = %record.reference, platform = %record.platform, "image removed");
+    }
+    Ok(())
 }
 
 /// Registry settings from the profile and flags.
