@@ -166,6 +166,9 @@ pub struct SettingsArgs {
     /// this host, the default) or microvm (a microVM per step).
     #[arg(long, value_name = "sandbox|microvm")]
     pub isolation: Option<Isolation>,
+    /// Kernel that `run` and microVM builds use without --vmlinux-id.
+    #[arg(long, value_name = "ID")]
+    pub default_vmlinux_id: Option<String>,
     /// User id jailed Firecracker runs as.
     #[arg(long, value_name = "UID")]
     pub jailer_uid: Option<u32>,
@@ -233,7 +236,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N", value_parser = firebuild_build::sandbox::limits::parse_pids)]
     pub pids_limit: Option<u64>,
     /// Kernel of the build microVMs (--isolation microvm); default: the
-    /// only registered kernel.
+    /// profile's default kernel, else the only registered one.
     #[arg(long, value_name = "ID")]
     pub vmlinux_id: Option<String>,
     #[command(flatten)]
@@ -302,9 +305,10 @@ pub struct RunArgs {
     /// Tagged root filesystem to boot: org/name:version.
     #[arg(long, value_name = "TAG")]
     pub from: String,
-    /// Kernel id (see `firebuild kernel ls`).
+    /// Kernel id (see `firebuild kernel ls`); default: the profile's
+    /// default kernel, else the only registered one.
     #[arg(long, value_name = "ID")]
-    pub vmlinux_id: String,
+    pub vmlinux_id: Option<String>,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     pub cpu: u32,

@@ -61,6 +61,8 @@ pub struct Profile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_vmlinux_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jailer_uid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jailer_gid: Option<u32>,
@@ -256,6 +258,7 @@ impl Profile {
         set(&mut self.storage_provider, &args.storage_provider);
         set(&mut self.vmm, &args.vmm);
         set(&mut self.isolation, &args.isolation);
+        set(&mut self.default_vmlinux_id, &args.default_vmlinux_id);
         set(&mut self.qemu_accel, &args.qemu_accel);
         set(&mut self.jailer_uid, &args.jailer_uid);
         set(&mut self.jailer_gid, &args.jailer_gid);

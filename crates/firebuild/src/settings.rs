@@ -30,6 +30,8 @@ pub struct Settings {
     pub vmm: VmmChoice,
     pub qemu_accel: AccelPolicy,
     pub isolation: Isolation,
+    /// The kernel of commands not given `--vmlinux-id`.
+    pub default_vmlinux_id: Option<String>,
     /// Unset: the jailer driver picks a `firebuild` system user if there is
     /// one, else 10000 — never root (the original ran it as root).
     pub jailer_uid: Option<u32>,
@@ -81,6 +83,7 @@ impl Settings {
             vmm: p.vmm.unwrap_or(VmmChoice::Auto),
             qemu_accel: p.qemu_accel.unwrap_or_default(),
             isolation: p.isolation.unwrap_or_default(),
+            default_vmlinux_id: p.default_vmlinux_id,
             jailer_uid: p.jailer_uid,
             jailer_gid: p.jailer_gid,
             insecure_registries: p.insecure_registries,

@@ -6,7 +6,6 @@ use firebuild_build::{
 };
 use std::sync::Arc;
 
-use firebuild_kernel::KernelStore;
 use firebuild_store::DirectoryStore;
 
 use super::image::registry_config;
@@ -120,31 +119,12 @@ fn build_options(
     options.isolation = match settings.isolation {
         Isolation::Sandbox => firebuild_build::Isolation::Sandbox,
         Isolation::Microvm => {
-            let kernels = KernelStore::new(&settings.kernel_storage_root);
-            let id = match &args.vmlinux_id {
-                Some(id) => id.clone(),
-                None => only_kernel(&kernels)?,
-            };
-            let kernel = kernels.resolve(&id)?;
+            let (id, kernel) = super::kernel::choose(settings, args.vmlinux_id.as_deref())?;
             tracing::info!(kernel = %id, "RUN steps run in microVMs");
             firebuild_build::Isolation::MicroVm(Arc::new(MicroVmSteps::new(settings, kernel, &id)?))
         }
     };
     Ok(options)
-}
-
-/// The one registered kernel, for `--isolation microvm` without
-/// `--vmlinux-id`.
-fn only_kernel(kernels: &KernelStore) -> anyhow::Result<String> {
-    let ids: Vec<String> = kernels.list()?.into_iter().map(|k| k.id).collect();
-    match ids.as_slice() {
-        [id] => Ok(id.clone()),
-        [] => anyhow::bail!("--isolation microvm needs a guest kernel: add one with `firebuild kernel add` or `kernel build`"),
-        _ => anyhow::bail!(
-            "--isolation microvm: say which kernel the build microVMs boot with --vmlinux-id ({})",
-            ids.join(", ")
-        ),
-    }
 }
 
 /// The engine logs the summary (tag, size, time); stdout gets the tag alone,

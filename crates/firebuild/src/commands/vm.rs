@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use firebuild_cni::{
     parse_port_specs, CniRuntime, TapOwner, VmNetwork, VmNetworkRequest, DEFAULT_NETWORK,
 };
-use firebuild_kernel::KernelStore;
 use firebuild_metadata::InitMode;
 use firebuild_store::{DirectoryStore, Tag};
 use firebuild_vm::{
@@ -110,7 +109,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let settings = settings_with_run_cache(global, &args.settings)?;
     let tag: Tag = args.from.parse()?;
     let image = DirectoryStore::new(&settings.rootfs_storage_root).get(&tag)?;
-    let kernel = KernelStore::new(&settings.kernel_storage_root).resolve(&args.vmlinux_id)?;
+    let (kernel_id, kernel) = super::kernel::choose(&settings, args.vmlinux_id.as_deref())?;
     // Parse what can be wrong before anything is created.
     let ports = parse_port_specs(&args.port)?;
     let requested_ip: Option<IpAddr> = args
@@ -123,7 +122,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
 
     let mut spec = RunSpec::new(image.rootfs_path(), image.metadata, kernel);
-    spec.kernel_id.clone_from(&args.vmlinux_id);
+    spec.kernel_id = kernel_id;
     spec.cpus = args.cpu;
     spec.mem_mib = args.mem;
     spec.env_files.clone_from(&args.env_file);
