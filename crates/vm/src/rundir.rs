@@ -41,6 +41,17 @@ impl RunDir {
         }
     }
 
+    /// Takes the VM's lock (`flock` on the run directory itself, so it
+    /// writes nothing) for a read-modify-write of its metadata; released
+    /// when the returned file is dropped.
+    pub fn lock(&self) -> Result<std::fs::File, VmError> {
+        let dir = std::fs::File::open(&self.root)
+            .map_err(|e| VmError::io("opening the run directory", &self.root, e))?;
+        rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| VmError::io("locking the run directory", &self.root, e.into()))?;
+        Ok(dir)
+    }
+
     /// Creates the directory (0700), failing with [`VmError::NameClash`] if
     /// it exists: this is what reserves a VM name, atomically.
     pub fn create(run_cache: &Path, id: &str) -> Result<Self, VmError> {

@@ -529,8 +529,7 @@ impl Runtime {
                 tracing::warn!("console: {e}");
             }
         }
-        mark_exited(&mut metadata, &run_dir);
-        metadata.store(&run_dir.metadata())?;
+        record_exit(&mut metadata, &run_dir)?;
         let outcome = RunOutcome::Exited {
             id: metadata.id.clone(),
             exit_code: metadata.exit_code,
@@ -573,8 +572,7 @@ impl Runtime {
             },
         };
         if gone {
-            mark_exited(metadata, dir);
-            metadata.store(&dir.metadata())?;
+            record_exit(metadata, dir)?;
         }
         Ok(())
     }
@@ -718,8 +716,7 @@ impl Runtime {
             backend.force_stop(&metadata).await?;
         }
         let dir = RunDir::new(&self.run_cache, id);
-        mark_exited(&mut metadata, &dir);
-        metadata.store(&dir.metadata())?;
+        record_exit(&mut metadata, &dir)?;
         if metadata.remove_on_exit && metadata.daemonized {
             self.remove_vm(&metadata).await?;
         }
@@ -915,6 +912,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Records that a VM has exited, under its lock: what another process
+/// recorded first (its exit time and code) wins, so concurrent `ls`, `kill`
+/// and the foreground `run` agree and none loses the others' write.
+fn record_exit(metadata: &mut RunMetadata, dir: &RunDir) -> Result<(), VmError> {
+    let _lock = dir.lock()?;
+    if let Ok(stored) = RunMetadata::load(&dir.metadata()) {
+        if stored.status == VmStatus::Exited {
+            *metadata = stored;
+            return Ok(());
+        }
+    }
+    mark_exited(metadata, dir);
+    metadata.store(&dir.metadata())
+}
+
 fn mark_exited(metadata: &mut RunMetadata, dir: &RunDir) {
     if metadata.status != VmStatus::Exited {
         metadata.status = VmStatus::Exited;
@@ -977,6 +989,22 @@ fn validate_network(net: &NetworkAttachment) -> Result<(), VmError> {
 mod tests {
     use super::*;
     use crate::guest::tests::{image, network};
+
+    #[test]
+    fn the_first_recorded_exit_wins() {
+        let cache = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(cache.path(), "vm").unwrap();
+        let mut first = crate::state::tests::sample(dir.path());
+        first.store(&dir.metadata()).unwrap();
+        let mut second = first.clone();
+        record_exit(&mut first, &dir).unwrap();
+        assert_eq!(first.status, VmStatus::Exited);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        // A second process still holding the running state adopts it.
+        record_exit(&mut second, &dir).unwrap();
+        assert_eq!(second, first);
+        assert_eq!(RunMetadata::load(&dir.metadata()).unwrap(), first);
+    }
 
     #[test]
     fn network_validation() {

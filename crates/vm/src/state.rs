@@ -139,10 +139,13 @@ impl RunMetadata {
         })
     }
 
-    /// Writes `run.json` atomically (temp file, fsync, rename), so a reader
-    /// never sees half a document.
+    /// Writes `run.json` atomically (a temp file of this writer's own,
+    /// fsync, rename), so a reader never sees half a document and two
+    /// writers never share a temp file.
     pub fn store(&self, path: &Path) -> Result<(), VmError> {
-        let tmp = path.with_extension("json.tmp");
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("json.tmp-{}-{seq}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             serde_json::to_writer_pretty(&mut f, self)?;
@@ -304,7 +307,35 @@ pub(crate) mod tests {
         assert_eq!(v["status"], "running");
         assert_eq!(v["vmm"], "qemu");
         assert_eq!(v["started"], "2023-11-14T22:13:21Z");
-        assert!(!dir.path().join("run.json.tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["run.json"], "no temp file left");
+    }
+
+    #[test]
+    fn concurrent_writers_never_tear_the_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        let writers: Vec<_> = (0..8u32)
+            .map(|i| {
+                let path = path.clone();
+                let mut md = sample(dir.path());
+                md.cpus = i + 1;
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        md.store(&path).unwrap();
+                        RunMetadata::load(&path).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!((1..=8).contains(&RunMetadata::load(&path).unwrap().cpus));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
