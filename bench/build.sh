@@ -9,7 +9,10 @@
 # namespace, seccomp, its own network behind slirp4netns); with
 # BENCH_BASELINE=REV the engine of git revision REV is timed too (e.g. the
 # last one before the hardened sandbox, ad01f76), for the cost of the
-# hardening.
+# hardening. With a guest kernel (BENCH_KERNEL=vmlinux, default: the tests'
+# cached one when present) the busybox case is also built by the firebuild
+# CLI with `--isolation microvm` (QEMU; TCG unless KVM boots the kernel),
+# beside the CLI's own sandbox build of it.
 #
 #   bench/build.sh            # both cases
 #   BENCH_DEBIAN=0 BENCH_BASELINE=ad01f76 bench/build.sh
@@ -132,8 +135,40 @@ run_case() { # name ctx
     fi
 }
 
+# --- RUN steps in microVMs (the firebuild CLI) -----------------------------------
+cli_build() { # ctx tag isolation
+    "$CLI" rootfs --dockerfile "$1/Dockerfile" --tag "$2" --isolation "$3" --network none \
+        "${CLI_DIRS[@]}" >/dev/null 2>"$W/cli.log" || { cat "$W/cli.log" >&2; return 1; }
+}
+
+run_microvm_case() { # name ctx
+    local name=$1 ctx=$2 t cold warm sb_cold
+    rm -rf "$W/cli"
+    mkdir -p "$W/cli/cache" "$W/cli/rootfs" "$W/cli/vmlinux" "$W/cli/runs" "$W/cli/profiles"
+    "$CLI" kernel add --file "$KERNEL" --id bench "${CLI_DIRS[@]}" >/dev/null 2>"$W/cli.log" || { cat "$W/cli.log" >&2; return 1; }
+    t=$(now); cli_build "$ctx" "bench/$name-sb:1" sandbox; sb_cold=$(elapsed "$t")
+    rm -rf "$W/cli/cache"; mkdir -p "$W/cli/cache"
+    t=$(now); cli_build "$ctx" "bench/$name-vm:1" microvm; cold=$(elapsed "$t")
+    t=$(now); cli_build "$ctx" "bench/$name-vm:2" microvm; warm=$(elapsed "$t")
+    printf '%-8s %-6s microvm   %8.2fs   sandbox (CLI)  %8.2fs   microvm/sandbox %.2f\n' "$name" cold "$cold" "$sb_cold" "$(echo "$cold / $sb_cold" | bc -l)"
+    printf '%-8s %-6s microvm   %8.2fs   (every step cached)\n' "$name" warm "$warm"
+}
+
 echo "case     cache  times (ratio = firebuild / buildah; below 1 is faster)"
 run_case busybox "$(make_busybox_ctx)"
+KERNEL=${BENCH_KERNEL:-${FIREBUILD_TEST_KERNEL:-$(ls /var/cache/firebuild-ci/kernels/*/vmlinux 2>/dev/null | head -n1)}}
+if [ -n "$KERNEL" ] && [ -f "$KERNEL" ] && [ "$VMINIT" != /bin/busybox ]; then
+    echo "building the firebuild CLI (release)..." >&2
+    (cd "$ROOT" && cargo build -q --release -p firebuild)
+    CLI="$ROOT/target/release/firebuild"
+    CLI_DIRS=(--profile-conf-dir="$W/cli/profiles" --run-cache="$W/cli/runs" --cache-dir="$W/cli/cache"
+        --storage-provider-property-string=rootfs-storage-root="$W/cli/rootfs"
+        --storage-provider-property-string=kernel-storage-root="$W/cli/vmlinux"
+        --vmm=qemu)
+    FIREBUILD_VMINIT=$VMINIT run_microvm_case busybox "$W/ctx-busybox"
+else
+    echo "microvm  skipped (no guest kernel: set BENCH_KERNEL; and the guest init: scripts/build-vminit.sh)"
+fi
 if [ "${BENCH_DEBIAN:-1}" != 0 ]; then
     if ctx=$(make_debian_ctx); then
         run_case debian "$ctx"
