@@ -103,6 +103,11 @@ impl RunDir {
         self.file("vmm.pid")
     }
 
+    /// What the VMM printed on stderr (its start-up errors).
+    pub fn vmm_log(&self) -> PathBuf {
+        self.file("vmm.log")
+    }
+
     pub fn metadata(&self) -> PathBuf {
         self.file(METADATA_FILE)
     }

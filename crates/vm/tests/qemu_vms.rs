@@ -300,6 +300,20 @@ async fn two_vms_at_once_and_a_killed_vmm() {
     assert!(vms.iter().all(|v| v.status == VmStatus::Running));
     let (a, b) = (vms[0].clone(), vms[1].clone());
     assert_ne!(a.pid, b.pid);
+    // Each QEMU runs under its seccomp filter, in a session of its own.
+    for vm in [&a, &b] {
+        let pid = vm.pid.unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
+        assert_eq!(
+            rustix::process::getsid(rustix::process::Pid::from_raw(pid))
+                .unwrap()
+                .as_raw_nonzero()
+                .get(),
+            pid
+        );
+        assert!(cmdline(pid).contains("spawn=deny"), "{}", cmdline(pid));
+    }
     for vm in [&a, &b] {
         assert!(
             eventually(BOOT, || console_log(vm).contains("up-")).await,
@@ -386,6 +400,22 @@ async fn bad_input_is_reported_and_starts_nothing() {
     assert!(err.to_string().contains("taken"));
     assert_eq!(world.run_cache_entries(), ["taken"]);
     drop(first);
+
+    // A kernel QEMU refuses: its own message, nothing left running.
+    let mut spec = world.spec(img.clone());
+    let garbage = world.dir.path().join("vmlinux-garbage");
+    std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+    spec.kernel = garbage;
+    let err = world
+        .runtime
+        .run_with(spec, &mut out, no_interrupts())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("QEMU exited with") && err.contains("invalid kernel header"),
+        "{err}"
+    );
 
     // A network namespace that does not exist.
     let mut spec = world.spec(img);

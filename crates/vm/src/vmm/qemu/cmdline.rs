@@ -90,7 +90,7 @@ pub struct Invocation<'a> {
     pub console_log: &'a Path,
     /// `None` for a probe run that nobody controls.
     pub qmp_socket: Option<&'a Path>,
-    /// With a pid file QEMU daemonizes (`-daemonize`).
+    /// Where QEMU writes its pid.
     pub pid_file: Option<&'a Path>,
     /// Tap device and guest MAC.
     pub network: Option<(&'a str, &'a str)>,
@@ -98,6 +98,11 @@ pub struct Invocation<'a> {
     /// listening ([`firebuild_agent_proto::serial_port_name`] names them).
     pub agent_sockets: &'a [std::path::PathBuf],
 }
+
+/// QEMU's seccomp filter, as libvirt sets it: no obsolete system calls, no
+/// set*id, no fork or exec, no scheduler or affinity changes. (This is why
+/// QEMU never daemonizes itself: `-daemonize` forks and calls setsid.)
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// QEMU splits option values at ',' and reads ",," as a literal comma.
 fn escape(value: &Path) -> OsString {
@@ -137,6 +142,7 @@ impl Invocation<'_> {
         ]);
         // No default devices, no user config, no display: only what we add.
         push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+        push(&["-sandbox", SANDBOX]);
         // A guest reboot ends QEMU: the guest init reboots when the
         // entrypoint exits (`reboot=k`, `panic=1`).
         push(&["-no-reboot"]);
@@ -222,7 +228,6 @@ impl Invocation<'_> {
         if let Some(pid_file) = self.pid_file {
             args.push("-pidfile".into());
             args.push(pid_file.as_os_str().to_owned());
-            args.push("-daemonize".into());
         }
         args
     }
@@ -290,7 +295,9 @@ mod tests {
         assert_eq!(
             line,
             "-name guest=vm1 -machine q35,accel=tcg -smp 2 -m 256 -nodefaults -no-user-config \
-             -display none -no-reboot -kernel /k/vmlinux -append console=ttyS0 root=/dev/vda \
+             -display none \
+             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
+             -no-reboot -kernel /k/vmlinux -append console=ttyS0 root=/dev/vda \
              -drive id=rootfs,file=/run/vm1/rootfs.ext4,format=raw,if=none \
              -device virtio-blk-pci,drive=rootfs \
              -drive id=config,file=/run/vm1/config.drive,format=raw,if=none,readonly=on \
@@ -299,7 +306,7 @@ mod tests {
              -device virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01 \
              -chardev file,id=console,path=/run/vm1/console.log -serial chardev:console \
              -qmp unix:/run/vm1/qmp.sock,server=on,wait=off \
-             -pidfile /run/vm1/vmm.pid -daemonize"
+             -pidfile /run/vm1/vmm.pid"
         );
     }
 
@@ -355,7 +362,7 @@ mod tests {
     }
 
     #[test]
-    fn commas_in_paths_are_escaped_and_probe_mode_has_no_daemon() {
+    fn commas_in_paths_are_escaped_and_probe_mode_has_no_control() {
         let mut inv = invocation(Machine::Q35, Accel::Tcg);
         inv.rootfs = Path::new("/a,b/rootfs");
         inv.qmp_socket = None;
@@ -363,7 +370,7 @@ mod tests {
         inv.network = None;
         let line = joined(&inv.args());
         assert!(line.contains("file=/a,,b/rootfs,format=raw"));
-        assert!(!line.contains("-daemonize") && !line.contains("-qmp"));
+        assert!(!line.contains("-pidfile") && !line.contains("-qmp"));
         assert!(!line.contains("-netdev"));
     }
 }

@@ -1,7 +1,12 @@
-//! The QEMU backend: `qemu-system-x86_64` daemonized with a pid file, the
-//! serial console written to the run directory's `console.log`, a QMP
-//! socket for the graceful stop (Ctrl-Alt-Del) and `quit`, the guest
-//! metadata on a raw read-only config drive (`/dev/vdb`).
+//! The QEMU backend: `qemu-system-x86_64` in a session of its own under
+//! its seccomp sandbox ([`cmdline::SANDBOX`]), the serial console written
+//! to the run directory's `console.log`, a QMP socket for the graceful stop
+//! (Ctrl-Alt-Del) and `quit`, the guest metadata on a raw read-only config
+//! drive (`/dev/vdb`).
+//!
+//! QEMU does not daemonize itself (the sandbox forbids the fork and setsid
+//! that takes): it is started detached, and it is up once its QMP socket
+//! answers, which QEMU serves only when the machine is fully set up.
 
 pub mod accel;
 pub mod cmdline;
@@ -32,7 +37,7 @@ pub struct QemuConfig {
     pub binary: PathBuf,
     pub accel: AccelPolicy,
     pub machine: Machine,
-    /// How long QEMU may take to set the VM up and daemonize.
+    /// How long QEMU may take to set the VM up (until QMP answers).
     pub start_timeout: Duration,
     /// How long the KVM probe boot may take (see [`accel`]).
     pub probe_timeout: Duration,
@@ -97,11 +102,6 @@ pub(crate) fn find_in_path(binary: &Path) -> Option<PathBuf> {
         .split(':')
         .map(|dir| Path::new(dir).join(binary))
         .find(|p| is_exec(p))
-}
-
-/// Reads QEMU's pid file.
-fn read_pid_file(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[async_trait]
@@ -206,42 +206,60 @@ impl Vmm for QemuVmm {
             agent_sockets: &agent_sockets,
         };
         let args = invocation.args();
+        let vmm_log = launch.run_dir.vmm_log();
+        RunDir::write_private(&vmm_log, b"")?;
+        let stderr = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&vmm_log)
+            .map_err(|e| VmError::io("opening", &vmm_log, e))?;
         let mut command = tokio::process::Command::new(&binary);
         command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut netns: Option<OwnedFd> = None;
-        if let Some(net) = &launch.network {
-            let fd: OwnedFd = std::fs::File::open(&net.netns)
-                .map_err(|source| VmError::Netns {
-                    path: net.netns.clone(),
-                    source,
-                })?
-                .into();
-            let raw = fd.as_raw_fd();
-            // SAFETY: only setns(2), async-signal-safe, runs between fork
-            // and exec; the fd stays open until after the spawn.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
+            .stderr(stderr);
+        let netns: Option<OwnedFd> = match &launch.network {
+            Some(net) => {
+                tracing::debug!(netns = %net.netns.display(), "starting QEMU in the VM's network namespace");
+                Some(
+                    std::fs::File::open(&net.netns)
+                        .map_err(|source| VmError::Netns {
+                            path: net.netns.clone(),
+                            source,
+                        })?
+                        .into(),
+                )
+            }
+            None => None,
+        };
+        let netns_fd = netns.as_ref().map(|fd| fd.as_raw_fd());
+        // SAFETY: only setns(2) and setsid(2), async-signal-safe, run
+        // between fork and exec; the fd stays open until after the spawn.
+        unsafe {
+            command.pre_exec(move || {
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
-            tracing::debug!(netns = %net.netns.display(), "starting QEMU in the VM's network namespace");
-            netns = Some(fd);
+                }
+                // Detached: no signal of this terminal or session reaches it.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let args: Vec<String> = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
+        let spawned = command.spawn();
+        drop(netns);
+        let child = spawned.map_err(|e| fail(format!("running {}: {e}", binary.display())))?;
         let pid = self
-            .spawn_daemon(command, netns, &launch.id, &binary, &pid_file)
-            .await?;
+            .wait_until_up(child, &qmp_socket, &vmm_log)
+            .await
+            .map_err(fail)?;
         let start_time = ProcessIdentity::of(pid).ok().map(|p| p.start_time);
         tracing::info!(id = %launch.id, pid, accel = accel.as_str(), "QEMU started");
         Ok(StartedVm {
@@ -312,56 +330,45 @@ impl Vmm for QemuVmm {
 }
 
 impl QemuVmm {
-    /// Runs QEMU, which forks the VM process and exits once the VM is set
-    /// up; returns the VM process's pid from the pid file.
-    async fn spawn_daemon(
+    /// Waits until QEMU's QMP socket answers; returns QEMU's pid. A QEMU
+    /// that exits first, or is not up in time, is an error with what it
+    /// printed (it is killed in the latter case).
+    async fn wait_until_up(
         &self,
-        mut command: tokio::process::Command,
-        netns: Option<OwnedFd>,
-        id: &str,
-        binary: &Path,
-        pid_file: &Path,
-    ) -> Result<i32, VmError> {
-        let fail = |reason: String| VmError::Start {
-            kind: VmmKind::Qemu,
-            id: id.to_owned(),
-            reason,
+        mut child: tokio::process::Child,
+        qmp_socket: &Path,
+        vmm_log: &Path,
+    ) -> Result<i32, String> {
+        let pid = child.id().ok_or("QEMU exited at once")? as i32;
+        let printed = || {
+            let text = std::fs::read_to_string(vmm_log).unwrap_or_default();
+            text.trim().to_owned()
         };
-        let spawned = command.spawn();
-        drop(netns);
-        let child = spawned.map_err(|e| fail(format!("running {}: {e}", binary.display())))?;
-        let waited =
-            tokio::time::timeout(self.config.start_timeout, child.wait_with_output()).await;
-        let output = match waited {
-            Ok(out) => out.map_err(|e| fail(format!("waiting for QEMU: {e}")))?,
-            Err(_) => {
-                // The dropped child is killed (kill_on_drop); a forked VM
-                // process may already exist: end it too.
-                kill_from_pid_file(pid_file);
-                return Err(fail(format!(
-                    "QEMU did not finish setting up within {:?}",
-                    self.config.start_timeout
-                )));
+        let deadline = tokio::time::Instant::now() + self.config.start_timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("QEMU exited with {status}: {}", printed()));
             }
-        };
-        if !output.status.success() {
-            kill_from_pid_file(pid_file);
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(fail(format!(
-                "QEMU exited with {}: {}",
-                output.status,
-                stderr.trim()
-            )));
+            if qmp_socket.exists() {
+                if let Ok(qmp) = qmp::Qmp::connect(qmp_socket, self.config.qmp_timeout).await {
+                    drop(qmp);
+                    // Not waited for: the runtime tracks it by pid and
+                    // start time (a zombie counts as exited).
+                    drop(child);
+                    return Ok(pid);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(format!(
+                    "QEMU did not finish setting up within {:?}: {}",
+                    self.config.start_timeout,
+                    printed()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        read_pid_file(pid_file)
-            .ok_or_else(|| fail(format!("QEMU wrote no pid to {}", pid_file.display())))
-    }
-}
-
-/// Best effort: kill the VM process named in a pid file (failed start).
-fn kill_from_pid_file(pid_file: &Path) {
-    if let Some(process) = read_pid_file(pid_file).and_then(|pid| ProcessIdentity::of(pid).ok()) {
-        let _ = process.signal(rustix::process::Signal::KILL);
     }
 }
 
