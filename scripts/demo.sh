@@ -8,11 +8,9 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 
-echo "==> building firebuild and the static guest init"
-cargo build --release -p firebuild
-FIREBUILD_VMINIT="$(scripts/build-vminit.sh)"
-export FIREBUILD_VMINIT
-firebuild=target/release/firebuild
+echo "==> installing firebuild and its static guest init into /usr/local"
+scripts/install.sh --prefix /usr/local
+firebuild=/usr/local/bin/firebuild
 
 kernel_id=vmlinux-6.1
 if ! $firebuild kernel inspect "$kernel_id" >/dev/null 2>&1; then

@@ -12,10 +12,10 @@ mod step_vm;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = parse_cli();
     logging::init(&cli.global);
     match commands::dispatch(cli) {
         Ok(code) => code,
@@ -30,4 +30,21 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The command line; `--version` also names the guest init builds install
+/// (looked up only when asked: that reads the binary).
+fn parse_cli() -> cli::Cli {
+    let mut command = cli::Cli::command();
+    if std::env::args_os().any(|a| a == "--version" || a == "-V") {
+        let init = match guest_init::locate() {
+            Ok(path) => path.display().to_string(),
+            Err(e) => format!("none ({e:#})"),
+        };
+        // Once per process, and clap wants a 'static string.
+        let text = format!("{}\nguest init: {init}", env!("CARGO_PKG_VERSION"));
+        command = command.version(&*text.leak());
+    }
+    let matches = command.get_matches();
+    cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

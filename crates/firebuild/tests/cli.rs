@@ -144,6 +144,30 @@ fn profile_errors_are_one_clear_line() {
 }
 
 #[test]
+fn version_names_the_guest_init() {
+    let with_init = |init: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_firebuild"))
+            .arg("--version")
+            .env("FIREBUILD_VMINIT", init)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let text = with_init("/bin/busybox");
+    assert!(
+        text.starts_with(&format!("firebuild {}\n", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("guest init: /bin/busybox"), "{text}");
+    let text = with_init("/bin/ls");
+    assert!(
+        text.contains("guest init: none (the guest init /bin/ls is dynamically linked"),
+        "{text}"
+    );
+}
+
+#[test]
 fn image_ls_inspect_rm_on_a_store() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
