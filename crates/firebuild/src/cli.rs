@@ -169,12 +169,16 @@ pub struct SettingsArgs {
     /// Kernel that `run` and microVM builds use without --vmlinux-id.
     #[arg(long, value_name = "ID")]
     pub default_vmlinux_id: Option<String>,
-    /// User id jailed Firecracker runs as.
+    /// One user id every jailed Firecracker runs as (default: an id of its
+    /// own per VM, from --jailer-id-range).
     #[arg(long, value_name = "UID")]
     pub jailer_uid: Option<u32>,
-    /// Group id jailed Firecracker runs as.
+    /// Group id with --jailer-uid.
     #[arg(long, value_name = "GID")]
     pub jailer_gid: Option<u32>,
+    /// Where per-VM jail uids/gids come from (default 2000000000:65536).
+    #[arg(long, value_name = "FIRST:COUNT", value_parser = parse_id_range)]
+    pub jailer_id_range: Option<(u32, u32)>,
     /// Registry reached over plain HTTP, repeatable (127.0.0.0/8 and ::1 always are).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
@@ -734,6 +738,20 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `FIRST:COUNT`, a non-empty range of non-root ids that fits in 32 bits.
+pub fn parse_id_range(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?} is not an id range: use FIRST:COUNT, e.g. 2000000000:65536");
+    let (first, count) = s.split_once(':').ok_or_else(bad)?;
+    let (first, count): (u32, u32) = (
+        first.parse().map_err(|_| bad())?,
+        count.parse().map_err(|_| bad())?,
+    );
+    if first == 0 || count == 0 || first.checked_add(count).is_none() {
+        return Err(bad());
+    }
+    Ok((first, count))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,6 +795,14 @@ mod tests {
         assert!(
             matches!(cli.command, Command::Kill(k) if k.shutdown_timeout == Duration::from_secs(15))
         );
+    }
+
+    #[test]
+    fn jail_id_ranges_are_checked() {
+        assert_eq!(parse_id_range("30000:8"), Ok((30000, 8)));
+        for bad in ["", "1", "0:5", "5:0", "4294967295:2", "a:b"] {
+            assert!(parse_id_range(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

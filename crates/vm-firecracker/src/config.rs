@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::jail_ids::IdRange;
 use firebuild_firecracker::{
     JailUser, JailerConfig, LaunchConfig, LaunchMode, DEFAULT_CHROOT_BASE, DEFAULT_SOCKET_TIMEOUT,
 };
@@ -18,9 +19,11 @@ pub struct FirecrackerConfig {
     /// `--chroot-base-dir` of the jailer. Must be on the same filesystem as
     /// the run cache: the VM's files are hard-linked into the jail.
     pub chroot_base: PathBuf,
-    /// uid/gid jailed Firecracker runs as; `None` means
-    /// [`JailUser::host_default`] (the `firebuild` user, else 10000).
+    /// One uid/gid every jailed Firecracker runs as; `None` (the default)
+    /// gives each VM an id of its own from `id_range`.
     pub user: Option<JailUser>,
+    /// Where per-VM jail ids come from (see [`crate::jail_ids`]).
+    pub id_range: IdRange,
     /// `--no-jailer`: run Firecracker directly as the caller (development
     /// hosts only; no chroot, no privilege drop, no cgroups).
     pub no_jailer: bool,
@@ -40,6 +43,7 @@ impl Default for FirecrackerConfig {
             jailer: PathBuf::from("jailer"),
             chroot_base: PathBuf::from(DEFAULT_CHROOT_BASE),
             user: None,
+            id_range: crate::jail_ids::DEFAULT_RANGE,
             no_jailer: false,
             socket_timeout: DEFAULT_SOCKET_TIMEOUT,
             request_timeout: firebuild_firecracker::DEFAULT_REQUEST_TIMEOUT,
@@ -48,24 +52,30 @@ impl Default for FirecrackerConfig {
 }
 
 impl FirecrackerConfig {
-    /// The jail user in force.
+    /// The fixed jail user, or for checks that start no VM the first id of
+    /// the range.
     pub fn jail_user(&self) -> JailUser {
-        self.user.unwrap_or_else(JailUser::host_default)
+        self.user.unwrap_or(JailUser {
+            uid: self.id_range.first,
+            gid: self.id_range.first,
+        })
     }
 
     /// How to start Firecracker for one VM: `firecracker` is the resolved
     /// binary, `run_dir` the VM's run directory (holds the API socket when
-    /// not jailed), `netns` the namespace of its tap.
+    /// not jailed), `netns` the namespace of its tap, `user` the jail user
+    /// (default [`Self::jail_user`]).
     pub(crate) fn launch_config(
         &self,
         firecracker: PathBuf,
         jailer: Option<PathBuf>,
         run_dir: &Path,
         netns: Option<PathBuf>,
+        user: Option<JailUser>,
     ) -> LaunchConfig {
         let mode = match jailer {
             Some(jailer) if !self.no_jailer => LaunchMode::Jailed(JailerConfig {
-                user: self.jail_user(),
+                user: user.unwrap_or_else(|| self.jail_user()),
                 netns,
                 ..JailerConfig::new(jailer, &self.chroot_base)
             }),
@@ -122,6 +132,7 @@ mod tests {
             Some("/bin/jailer".into()),
             Path::new("/run/vm1"),
             Some("/run/netns/vm1".into()),
+            None,
         );
         match lc.mode {
             LaunchMode::Jailed(j) => {
@@ -141,6 +152,7 @@ mod tests {
             "/bin/fc".into(),
             Some("/bin/jailer".into()),
             Path::new("/run/vm1"),
+            None,
             None,
         );
         assert_eq!(

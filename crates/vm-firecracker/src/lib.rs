@@ -18,6 +18,7 @@ mod boot;
 mod config;
 mod details;
 mod host;
+pub mod jail_ids;
 mod vmm;
 
 pub use boot::kernel_args;

@@ -17,6 +17,7 @@ use crate::boot;
 use crate::config::{find_binary, FirecrackerConfig};
 use crate::details::{FirecrackerDetails, Mode};
 use crate::host;
+use crate::jail_ids;
 
 /// Firecracker's own log, in the run directory.
 pub const LOG_FILE: &str = "firecracker.log";
@@ -80,7 +81,7 @@ impl FirecrackerVmm {
         let (firecracker, jailer) = self.binaries()?;
         let config = self
             .config
-            .launch_config(firecracker, jailer, run_cache, None);
+            .launch_config(firecracker, jailer, run_cache, None, None);
         fc::availability(&config).map_err(|e| match e {
             fc::Error::Io { path, source, .. } if path == Path::new("/dev/kvm") => format!(
                 "cannot open /dev/kvm read-write ({source}); Firecracker needs KVM: run as root (or a member of the kvm group) on a host with KVM enabled"
@@ -221,7 +222,7 @@ impl Vmm for FirecrackerVmm {
         }
         let config = self
             .config
-            .launch_config(firecracker, jailer, run_dir.path(), None);
+            .launch_config(firecracker, jailer, run_dir.path(), None, None);
         fc::preflight(&config, id).map_err(|e| match e {
             fc::Error::InvalidVmId { id, reason } => VmError::InvalidName {
                 name: id,
@@ -251,12 +252,30 @@ impl Vmm for FirecrackerVmm {
             Mode::Direct
         };
         let spec = self.vm_spec(launch, net)?;
-        let config =
-            self.config
-                .launch_config(binary.clone(), jailer, run_dir, Some(net.netns.clone()));
-        let process = fc::launch(&config, &spec)
-            .await
-            .map_err(|e| start_error(id, e.to_string()))?;
+        // Jailed without a fixed user: an id of this VM's own.
+        let claimed = match (mode, self.config.user) {
+            (Mode::Jailed, None) => Some(
+                jail_ids::claim(&self.config.chroot_base, self.config.id_range, run_dir)
+                    .map_err(|r| start_error(id, r))?,
+            ),
+            _ => None,
+        };
+        let config = self.config.launch_config(
+            binary.clone(),
+            jailer,
+            run_dir,
+            Some(net.netns.clone()),
+            claimed,
+        );
+        let process = match fc::launch(&config, &spec).await {
+            Ok(process) => process,
+            Err(e) => {
+                if let Some(user) = claimed {
+                    let _ = jail_ids::release(&self.config.chroot_base, user.uid, run_dir);
+                }
+                return Err(start_error(id, e.to_string()));
+            }
+        };
         let details = FirecrackerDetails {
             process,
             mode,
@@ -376,7 +395,13 @@ impl Vmm for FirecrackerVmm {
         details.process.cleanup().map_err(|e| match e {
             fc::Error::StillRunning { .. } => VmError::StillRunning { id: vm.id.clone() },
             other => stop_error(&vm.id, format!("cleaning up after Firecracker: {other}")),
-        })
+        })?;
+        // Its jail id goes back to the range (a fixed user is never claimed).
+        if let Some(jail) = &details.process.jail {
+            jail_ids::release(&jail.chroot_base, jail.user.uid, &vm.run_dir)
+                .map_err(|r| stop_error(&vm.id, format!("releasing its jail id: {r}")))?;
+        }
+        Ok(())
     }
 }
 

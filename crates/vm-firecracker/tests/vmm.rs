@@ -229,6 +229,52 @@ fn jailed_start_configures_firecracker_then_stops_and_cleans_up() {
         .ends_with("firebuild-exit-code=3\n"));
 }
 
+/// Without a fixed jail user each VM runs as an id of its own, which
+/// clean-up gives back.
+#[test]
+fn each_jailed_vm_runs_as_an_id_of_its_own_until_cleaned_up() {
+    let fx = Fixture::new();
+    let config = FirecrackerConfig {
+        user: None,
+        id_range: firebuild_vm_firecracker::jail_ids::IdRange {
+            first: 30000,
+            count: 8,
+        },
+        ..fx.config()
+    };
+    let vmm = FirecrackerVmm::new(config);
+    let rt = rt();
+    let nets = [Netns::new(), Netns::new()];
+    let mut vms = Vec::new();
+    for (name, ns) in ["vm-id-a", "vm-id-b"].into_iter().zip(&nets) {
+        let launch = fx.launch(name, Some(ns.attachment()));
+        let started = rt.block_on(vmm.start(&launch)).unwrap();
+        vms.push((launch, started));
+    }
+    let mut uids = Vec::new();
+    for (launch, started) in &vms {
+        let details: FirecrackerDetails = serde_json::from_value(started.details.clone()).unwrap();
+        let jail = details.process.jail.clone().unwrap();
+        let args = std::fs::read_to_string(jail.instance_dir().join("jailer.args")).unwrap();
+        let uid = jail.user.uid;
+        assert!(args.contains(&format!("--uid {uid} --gid {uid}")), "{args}");
+        let console = std::fs::metadata(jail.root().join("console.log")).unwrap();
+        assert_eq!((console.uid(), console.gid()), (uid, uid));
+        uids.push(uid);
+        let vm = run_metadata(launch, started);
+        rt.block_on(vmm.force_stop(&vm)).unwrap();
+        assert!(wait_gone(details.process.pid));
+        rt.block_on(vmm.cleanup(&vm)).unwrap();
+    }
+    assert_eq!(uids, [30000, 30001]);
+    let claims = fx.chroot_base().join(".firebuild-jail-ids");
+    assert_eq!(
+        std::fs::read_dir(&claims).unwrap().count(),
+        0,
+        "ids released"
+    );
+}
+
 #[test]
 fn direct_start_and_force_stop() {
     let fx = Fixture::new();

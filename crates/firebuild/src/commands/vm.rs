@@ -16,7 +16,7 @@ use firebuild_vm::{
     render_table, HealthOverrides, Interrupts, NetworkAttachment, NetworkError, NetworkReleaser,
     QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, VmStatus, VmmKind, VolumeStore,
 };
-use firebuild_vm_firecracker::{FirecrackerConfig, FirecrackerVmm, JailUser};
+use firebuild_vm_firecracker::{jail_ids, FirecrackerConfig, FirecrackerVmm, JailUser};
 
 use super::network::cni_runtime;
 use super::require_root;
@@ -74,6 +74,11 @@ pub(crate) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
         jailer: settings.binary_jailer.clone(),
         chroot_base: settings.chroot_base.clone(),
         user: jail_user(settings),
+        id_range: settings
+            .jailer_id_range
+            .map_or(jail_ids::DEFAULT_RANGE, |(first, count)| {
+                jail_ids::IdRange { first, count }
+            }),
         no_jailer,
         ..Default::default()
     });

@@ -100,6 +100,7 @@ impl Fixture {
                 uid: 10000,
                 gid: 10000,
             }),
+            id_range: firebuild_vm_firecracker::jail_ids::DEFAULT_RANGE,
             no_jailer: false,
             socket_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
