@@ -457,6 +457,44 @@ fn set_xattrs(path: &str, xattrs: &BTreeMap<String, String>) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the just-made special file `tmp` in `dir` the entry's owner,
+/// mode (`chmod`: not for symlinks) and times, then its name `name`; on
+/// failure it is removed.
+fn settle(dir: &OwnedFd, tmp: &CString, name: &CString, e: &Entry, chmod: bool) -> io::Result<()> {
+    let times = times(e);
+    let fd = dir.as_raw_fd();
+    // SAFETY: *at calls on our descriptor and strings.
+    unsafe {
+        let done = tolerate_eperm(libc::fchownat(
+            fd,
+            tmp.as_ptr(),
+            e.uid,
+            e.gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        ))
+        .and_then(|_| {
+            if chmod {
+                check(libc::fchmodat(fd, tmp.as_ptr(), e.mode & 0o777, 0))
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|_| {
+            check(libc::utimensat(
+                fd,
+                tmp.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            ))
+        })
+        .and_then(|_| check(libc::renameat(fd, tmp.as_ptr(), fd, name.as_ptr())));
+        if done.is_err() {
+            libc::unlinkat(fd, tmp.as_ptr(), 0);
+        }
+        done
+    }
+}
+
 /// Checks a received path: relative, plain components only.
 fn check_path(path: &str) -> io::Result<()> {
     let bad = path.is_empty()
@@ -693,9 +731,8 @@ impl TreeWriter {
                     _ => (libc::S_IFIFO, "FIFO"),
                 };
                 let tmp = self.temp_name(name)?;
-                let times = times(&e);
-                // SAFETY: *at calls on our descriptor and strings; a
-                // whiteout is device 0, nothing else is ever made.
+                // SAFETY: mknodat on our descriptor and string; a whiteout
+                // is device 0, nothing else is ever made.
                 unsafe {
                     check(libc::mknodat(
                         dir.as_raw_fd(),
@@ -703,92 +740,27 @@ impl TreeWriter {
                         kind | (e.mode & 0o777),
                         0,
                     ))
-                    .map_err(|err| {
-                        io::Error::new(err.kind(), format!("creating the {what} {rel}: {err}"))
-                    })?;
-                    let done = tolerate_eperm(libc::fchownat(
-                        dir.as_raw_fd(),
-                        tmp.as_ptr(),
-                        e.uid,
-                        e.gid,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    ))
-                    .and_then(|_| {
-                        check(libc::fchmodat(
-                            dir.as_raw_fd(),
-                            tmp.as_ptr(),
-                            e.mode & 0o777,
-                            0,
-                        ))
-                    })
-                    .and_then(|_| {
-                        check(libc::utimensat(
-                            dir.as_raw_fd(),
-                            tmp.as_ptr(),
-                            times.as_ptr(),
-                            libc::AT_SYMLINK_NOFOLLOW,
-                        ))
-                    })
-                    .and_then(|_| {
-                        check(libc::renameat(
-                            dir.as_raw_fd(),
-                            tmp.as_ptr(),
-                            dir.as_raw_fd(),
-                            cname.as_ptr(),
-                        ))
-                    });
-                    if let Err(err) = done {
-                        libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0);
-                        return Err(io::Error::new(
-                            err.kind(),
-                            format!("creating the {what} {rel}: {err}"),
-                        ));
-                    }
                 }
+                .and_then(|_| settle(&dir, &tmp, &cname, &e, true))
+                .map_err(|err| {
+                    io::Error::new(err.kind(), format!("creating the {what} {rel}: {err}"))
+                })?;
                 self.stats.files += 1;
             }
             EntryKind::Symlink => {
                 let target = cstr(e.target.as_deref().unwrap_or_default())?;
                 let tmp = self.temp_name(name)?;
-                let times = times(&e);
-                // SAFETY: *at calls on our descriptor and strings.
+                // SAFETY: symlinkat on our descriptor and strings.
                 unsafe {
                     check(libc::symlinkat(
                         target.as_ptr(),
                         dir.as_raw_fd(),
                         tmp.as_ptr(),
                     ))?;
-                    let done = tolerate_eperm(libc::fchownat(
-                        dir.as_raw_fd(),
-                        tmp.as_ptr(),
-                        e.uid,
-                        e.gid,
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    ))
-                    .and_then(|_| {
-                        check(libc::utimensat(
-                            dir.as_raw_fd(),
-                            tmp.as_ptr(),
-                            times.as_ptr(),
-                            libc::AT_SYMLINK_NOFOLLOW,
-                        ))
-                    })
-                    .and_then(|_| {
-                        check(libc::renameat(
-                            dir.as_raw_fd(),
-                            tmp.as_ptr(),
-                            dir.as_raw_fd(),
-                            cname.as_ptr(),
-                        ))
-                    });
-                    if let Err(err) = done {
-                        libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0);
-                        return Err(io::Error::new(
-                            err.kind(),
-                            format!("creating the symlink {rel}: {err}"),
-                        ));
-                    }
                 }
+                settle(&dir, &tmp, &cname, &e, false).map_err(|err| {
+                    io::Error::new(err.kind(), format!("creating the symlink {rel}: {err}"))
+                })?;
                 self.stats.files += 1;
             }
         }

@@ -879,18 +879,7 @@ impl<'a> Engine<'a> {
                     .run_step(&step, &mut on_line, &cancel)
                     .map_err(|e| StepFailure::Error(BuildError::step(&at_run, e)))?;
                 if out.code != 0 {
-                    return Err(StepFailure::Error(BuildError::RunFailed {
-                        at: Box::new(at_run),
-                        command: command_shown,
-                        code: out.code,
-                        note: String::new(),
-                        tail: out
-                            .tail
-                            .iter()
-                            .map(|l| format!("    {l}"))
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                    }));
+                    return Err(run_failed(at_run, command_shown, out.code, String::new(), &out.tail));
                 }
                 Ok(())
             });
@@ -972,22 +961,34 @@ impl<'a> Engine<'a> {
             let out = sandbox::run_in_root(&step, scratch, &sandbox, &spec, &mut on_line, &cancel)
                 .map_err(StepFailure::Error)?;
             if out.code != 0 {
-                return Err(StepFailure::Error(BuildError::RunFailed {
-                    at: Box::new(at_run),
-                    command: command_shown,
-                    code: out.code,
-                    note: out.limit.map(|l| format!("\n  {l}")).unwrap_or_default(),
-                    tail: out
-                        .tail
-                        .iter()
-                        .map(|l| format!("    {l}"))
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                }));
+                let note = out.limit.map(|l| format!("\n  {l}")).unwrap_or_default();
+                return Err(run_failed(at_run, command_shown, out.code, note, &out.tail));
             }
             Ok(())
         })
     }
+}
+
+/// A RUN command that exited with `code`, with its last output lines.
+fn run_failed(
+    at: StepLocation,
+    command: String,
+    code: i32,
+    note: String,
+    tail: &[String],
+) -> StepFailure {
+    let tail = tail
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    StepFailure::Error(BuildError::RunFailed {
+        at: Box::new(at),
+        command,
+        code,
+        note,
+        tail,
+    })
 }
 
 enum PlannedMount {

@@ -207,16 +207,9 @@ impl<'a> RunningStep<'a> {
             }
             let found = self.steps.tokio.block_on(self.runtime.agent(&self.id));
             let last = match found {
+                // Opening pings the agent until it answers.
                 Ok((_, endpoint)) => match AgentConnection::open(&endpoint, ANSWER_TIMEOUT) {
-                    Ok(mut conn) => match conn
-                        .call::<firebuild_agent_proto::Pong>(Request::Ping, ANSWER_TIMEOUT)
-                    {
-                        Ok(_) => {
-                            return AgentConnection::open(&endpoint, ANSWER_TIMEOUT)
-                                .map_err(|e| anyhow::anyhow!("{e}"))
-                        }
-                        Err(e) => e.to_string(),
-                    },
+                    Ok(conn) => return Ok(conn),
                     Err(e) => e.to_string(),
                 },
                 // Exited: say what its console says.
@@ -303,14 +296,7 @@ impl<'a> RunningStep<'a> {
         }))?;
         let mut lines = Lines::default();
         loop {
-            if cancel.is_cancelled() {
-                anyhow::bail!("interrupted");
-            }
-            let frame = match conn.recv(Some(Duration::from_millis(500))) {
-                Ok(frame) => frame,
-                Err(firebuild_vm::AgentError::Timeout(_)) => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let frame = next_frame(conn, cancel)?;
             match frame.kind {
                 Kind::Stdout | Kind::Stderr => lines.push(&frame.payload, on_line),
                 Kind::Exit => {
@@ -333,14 +319,7 @@ impl<'a> RunningStep<'a> {
         conn.request(Request::LayerOut)?;
         let mut writer = TreeWriter::layer(upper);
         loop {
-            if cancel.is_cancelled() {
-                anyhow::bail!("interrupted");
-            }
-            let frame = match conn.recv(Some(Duration::from_millis(500))) {
-                Ok(frame) => frame,
-                Err(firebuild_vm::AgentError::Timeout(_)) => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let frame = next_frame(&mut conn, cancel)?;
             match frame.kind {
                 Kind::Error => return Err(guest_failure(&frame)),
                 Kind::Entry | Kind::Data | Kind::End
@@ -383,6 +362,21 @@ fn guard_host(cni: &CniRuntime) -> anyhow::Result<()> {
         .with_context(|| format!("network {BUILD_NETWORK} has no bridge"))?;
     host_guard::drop_input_from_bridge(BUILD_NETWORK, &bridge, cni.plugin_netns())?;
     Ok(())
+}
+
+/// The next frame from the agent, waiting in short slices so that a
+/// cancelled build stops waiting.
+fn next_frame(conn: &mut AgentConnection, cancel: &CancelToken) -> anyhow::Result<Frame> {
+    loop {
+        if cancel.is_cancelled() {
+            anyhow::bail!("interrupted");
+        }
+        match conn.recv(Some(Duration::from_millis(500))) {
+            Ok(frame) => return Ok(frame),
+            Err(firebuild_vm::AgentError::Timeout(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn guest_failure(frame: &Frame) -> anyhow::Error {
