@@ -60,6 +60,51 @@ pub enum Request {
     /// step's mounts undone) and send its diff, the overlay's upper
     /// directory, as a layer tree ([`tree::send_layer`]), then [`Kind::End`].
     LayerOut,
+    /// Right after a restore from a snapshot: take on a new identity
+    /// (address, hostname, clock, entropy); a [`Kind::Reply`] of
+    /// [`Reidentified`].
+    Reidentify(Identity),
+}
+
+/// Who a VM restored from a snapshot is now. The source's identity is in
+/// its memory: each fork gets its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub hostname: String,
+    #[serde(default)]
+    pub network: Option<NetworkIdentity>,
+    /// The host's wall clock, in nanoseconds since the Unix epoch: the
+    /// guest's stopped while it was a snapshot.
+    pub unix_time_ns: u64,
+    /// Fresh random bytes mixed into (and credited to) the guest's pool, so
+    /// forks do not share random streams.
+    pub entropy: Vec<u8>,
+}
+
+/// The fork's own place on its network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkIdentity {
+    /// The interface's MAC at snapshot time (which device to change).
+    pub previous_mac: String,
+    pub mac: String,
+    /// IPv4 address and prefix length.
+    pub address: String,
+    pub prefix: u8,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// What [`Request::Reidentify`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reidentified {
+    /// The interface that took the new address.
+    pub interface: Option<String>,
+    /// How far the wall clock was stepped, in milliseconds.
+    pub clock_step_ms: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

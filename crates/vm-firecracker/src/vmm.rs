@@ -356,6 +356,49 @@ impl Vmm for FirecrackerVmm {
         Ok(())
     }
 
+    async fn version(&self) -> Result<String, VmError> {
+        let (binary, _) = self.binaries().map_err(|reason| VmError::VmmUnavailable {
+            kind: VmmKind::Firecracker,
+            reason,
+        })?;
+        let out = tokio::process::Command::new(&binary)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|e| start_error("-", format!("running {} --version: {e}", binary.display())))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().next().unwrap_or("").trim().to_owned())
+    }
+
+    async fn pause(&self, vm: &RunMetadata) -> Result<(), VmError> {
+        self.api(vm)?
+            .pause()
+            .await
+            .map_err(|e| pause_error(vm, "paused", e))
+    }
+
+    async fn resume(&self, vm: &RunMetadata) -> Result<(), VmError> {
+        self.api(vm)?
+            .resume()
+            .await
+            .map_err(|e| pause_error(vm, "resumed", e))
+    }
+
+    async fn snapshot(&self, vm: &RunMetadata, _dir: &Path) -> Result<serde_json::Value, VmError> {
+        Err(VmError::Snapshot {
+            id: vm.id.clone(),
+            reason: "Firecracker snapshots are not implemented yet".into(),
+        })
+    }
+
+    async fn restore(
+        &self,
+        launch: &LaunchConfig,
+        _from: &firebuild_vm::vmm::RestoreFrom<'_>,
+    ) -> Result<StartedVm, VmError> {
+        Err(start_error(&launch.id, "Firecracker snapshots are not implemented yet"))
+    }
+
     fn agent_endpoint(&self, vm: &RunMetadata) -> Option<AgentEndpoint> {
         let details = FirecrackerDetails::from_metadata(vm).ok()??;
         let socket = match &details.process.jail {
@@ -402,6 +445,27 @@ impl Vmm for FirecrackerVmm {
                 .map_err(|r| stop_error(&vm.id, format!("releasing its jail id: {r}")))?;
         }
         Ok(())
+    }
+}
+
+fn pause_error(vm: &RunMetadata, action: &'static str, e: fc::Error) -> VmError {
+    VmError::Pause {
+        id: vm.id.clone(),
+        action,
+        reason: e.to_string(),
+    }
+}
+
+impl FirecrackerVmm {
+    /// The API client of a running VM.
+    fn api(&self, vm: &RunMetadata) -> Result<fc::Client, VmError> {
+        let details = stored_details(vm)
+            .map_err(|r| stop_error(&vm.id, r))?
+            .ok_or_else(|| stop_error(&vm.id, "no Firecracker process is recorded for it"))?;
+        Ok(details
+            .process
+            .client()
+            .with_timeout(self.config.request_timeout))
     }
 }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::copy::copy_image;
 use crate::error::VmError;
 use crate::rundir::RunDir;
+use crate::snapshot_store::{self, Snapshot};
 use crate::vmm::Disk;
 use crate::volumes::VolumeMount;
 
@@ -32,7 +33,7 @@ pub const MIN_DISK_SIZE: u64 = 16 << 20;
 pub const SCRATCH_ID: &str = "scratch";
 
 /// The file name of the scratch disk in the run directory.
-const SCRATCH_FILE: &str = "scratch.ext4";
+pub const SCRATCH_FILE: &str = "scratch.ext4";
 
 /// How a VM gets its root filesystem (`run --rootfs-mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,36 +133,80 @@ impl VmDisks {
                 })
             }
             RootfsMode::Overlay => {
-                let root = match std::fs::hard_link(image, &root_path) {
-                    Ok(()) => root_path,
-                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                        // Another filesystem: the VMM opens the image in place.
-                        // A running VM keeps its open file; an exited one
-                        // loses its image to a re-tag.
-                        tracing::warn!(
-                            image = %image.display(),
-                            run_dir = %run_dir.path().display(),
-                            "the run cache is on another filesystem than the image store: the image is used in place, not linked"
-                        );
-                        image.to_owned()
-                    }
-                    Err(source) => {
-                        return Err(VmError::io("linking the image into", &root_path, source))
-                    }
-                };
+                let root = link_image(run_dir, image)?;
                 let scratch = run_dir.file(SCRATCH_FILE);
                 make_ext4(&scratch, disk_size, SCRATCH_ID)?;
                 Ok(VmDisks {
                     root: root_disk(root, true),
-                    disks: vec![Disk {
-                        id: SCRATCH_ID.into(),
-                        path: scratch,
-                        read_only: false,
-                        in_place: false,
-                    }],
+                    disks: vec![scratch_disk(scratch)],
                 })
             }
         }
+    }
+
+    /// The disks of a VM resumed from `snapshot`: its image linked as a
+    /// stored image is, and a copy of its own (a reflink where the
+    /// filesystem shares extents) of the scratch disk or private root, so
+    /// no fork sees another's writes. QEMU's config drive is the source's:
+    /// the restored guest has it attached already.
+    pub fn from_snapshot(run_dir: &RunDir, snapshot: &Snapshot) -> Result<VmDisks, VmError> {
+        let image = snapshot.file(snapshot_store::ROOTFS_FILE);
+        let drive = snapshot.file(snapshot_store::CONFIG_DRIVE_FILE);
+        if drive.exists() {
+            copy_file(&drive, &run_dir.config_drive())?;
+        }
+        match snapshot.record.rootfs_mode {
+            RootfsMode::Copy => Self::create_root(run_dir, &image, RootfsMode::Copy, 0),
+            RootfsMode::Overlay => {
+                let root = link_image(run_dir, &image)?;
+                let scratch = run_dir.file(SCRATCH_FILE);
+                copy_file(&snapshot.file(snapshot_store::SCRATCH_FILE), &scratch)?;
+                Ok(VmDisks {
+                    root: root_disk(root, true),
+                    disks: vec![scratch_disk(scratch)],
+                })
+            }
+        }
+    }
+}
+
+/// Copies a disk file (reflink or sparse) to the new file `to`.
+pub(crate) fn copy_file(from: &Path, to: &Path) -> Result<(), VmError> {
+    copy_image(from, to)
+        .map(drop)
+        .map_err(|source| VmError::RootfsCopy {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            source,
+        })
+}
+
+/// Hard-links the image into the run directory; on another filesystem the
+/// VMM opens the image in place.
+fn link_image(run_dir: &RunDir, image: &Path) -> Result<PathBuf, VmError> {
+    let root_path = run_dir.rootfs();
+    match std::fs::hard_link(image, &root_path) {
+        Ok(()) => Ok(root_path),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            // A running VM keeps its open file; an exited one loses its
+            // image to a re-tag.
+            tracing::warn!(
+                image = %image.display(),
+                run_dir = %run_dir.path().display(),
+                "the run cache is on another filesystem than the image store: the image is used in place, not linked"
+            );
+            Ok(image.to_owned())
+        }
+        Err(source) => Err(VmError::io("linking the image into", &root_path, source)),
+    }
+}
+
+fn scratch_disk(path: PathBuf) -> Disk {
+    Disk {
+        id: SCRATCH_ID.into(),
+        path,
+        read_only: false,
+        in_place: false,
     }
 }
 

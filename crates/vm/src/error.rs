@@ -150,6 +150,22 @@ pub enum VmError {
     #[error("volume {volume} is used by VM {vms} (not yet purged); kill and purge them first")]
     VolumeInUse { volume: String, vms: String },
 
+    #[error("VM {id} cannot be {action}: {reason}")]
+    Pause {
+        id: String,
+        action: &'static str,
+        reason: String,
+    },
+
+    #[error("snapshot of VM {id}: {reason}")]
+    Snapshot { id: String, reason: String },
+
+    #[error("snapshot {tag}: {reason}")]
+    Restore { tag: String, reason: String },
+
+    #[error("{what} was interrupted; nothing of it was kept")]
+    Interrupted { what: String },
+
     #[error("writing the console: {0}")]
     ConsoleSink(io::Error),
 }

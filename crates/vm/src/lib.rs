@@ -24,6 +24,7 @@ pub mod names;
 pub mod network;
 pub mod rundir;
 pub mod runtime;
+pub mod snapshot_store;
 pub mod spec;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
@@ -38,6 +39,7 @@ pub use error::VmError;
 pub use liveness::ProcessIdentity;
 pub use network::{NetworkError, NetworkReleaser};
 pub use runtime::{Interrupts, PreparedVm, PurgeReport, RunOutcome, Runtime};
+pub use snapshot_store::{Snapshot, SnapshotRecord, SnapshotStaging, SnapshotStore};
 pub use spec::{HealthOverrides, NetworkAttachment, RunSpec, VmmChoice};
 pub use state::{render_table, RunMetadata, VmStatus, VmSummary};
 pub use vmm::qemu::{Accel, AccelPolicy, Machine, QemuConfig, QemuVmm};

@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 use crate::agent::AgentEndpoint;
 use crate::argv::resolve_argv;
 use crate::console::{exit_code_from_log, ConsoleFollower, POLL_INTERVAL};
-use crate::disks::{RootfsMode, VmDisks, MIN_DISK_SIZE};
+use crate::agent::AgentConnection;
+use crate::disks::{copy_file, RootfsMode, VmDisks, MIN_DISK_SIZE};
+use crate::snapshot_store::{file_digest, Snapshot, SnapshotRecord, SourceNetwork};
 use crate::env::{host_env, merge_env};
 use crate::error::VmError;
 use crate::guest::{self, BootArgs, GuestInputs};
@@ -31,7 +33,7 @@ use crate::rundir::{RunDir, RunDirGuard};
 use crate::spec::{NetworkAttachment, RunSpec, VmmChoice};
 use crate::state::{RunMetadata, VmStatus};
 use crate::vmm::qemu::QemuVmm;
-use crate::vmm::{Availability, LaunchConfig, Vmm, VmmKind};
+use crate::vmm::{Availability, LaunchConfig, RestoreFrom, Vmm, VmmKind};
 use crate::volumes::{self, ClaimLock, VolumeMount};
 
 /// Smallest memory size accepted, in MiB.
@@ -78,6 +80,8 @@ struct Resolved {
     healthcheck: Option<firebuild_metadata::image::Healthcheck>,
     /// How many build layer disks follow the scratch disk.
     layers: usize,
+    /// The snapshot a fork resumes.
+    snapshot: Option<Snapshot>,
 }
 
 /// A VM whose run directory is ready (root filesystem copied, metadata
@@ -279,8 +283,15 @@ impl Runtime {
             spec.kernel_args.as_deref(),
         )?;
         let backend = self.select_backend(spec.vmm, &spec.kernel).await?;
-        let kernel_args =
-            render_kernel_args(&boot, backend.as_ref(), spec.rootfs_mode, spec.layers.len())?;
+        let kernel_args = match &spec.snapshot {
+            Some(snapshot) => {
+                check_restorable(snapshot, backend.as_ref(), &spec.kernel).await?;
+                snapshot.record.kernel_args.clone()
+            }
+            None => {
+                render_kernel_args(&boot, backend.as_ref(), spec.rootfs_mode, spec.layers.len())?
+            }
+        };
         let planned = RunDir::new(&self.run_cache, &id);
         backend.preflight(&planned)?;
         if planned.path().exists() {
@@ -299,14 +310,20 @@ impl Runtime {
         // --- set-up, undone by the guard on failure ---
         let run_dir = RunDir::create(&self.run_cache, &id)?;
         let guard = RunDirGuard::new(run_dir.clone());
-        let disks = VmDisks::create(
-            &run_dir,
-            &spec.rootfs,
-            spec.rootfs_mode,
-            spec.disk_size,
-            &spec.layers,
-            &spec.volumes,
-        )?;
+        let disks = match &spec.snapshot {
+            Some(snapshot) => VmDisks::from_snapshot(&run_dir, snapshot)?,
+            None => VmDisks::create(
+                &run_dir,
+                &spec.rootfs,
+                spec.rootfs_mode,
+                spec.disk_size,
+                &spec.layers,
+                &spec.volumes,
+            )?,
+        };
+        // Kept for `snapshot create`, which stores it with the snapshot.
+        let image_json = serde_json::to_vec_pretty(&spec.image).map_err(VmError::GuestMetadata)?;
+        RunDir::write_private(&run_dir.file(IMAGE_FILE), &image_json)?;
         let metadata = RunMetadata {
             id: id.clone(),
             name: spec.name.clone().unwrap_or_else(|| hostname.clone()),
@@ -334,10 +351,15 @@ impl Runtime {
             remove_on_exit: spec.remove_on_exit,
             shutdown_timeout_secs: spec.shutdown_timeout.as_secs(),
             creator,
-            has_healthcheck: healthcheck.is_some(),
+            // A fork's guest runs the source's check already.
+            has_healthcheck: match &spec.snapshot {
+                Some(snapshot) => snapshot.record.has_healthcheck,
+                None => healthcheck.is_some(),
+            },
             rootfs_mode: spec.rootfs_mode,
             root_disk: Some(disks.root.path.clone()),
             volumes: spec.volumes.clone(),
+            from_snapshot: spec.snapshot.as_ref().map(|s| s.tag.to_string()),
         };
         metadata.store(&run_dir.metadata())?;
         drop(claim);
@@ -357,6 +379,7 @@ impl Runtime {
                 init_mode: spec.init_mode,
                 healthcheck,
                 layers: spec.layers.len(),
+                snapshot: spec.snapshot,
             },
         })
     }
@@ -372,18 +395,32 @@ impl Runtime {
             disks,
             resolved,
         } = prepared;
-        // Recomputed: the network may have been attached after prepare.
-        let boot = BootArgs::new(
-            metadata.network.as_ref(),
-            &metadata.hostname,
-            resolved.user_kernel_args.as_deref(),
-        )?;
-        metadata.kernel_args = render_kernel_args(
-            &boot,
-            backend.as_ref(),
-            metadata.rootfs_mode,
-            resolved.layers,
-        )?;
+        if let Some(snapshot) = &resolved.snapshot {
+            // The restored kernel parsed the source's command line long ago.
+            if snapshot.record.network.is_some() != metadata.network.is_some() {
+                return Err(VmError::Restore {
+                    tag: snapshot.tag.to_string(),
+                    reason: if metadata.network.is_some() {
+                        "its source VM had no network, so its forks cannot have one".into()
+                    } else {
+                        "its source VM had a network device, so each fork needs a network (--cni-network-name)".into()
+                    },
+                });
+            }
+        } else {
+            // Recomputed: the network may have been attached after prepare.
+            let boot = BootArgs::new(
+                metadata.network.as_ref(),
+                &metadata.hostname,
+                resolved.user_kernel_args.as_deref(),
+            )?;
+            metadata.kernel_args = render_kernel_args(
+                &boot,
+                backend.as_ref(),
+                metadata.rootfs_mode,
+                resolved.layers,
+            )?;
+        }
         let document = guest::guest_document(&GuestInputs {
             id: &metadata.id,
             hostname: &metadata.hostname,
@@ -414,7 +451,17 @@ impl Runtime {
             guest: document,
             network: metadata.network.clone(),
         };
-        let started = backend.start(&launch).await?;
+        let started = match &resolved.snapshot {
+            Some(snapshot) => {
+                let from = RestoreFrom {
+                    dir: &snapshot.dir,
+                    details: &snapshot.record.vmm_details,
+                    source_mac: snapshot.record.network.as_ref().map(|n| n.mac.as_str()),
+                };
+                backend.restore(&launch, &from).await?
+            }
+            None => backend.start(&launch).await?,
+        };
         metadata.pid = Some(started.pid);
         metadata.pid_start_time = started.start_time;
         metadata.vmm_details = started.details;
@@ -427,8 +474,255 @@ impl Runtime {
             }
             return Err(e);
         }
+        if let Some(snapshot) = &resolved.snapshot {
+            if let Err(e) = self.wake_fork(backend.as_ref(), &metadata, snapshot).await {
+                if let Err(stop) = backend.force_stop(&metadata).await {
+                    tracing::warn!("stopping VM {} after a failed restore: {stop}", metadata.id);
+                }
+                return Err(e);
+            }
+        }
         dir.disarm();
         Ok(metadata)
+    }
+
+    /// Lets a restored fork run and gives it its own identity through its
+    /// agent: address and MAC, hostname, wall clock, entropy.
+    async fn wake_fork(
+        &self,
+        backend: &dyn Vmm,
+        metadata: &RunMetadata,
+        snapshot: &Snapshot,
+    ) -> Result<(), VmError> {
+        let fail = |reason: String| VmError::Restore {
+            tag: snapshot.tag.to_string(),
+            reason,
+        };
+        backend.resume(metadata).await?;
+        let endpoint = backend
+            .agent_endpoint(metadata)
+            .ok_or_else(|| fail("the backend names no agent endpoint".into()))?;
+        let identity = fork_identity(metadata, snapshot.record.network.as_ref());
+        let done: firebuild_agent_proto::Reidentified = tokio::task::spawn_blocking(move || {
+            let mut agent = AgentConnection::open(&endpoint, FORK_AGENT_TIMEOUT)?;
+            agent.call(
+                firebuild_agent_proto::Request::Reidentify(identity),
+                FORK_AGENT_TIMEOUT,
+            )
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(format!("the fork did not take its identity: {e}")))?;
+        tracing::info!(
+            id = %metadata.id,
+            interface = ?done.interface,
+            clock_step_ms = done.clock_step_ms,
+            "fork resumed from snapshot {}", snapshot.tag
+        );
+        Ok(())
+    }
+
+    /// `firebuild pause --vmm-id ID`: stops the VM's vCPUs.
+    pub async fn pause(&self, id: &str) -> Result<RunMetadata, VmError> {
+        let mut metadata = self.load(id).await?;
+        match metadata.status {
+            VmStatus::Paused => return Ok(metadata),
+            VmStatus::Running => {}
+            other => {
+                return Err(VmError::Pause {
+                    id: id.to_owned(),
+                    action: "paused",
+                    reason: format!("it is {other}"),
+                })
+            }
+        }
+        self.backend(metadata.vmm)?.pause(&metadata).await?;
+        self.set_status(&mut metadata, VmStatus::Paused)?;
+        Ok(metadata)
+    }
+
+    /// `firebuild resume --vmm-id ID`: lets a paused VM run again.
+    pub async fn resume(&self, id: &str) -> Result<RunMetadata, VmError> {
+        let mut metadata = self.load(id).await?;
+        match metadata.status {
+            VmStatus::Running => return Ok(metadata),
+            VmStatus::Paused => {}
+            other => {
+                return Err(VmError::Pause {
+                    id: id.to_owned(),
+                    action: "resumed",
+                    reason: format!("it is {other}"),
+                })
+            }
+        }
+        self.backend(metadata.vmm)?.resume(&metadata).await?;
+        self.set_status(&mut metadata, VmStatus::Running)?;
+        Ok(metadata)
+    }
+
+    /// Records a live VM's new status under its lock (an exit another
+    /// process recorded meanwhile wins).
+    fn set_status(&self, metadata: &mut RunMetadata, status: VmStatus) -> Result<(), VmError> {
+        let dir = RunDir::new(&self.run_cache, &metadata.id);
+        let _lock = dir.lock()?;
+        if let Ok(stored) = RunMetadata::load(&dir.metadata()) {
+            if stored.status == VmStatus::Exited {
+                *metadata = stored;
+                return Ok(());
+            }
+        }
+        metadata.status = status;
+        metadata.store(&dir.metadata())
+    }
+
+    /// `firebuild snapshot create`: pauses VM `id` (if it runs), writes its
+    /// memory, device state and writable disks into `staging` (a
+    /// [`SnapshotStaging`] directory), then resumes it, or stops it with
+    /// `stop`. Returns the record to publish. On any failure or stop
+    /// request the VM is resumed as it was and the caller drops the staging.
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        tag: &str,
+        staging: &Path,
+        stop: bool,
+        interrupts: Interrupts,
+    ) -> Result<SnapshotRecord, VmError> {
+        let (mut stops, _listener) = listen(interrupts);
+        let mut metadata = self.load(id).await?;
+        let refuse = |reason: String| VmError::Snapshot {
+            id: id.to_owned(),
+            reason,
+        };
+        if !metadata.status.is_live() {
+            return Err(refuse(format!(
+                "it is {}; only a running or paused VM can be snapshotted",
+                metadata.status
+            )));
+        }
+        if !metadata.volumes.is_empty() {
+            return Err(refuse(
+                "it has volumes attached: their data lives outside the VM and forks cannot all write it; snapshot a VM without --volume".into(),
+            ));
+        }
+        let backend = self.backend(metadata.vmm)?;
+        let was_running = metadata.status == VmStatus::Running;
+        if was_running {
+            backend.pause(&metadata).await?;
+            self.set_status(&mut metadata, VmStatus::Paused)?;
+        }
+        let written = self
+            .write_snapshot(backend.as_ref(), &metadata, tag, staging, &mut stops)
+            .await;
+        if stop && written.is_ok() {
+            backend.force_stop(&metadata).await?;
+            let dir = RunDir::new(&self.run_cache, id);
+            record_exit(&mut metadata, &dir)?;
+        } else if was_running {
+            backend.resume(&metadata).await?;
+            self.set_status(&mut metadata, VmStatus::Running)?;
+        }
+        written
+    }
+
+    /// The parts of a snapshot, written while the VM is paused.
+    async fn write_snapshot(
+        &self,
+        backend: &dyn Vmm,
+        vm: &RunMetadata,
+        tag: &str,
+        staging: &Path,
+        stops: &mut mpsc::UnboundedReceiver<()>,
+    ) -> Result<SnapshotRecord, VmError> {
+        let interrupted = |stops: &mut mpsc::UnboundedReceiver<()>| match stops.try_recv() {
+            Ok(()) => Err(VmError::Interrupted {
+                what: format!("the snapshot of VM {}", vm.id),
+            }),
+            Err(_) => Ok(()),
+        };
+        let fail = |reason: String| VmError::Snapshot {
+            id: vm.id.clone(),
+            reason,
+        };
+        let vmm_version = backend.version().await?;
+        interrupted(stops)?;
+        let vmm_details = backend.snapshot(vm, staging).await?;
+        interrupted(stops)?;
+        let run_dir = RunDir::new(&self.run_cache, &vm.id);
+        let root = vm.root_disk.clone().unwrap_or_else(|| run_dir.rootfs());
+        let rootfs = staging.join(crate::snapshot_store::ROOTFS_FILE);
+        match vm.rootfs_mode {
+            RootfsMode::Overlay => match std::fs::hard_link(&root, &rootfs) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => copy_file(&root, &rootfs)?,
+                Err(e) => return Err(VmError::io("linking the image into", &rootfs, e)),
+            },
+            RootfsMode::Copy => copy_file(&root, &rootfs)?,
+        }
+        if vm.rootfs_mode == RootfsMode::Overlay {
+            copy_file(
+                &run_dir.file(crate::disks::SCRATCH_FILE),
+                &staging.join(crate::snapshot_store::SCRATCH_FILE),
+            )?;
+        }
+        if run_dir.config_drive().exists() {
+            copy_file(
+                &run_dir.config_drive(),
+                &staging.join(crate::snapshot_store::CONFIG_DRIVE_FILE),
+            )?;
+        }
+        interrupted(stops)?;
+        let image: ImageMetadata = std::fs::read(run_dir.file(IMAGE_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| {
+                fail("its run directory has no image metadata (it was started by an older firebuild); restart it".into())
+            })?;
+        std::fs::write(
+            staging.join(firebuild_store::METADATA_FILE),
+            serde_json::to_vec_pretty(&image).map_err(VmError::GuestMetadata)?,
+        )
+        .map_err(|e| VmError::io("writing", staging.join(firebuild_store::METADATA_FILE), e))?;
+        let kernel_digest = file_digest(&vm.kernel)
+            .map_err(|e| VmError::Kernel {
+                path: vm.kernel.clone(),
+                source: e,
+            })?;
+        Ok(SnapshotRecord {
+            tag: tag.to_owned(),
+            created: OffsetDateTime::now_utc(),
+            source_vm: vm.id.clone(),
+            vmm: vm.vmm,
+            vmm_version,
+            vmm_details,
+            kernel: vm.kernel.clone(),
+            kernel_id: vm.kernel_id.clone(),
+            kernel_digest,
+            kernel_args: vm.kernel_args.clone(),
+            cpus: vm.cpus,
+            mem_mib: vm.mem_mib,
+            image: vm.image.clone(),
+            image_digest: image.rootfs_digest.clone(),
+            rootfs_mode: vm.rootfs_mode,
+            network: vm.network.as_ref().map(|n| SourceNetwork {
+                network_name: n.network_name.clone(),
+                mac: n.guest_mac.clone(),
+                ip: n.ip.to_string(),
+            }),
+            command: vm.command.clone(),
+            shutdown_timeout_secs: vm.shutdown_timeout_secs,
+            has_healthcheck: vm.has_healthcheck,
+        })
+    }
+
+    /// The VMs, not yet exited, that were resumed from snapshot `tag`.
+    pub async fn vms_from_snapshot(&self, tag: &str) -> Result<Vec<RunMetadata>, VmError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|vm| vm.status != VmStatus::Exited && vm.from_snapshot.as_deref() == Some(tag))
+            .collect())
     }
 
     /// `firebuild run`: prepares and launches the VM; in the foreground
@@ -566,7 +860,7 @@ impl Runtime {
         let gone = match metadata.status {
             VmStatus::Exited => false,
             VmStatus::Created => !metadata.creator.is_alive(),
-            VmStatus::Running => match self.backend(metadata.vmm) {
+            VmStatus::Running | VmStatus::Paused => match self.backend(metadata.vmm) {
                 Ok(b) => !b.is_running(metadata),
                 Err(_) => !metadata.process().is_some_and(|p| p.is_alive()),
             },
@@ -698,6 +992,11 @@ impl Runtime {
                 })
             }
             VmStatus::Running => {}
+            VmStatus::Paused => {
+                // A paused guest cannot act on the stop request.
+                self.backend(metadata.vmm)?.resume(&metadata).await?;
+                self.set_status(&mut metadata, VmStatus::Running)?;
+            }
         }
         let backend = self.backend(metadata.vmm)?;
         let timeout = timeout.unwrap_or(Duration::from_secs(metadata.shutdown_timeout_secs));
@@ -934,6 +1233,74 @@ fn mark_exited(metadata: &mut RunMetadata, dir: &RunDir) {
     }
     if metadata.exit_code.is_none() {
         metadata.exit_code = exit_code_from_log(&dir.console_log());
+    }
+}
+
+/// The run directory's copy of the VM's image metadata.
+const IMAGE_FILE: &str = "image.json";
+
+/// How long a fork's agent may take to answer after the resume (TCG is slow).
+const FORK_AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Refuses a restore that cannot work, before anything is made: another
+/// VMM or VMM version, a kernel that is gone or changed.
+async fn check_restorable(snapshot: &Snapshot, backend: &dyn Vmm, kernel: &Path) -> Result<(), VmError> {
+    let record = &snapshot.record;
+    let refuse = |reason: String| VmError::Restore {
+        tag: snapshot.tag.to_string(),
+        reason,
+    };
+    if backend.kind() != record.vmm {
+        return Err(refuse(format!(
+            "it was taken under {}, and cannot be resumed under {}",
+            record.vmm,
+            backend.kind()
+        )));
+    }
+    let version = backend.version().await?;
+    if version != record.vmm_version {
+        return Err(refuse(format!(
+            "it was taken with {:?}; this host runs {version:?}: take the snapshot again with this VMM",
+            record.vmm_version
+        )));
+    }
+    let digest = file_digest(kernel).map_err(|e| {
+        refuse(format!(
+            "its kernel {} cannot be read ({e}); it must be the kernel the snapshot was taken with",
+            kernel.display()
+        ))
+    })?;
+    if digest != record.kernel_digest {
+        return Err(refuse(format!(
+            "its kernel {} changed since the snapshot (now {digest}, then {})",
+            kernel.display(),
+            record.kernel_digest
+        )));
+    }
+    Ok(())
+}
+
+/// The identity a fork takes on right after its resume.
+fn fork_identity(
+    metadata: &RunMetadata,
+    source: Option<&SourceNetwork>,
+) -> firebuild_agent_proto::Identity {
+    let mut entropy = vec![0u8; 64];
+    let _ = rustix::rand::getrandom(&mut entropy, rustix::rand::GetRandomFlags::empty());
+    let now = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    firebuild_agent_proto::Identity {
+        hostname: metadata.hostname.clone(),
+        network: metadata.network.as_ref().map(|n| firebuild_agent_proto::NetworkIdentity {
+            previous_mac: source.map(|s| s.mac.clone()).unwrap_or_default(),
+            mac: n.guest_mac.clone(),
+            address: n.ip.to_string(),
+            prefix: n.prefix,
+            gateway: n.gateway.map(|g| g.to_string()),
+            nameservers: n.nameservers.iter().map(|a| a.to_string()).collect(),
+            mtu: n.mtu,
+        }),
+        unix_time_ns: u64::try_from(now).unwrap_or_default(),
+        entropy,
     }
 }
 

@@ -138,6 +138,9 @@ pub struct RunSpec {
     pub init_mode: InitMode,
     /// `--no-healthcheck`, `--health-cmd`, ... over the image's HEALTHCHECK.
     pub health: HealthOverrides,
+    /// Resume this snapshot instead of booting (`run --from-snapshot`); see
+    /// [`RunSpec::from_snapshot`].
+    pub snapshot: Option<crate::snapshot_store::Snapshot>,
 }
 
 /// `run`'s health check flags (Docker's), over the image's HEALTHCHECK.
@@ -200,6 +203,30 @@ impl HealthOverrides {
 }
 
 impl RunSpec {
+    /// A fork of `snapshot`: its image, kernel, size and command, as the
+    /// source VM had them (a restore cannot change them).
+    pub fn from_snapshot(snapshot: crate::snapshot_store::Snapshot) -> Self {
+        let record = &snapshot.record;
+        let mut spec = RunSpec::new(
+            snapshot.file(crate::snapshot_store::ROOTFS_FILE),
+            snapshot.image.clone(),
+            record.kernel.clone(),
+        );
+        spec.kernel_id.clone_from(&record.kernel_id);
+        spec.cpus = record.cpus;
+        spec.mem_mib = record.mem_mib;
+        spec.command = Some(record.command.clone());
+        spec.rootfs_mode = record.rootfs_mode;
+        spec.shutdown_timeout = Duration::from_secs(record.shutdown_timeout_secs);
+        spec.vmm = match record.vmm {
+            crate::vmm::VmmKind::Firecracker => VmmChoice::Firecracker,
+            crate::vmm::VmmKind::Qemu => VmmChoice::Qemu,
+        };
+        spec.health.disabled = !record.has_healthcheck;
+        spec.snapshot = Some(snapshot);
+        spec
+    }
+
     /// A spec with the defaults of `firebuild run` (1 vCPU, 128 MiB, user
     /// root, 15 s shutdown timeout, foreground, `--vmm auto`, the image shared
     /// read-only with a 10 GiB sparse scratch disk).
@@ -230,6 +257,7 @@ impl RunSpec {
             shutdown_timeout: Duration::from_secs(15),
             init_mode: InitMode::Entrypoint,
             health: HealthOverrides::default(),
+            snapshot: None,
         }
     }
 }

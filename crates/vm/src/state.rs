@@ -21,7 +21,16 @@ pub enum VmStatus {
     /// The run directory is being prepared; the VMM has not started.
     Created,
     Running,
+    /// Its vCPUs are stopped (`pause`, or a snapshot being taken).
+    Paused,
     Exited,
+}
+
+impl VmStatus {
+    /// Whether its VMM process should be running (running or paused).
+    pub fn is_live(self) -> bool {
+        matches!(self, VmStatus::Running | VmStatus::Paused)
+    }
 }
 
 impl std::fmt::Display for VmStatus {
@@ -29,6 +38,7 @@ impl std::fmt::Display for VmStatus {
         f.write_str(match self {
             VmStatus::Created => "created",
             VmStatus::Running => "running",
+            VmStatus::Paused => "paused",
             VmStatus::Exited => "exited",
         })
     }
@@ -94,6 +104,9 @@ pub struct RunMetadata {
     /// (the single-writer rule); one not yet purged keeps them in use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeMount>,
+    /// The snapshot tag it was resumed from, if it did not boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
 }
 
 fn copy_mode() -> RootfsMode {
@@ -293,6 +306,7 @@ pub(crate) mod tests {
             rootfs_mode: RootfsMode::Overlay,
             root_disk: Some(dir.join("rootfs.ext4")),
             volumes: Vec::new(),
+            from_snapshot: None,
         }
     }
 

@@ -314,6 +314,40 @@ pub fn set_up(ifname: &str) -> Result<(), NetError> {
         .map_err(ioctl_err("setting it up", ifname))
 }
 
+/// Clears IFF_UP on a device (its routes go with it).
+pub fn set_down(ifname: &str) -> Result<(), NetError> {
+    let s = CtlSocket::new()?;
+    let mut req = IfReq::new(ifname)?;
+    s.ioctl(libc::SIOCGIFFLAGS, &mut req)
+        .map_err(ioctl_err("reading flags", ifname))?;
+    let flags = i16::from_ne_bytes([req.data[0], req.data[1]]) & !(libc::IFF_UP as i16);
+    req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    s.ioctl(libc::SIOCSIFFLAGS, &mut req)
+        .map_err(ioctl_err("setting it down", ifname))
+}
+
+/// Sets the device's MAC address (`aa:bb:cc:dd:ee:ff`); the device should be
+/// down (not every NIC takes a live change).
+pub fn set_mac(ifname: &str, mac: &str) -> Result<(), NetError> {
+    let octets: Vec<u8> = mac
+        .split(':')
+        .map(|o| u8::from_str_radix(o, 16))
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|o: &Vec<u8>| o.len() == 6)
+        .ok_or_else(|| NetError::BadField {
+            key: ifname.to_string(),
+            field: "MAC address",
+            value: mac.to_string(),
+        })?;
+    let s = CtlSocket::new()?;
+    let mut req = IfReq::new(ifname)?;
+    req.data[..2].copy_from_slice(&libc::ARPHRD_ETHER.to_ne_bytes());
+    req.data[2..8].copy_from_slice(&octets);
+    s.ioctl(libc::SIOCSIFHWADDR, &mut req)
+        .map_err(ioctl_err("setting the MAC address", ifname))
+}
+
 /// Whether the device is up.
 pub fn is_up(ifname: &str) -> Result<bool, NetError> {
     let s = CtlSocket::new()?;

@@ -89,6 +89,22 @@ pub struct Disk {
     pub in_place: bool,
 }
 
+/// The device state in a snapshot directory.
+pub const SNAPSHOT_STATE_FILE: &str = "state";
+/// The guest memory in a snapshot directory (absent when the backend kept
+/// it in the state file).
+pub const SNAPSHOT_MEMORY_FILE: &str = "memory";
+
+/// A stored snapshot to start a VM from.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreFrom<'a> {
+    pub dir: &'a Path,
+    /// What [`Vmm::snapshot`] returned.
+    pub details: &'a serde_json::Value,
+    /// The source VM's guest MAC, if it had a network.
+    pub source_mac: Option<&'a str>,
+}
+
 /// What a backend reports once the VMM runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartedVm {
@@ -147,6 +163,30 @@ pub trait Vmm: Send + Sync {
     fn describe(&self, vm: &RunMetadata) -> serde_json::Value {
         vm.vmm_details.clone()
     }
+
+    /// The VMM's version (`snapshot` records it; a restore needs the same).
+    async fn version(&self) -> Result<String, VmError>;
+
+    /// Stops the VM's vCPUs; its memory and devices stay as they are.
+    async fn pause(&self, vm: &RunMetadata) -> Result<(), VmError>;
+
+    /// Lets a paused VM's vCPUs run again.
+    async fn resume(&self, vm: &RunMetadata) -> Result<(), VmError>;
+
+    /// Writes the paused VM's device state ([`SNAPSHOT_STATE_FILE`]) and,
+    /// where the backend keeps it apart, its memory
+    /// ([`SNAPSHOT_MEMORY_FILE`]) into `dir`; the VM stays paused. Returns
+    /// what [`Vmm::restore`] needs to know of how it was taken.
+    async fn snapshot(&self, vm: &RunMetadata, dir: &Path) -> Result<serde_json::Value, VmError>;
+
+    /// Starts a VMM from the snapshot in `from.dir` instead of booting, with
+    /// `launch`'s disks, sockets and network; the VM is left paused. On
+    /// error nothing of the VMM is left running.
+    async fn restore(
+        &self,
+        launch: &LaunchConfig,
+        from: &RestoreFrom<'_>,
+    ) -> Result<StartedVm, VmError>;
 
     /// Removes what the backend made outside the run directory (jail
     /// directories, cgroups) once the VM no longer runs. Idempotent.

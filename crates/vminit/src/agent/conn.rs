@@ -181,6 +181,14 @@ fn handle(frame: Frame, sessions: &mut HashMap<u32, Session>, out: &Writer, ctx:
                     &Failure::new(1, "this VM does not run a build step"),
                 ),
                 Request::Health => reply(out, ch, &ctx.health.report()),
+                Request::Reidentify(identity) => match super::reidentify::apply(ctx, &identity) {
+                    Ok(done) => reply(out, ch, &done),
+                    Err(e) => fail(
+                        out,
+                        ch,
+                        &Failure::new(1, format!("taking on the fork's identity: {e}")),
+                    ),
+                },
                 Request::Ping => reply(
                     out,
                     ch,

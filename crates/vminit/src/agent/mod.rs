@@ -15,18 +15,20 @@
 pub mod conn;
 pub mod exec;
 pub mod health;
+pub mod reidentify;
 pub mod transport;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use firebuild_metadata::GuestMetadata;
 
 use crate::log;
 
-/// What every part of the agent needs: the VM's metadata and hostname.
+/// What every part of the agent needs: the VM's metadata and hostname
+/// (which a restore from a snapshot changes).
 pub struct Context {
     pub meta: GuestMetadata,
-    pub hostname: String,
+    pub hostname: Mutex<String>,
     pub health: health::Health,
 }
 
@@ -73,7 +75,7 @@ fn run(meta: GuestMetadata, hostname: String) -> ! {
     let health = health::Health::new(meta.healthcheck.as_ref());
     let ctx = Arc::new(Context {
         meta,
-        hostname,
+        hostname: Mutex::new(hostname),
         health,
     });
     health::spawn_checker(&ctx);

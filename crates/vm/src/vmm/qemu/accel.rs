@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::cmdline::{Accel, Invocation, Machine};
+use super::cmdline::{Accel, Invocation, Machine, Memory};
 use crate::names::random_id;
 
 /// How the QEMU backend picks its accelerator.
@@ -105,6 +105,8 @@ async fn probe_in(
         machine,
         cpus: 1,
         mem_mib: 128,
+        memory: Memory::Anonymous,
+        incoming: false,
         kernel,
         append: "console=ttyS0 panic=-1 root=/dev/vda ro",
         rootfs: &disk,

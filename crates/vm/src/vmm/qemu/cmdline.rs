@@ -69,6 +69,35 @@ impl Machine {
     }
 }
 
+/// Where a VM's RAM lives (the memory backend object `ram`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory<'a> {
+    /// A memfd shared with the host: a snapshot copies it out and leaves
+    /// it out of the migration stream (`x-ignore-shared`).
+    Memfd,
+    /// A snapshot's memory file mapped private: forks share its pages in
+    /// the host's page cache until they write them.
+    SnapshotFile(&'a Path),
+    /// Anonymous RAM; after a restore its pages come from the stream.
+    Anonymous,
+}
+
+impl Memory<'_> {
+    /// The `-object` value for `size` MiB.
+    fn object(&self, mem_mib: u32) -> OsString {
+        let size = format!("id=ram,size={mem_mib}M");
+        match self {
+            Memory::Memfd => format!("memory-backend-memfd,{size},share=on").into(),
+            Memory::SnapshotFile(path) => opt(
+                &format!("memory-backend-file,{size},mem-path="),
+                path,
+                ",share=off",
+            ),
+            Memory::Anonymous => format!("memory-backend-ram,{size}").into(),
+        }
+    }
+}
+
 /// One VM's QEMU invocation.
 #[derive(Debug, Clone)]
 pub struct Invocation<'a> {
@@ -77,6 +106,10 @@ pub struct Invocation<'a> {
     pub machine: Machine,
     pub cpus: u32,
     pub mem_mib: u32,
+    pub memory: Memory<'a>,
+    /// Wait for the machine state on QMP (`migrate-incoming`) instead of
+    /// booting.
+    pub incoming: bool,
     pub kernel: &'a Path,
     pub append: &'a str,
     /// First disk, `/dev/vda`.
@@ -129,7 +162,11 @@ impl Invocation<'_> {
         push(&["-name", &format!("guest={}", self.name)]);
         push(&[
             "-machine",
-            &format!("{},accel={}", self.machine.as_str(), self.accel.as_str()),
+            &format!(
+                "{},accel={},memory-backend=ram",
+                self.machine.as_str(),
+                self.accel.as_str()
+            ),
         ]);
         if self.accel == Accel::Kvm {
             push(&["-cpu", "host"]);
@@ -147,6 +184,8 @@ impl Invocation<'_> {
         // entrypoint exits (`reboot=k`, `panic=1`).
         push(&["-no-reboot"]);
 
+        args.push("-object".into());
+        args.push(self.memory.object(self.mem_mib));
         args.push("-kernel".into());
         args.push(self.kernel.as_os_str().to_owned());
         args.push("-append".into());
@@ -229,6 +268,10 @@ impl Invocation<'_> {
             args.push("-pidfile".into());
             args.push(pid_file.as_os_str().to_owned());
         }
+        if self.incoming {
+            args.push("-incoming".into());
+            args.push("defer".into());
+        }
         args
     }
 }
@@ -245,6 +288,8 @@ mod tests {
             machine,
             cpus: 2,
             mem_mib: 256,
+            memory: Memory::Memfd,
+            incoming: false,
             kernel: Path::new("/k/vmlinux"),
             append: "console=ttyS0 root=/dev/vda",
             rootfs: Path::new("/run/vm1/rootfs.ext4"),
@@ -294,10 +339,10 @@ mod tests {
         let line = joined(&invocation(Machine::Q35, Accel::Tcg).args());
         assert_eq!(
             line,
-            "-name guest=vm1 -machine q35,accel=tcg -smp 2 -m 256 -nodefaults -no-user-config \
-             -display none \
+            "-name guest=vm1 -machine q35,accel=tcg,memory-backend=ram -smp 2 -m 256 \
+             -nodefaults -no-user-config -display none \
              -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
-             -no-reboot -kernel /k/vmlinux -append console=ttyS0 root=/dev/vda \
+             -no-reboot -object memory-backend-memfd,id=ram,size=256M,share=on -kernel /k/vmlinux -append console=ttyS0 root=/dev/vda \
              -drive id=rootfs,file=/run/vm1/rootfs.ext4,format=raw,if=none \
              -device virtio-blk-pci,drive=rootfs \
              -drive id=config,file=/run/vm1/config.drive,format=raw,if=none,readonly=on \
@@ -355,10 +400,27 @@ mod tests {
     #[test]
     fn microvm_kvm_uses_mmio_devices_and_host_cpu() {
         let line = joined(&invocation(Machine::Microvm, Accel::Kvm).args());
-        assert!(line.contains("-machine microvm,accel=kvm -cpu host"));
+        assert!(line.contains("-machine microvm,accel=kvm,memory-backend=ram -cpu host"));
         assert!(line.contains("virtio-blk-device,drive=rootfs"));
         assert!(line.contains("virtio-net-device,netdev=net0"));
         assert!(!line.contains("-pci"));
+    }
+
+    #[test]
+    fn a_restore_maps_the_snapshot_memory_private_and_waits_for_its_state() {
+        let mut inv = invocation(Machine::Q35, Accel::Tcg);
+        inv.memory = Memory::SnapshotFile(Path::new("/snap/a,b/memory"));
+        inv.incoming = true;
+        let line = joined(&inv.args());
+        assert!(
+            line.contains(
+                "-object memory-backend-file,id=ram,size=256M,mem-path=/snap/a,,b/memory,share=off "
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with(" -incoming defer"), "{line}");
+        inv.memory = Memory::Anonymous;
+        assert!(joined(&inv.args()).contains("-object memory-backend-ram,id=ram,size=256M "));
     }
 
     #[test]

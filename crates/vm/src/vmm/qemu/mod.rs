@@ -12,7 +12,8 @@ pub mod accel;
 pub mod cmdline;
 pub mod qmp;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -28,7 +29,10 @@ use crate::error::VmError;
 use crate::liveness::ProcessIdentity;
 use crate::rundir::RunDir;
 use crate::state::RunMetadata;
-use crate::vmm::{Availability, LaunchConfig, StartedVm, Vmm, VmmKind};
+use crate::vmm::{
+    Availability, LaunchConfig, RestoreFrom, StartedVm, Vmm, VmmKind, SNAPSHOT_MEMORY_FILE,
+    SNAPSHOT_STATE_FILE,
+};
 
 /// Settings of the QEMU backend (from the profile).
 #[derive(Debug, Clone)]
@@ -152,17 +156,7 @@ impl Vmm for QemuVmm {
     }
 
     async fn start(&self, launch: &LaunchConfig) -> Result<StartedVm, VmError> {
-        let fail = |reason: String| VmError::Start {
-            kind: VmmKind::Qemu,
-            id: launch.id.clone(),
-            reason,
-        };
-        let binary = self.find_binary().ok_or_else(|| {
-            fail(format!(
-                "{} not found; install Debian's qemu-system-x86",
-                self.config.binary.display()
-            ))
-        })?;
+        let binary = self.binary_for(launch)?;
         let run_cache = launch.run_dir.path().parent().unwrap_or(Path::new("/"));
         let accel = accel::resolve(
             self.config.accel,
@@ -173,107 +167,130 @@ impl Vmm for QemuVmm {
             self.config.probe_timeout,
         )
         .await;
-
         let drive = config_drive::encode(&launch.guest).map_err(VmError::GuestMetadata)?;
-        let config_drive = launch.run_dir.config_drive();
-        RunDir::write_private(&config_drive, &drive)?;
-        let console_log = launch.run_dir.console_log();
-        RunDir::write_private(&console_log, b"")?;
-        let qmp_socket = launch.run_dir.qmp_socket();
-        let pid_file = launch.run_dir.pid_file();
-        let _ = std::fs::remove_file(&pid_file);
-        let agent_sockets = crate::agent::serial_sockets(launch.run_dir.path());
-
-        let invocation = cmdline::Invocation {
-            name: &launch.id,
+        RunDir::write_private(&launch.run_dir.config_drive(), &drive)?;
+        let setup = Setup {
+            binary,
             accel,
             machine: self.config.machine,
-            cpus: launch.cpus,
-            mem_mib: launch.mem_mib,
-            kernel: &launch.kernel,
-            append: &launch.kernel_args,
-            rootfs: &launch.root.path,
-            rootfs_read_only: launch.root.read_only,
-            config_drive: &config_drive,
-            disks: &launch.disks,
-            console_log: &console_log,
-            qmp_socket: Some(&qmp_socket),
-            pid_file: Some(&pid_file),
-            network: launch
-                .network
-                .as_ref()
-                .map(|n| (n.tap.as_str(), n.guest_mac.as_str())),
-            agent_sockets: &agent_sockets,
+            memory: cmdline::Memory::Memfd,
+            incoming: false,
         };
-        let args = invocation.args();
-        let vmm_log = launch.run_dir.vmm_log();
-        RunDir::write_private(&vmm_log, b"")?;
-        let stderr = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&vmm_log)
-            .map_err(|e| VmError::io("opening", &vmm_log, e))?;
-        let mut command = tokio::process::Command::new(&binary);
-        command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let netns: Option<OwnedFd> = match &launch.network {
-            Some(net) => {
-                tracing::debug!(netns = %net.netns.display(), "starting QEMU in the VM's network namespace");
-                Some(
-                    std::fs::File::open(&net.netns)
-                        .map_err(|source| VmError::Netns {
-                            path: net.netns.clone(),
-                            source,
-                        })?
-                        .into(),
-                )
-            }
-            None => None,
-        };
-        let netns_fd = netns.as_ref().map(|fd| fd.as_raw_fd());
-        // SAFETY: only setns(2) and setsid(2), async-signal-safe, run
-        // between fork and exec; the fd stays open until after the spawn.
-        unsafe {
-            command.pre_exec(move || {
-                if let Some(fd) = netns_fd {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // Detached: no signal of this terminal or session reaches it.
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let spawned = command.spawn();
-        drop(netns);
-        let child = spawned.map_err(|e| fail(format!("running {}: {e}", binary.display())))?;
-        let pid = self
-            .wait_until_up(child, &qmp_socket, &vmm_log)
+        let started = self.spawn(launch, &setup).await?;
+        tracing::info!(id = %launch.id, pid = started.pid, accel = accel.as_str(), "QEMU started");
+        Ok(started)
+    }
+
+    async fn version(&self) -> Result<String, VmError> {
+        let binary = self.find_binary().ok_or_else(|| VmError::VmmUnavailable {
+            kind: VmmKind::Qemu,
+            reason: format!("{} not found", self.config.binary.display()),
+        })?;
+        let out = tokio::process::Command::new(&binary)
+            .arg("--version")
+            .output()
             .await
-            .map_err(fail)?;
-        let start_time = ProcessIdentity::of(pid).ok().map(|p| p.start_time);
-        tracing::info!(id = %launch.id, pid, accel = accel.as_str(), "QEMU started");
-        Ok(StartedVm {
-            pid,
-            start_time,
-            details: json!({
-                "binary": binary,
-                "accel": accel,
-                "machine": self.config.machine,
-                "qmp_socket": qmp_socket,
-                "pid_file": pid_file,
-                "args": args,
-            }),
-        })
+            .map_err(|e| VmError::io("running", &binary, e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().next().unwrap_or("").trim().to_owned())
+    }
+
+    async fn pause(&self, vm: &RunMetadata) -> Result<(), VmError> {
+        self.qmp(vm).await?.execute("stop", None).await.map(drop)
+    }
+
+    async fn resume(&self, vm: &RunMetadata) -> Result<(), VmError> {
+        self.qmp(vm).await?.execute("cont", None).await.map(drop)
+    }
+
+    async fn snapshot(&self, vm: &RunMetadata, dir: &Path) -> Result<serde_json::Value, VmError> {
+        let mut qmp = self.qmp(vm).await?;
+        // RAM in a shared memfd is copied out below, not streamed.
+        qmp.execute("migrate-set-capabilities", Some(ignore_shared())).await?;
+        let state = dir.join(SNAPSHOT_STATE_FILE);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&state)
+            .map_err(|e| VmError::io("creating", &state, e))?;
+        qmp.pass_fd("snapshot", file.as_fd()).await?;
+        drop(file);
+        qmp.execute("migrate", Some(json!({ "uri": "fd:snapshot" })))
+            .await?;
+        qmp.wait_for_migration(MIGRATION_POLL).await?;
+        let memfd = vm.vmm_details["memory"] == "memfd";
+        if memfd {
+            let pid = vm.pid.ok_or_else(|| VmError::Snapshot {
+                id: vm.id.clone(),
+                reason: "no QEMU pid is recorded".into(),
+            })?;
+            let ram = memfd_of(pid).map_err(|reason| VmError::Snapshot {
+                id: vm.id.clone(),
+                reason,
+            })?;
+            let memory = dir.join(SNAPSHOT_MEMORY_FILE);
+            crate::copy::copy_image(&ram, &memory)
+                .map_err(|e| VmError::io("writing the guest memory to", &memory, e))?;
+        }
+        Ok(json!({
+            "accel": vm.vmm_details["accel"],
+            "machine": vm.vmm_details["machine"],
+            "memory_file": memfd,
+        }))
+    }
+
+    async fn restore(
+        &self,
+        launch: &LaunchConfig,
+        from: &RestoreFrom<'_>,
+    ) -> Result<StartedVm, VmError> {
+        let fail = |reason: String| VmError::Start {
+            kind: VmmKind::Qemu,
+            id: launch.id.clone(),
+            reason,
+        };
+        let memory_path = from.dir.join(SNAPSHOT_MEMORY_FILE);
+        let setup = Setup {
+            binary: self.binary_for(launch)?,
+            accel: detail(from.details, "accel").map_err(fail)?,
+            machine: detail(from.details, "machine").map_err(fail)?,
+            memory: if from.details["memory_file"] == true {
+                cmdline::Memory::SnapshotFile(&memory_path)
+            } else {
+                cmdline::Memory::Anonymous
+            },
+            incoming: true,
+        };
+        let started = self.spawn(launch, &setup).await?;
+        let loaded = async {
+            let mut qmp = qmp::Qmp::connect(&launch.run_dir.qmp_socket(), self.config.qmp_timeout).await?;
+            qmp.execute("migrate-set-capabilities", Some(ignore_shared())).await?;
+            let state = from.dir.join(SNAPSHOT_STATE_FILE);
+            let file = std::fs::File::open(&state).map_err(|e| VmError::io("opening", &state, e))?;
+            qmp.pass_fd("incoming", file.as_fd()).await?;
+            drop(file);
+            qmp.execute("migrate-incoming", Some(json!({ "uri": "fd:incoming" })))
+                .await?;
+            qmp.wait_for_migration(MIGRATION_POLL).await?;
+            match qmp.status().await?.as_str() {
+                "paused" => Ok(()),
+                other => Err(fail(format!("QEMU is {other} after loading the snapshot"))),
+            }
+        }
+        .await;
+        if let Err(e) = loaded {
+            let process = ProcessIdentity {
+                pid: started.pid,
+                start_time: started.start_time.unwrap_or_default(),
+            };
+            let _ = process.signal(rustix::process::Signal::KILL);
+            let _ = process.wait_exit(Duration::from_secs(5), Duration::from_millis(20)).await;
+            let printed = std::fs::read_to_string(launch.run_dir.vmm_log()).unwrap_or_default();
+            return Err(fail(format!("loading the snapshot: {e} {}", printed.trim())));
+        }
+        tracing::info!(id = %launch.id, pid = started.pid, "QEMU restored from a snapshot");
+        Ok(started)
     }
 
     async fn graceful_stop(&self, vm: &RunMetadata) -> Result<(), VmError> {
@@ -329,7 +346,173 @@ impl Vmm for QemuVmm {
     }
 }
 
+/// How a QEMU process is set up: fresh boot or restore.
+struct Setup<'a> {
+    binary: PathBuf,
+    accel: Accel,
+    machine: Machine,
+    memory: cmdline::Memory<'a>,
+    incoming: bool,
+}
+
+/// How often a migration's progress is asked for.
+const MIGRATION_POLL: Duration = Duration::from_millis(20);
+
+/// `x-ignore-shared`: RAM QEMU shares with the host (the memfd) stays out
+/// of the migration stream.
+fn ignore_shared() -> serde_json::Value {
+    json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })
+}
+
+/// A field of the snapshot's backend details.
+fn detail<T: serde::de::DeserializeOwned>(details: &serde_json::Value, name: &str) -> Result<T, String> {
+    serde_json::from_value(details[name].clone()).map_err(|e| format!("the snapshot's {name}: {e}"))
+}
+
+/// The `/proc` path of QEMU's guest RAM memfd (see [`cmdline::Memory::Memfd`]).
+fn memfd_of(pid: i32) -> Result<PathBuf, String> {
+    let fds = PathBuf::from(format!("/proc/{pid}/fd"));
+    let entries = std::fs::read_dir(&fds).map_err(|e| format!("reading {}: {e}", fds.display()))?;
+    for entry in entries.flatten() {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target.to_string_lossy().starts_with("/memfd:memory-backend-memfd") {
+            return Ok(entry.path());
+        }
+    }
+    Err(format!("QEMU pid {pid} has no guest memory memfd (was it started by an older firebuild?)"))
+}
+
 impl QemuVmm {
+    fn binary_for(&self, launch: &LaunchConfig) -> Result<PathBuf, VmError> {
+        self.find_binary().ok_or_else(|| VmError::Start {
+            kind: VmmKind::Qemu,
+            id: launch.id.clone(),
+            reason: format!(
+                "{} not found; install Debian's qemu-system-x86",
+                self.config.binary.display()
+            ),
+        })
+    }
+
+    async fn qmp(&self, vm: &RunMetadata) -> Result<qmp::Qmp, VmError> {
+        qmp::Qmp::connect(&Self::qmp_socket(vm), self.config.qmp_timeout).await
+    }
+
+    /// Starts QEMU detached for `launch` and waits until QMP answers.
+    async fn spawn(&self, launch: &LaunchConfig, setup: &Setup<'_>) -> Result<StartedVm, VmError> {
+        let fail = |reason: String| VmError::Start {
+            kind: VmmKind::Qemu,
+            id: launch.id.clone(),
+            reason,
+        };
+        let config_drive = launch.run_dir.config_drive();
+        let console_log = launch.run_dir.console_log();
+        RunDir::write_private(&console_log, b"")?;
+        let qmp_socket = launch.run_dir.qmp_socket();
+        let pid_file = launch.run_dir.pid_file();
+        let _ = std::fs::remove_file(&pid_file);
+        let agent_sockets = crate::agent::serial_sockets(launch.run_dir.path());
+
+        let invocation = cmdline::Invocation {
+            name: &launch.id,
+            accel: setup.accel,
+            machine: setup.machine,
+            cpus: launch.cpus,
+            mem_mib: launch.mem_mib,
+            memory: setup.memory,
+            incoming: setup.incoming,
+            kernel: &launch.kernel,
+            append: &launch.kernel_args,
+            rootfs: &launch.root.path,
+            rootfs_read_only: launch.root.read_only,
+            config_drive: &config_drive,
+            disks: &launch.disks,
+            console_log: &console_log,
+            qmp_socket: Some(&qmp_socket),
+            pid_file: Some(&pid_file),
+            network: launch
+                .network
+                .as_ref()
+                .map(|n| (n.tap.as_str(), n.guest_mac.as_str())),
+            agent_sockets: &agent_sockets,
+        };
+        let args = invocation.args();
+        let vmm_log = launch.run_dir.vmm_log();
+        RunDir::write_private(&vmm_log, b"")?;
+        let stderr = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&vmm_log)
+            .map_err(|e| VmError::io("opening", &vmm_log, e))?;
+        let mut command = tokio::process::Command::new(&setup.binary);
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let netns: Option<OwnedFd> = match &launch.network {
+            Some(net) => {
+                tracing::debug!(netns = %net.netns.display(), "starting QEMU in the VM's network namespace");
+                Some(
+                    std::fs::File::open(&net.netns)
+                        .map_err(|source| VmError::Netns {
+                            path: net.netns.clone(),
+                            source,
+                        })?
+                        .into(),
+                )
+            }
+            None => None,
+        };
+        let netns_fd = netns.as_ref().map(|fd| fd.as_raw_fd());
+        // SAFETY: only setns(2) and setsid(2), async-signal-safe, run
+        // between fork and exec; the fd stays open until after the spawn.
+        unsafe {
+            command.pre_exec(move || {
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Detached: no signal of this terminal or session reaches it.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let spawned = command.spawn();
+        drop(netns);
+        let child =
+            spawned.map_err(|e| fail(format!("running {}: {e}", setup.binary.display())))?;
+        let pid = self
+            .wait_until_up(child, &qmp_socket, &vmm_log)
+            .await
+            .map_err(fail)?;
+        let start_time = ProcessIdentity::of(pid).ok().map(|p| p.start_time);
+        let memory = match setup.memory {
+            cmdline::Memory::Memfd => "memfd",
+            cmdline::Memory::SnapshotFile(_) => "snapshot-file",
+            cmdline::Memory::Anonymous => "anonymous",
+        };
+        Ok(StartedVm {
+            pid,
+            start_time,
+            details: json!({
+                "binary": setup.binary,
+                "accel": setup.accel,
+                "machine": setup.machine,
+                "memory": memory,
+                "qmp_socket": qmp_socket,
+                "pid_file": pid_file,
+                "args": args,
+            }),
+        })
+    }
+
     /// Waits until QEMU's QMP socket answers; returns QEMU's pid. A QEMU
     /// that exits first, or is not up in time, is an error with what it
     /// printed (it is killed in the latter case).

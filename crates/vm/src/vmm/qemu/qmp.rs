@@ -1,5 +1,6 @@
 //! A minimal QMP client: one JSON object per line over QEMU's Unix socket.
-//! Enough for `send-key`, `quit` and `query-status`.
+//! Enough for `send-key`, `quit`, `stop`/`cont` and migration to and from
+//! a file descriptor passed with `getfd`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,6 +63,11 @@ impl Qmp {
             .await
             .map_err(|_| qmp_error(&self.socket, &format!("timed out sending {command}")))?
             .map_err(|e| qmp_error(&self.socket, &format!("sending {command}: {e}")))?;
+        self.read_reply(command).await
+    }
+
+    /// The reply to `command`, skipping events.
+    async fn read_reply(&mut self, command: &str) -> Result<Value, VmError> {
         loop {
             let message = self.read_message().await?;
             if message.get("event").is_some() {
@@ -76,6 +82,65 @@ impl Qmp {
                     .and_then(Value::as_str)
                     .unwrap_or("unknown error");
                 return Err(qmp_error(&self.socket, &format!("{command}: {desc}")));
+            }
+        }
+    }
+
+    /// Hands `fd` to QEMU under `name` (`getfd`, the descriptor travels
+    /// with the command as SCM_RIGHTS), for `fd:<name>` migration URIs.
+    pub async fn pass_fd(&mut self, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), VmError> {
+        let mut line = json!({ "execute": "getfd", "arguments": { "fdname": name } }).to_string();
+        line.push('\n');
+        let fds = [fd];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+        let socket = self.writer.as_ref();
+        let sent = tokio::time::timeout(self.timeout, async {
+            loop {
+                socket.writable().await?;
+                match socket.try_io(tokio::io::Interest::WRITABLE, || {
+                    rustix::net::sendmsg(
+                        socket,
+                        &[std::io::IoSlice::new(line.as_bytes())],
+                        &mut control,
+                        rustix::net::SendFlags::empty(),
+                    )
+                    .map_err(std::io::Error::from)
+                }) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .map_err(|_| qmp_error(&self.socket, "timed out passing a file descriptor"))?
+        .map_err(|e| qmp_error(&self.socket, &format!("passing a file descriptor: {e}")))?;
+        if sent != line.len() {
+            return Err(qmp_error(&self.socket, "getfd was sent only in part"));
+        }
+        self.read_reply("getfd").await.map(drop)
+    }
+
+    /// The VM's run state (`running`, `paused`, `inmigrate`, `postmigrate` ...).
+    pub async fn status(&mut self) -> Result<String, VmError> {
+        let status = self.execute("query-status", None).await?;
+        Ok(status["status"].as_str().unwrap_or("unknown").to_owned())
+    }
+
+    /// Waits until the migration QEMU runs (out or in) is over; an error
+    /// carries QEMU's reason.
+    pub async fn wait_for_migration(&mut self, poll: Duration) -> Result<(), VmError> {
+        loop {
+            let state = self.execute("query-migrate", None).await?;
+            match state["status"].as_str().unwrap_or("") {
+                "completed" => return Ok(()),
+                "failed" | "cancelled" => {
+                    let why = state["error-desc"].as_str().unwrap_or("no reason given");
+                    return Err(qmp_error(&self.socket, &format!("migration failed: {why}")));
+                }
+                _ => tokio::time::sleep(poll).await,
             }
         }
     }
