@@ -105,6 +105,13 @@ pub enum Command {
     Cp(CpArgs),
     /// Wait until a microVM exits; print (and exit with) its entrypoint's status.
     Wait(VmArgs),
+    /// Stop a running microVM's vCPUs (its memory and devices stay).
+    Pause(VmArgs),
+    /// Let a paused microVM run again.
+    Resume(VmArgs),
+    /// Snapshots of running microVMs, to start forks from (`run --from-snapshot`).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 
     /// Stored root filesystems and pulled OCI images.
     #[command(subcommand)]
@@ -307,8 +314,20 @@ impl LegacyBuildArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Tagged root filesystem to boot: org/name:version.
-    #[arg(long, value_name = "TAG")]
-    pub from: String,
+    #[arg(long, value_name = "TAG", required_unless_present = "from_snapshot")]
+    pub from: Option<String>,
+    /// Resume a snapshot (`firebuild snapshot create`) instead of booting:
+    /// a fork with its own disk, address, hostname, clock and entropy.
+    /// The image, kernel, vCPUs, memory and command are the snapshot's.
+    #[arg(
+        long,
+        value_name = "TAG",
+        conflicts_with_all = [
+            "from", "vmlinux_id", "env", "env_file", "identity_file", "kernel_args",
+            "volume", "command", "disk_size", "rootfs_mode", "cpu", "mem",
+        ]
+    )]
+    pub from_snapshot: Option<String>,
     /// Kernel id (see `firebuild kernel ls`); default: the profile's
     /// default kernel, else the only registered one.
     #[arg(long, value_name = "ID")]
@@ -595,6 +614,45 @@ pub enum VolumeCommand {
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a running (or paused) microVM: memory, device state and its
+    /// writable disk; the VM is paused meanwhile, then resumed.
+    Create {
+        /// Id of the microVM.
+        #[arg(long, value_name = "ID")]
+        vmm_id: String,
+        /// The snapshot's tag: org/name:version.
+        #[arg(long, value_name = "TAG")]
+        tag: String,
+        /// Stop the VM once the snapshot is written instead of resuming it.
+        #[arg(long)]
+        stop: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// List snapshots.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Print a snapshot's record as JSON, with the VMs running from it.
+    Inspect {
+        tag: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Remove snapshots (refused while a VM runs from one).
+    Rm {
+        #[arg(required = true)]
+        tags: Vec<String>,
         #[command(flatten)]
         settings: SettingsArgs,
     },

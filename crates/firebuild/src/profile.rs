@@ -18,10 +18,12 @@ pub const DIRECTORY_PROVIDER: &str = "directory";
 pub const ROOTFS_STORAGE_ROOT: &str = "rootfs-storage-root";
 pub const KERNEL_STORAGE_ROOT: &str = "kernel-storage-root";
 pub const VOLUME_STORAGE_ROOT: &str = "volume-storage-root";
-const KNOWN_PROPERTIES: [&str; 3] = [
+pub const SNAPSHOT_STORAGE_ROOT: &str = "snapshot-storage-root";
+const KNOWN_PROPERTIES: [&str; 4] = [
     ROOTFS_STORAGE_ROOT,
     KERNEL_STORAGE_ROOT,
     VOLUME_STORAGE_ROOT,
+    SNAPSHOT_STORAGE_ROOT,
 ];
 
 /// Longest VM id the runtime accepts; the jail socket path budget uses it.
@@ -115,7 +117,7 @@ pub enum ProfileError {
     },
     #[error("unknown storage provider {0:?}: the only provider is `directory`")]
     UnknownProvider(String),
-    #[error("unknown storage provider property {0:?}: the directory provider takes rootfs-storage-root, kernel-storage-root and volume-storage-root")]
+    #[error("unknown storage provider property {0:?}: the directory provider takes rootfs-storage-root, kernel-storage-root, volume-storage-root and snapshot-storage-root")]
     UnknownProperty(String),
     #[error("--registry-mirror {registry}={url}: the mirror must be an http:// or https:// URL")]
     BadMirror { registry: String, url: String },
@@ -340,6 +342,7 @@ impl Profile {
             let flag = match key.as_str() {
                 ROOTFS_STORAGE_ROOT => "storage-provider-property-string rootfs-storage-root",
                 KERNEL_STORAGE_ROOT => "storage-provider-property-string kernel-storage-root",
+                SNAPSHOT_STORAGE_ROOT => "storage-provider-property-string snapshot-storage-root",
                 _ => "storage-provider-property-string volume-storage-root",
             };
             check_dir(flag, Path::new(value), dirs)?;

@@ -8,7 +8,8 @@ use anyhow::Context as _;
 
 use crate::cli::{AccelPolicy, GlobalArgs, Isolation, SettingsArgs, VmmChoice};
 use crate::profile::{
-    Profile, ProfileDir, KERNEL_STORAGE_ROOT, ROOTFS_STORAGE_ROOT, VOLUME_STORAGE_ROOT,
+    Profile, ProfileDir, KERNEL_STORAGE_ROOT, ROOTFS_STORAGE_ROOT, SNAPSHOT_STORAGE_ROOT,
+    VOLUME_STORAGE_ROOT,
 };
 
 /// Where state lives when no profile says otherwise.
@@ -27,6 +28,7 @@ pub struct Settings {
     pub rootfs_storage_root: PathBuf,
     pub kernel_storage_root: PathBuf,
     pub volume_storage_root: PathBuf,
+    pub snapshot_storage_root: PathBuf,
     pub vmm: VmmChoice,
     pub qemu_accel: AccelPolicy,
     pub isolation: Isolation,
@@ -76,6 +78,7 @@ impl Settings {
             rootfs_storage_root: property(ROOTFS_STORAGE_ROOT, "rootfs"),
             kernel_storage_root: property(KERNEL_STORAGE_ROOT, "vmlinux"),
             volume_storage_root: property(VOLUME_STORAGE_ROOT, "volumes"),
+            snapshot_storage_root: property(SNAPSHOT_STORAGE_ROOT, "snapshots"),
             binary_firecracker: p.binary_firecracker.unwrap_or_else(|| "firecracker".into()),
             binary_jailer: p.binary_jailer.unwrap_or_else(|| "jailer".into()),
             binary_qemu: p.binary_qemu.unwrap_or_else(|| "qemu-system-x86_64".into()),

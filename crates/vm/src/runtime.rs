@@ -578,7 +578,7 @@ impl Runtime {
     /// `firebuild snapshot create`: pauses VM `id` (if it runs), writes its
     /// memory, device state and writable disks into `staging` (a
     /// [`SnapshotStaging`] directory), then resumes it, or stops it with
-    /// `stop`. Returns the record to publish. On any failure or stop
+    /// `stop`. Returns the record and the image metadata to publish. On any failure or stop
     /// request the VM is resumed as it was and the caller drops the staging.
     pub async fn snapshot(
         &self,
@@ -587,7 +587,7 @@ impl Runtime {
         staging: &Path,
         stop: bool,
         interrupts: Interrupts,
-    ) -> Result<SnapshotRecord, VmError> {
+    ) -> Result<(SnapshotRecord, ImageMetadata), VmError> {
         let (mut stops, _listener) = listen(interrupts);
         let mut metadata = self.load(id).await?;
         let refuse = |reason: String| VmError::Snapshot {
@@ -633,7 +633,7 @@ impl Runtime {
         tag: &str,
         staging: &Path,
         stops: &mut mpsc::UnboundedReceiver<()>,
-    ) -> Result<SnapshotRecord, VmError> {
+    ) -> Result<(SnapshotRecord, ImageMetadata), VmError> {
         let interrupted = |stops: &mut mpsc::UnboundedReceiver<()>| match stops.try_recv() {
             Ok(()) => Err(VmError::Interrupted {
                 what: format!("the snapshot of VM {}", vm.id),
@@ -678,17 +678,12 @@ impl Runtime {
             .ok_or_else(|| {
                 fail("its run directory has no image metadata (it was started by an older firebuild); restart it".into())
             })?;
-        std::fs::write(
-            staging.join(firebuild_store::METADATA_FILE),
-            serde_json::to_vec_pretty(&image).map_err(VmError::GuestMetadata)?,
-        )
-        .map_err(|e| VmError::io("writing", staging.join(firebuild_store::METADATA_FILE), e))?;
         let kernel_digest = file_digest(&vm.kernel)
             .map_err(|e| VmError::Kernel {
                 path: vm.kernel.clone(),
                 source: e,
             })?;
-        Ok(SnapshotRecord {
+        let record = SnapshotRecord {
             tag: tag.to_owned(),
             created: OffsetDateTime::now_utc(),
             source_vm: vm.id.clone(),
@@ -712,7 +707,8 @@ impl Runtime {
             command: vm.command.clone(),
             shutdown_timeout_secs: vm.shutdown_timeout_secs,
             has_healthcheck: vm.has_healthcheck,
-        })
+        };
+        Ok((record, image))
     }
 
     /// The VMs, not yet exited, that were resumed from snapshot `tag`.

@@ -8,6 +8,7 @@ mod image;
 mod kernel;
 mod network;
 mod profile;
+mod snapshot;
 mod vm;
 mod volume;
 
@@ -39,6 +40,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => guest::exec(global, args),
         Command::Cp(args) => guest::cp(global, args),
         Command::Wait(args) => guest::wait(global, args),
+        Command::Pause(args) => snapshot::pause(global, args),
+        Command::Resume(args) => snapshot::resume(global, args),
+        Command::Snapshot(command) => done(snapshot::run(global, command)),
         Command::Kernel(command) => done(kernel::run(global, command)),
         Command::Dockerfile(command) => done(dockerfile::run(global, command)),
         Command::Network(command) => done(network::run(global, command)),

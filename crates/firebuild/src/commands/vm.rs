@@ -14,7 +14,8 @@ use firebuild_metadata::InitMode;
 use firebuild_store::{DirectoryStore, Tag};
 use firebuild_vm::{
     render_table, HealthOverrides, Interrupts, NetworkAttachment, NetworkError, NetworkReleaser,
-    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, VmStatus, VmmKind, VolumeStore,
+    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore, VmStatus, VmmKind,
+    VolumeStore,
 };
 use firebuild_vm_firecracker::{jail_ids, FirecrackerConfig, FirecrackerVmm, JailUser};
 
@@ -112,9 +113,6 @@ fn settings_with_run_cache(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     require_root("run")?;
     let settings = settings_with_run_cache(global, &args.settings)?;
-    let tag: Tag = args.from.parse()?;
-    let image = DirectoryStore::new(&settings.rootfs_storage_root).get(&tag)?;
-    let (kernel_id, kernel) = super::kernel::choose(&settings, args.vmlinux_id.as_deref())?;
     // Parse what can be wrong before anything is created.
     let ports = parse_port_specs(&args.port)?;
     let requested_ip: Option<IpAddr> = args
@@ -125,52 +123,27 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--ip-address {ip}: not an IP address"))
         })
         .transpose()?;
-
-    let mut spec = RunSpec::new(image.rootfs_path(), image.metadata, kernel);
-    spec.kernel_id = kernel_id;
-    spec.cpus = args.cpu;
-    spec.mem_mib = args.mem;
-    spec.env_files.clone_from(&args.env_file);
-    spec.env = args.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    spec.command = (!args.command.is_empty()).then(|| args.command.clone());
-    spec.identity_files.clone_from(&args.identity_file);
-    spec.ssh_user.clone_from(&args.ssh_user);
+    let (mut spec, snapshot_network) = match &args.from_snapshot {
+        Some(tag) => {
+            let snapshot = SnapshotStore::new(&settings.snapshot_storage_root).get(&tag.parse()?)?;
+            let network = snapshot.record.network.as_ref().map(|n| n.network_name.clone());
+            (RunSpec::from_snapshot(snapshot), network)
+        }
+        None => (boot_spec(&settings, args)?, None),
+    };
     spec.hostname.clone_from(&args.hostname);
     spec.name.clone_from(&args.name);
-    spec.kernel_args.clone_from(&args.kernel_args);
     spec.daemonize = args.daemonize;
     spec.remove_on_exit = args.rm;
-    spec.vmm = settings.vmm;
     spec.shutdown_timeout = args.shutdown_timeout;
-    spec.rootfs_mode = args.rootfs_mode;
-    spec.disk_size = args.disk_size;
-    let volumes = VolumeStore::new(&settings.volume_storage_root);
-    spec.volumes = args
-        .volume
-        .iter()
-        .map(|v| firebuild_vm::volumes::resolve(v, &volumes))
-        .collect::<Result<_, _>>()?;
-    spec.health = HealthOverrides {
-        disabled: args.health.no_healthcheck,
-        cmd: args.health.health_cmd.clone(),
-        interval: args.health.health_interval,
-        timeout: args.health.health_timeout,
-        start_period: args.health.health_start_period,
-        start_interval: args.health.health_start_interval,
-        retries: args.health.health_retries,
-    };
-    spec.init_mode = match args.init_mode {
-        InitModeArg::Entrypoint => InitMode::Entrypoint,
-        InitModeArg::Image => InitMode::Image,
-    };
 
     let runtime = vm_runtime(&settings, args.no_jailer);
     let cni = cni_runtime(&settings);
     let outcome = tokio_runtime()?.block_on(async {
         let mut prepared = runtime.prepare(spec).await?;
         // Firecracker serves the guest metadata over MMDS, which needs a
-        // network; published ports need one too.
-        let network = args.cni_network_name.clone().or_else(|| {
+        // network; published ports need one too; a fork joins its source's.
+        let network = args.cni_network_name.clone().or(snapshot_network).or_else(|| {
             (prepared.metadata().vmm == VmmKind::Firecracker || !ports.is_empty())
                 .then(|| DEFAULT_NETWORK.to_owned())
         });
@@ -223,6 +196,47 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
             exit_code.map_or(NO_GUEST_EXIT_CODE, |code| code.clamp(0, 255) as u8),
         )),
     }
+}
+
+/// The spec of a VM that boots a stored image (`run --from`).
+fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
+    let from = args.from.as_deref().context("--from or --from-snapshot is required")?;
+    let tag: Tag = from.parse()?;
+    let image = DirectoryStore::new(&settings.rootfs_storage_root).get(&tag)?;
+    let (kernel_id, kernel) = super::kernel::choose(settings, args.vmlinux_id.as_deref())?;
+    let mut spec = RunSpec::new(image.rootfs_path(), image.metadata, kernel);
+    spec.kernel_id = kernel_id;
+    spec.cpus = args.cpu;
+    spec.mem_mib = args.mem;
+    spec.env_files.clone_from(&args.env_file);
+    spec.env = args.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    spec.command = (!args.command.is_empty()).then(|| args.command.clone());
+    spec.identity_files.clone_from(&args.identity_file);
+    spec.ssh_user.clone_from(&args.ssh_user);
+    spec.kernel_args.clone_from(&args.kernel_args);
+    spec.vmm = settings.vmm;
+    spec.rootfs_mode = args.rootfs_mode;
+    spec.disk_size = args.disk_size;
+    let volumes = VolumeStore::new(&settings.volume_storage_root);
+    spec.volumes = args
+        .volume
+        .iter()
+        .map(|v| firebuild_vm::volumes::resolve(v, &volumes))
+        .collect::<Result<_, _>>()?;
+    spec.health = HealthOverrides {
+        disabled: args.health.no_healthcheck,
+        cmd: args.health.health_cmd.clone(),
+        interval: args.health.health_interval,
+        timeout: args.health.health_timeout,
+        start_period: args.health.health_start_period,
+        start_interval: args.health.health_start_interval,
+        retries: args.health.health_retries,
+    };
+    spec.init_mode = match args.init_mode {
+        InitModeArg::Entrypoint => InitMode::Entrypoint,
+        InitModeArg::Image => InitMode::Image,
+    };
+    Ok(spec)
 }
 
 fn release_quietly(cni: &CniRuntime, vm_id: &str) {
