@@ -71,7 +71,7 @@ fn machines_network_end_to_end() {
         text(&out.stderr)
     );
     lap("warm-up VM booted and exited");
-    let before = w.snapshot();
+    let before = w.host_state();
     assert!(
         before.links.contains(&format!("fb-{NETWORK}")),
         "{before:#?}"
@@ -265,7 +265,7 @@ fn machines_network_end_to_end() {
     std::fs::remove_dir_all(w.path("runs").join(&crash)).unwrap();
     // Left until purge: the crashed VM's network, and the client's (it
     // exited by itself; an exited VM keeps its address until purge).
-    let crashed = w.snapshot();
+    let crashed = w.host_state();
     assert_eq!(
         crashed.vm_namespaces,
         vec![format!("firebuild-{client}"), format!("firebuild-{crash}")]
@@ -276,7 +276,7 @@ fn machines_network_end_to_end() {
     w.ok(&["purge"], &[]);
     assert_eq!(w.ok(&["ls"], &["--json"]).trim(), "", "purge left VMs");
     assert!(w.live_vmm_pids().is_empty());
-    let after = w.snapshot();
+    let after = w.host_state();
     assert_eq!(before, after, "kill + purge did not restore the host");
     lap("purge restored the host");
 
@@ -325,7 +325,11 @@ fn machines_network_end_to_end() {
     );
     assert!(!out.status.success(), "port 99999 was accepted");
     assert!(text(&out.stderr).contains("99999"), "{}", text(&out.stderr));
-    assert_eq!(w.snapshot(), before, "a refused run left something behind");
+    assert_eq!(
+        w.host_state(),
+        before,
+        "a refused run left something behind"
+    );
 
     // network rm takes the bridge away too.
     w.ok(&["network", "rm", NETWORK], &[]);

@@ -365,7 +365,9 @@ impl Vmm for FirecrackerVmm {
             .arg("--version")
             .output()
             .await
-            .map_err(|e| start_error("-", format!("running {} --version: {e}", binary.display())))?;
+            .map_err(|e| {
+                start_error("-", format!("running {} --version: {e}", binary.display()))
+            })?;
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text.lines().next().unwrap_or("").trim().to_owned())
     }
@@ -396,7 +398,10 @@ impl Vmm for FirecrackerVmm {
         launch: &LaunchConfig,
         _from: &firebuild_vm::vmm::RestoreFrom<'_>,
     ) -> Result<StartedVm, VmError> {
-        Err(start_error(&launch.id, "Firecracker snapshots are not implemented yet"))
+        Err(start_error(
+            &launch.id,
+            "Firecracker snapshots are not implemented yet",
+        ))
     }
 
     fn agent_endpoint(&self, vm: &RunMetadata) -> Option<AgentEndpoint> {

@@ -17,12 +17,11 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+use crate::agent::AgentConnection;
 use crate::agent::AgentEndpoint;
 use crate::argv::resolve_argv;
 use crate::console::{exit_code_from_log, ConsoleFollower, POLL_INTERVAL};
-use crate::agent::AgentConnection;
 use crate::disks::{copy_file, RootfsMode, VmDisks, MIN_DISK_SIZE};
-use crate::snapshot_store::{file_digest, Snapshot, SnapshotRecord, SourceNetwork};
 use crate::env::{host_env, merge_env};
 use crate::error::VmError;
 use crate::guest::{self, BootArgs, GuestInputs};
@@ -30,6 +29,7 @@ use crate::liveness::ProcessIdentity;
 use crate::names::{random_hostname, random_id, validate_hostname, validate_name};
 use crate::network::NetworkReleaser;
 use crate::rundir::{RunDir, RunDirGuard};
+use crate::snapshot_store::{file_digest, Snapshot, SnapshotRecord, SourceNetwork};
 use crate::spec::{NetworkAttachment, RunSpec, VmmChoice};
 use crate::state::{RunMetadata, VmStatus};
 use crate::vmm::qemu::QemuVmm;
@@ -678,11 +678,10 @@ impl Runtime {
             .ok_or_else(|| {
                 fail("its run directory has no image metadata (it was started by an older firebuild); restart it".into())
             })?;
-        let kernel_digest = file_digest(&vm.kernel)
-            .map_err(|e| VmError::Kernel {
-                path: vm.kernel.clone(),
-                source: e,
-            })?;
+        let kernel_digest = file_digest(&vm.kernel).map_err(|e| VmError::Kernel {
+            path: vm.kernel.clone(),
+            source: e,
+        })?;
         let record = SnapshotRecord {
             tag: tag.to_owned(),
             created: OffsetDateTime::now_utc(),
@@ -1240,7 +1239,11 @@ const FORK_AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Refuses a restore that cannot work, before anything is made: another
 /// VMM or VMM version, a kernel that is gone or changed.
-async fn check_restorable(snapshot: &Snapshot, backend: &dyn Vmm, kernel: &Path) -> Result<(), VmError> {
+async fn check_restorable(
+    snapshot: &Snapshot,
+    backend: &dyn Vmm,
+    kernel: &Path,
+) -> Result<(), VmError> {
     let record = &snapshot.record;
     let refuse = |reason: String| VmError::Restore {
         tag: snapshot.tag.to_string(),
@@ -1286,15 +1289,18 @@ fn fork_identity(
     let now = OffsetDateTime::now_utc().unix_timestamp_nanos();
     firebuild_agent_proto::Identity {
         hostname: metadata.hostname.clone(),
-        network: metadata.network.as_ref().map(|n| firebuild_agent_proto::NetworkIdentity {
-            previous_mac: source.map(|s| s.mac.clone()).unwrap_or_default(),
-            mac: n.guest_mac.clone(),
-            address: n.ip.to_string(),
-            prefix: n.prefix,
-            gateway: n.gateway.map(|g| g.to_string()),
-            nameservers: n.nameservers.iter().map(|a| a.to_string()).collect(),
-            mtu: n.mtu,
-        }),
+        network: metadata
+            .network
+            .as_ref()
+            .map(|n| firebuild_agent_proto::NetworkIdentity {
+                previous_mac: source.map(|s| s.mac.clone()).unwrap_or_default(),
+                mac: n.guest_mac.clone(),
+                address: n.ip.to_string(),
+                prefix: n.prefix,
+                gateway: n.gateway.map(|g| g.to_string()),
+                nameservers: n.nameservers.iter().map(|a| a.to_string()).collect(),
+                mtu: n.mtu,
+            }),
         unix_time_ns: u64::try_from(now).unwrap_or_default(),
         entropy,
     }

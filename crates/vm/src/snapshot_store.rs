@@ -94,11 +94,16 @@ impl Snapshot {
     /// Bytes its files take on the host (the linked image not counted).
     pub fn disk_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        [SNAPSHOT_STATE_FILE, SNAPSHOT_MEMORY_FILE, SCRATCH_FILE, CONFIG_DRIVE_FILE]
-            .iter()
-            .filter_map(|f| std::fs::metadata(self.file(f)).ok())
-            .map(|m| m.blocks() * 512)
-            .sum()
+        [
+            SNAPSHOT_STATE_FILE,
+            SNAPSHOT_MEMORY_FILE,
+            SCRATCH_FILE,
+            CONFIG_DRIVE_FILE,
+        ]
+        .iter()
+        .filter_map(|f| std::fs::metadata(self.file(f)).ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
     }
 }
 
@@ -153,6 +158,12 @@ impl SnapshotStore {
             tracing::warn!("cleaning stale snapshot staging: {e}");
         }
         let staging = self.tree.stage(tag).map_err(|e| self.error(tag, e))?;
+        // Guest memory holds the guest's secrets: the host's root only.
+        std::fs::set_permissions(
+            staging.dir(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(|e| VmError::io("restricting", staging.dir(), e))?;
         Ok(SnapshotStaging {
             tag: tag.clone(),
             staging,
@@ -171,12 +182,14 @@ impl SnapshotStore {
                 },
             ));
         }
-        let incomplete = |what: &str| VmError::Restore {
+        let incomplete = |what: &str| {
+            VmError::Restore {
             tag: tag.to_string(),
             reason: format!(
                 "it is incomplete ({what} is missing in {}); `firebuild snapshot rm {tag}` and take it again",
                 dir.display()
             ),
+        }
         };
         let record: SnapshotRecord = read_json(&dir.join(RECORD_FILE))
             .map_err(|e| e.map_or_else(|| incomplete(RECORD_FILE), |r| self.bad(tag, r)))?;
@@ -242,7 +255,11 @@ impl SnapshotStaging {
 
     /// Writes the record and the image metadata (last: the store publishes
     /// only a directory that has it), then publishes.
-    pub fn publish(self, record: &SnapshotRecord, image: &ImageMetadata) -> Result<PathBuf, VmError> {
+    pub fn publish(
+        self,
+        record: &SnapshotRecord,
+        image: &ImageMetadata,
+    ) -> Result<PathBuf, VmError> {
         let fail = |reason: String| VmError::Restore {
             tag: self.tag.to_string(),
             reason,
@@ -336,12 +353,23 @@ mod tests {
         let tag: Tag = "fbt/app:1".parse().unwrap();
         let staging = store.begin(&tag).unwrap();
         let staged = staging.dir().to_owned();
-        write_files(&staged, &[SNAPSHOT_STATE_FILE, SNAPSHOT_MEMORY_FILE, ROOTFS_FILE, SCRATCH_FILE]);
+        write_files(
+            &staged,
+            &[
+                SNAPSHOT_STATE_FILE,
+                SNAPSHOT_MEMORY_FILE,
+                ROOTFS_FILE,
+                SCRATCH_FILE,
+            ],
+        );
         assert!(store.get(&tag).is_err(), "not visible before publish");
         let image = crate::guest::tests::image();
         staging.publish(&record("fbt/app:1"), &image).unwrap();
         assert!(!staged.exists());
         let snap = store.get(&tag).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&snap.dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "a snapshot is private");
         assert_eq!(snap.record.mem_mib, 256);
         assert_eq!(snap.image, image);
         assert_eq!(store.list().unwrap().len(), 1);

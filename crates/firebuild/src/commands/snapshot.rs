@@ -117,7 +117,13 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
                 let tag: Tag = tag.parse()?;
                 store.get(&tag).map(drop).or_else(|e| {
                     // A broken snapshot may be removed; a missing one is an error.
-                    if store.root().join(tag.org()).join(tag.name()).join(tag.version()).exists() {
+                    if store
+                        .root()
+                        .join(tag.org())
+                        .join(tag.name())
+                        .join(tag.version())
+                        .exists()
+                    {
                         Ok(())
                     } else {
                         Err(e)

@@ -14,8 +14,8 @@ use firebuild_metadata::InitMode;
 use firebuild_store::{DirectoryStore, Tag};
 use firebuild_vm::{
     render_table, HealthOverrides, Interrupts, NetworkAttachment, NetworkError, NetworkReleaser,
-    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore, VmStatus, VmmKind,
-    VolumeStore,
+    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore, VmStatus,
+    VmmKind, VolumeStore,
 };
 use firebuild_vm_firecracker::{jail_ids, FirecrackerConfig, FirecrackerVmm, JailUser};
 
@@ -125,8 +125,13 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let (mut spec, snapshot_network) = match &args.from_snapshot {
         Some(tag) => {
-            let snapshot = SnapshotStore::new(&settings.snapshot_storage_root).get(&tag.parse()?)?;
-            let network = snapshot.record.network.as_ref().map(|n| n.network_name.clone());
+            let snapshot =
+                SnapshotStore::new(&settings.snapshot_storage_root).get(&tag.parse()?)?;
+            let network = snapshot
+                .record
+                .network
+                .as_ref()
+                .map(|n| n.network_name.clone());
             (RunSpec::from_snapshot(snapshot), network)
         }
         None => (boot_spec(&settings, args)?, None),
@@ -143,10 +148,14 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         let mut prepared = runtime.prepare(spec).await?;
         // Firecracker serves the guest metadata over MMDS, which needs a
         // network; published ports need one too; a fork joins its source's.
-        let network = args.cni_network_name.clone().or(snapshot_network).or_else(|| {
-            (prepared.metadata().vmm == VmmKind::Firecracker || !ports.is_empty())
-                .then(|| DEFAULT_NETWORK.to_owned())
-        });
+        let network = args
+            .cni_network_name
+            .clone()
+            .or(snapshot_network)
+            .or_else(|| {
+                (prepared.metadata().vmm == VmmKind::Firecracker || !ports.is_empty())
+                    .then(|| DEFAULT_NETWORK.to_owned())
+            });
         if let Some(network) = network {
             let mut request = VmNetworkRequest::new(prepared.id(), network);
             request.ip = requested_ip;
@@ -200,7 +209,10 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
 
 /// The spec of a VM that boots a stored image (`run --from`).
 fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
-    let from = args.from.as_deref().context("--from or --from-snapshot is required")?;
+    let from = args
+        .from
+        .as_deref()
+        .context("--from or --from-snapshot is required")?;
     let tag: Tag = from.parse()?;
     let image = DirectoryStore::new(&settings.rootfs_storage_root).get(&tag)?;
     let (kernel_id, kernel) = super::kernel::choose(settings, args.vmlinux_id.as_deref())?;

@@ -107,7 +107,10 @@ pub fn http_get(ns: &Path, addr: SocketAddr) -> Result<String, String> {
 }
 
 /// Retries `f` until it succeeds or `limit` has passed.
-pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+pub fn eventually<T>(
+    limit: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let deadline = Instant::now() + limit;
     loop {
         match f() {
@@ -162,7 +165,7 @@ pub fn store_httpd_image(store: &Path, work: &Path, page: &str) {
 
 /// Everything the VMs must leave as it was, read in the host namespace.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct HostState {
     pub links: Vec<String>,
     pub addrs: Vec<String>,
     pub routes: Vec<String>,
@@ -309,6 +312,10 @@ impl World {
                 "--storage-provider-property-string=kernel-storage-root={}",
                 p("vmlinux")
             ),
+            format!(
+                "--storage-provider-property-string=snapshot-storage-root={}",
+                p("snapshots")
+            ),
             "--vmm=qemu".into(),
             "--qemu-accel=tcg".into(),
         ]
@@ -316,13 +323,18 @@ impl World {
 
     /// Runs `firebuild <command> <settings> <rest>` inside the host namespace.
     pub fn firebuild(&self, command: &[&str], rest: &[&str]) -> Output {
+        self.command(command, rest).output().expect("run firebuild")
+    }
+
+    /// The command [`World::firebuild`] runs, to spawn it.
+    pub fn command(&self, command: &[&str], rest: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_firebuild"));
         cmd.args(command)
             .args(self.settings())
             .args(rest)
             .env_remove("RUST_LOG");
         netns::command_in_netns(&mut cmd, &self.host).expect("open the host namespace");
-        cmd.output().expect("run firebuild")
+        cmd
     }
 
     /// Like [`World::firebuild`], asserting success; returns stdout.
@@ -398,7 +410,7 @@ impl World {
         v
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    pub fn host_state(&self) -> HostState {
         let lines = |program: &str, args: &[&str]| -> Vec<String> {
             let mut v: Vec<String> = ok_in(&self.host, program, args)
                 .lines()
@@ -415,7 +427,7 @@ impl World {
             .into_iter()
             .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
             .collect();
-        Snapshot {
+        HostState {
             links: self.links(),
             addrs,
             // IPv4 only, without the carrier flag: the bridge's carrier
@@ -489,4 +501,3 @@ impl Drop for World {
         }
     }
 }
-

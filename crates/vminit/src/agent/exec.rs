@@ -70,7 +70,11 @@ pub fn prepare(ctx: &Context, req: &ExecRequest) -> Result<Prepared, Failure> {
         }
         env.insert(k.to_owned(), v.to_owned());
     }
-    let hostname = ctx.hostname.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let hostname = ctx
+        .hostname
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let env = process::build_env(&env, &hostname, &user.home);
     let path_env = env
         .iter()

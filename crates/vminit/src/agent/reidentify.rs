@@ -25,7 +25,8 @@ const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
 /// Applies `identity`; stops at the first part that fails, saying which.
 pub fn apply(ctx: &Context, identity: &Identity) -> Result<Reidentified, String> {
-    let clock_step_ms = set_clock(identity.unix_time_ns).map_err(|e| format!("setting the clock: {e}"))?;
+    let clock_step_ms =
+        set_clock(identity.unix_time_ns).map_err(|e| format!("setting the clock: {e}"))?;
     reseed(&identity.entropy).map_err(|e| format!("reseeding the entropy pool: {e}"))?;
     files::validate_hostname(&identity.hostname).map_err(|e| e.to_string())?;
     set_kernel_hostname(&identity.hostname).map_err(|e| format!("setting the hostname: {e}"))?;
@@ -59,7 +60,10 @@ fn set_clock(unix_time_ns: u64) -> io::Result<i64> {
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((unix_time_ns as i128 - now as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64 / 1_000_000)
+    Ok(
+        (unix_time_ns as i128 - now as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+            / 1_000_000,
+    )
 }
 
 fn realtime_ns() -> io::Result<u64> {

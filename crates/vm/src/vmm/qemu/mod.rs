@@ -206,7 +206,8 @@ impl Vmm for QemuVmm {
     async fn snapshot(&self, vm: &RunMetadata, dir: &Path) -> Result<serde_json::Value, VmError> {
         let mut qmp = self.qmp(vm).await?;
         // RAM in a shared memfd is copied out below, not streamed.
-        qmp.execute("migrate-set-capabilities", Some(ignore_shared())).await?;
+        qmp.execute("migrate-set-capabilities", Some(ignore_shared()))
+            .await?;
         let state = dir.join(SNAPSHOT_STATE_FILE);
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -264,10 +265,13 @@ impl Vmm for QemuVmm {
         };
         let started = self.spawn(launch, &setup).await?;
         let loaded = async {
-            let mut qmp = qmp::Qmp::connect(&launch.run_dir.qmp_socket(), self.config.qmp_timeout).await?;
-            qmp.execute("migrate-set-capabilities", Some(ignore_shared())).await?;
+            let mut qmp =
+                qmp::Qmp::connect(&launch.run_dir.qmp_socket(), self.config.qmp_timeout).await?;
+            qmp.execute("migrate-set-capabilities", Some(ignore_shared()))
+                .await?;
             let state = from.dir.join(SNAPSHOT_STATE_FILE);
-            let file = std::fs::File::open(&state).map_err(|e| VmError::io("opening", &state, e))?;
+            let file =
+                std::fs::File::open(&state).map_err(|e| VmError::io("opening", &state, e))?;
             qmp.pass_fd("incoming", file.as_fd()).await?;
             drop(file);
             qmp.execute("migrate-incoming", Some(json!({ "uri": "fd:incoming" })))
@@ -285,9 +289,14 @@ impl Vmm for QemuVmm {
                 start_time: started.start_time.unwrap_or_default(),
             };
             let _ = process.signal(rustix::process::Signal::KILL);
-            let _ = process.wait_exit(Duration::from_secs(5), Duration::from_millis(20)).await;
+            let _ = process
+                .wait_exit(Duration::from_secs(5), Duration::from_millis(20))
+                .await;
             let printed = std::fs::read_to_string(launch.run_dir.vmm_log()).unwrap_or_default();
-            return Err(fail(format!("loading the snapshot: {e} {}", printed.trim())));
+            return Err(fail(format!(
+                "loading the snapshot: {e} {}",
+                printed.trim()
+            )));
         }
         tracing::info!(id = %launch.id, pid = started.pid, "QEMU restored from a snapshot");
         Ok(started)
@@ -365,7 +374,10 @@ fn ignore_shared() -> serde_json::Value {
 }
 
 /// A field of the snapshot's backend details.
-fn detail<T: serde::de::DeserializeOwned>(details: &serde_json::Value, name: &str) -> Result<T, String> {
+fn detail<T: serde::de::DeserializeOwned>(
+    details: &serde_json::Value,
+    name: &str,
+) -> Result<T, String> {
     serde_json::from_value(details[name].clone()).map_err(|e| format!("the snapshot's {name}: {e}"))
 }
 
@@ -375,11 +387,16 @@ fn memfd_of(pid: i32) -> Result<PathBuf, String> {
     let entries = std::fs::read_dir(&fds).map_err(|e| format!("reading {}: {e}", fds.display()))?;
     for entry in entries.flatten() {
         let target = std::fs::read_link(entry.path()).unwrap_or_default();
-        if target.to_string_lossy().starts_with("/memfd:memory-backend-memfd") {
+        if target
+            .to_string_lossy()
+            .starts_with("/memfd:memory-backend-memfd")
+        {
             return Ok(entry.path());
         }
     }
-    Err(format!("QEMU pid {pid} has no guest memory memfd (was it started by an older firebuild?)"))
+    Err(format!(
+        "QEMU pid {pid} has no guest memory memfd (was it started by an older firebuild?)"
+    ))
 }
 
 impl QemuVmm {

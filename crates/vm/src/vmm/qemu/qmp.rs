@@ -88,7 +88,11 @@ impl Qmp {
 
     /// Hands `fd` to QEMU under `name` (`getfd`, the descriptor travels
     /// with the command as SCM_RIGHTS), for `fd:<name>` migration URIs.
-    pub async fn pass_fd(&mut self, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), VmError> {
+    pub async fn pass_fd(
+        &mut self,
+        name: &str,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), VmError> {
         let mut line = json!({ "execute": "getfd", "arguments": { "fdname": name } }).to_string();
         line.push('\n');
         let fds = [fd];
