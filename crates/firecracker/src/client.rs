@@ -141,6 +141,44 @@ impl Client {
         self.patch_vm(VmState::Resumed).await
     }
 
+    /// `PUT /snapshot/create` (the VM must be paused).
+    pub async fn create_snapshot(&self, body: &SnapshotCreateParams) -> Result<()> {
+        self.put("/snapshot/create", body).await
+    }
+
+    /// `PUT /snapshot/load` (a fresh process: nothing configured but the
+    /// logger and metrics).
+    pub async fn load_snapshot(&self, body: &SnapshotLoadParams) -> Result<()> {
+        self.put("/snapshot/load", body).await
+    }
+
+    /// Loads a snapshot into this fresh process, left paused: the logger
+    /// and metrics of `spec` first, then the memory file mapped as the File
+    /// backend, with the network interface moved to `spec`'s tap. Paths are
+    /// the process's (inside the jail when jailed).
+    pub async fn restore(&self, spec: &VmSpec, state: &Path, memory: &Path) -> Result<()> {
+        self.put_observability(spec).await?;
+        self.load_snapshot(&SnapshotLoadParams {
+            snapshot_path: state.to_owned(),
+            mem_backend: Some(MemoryBackend {
+                backend_type: MemoryBackendType::File,
+                backend_path: memory.to_owned(),
+            }),
+            resume_vm: Some(false),
+            network_overrides: spec
+                .network
+                .iter()
+                .map(|net| NetworkOverride {
+                    iface_id: NET_IFACE_ID.to_string(),
+                    host_dev_name: net.tap.clone(),
+                })
+                .collect(),
+        })
+        .await?;
+        tracing::info!(vm_id = %spec.vm_id, "Firecracker instance restored from a snapshot");
+        Ok(())
+    }
+
     async fn patch_vm(&self, state: VmState) -> Result<()> {
         let body = encode("/vm", &Vm { state })?;
         self.expect_no_content(Method::PATCH, "/vm", body).await
@@ -172,22 +210,7 @@ impl Client {
     pub async fn configure_and_start(&self, spec: &VmSpec) -> Result<()> {
         spec.validate()?;
         tracing::debug!(vm_id = %spec.vm_id, socket = %self.socket.display(), "configuring Firecracker");
-        if let Some(path) = &spec.log_path {
-            self.put_logger(&Logger {
-                log_path: Some(path.clone()),
-                level: Some(spec.log_level),
-                show_level: Some(true),
-                show_log_origin: Some(false),
-                module: None,
-            })
-            .await?;
-        }
-        if let Some(path) = &spec.metrics_path {
-            self.put_metrics(&Metrics {
-                metrics_path: path.clone(),
-            })
-            .await?;
-        }
+        self.put_observability(spec).await?;
         self.put_machine_config(&MachineConfiguration {
             vcpu_count: spec.vcpu_count,
             mem_size_mib: spec.mem_size_mib,
@@ -252,6 +275,27 @@ impl Client {
         }
         self.start().await?;
         tracing::info!(vm_id = %spec.vm_id, "Firecracker instance started");
+        Ok(())
+    }
+
+    /// The logger and metrics of `spec`, first of all so later failures are logged.
+    async fn put_observability(&self, spec: &VmSpec) -> Result<()> {
+        if let Some(path) = &spec.log_path {
+            self.put_logger(&Logger {
+                log_path: Some(path.clone()),
+                level: Some(spec.log_level),
+                show_level: Some(true),
+                show_log_origin: Some(false),
+                module: None,
+            })
+            .await?;
+        }
+        if let Some(path) = &spec.metrics_path {
+            self.put_metrics(&Metrics {
+                metrics_path: path.clone(),
+            })
+            .await?;
+        }
         Ok(())
     }
 

@@ -219,7 +219,12 @@ impl Jail {
             return Err(Error::JailExists { path: dir });
         }
         fs::create_dir_all(self.root())
-            .map_err(|e| Error::io("cannot create the jail root", self.root(), e))
+            .map_err(|e| Error::io("cannot create the jail root", self.root(), e))?;
+        // Root's alone: the jail holds guest memory (a restored VM's
+        // snapshot) and disks; the jailed Firecracker, chrooted into the
+        // root below, never passes through it.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("cannot restrict the jail", &dir, e))
     }
 
     /// Puts `host` into the jail root as `name` and returns its path inside

@@ -38,8 +38,9 @@ pub use jail::{
     JAIL_USER_NAME,
 };
 pub use machine::{
-    availability, launch, preflight, LaunchConfig, LaunchMode, Machine, DEFAULT_SOCKET_TIMEOUT,
-    DIRECT_API_SOCKET, DIRECT_OUTPUT,
+    availability, launch, preflight, restore, LaunchConfig, LaunchMode, Machine, SnapshotFiles,
+    DEFAULT_SOCKET_TIMEOUT, DIRECT_API_SOCKET, DIRECT_OUTPUT, JAILED_SNAPSHOT_MEMORY,
+    JAILED_SNAPSHOT_STATE,
 };
 pub use process::VmProcess;
 pub use spec::{

@@ -18,7 +18,7 @@ use crate::blocking::BlockingClient;
 use crate::cgroup::CgroupLayout;
 use crate::client::{Client, DEFAULT_REQUEST_TIMEOUT};
 use crate::error::{Error, Result};
-use crate::jail::{Jail, JailerConfig, JAILED_API_SOCKET};
+use crate::jail::{Access, Jail, JailerConfig, JAILED_API_SOCKET};
 use crate::models::{FullVmConfiguration, InstanceInfo};
 use crate::process::VmProcess;
 use crate::spec::{check_vm_id, VmSpec};
@@ -115,10 +115,44 @@ pub fn preflight(config: &LaunchConfig, vm_id: &str) -> Result<()> {
 pub async fn launch(config: &LaunchConfig, spec: &VmSpec) -> Result<VmProcess> {
     spec.validate()?;
     match &config.mode {
-        LaunchMode::Jailed(jailer) => launch_jailed(config, jailer, spec).await,
+        LaunchMode::Jailed(jailer) => launch_jailed(config, jailer, spec, None).await,
         LaunchMode::Direct { run_dir, netns } => {
             launch_direct(config, run_dir, netns.as_deref(), spec).await
         }
+    }
+}
+
+/// A snapshot's files on the host (`PUT /snapshot/create` wrote them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    /// The microVM state.
+    pub state: PathBuf,
+    /// The guest memory, mapped MAP_PRIVATE by each restored VM: forks
+    /// share its pages in the page cache until they write them.
+    pub memory: PathBuf,
+}
+
+/// In-jail names of a restored VM's snapshot files.
+pub const JAILED_SNAPSHOT_STATE: &str = "snapshot.state";
+pub const JAILED_SNAPSHOT_MEMORY: &str = "snapshot.mem";
+
+/// Starts a fresh jailed Firecracker and loads `snapshot` into it instead of
+/// booting, with `spec`'s drives, logs and tap; returns it paused. The
+/// drives are staged under the same in-jail names as at the source, which
+/// is what the snapshot's device state names. Not jailed, the snapshot
+/// would name the source's own disk files: refused.
+pub async fn restore(
+    config: &LaunchConfig,
+    spec: &VmSpec,
+    snapshot: &SnapshotFiles,
+) -> Result<VmProcess> {
+    spec.validate()?;
+    match &config.mode {
+        LaunchMode::Jailed(jailer) => launch_jailed(config, jailer, spec, Some(snapshot)).await,
+        LaunchMode::Direct { .. } => Err(Error::config(
+            "snapshot",
+            "a snapshot taken without the jailer names the source VM's own disk files: restore it under the jailer (each fork's jail holds its own disks under the same names)",
+        )),
     }
 }
 
@@ -278,6 +312,7 @@ async fn launch_jailed(
     config: &LaunchConfig,
     jailer: &JailerConfig,
     spec: &VmSpec,
+    snapshot: Option<&SnapshotFiles>,
 ) -> Result<VmProcess> {
     let jail = Jail::new(jailer, &config.firecracker, &spec.vm_id)?;
     let layout = CgroupLayout::detect()?;
@@ -293,6 +328,14 @@ async fn launch_jailed(
         socket: None,
     };
     let staged = jail.stage(spec)?;
+    // Shared: the snapshot's files serve every fork, none may write them.
+    let snapshot_in_jail = match snapshot {
+        Some(files) => Some((
+            jail.link_in(&files.state, JAILED_SNAPSHOT_STATE, Access::Shared)?,
+            jail.link_in(&files.memory, JAILED_SNAPSHOT_MEMORY, Access::Shared)?,
+        )),
+        None => None,
+    };
 
     let log_path = jail.jailer_log();
     let (out, err) = log_pair(&log_path)?;
@@ -350,7 +393,10 @@ async fn launch_jailed(
             })
         })
         .await?;
-    client.configure_and_start(&staged).await?;
+    match &snapshot_in_jail {
+        Some((state, memory)) => client.restore(&staged, state, memory).await?,
+        None => client.configure_and_start(&staged).await?,
+    }
     guard.disarm();
     Ok(process)
 }

@@ -180,6 +180,55 @@ pub struct Vm {
     pub state: VmState,
 }
 
+/// `PUT /snapshot/create` (spec: `SnapshotCreateParams`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCreateParams {
+    pub mem_file_path: PathBuf,
+    pub snapshot_path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_type: Option<SnapshotType>,
+}
+
+/// Full (all memory) or diff (pages dirtied since the last snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    Full,
+    Diff,
+}
+
+/// `PUT /snapshot/load` (spec: `SnapshotLoadParams`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotLoadParams {
+    pub snapshot_path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_backend: Option<MemoryBackend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_vm: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetworkOverride>,
+}
+
+/// Where a restored VM's memory comes from (spec: `MemoryBackend`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryBackend {
+    pub backend_type: MemoryBackendType,
+    pub backend_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemoryBackendType {
+    /// The memory file mapped MAP_PRIVATE: forks share its pages.
+    File,
+    Uffd,
+}
+
+/// A restored network interface's new tap (spec: `NetworkOverride`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
 /// The instance state reported by `GET /`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InstanceState {

@@ -32,6 +32,8 @@ pub struct FirecrackerConfig {
     pub socket_timeout: Duration,
     /// Bound on each API request.
     pub request_timeout: Duration,
+    /// Bound on `PUT /snapshot/create`, which writes all guest memory.
+    pub snapshot_timeout: Duration,
 }
 
 impl Default for FirecrackerConfig {
@@ -47,6 +49,7 @@ impl Default for FirecrackerConfig {
             no_jailer: false,
             socket_timeout: DEFAULT_SOCKET_TIMEOUT,
             request_timeout: firebuild_firecracker::DEFAULT_REQUEST_TIMEOUT,
+            snapshot_timeout: Duration::from_secs(300),
         }
     }
 }

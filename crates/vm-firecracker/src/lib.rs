@@ -19,6 +19,7 @@ mod config;
 mod details;
 mod host;
 pub mod jail_ids;
+mod snapshot_files;
 mod vmm;
 
 pub use boot::kernel_args;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use firebuild_firecracker::{self as fc, DriveSpec, NetworkSpec, VmProcess, VmSpec, VsockSpec};
 use firebuild_vm::rundir::RunDir;
+use firebuild_vm::vmm::{SNAPSHOT_MEMORY_FILE, SNAPSHOT_STATE_FILE};
 use firebuild_vm::{
     AgentEndpoint, Availability, Disk, LaunchConfig, NetworkAttachment, RunMetadata, StartedVm,
     VmError, Vmm, VmmKind,
@@ -18,6 +19,13 @@ use crate::config::{find_binary, FirecrackerConfig};
 use crate::details::{FirecrackerDetails, Mode};
 use crate::host;
 use crate::jail_ids;
+use crate::snapshot_files;
+
+/// Where Firecracker writes a snapshot it takes (in its jail root, or the
+/// run directory), before the host moves it into the snapshot. Not the
+/// names a fork's own snapshot inputs have in its jail.
+const TAKEN_STATE: &str = "taken.state";
+const TAKEN_MEMORY: &str = "taken.mem";
 
 /// Firecracker's own log, in the run directory.
 pub const LOG_FILE: &str = "firecracker.log";
@@ -235,75 +243,7 @@ impl Vmm for FirecrackerVmm {
     }
 
     async fn start(&self, launch: &LaunchConfig) -> Result<StartedVm, VmError> {
-        let id = launch.id.as_str();
-        let net = launch.network.as_ref().ok_or_else(|| {
-            start_error(
-                id,
-                "Firecracker serves the guest metadata over MMDS, which needs the VM's network; set the network up or use --vmm qemu",
-            )
-        })?;
-        let (binary, jailer) = self.binaries().map_err(|r| start_error(id, r))?;
-        let run_dir = launch.run_dir.path();
-        let mode = if jailer.is_some() {
-            host::check_same_filesystem(run_dir, &self.config.chroot_base)
-                .map_err(|r| start_error(id, r))?;
-            Mode::Jailed
-        } else {
-            Mode::Direct
-        };
-        let spec = self.vm_spec(launch, net)?;
-        // Jailed without a fixed user: an id of this VM's own.
-        let claimed = match (mode, self.config.user) {
-            (Mode::Jailed, None) => Some(
-                jail_ids::claim(&self.config.chroot_base, self.config.id_range, run_dir)
-                    .map_err(|r| start_error(id, r))?,
-            ),
-            _ => None,
-        };
-        let config = self.config.launch_config(
-            binary.clone(),
-            jailer,
-            run_dir,
-            Some(net.netns.clone()),
-            claimed,
-        );
-        let process = match fc::launch(&config, &spec).await {
-            Ok(process) => process,
-            Err(e) => {
-                if let Some(user) = claimed {
-                    let _ = jail_ids::release(&self.config.chroot_base, user.uid, run_dir);
-                }
-                return Err(start_error(id, e.to_string()));
-            }
-        };
-        let details = FirecrackerDetails {
-            process,
-            mode,
-            binary,
-            log_path: spec.log_path.unwrap_or_default(),
-            metrics_path: spec.metrics_path.unwrap_or_default(),
-        };
-        let recorded = serde_json::to_value(&details).map_err(VmError::GuestMetadata);
-        let pid = i32::try_from(details.process.pid).map_err(|_| {
-            start_error(
-                id,
-                format!("pid {} does not fit the run metadata", details.process.pid),
-            )
-        });
-        match (recorded, pid) {
-            (Ok(value), Ok(pid)) => {
-                tracing::info!(id, pid, mode = ?mode, "Firecracker started");
-                Ok(StartedVm {
-                    pid,
-                    start_time: Some(details.process.start_time),
-                    details: value,
-                })
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                abandon(&details.process);
-                Err(e)
-            }
-        }
+        self.run_firecracker(launch, None).await
     }
 
     async fn graceful_stop(&self, vm: &RunMetadata) -> Result<(), VmError> {
@@ -386,22 +326,79 @@ impl Vmm for FirecrackerVmm {
             .map_err(|e| pause_error(vm, "resumed", e))
     }
 
-    async fn snapshot(&self, vm: &RunMetadata, _dir: &Path) -> Result<serde_json::Value, VmError> {
-        Err(VmError::Snapshot {
+    async fn snapshot(&self, vm: &RunMetadata, dir: &Path) -> Result<serde_json::Value, VmError> {
+        let fail = |reason: String| VmError::Snapshot {
             id: vm.id.clone(),
-            reason: "Firecracker snapshots are not implemented yet".into(),
-        })
+            reason,
+        };
+        let details = stored_details(vm)
+            .map_err(fail)?
+            .ok_or_else(|| fail("no Firecracker process is recorded for it".into()))?;
+        let jail = details.process.jail.as_ref();
+        // Firecracker writes the files where it sees them (in its jail, as
+        // the jail user); the host then takes them into the snapshot.
+        let state_in = Path::new("/").join(TAKEN_STATE);
+        let memory_in = Path::new("/").join(TAKEN_MEMORY);
+        let on_host = |in_vm: &Path| match jail {
+            Some(j) => j.host_path(in_vm),
+            None => vm.run_dir.join(in_vm.strip_prefix("/").unwrap_or(in_vm)),
+        };
+        let (state_host, memory_host) = (on_host(&state_in), on_host(&memory_in));
+        for file in [&state_host, &memory_host] {
+            snapshot_files::prepare(file, jail.map(|j| j.user)).map_err(fail)?;
+        }
+        let (state_arg, memory_arg) = match jail {
+            Some(_) => (state_in, memory_in),
+            None => (state_host.clone(), memory_host.clone()),
+        };
+        let created = details
+            .process
+            .client()
+            .with_timeout(self.config.snapshot_timeout)
+            .create_snapshot(&fc::models::SnapshotCreateParams {
+                mem_file_path: memory_arg,
+                snapshot_path: state_arg,
+                snapshot_type: None,
+            })
+            .await;
+        let taken = created
+            .map_err(|e| fail(format!("PUT /snapshot/create: {e}")))
+            .and_then(|()| {
+                snapshot_files::take(&state_host, &dir.join(SNAPSHOT_STATE_FILE), 0o400)?;
+                // Readable by every fork's jail user (each has its own uid),
+                // so forks link it and share its pages; the snapshot store
+                // itself is root's alone.
+                snapshot_files::take(&memory_host, &dir.join(SNAPSHOT_MEMORY_FILE), 0o444)
+            });
+        for file in [&state_host, &memory_host] {
+            let _ = std::fs::remove_file(file);
+        }
+        taken?;
+        Ok(json!({ "jailed": jail.is_some(), "memory_file": true }))
     }
 
     async fn restore(
         &self,
         launch: &LaunchConfig,
-        _from: &firebuild_vm::vmm::RestoreFrom<'_>,
+        from: &firebuild_vm::vmm::RestoreFrom<'_>,
     ) -> Result<StartedVm, VmError> {
-        Err(start_error(
-            &launch.id,
-            "Firecracker snapshots are not implemented yet",
-        ))
+        if from.details["jailed"] != true {
+            return Err(start_error(
+                &launch.id,
+                "the snapshot was taken without the jailer and names the source VM's own disk files; take it of a jailed VM",
+            ));
+        }
+        if self.config.no_jailer {
+            return Err(start_error(
+                &launch.id,
+                "a snapshot is restored under the jailer (each fork's jail holds its disks under the names the snapshot knows); drop --no-jailer",
+            ));
+        }
+        let files = fc::SnapshotFiles {
+            state: from.dir.join(SNAPSHOT_STATE_FILE),
+            memory: from.dir.join(SNAPSHOT_MEMORY_FILE),
+        };
+        self.run_firecracker(launch, Some(&files)).await
     }
 
     fn agent_endpoint(&self, vm: &RunMetadata) -> Option<AgentEndpoint> {
@@ -462,6 +459,87 @@ fn pause_error(vm: &RunMetadata, action: &'static str, e: fc::Error) -> VmError 
 }
 
 impl FirecrackerVmm {
+    /// Starts Firecracker for `launch`: a boot, or a restore of `snapshot`.
+    async fn run_firecracker(
+        &self,
+        launch: &LaunchConfig,
+        snapshot: Option<&fc::SnapshotFiles>,
+    ) -> Result<StartedVm, VmError> {
+        let id = launch.id.as_str();
+        let net = launch.network.as_ref().ok_or_else(|| {
+            start_error(
+                id,
+                "Firecracker serves the guest metadata over MMDS, which needs the VM's network; set the network up or use --vmm qemu",
+            )
+        })?;
+        let (binary, jailer) = self.binaries().map_err(|r| start_error(id, r))?;
+        let run_dir = launch.run_dir.path();
+        let mode = if jailer.is_some() {
+            host::check_same_filesystem(run_dir, &self.config.chroot_base)
+                .map_err(|r| start_error(id, r))?;
+            Mode::Jailed
+        } else {
+            Mode::Direct
+        };
+        let spec = self.vm_spec(launch, net)?;
+        // Jailed without a fixed user: an id of this VM's own.
+        let claimed = match (mode, self.config.user) {
+            (Mode::Jailed, None) => Some(
+                jail_ids::claim(&self.config.chroot_base, self.config.id_range, run_dir)
+                    .map_err(|r| start_error(id, r))?,
+            ),
+            _ => None,
+        };
+        let config = self.config.launch_config(
+            binary.clone(),
+            jailer,
+            run_dir,
+            Some(net.netns.clone()),
+            claimed,
+        );
+        let launched = match snapshot {
+            Some(files) => fc::restore(&config, &spec, files).await,
+            None => fc::launch(&config, &spec).await,
+        };
+        let process = match launched {
+            Ok(process) => process,
+            Err(e) => {
+                if let Some(user) = claimed {
+                    let _ = jail_ids::release(&self.config.chroot_base, user.uid, run_dir);
+                }
+                return Err(start_error(id, e.to_string()));
+            }
+        };
+        let details = FirecrackerDetails {
+            process,
+            mode,
+            binary,
+            log_path: spec.log_path.unwrap_or_default(),
+            metrics_path: spec.metrics_path.unwrap_or_default(),
+        };
+        let recorded = serde_json::to_value(&details).map_err(VmError::GuestMetadata);
+        let pid = i32::try_from(details.process.pid).map_err(|_| {
+            start_error(
+                id,
+                format!("pid {} does not fit the run metadata", details.process.pid),
+            )
+        });
+        match (recorded, pid) {
+            (Ok(value), Ok(pid)) => {
+                tracing::info!(id, pid, mode = ?mode, "Firecracker started");
+                Ok(StartedVm {
+                    pid,
+                    start_time: Some(details.process.start_time),
+                    details: value,
+                })
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                abandon(&details.process);
+                Err(e)
+            }
+        }
+    }
+
     /// The API client of a running VM.
     fn api(&self, vm: &RunMetadata) -> Result<fc::Client, VmError> {
         let details = stored_details(vm)

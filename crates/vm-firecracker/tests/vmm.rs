@@ -686,3 +686,128 @@ fn kind_and_kernel_args() {
     );
     assert!(!args.iter().any(|a| a.starts_with("root=")), "{args:?}");
 }
+
+/// Snapshot of a paused jailed VM, then a fork restored from it in a jail
+/// of its own: every request checked by the stand-in against the spec; the
+/// fork's drives sit at the in-jail paths the snapshot names, its memory is
+/// the snapshot's file linked (shared pages), its tap its own.
+#[test]
+fn a_paused_vm_is_snapshotted_and_a_fork_restored_in_its_own_jail() {
+    let fx = Fixture::new();
+    let vmm = FirecrackerVmm::new(fx.config());
+    let rt = rt();
+    let (source_net, fork_net) = (Netns::new(), Netns::new());
+    let launch = fx.launch("vm-source", Some(source_net.attachment()));
+    let started = rt.block_on(vmm.start(&launch)).unwrap();
+    let vm = run_metadata(&launch, &started);
+
+    // Not paused: Firecracker refuses, and nothing is left in the jail.
+    let dir = fx.path().join("snapshot");
+    std::fs::create_dir(&dir).unwrap();
+    let err = rt
+        .block_on(vmm.snapshot(&vm, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must be paused"), "{err}");
+    let details: FirecrackerDetails = serde_json::from_value(started.details.clone()).unwrap();
+    let jail = details.process.jail.clone().unwrap();
+    assert!(!jail.root().join("taken.mem").exists());
+
+    rt.block_on(vmm.pause(&vm)).unwrap();
+    let snapshot = rt.block_on(vmm.snapshot(&vm, &dir)).unwrap();
+    assert_eq!(snapshot, json!({"jailed": true, "memory_file": true}));
+    rt.block_on(vmm.resume(&vm)).unwrap();
+    let lines = fx.request_lines("vm-source");
+    assert_eq!(
+        lines[lines.len() - 4..],
+        [
+            "PUT /snapshot/create",
+            "PATCH /vm",
+            "PUT /snapshot/create",
+            "PATCH /vm"
+        ]
+        .map(String::from)
+    );
+    let requests = fx.requests("vm-source");
+    assert_eq!(
+        requests[requests.len() - 4]["status"],
+        400,
+        "refused while running"
+    );
+    assert_eq!(
+        requests[requests.len() - 3]["body"],
+        json!({"state": "Paused"})
+    );
+    let create = &requests[requests.len() - 2];
+    assert_eq!(create["status"], 204, "{create}");
+    assert_eq!(
+        create["body"],
+        json!({"mem_file_path": "/taken.mem", "snapshot_path": "/taken.state"})
+    );
+    // Taken out of the jail into the snapshot, root's; memory readable by
+    // every fork's jail user.
+    let memory = std::fs::metadata(dir.join("memory")).unwrap();
+    assert_eq!(memory.len(), 256 << 20);
+    assert_eq!((memory.uid(), memory.mode() & 0o777), (0, 0o444));
+    let state = std::fs::metadata(dir.join("state")).unwrap();
+    assert_eq!((state.uid(), state.mode() & 0o777), (0, 0o400));
+    assert!(!jail.root().join("taken.mem").exists() && !jail.root().join("taken.state").exists());
+
+    // The fork: its own run directory, disks, jail and tap.
+    let fork_launch = fx.launch("vm-fork", Some(fork_net.attachment()));
+    let from = firebuild_vm::vmm::RestoreFrom {
+        dir: &dir,
+        details: &snapshot,
+        source_mac: Some(MAC),
+    };
+    let fork = rt.block_on(vmm.restore(&fork_launch, &from)).unwrap();
+    assert_eq!(
+        fx.request_lines("vm-fork"),
+        ["PUT /logger", "PUT /metrics", "PUT /snapshot/load"]
+    );
+    let load = &fx.requests("vm-fork")[2];
+    assert_eq!(load["status"], 204, "{load}");
+    assert_eq!(
+        load["body"],
+        json!({
+            "snapshot_path": "/snapshot.state",
+            "mem_backend": {"backend_type": "File", "backend_path": "/snapshot.mem"},
+            "resume_vm": false,
+            "network_overrides": [{"iface_id": "eth0", "host_dev_name": TAP}],
+        })
+    );
+    let fork_details: FirecrackerDetails = serde_json::from_value(fork.details.clone()).unwrap();
+    let fork_jail = fork_details.process.jail.clone().unwrap();
+    assert_ne!(fork_jail.root(), jail.root());
+    let linked = std::fs::metadata(fork_jail.root().join("snapshot.mem")).unwrap();
+    assert_eq!(
+        (linked.dev(), linked.ino()),
+        (memory.dev(), memory.ino()),
+        "linked, not copied"
+    );
+    let fork_vm = run_metadata(&fork_launch, &fork);
+    rt.block_on(vmm.resume(&fork_vm)).unwrap();
+    assert_eq!(fx.request_lines("vm-fork").last().unwrap(), "PATCH /vm");
+
+    // A snapshot that lost its memory: refused, nothing left running.
+    std::fs::remove_file(dir.join("memory")).unwrap();
+    let broken = fx.launch("vm-broken", Some(Netns::new().attachment()));
+    let err = rt
+        .block_on(vmm.restore(&broken, &from))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("memory"), "{err}");
+    assert!(
+        !fx.chroot_base().join("firecracker/vm-broken").exists(),
+        "jail removed"
+    );
+
+    for (vm, pid) in [
+        (&vm, details.process.pid),
+        (&fork_vm, fork_details.process.pid),
+    ] {
+        rt.block_on(vmm.force_stop(vm)).unwrap();
+        assert!(wait_gone(pid));
+        rt.block_on(vmm.cleanup(vm)).unwrap();
+    }
+}

@@ -228,6 +228,8 @@ pub(super) fn route(
             }
             _ => fault("unknown action"),
         },
+        ("PUT", "/snapshot/create") => create_snapshot(vm, opts, &body),
+        ("PUT", "/snapshot/load") => load_snapshot(vm, opts, &body),
         ("PATCH", "/vm") => {
             if !vm.started {
                 return fault(NOT_BEFORE_BOOT);
@@ -237,6 +239,139 @@ pub(super) fn route(
         }
         (m, t) => fault(format!("The stand-in does not implement {m} {t}.")),
     }
+}
+
+/// `PUT /snapshot/create`: the paused VM's configuration as its "state"
+/// (a JSON document of the stand-in's own), and a memory file of the VM's
+/// size, both written where the request says (inside the jail).
+fn create_snapshot(vm: &VmModel, opts: &Options, body: &Value) -> Answer {
+    if !vm.started {
+        return fault(NOT_BEFORE_BOOT);
+    }
+    if !vm.paused {
+        return fault("Create snapshot error: Cannot save the microVM state: The microVM must be paused before creating a snapshot.");
+    }
+    let state = json!({
+        "machine_config": vm.machine_config,
+        "boot_source": vm.boot_source,
+        "drives": vm.drives,
+        "ifaces": vm.ifaces,
+        "mmds_config": vm.mmds_config,
+        "vsock": vm.vsock,
+    });
+    let mem_mib = vm
+        .machine_config
+        .as_ref()
+        .and_then(|m| m["mem_size_mib"].as_u64())
+        .unwrap_or(0);
+    let state_path = host_path(opts, &body["snapshot_path"]);
+    let mem_path = host_path(opts, &body["mem_file_path"]);
+    let written = std::fs::write(&state_path, state.to_string()).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&mem_path)?
+            .set_len(mem_mib << 20)
+    });
+    match written {
+        Ok(()) => (204, None),
+        Err(e) => fault(format!(
+            "Create snapshot error: Cannot write the snapshot files: {e}"
+        )),
+    }
+}
+
+/// `PUT /snapshot/load`, on a fresh process only: the state's drives must
+/// exist at the paths it names (seen from inside this process's jail), the
+/// memory file must have the VM's size, overridden interfaces must exist.
+fn load_snapshot(vm: &mut VmModel, opts: &Options, body: &Value) -> Answer {
+    let configured = vm.started
+        || vm.machine_config.is_some()
+        || vm.boot_source.is_some()
+        || !vm.drives.is_empty()
+        || !vm.ifaces.is_empty()
+        || vm.vsock.is_some()
+        || vm.mmds_config.is_some();
+    if configured {
+        return fault(
+            "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
+        );
+    }
+    let memory = match (body.get("mem_file_path"), body.get("mem_backend")) {
+        (Some(_), Some(_)) | (None, None) => {
+            return fault("Exactly one of mem_file_path and mem_backend must be given.")
+        }
+        (Some(path), None) => path.clone(),
+        (None, Some(backend)) if backend["backend_type"] == "File" => {
+            backend["backend_path"].clone()
+        }
+        (None, Some(_)) => {
+            return fault("The stand-in does not implement the Uffd memory backend.")
+        }
+    };
+    let load_error = |what: String| {
+        fault(format!(
+            "Load snapshot error: Failed to restore from snapshot: {what}"
+        ))
+    };
+    let state_path = host_path(opts, &body["snapshot_path"]);
+    let state: Value = match std::fs::read(&state_path).map(|b| serde_json::from_slice(&b)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return load_error(format!("{}: {e}", state_path.display())),
+        Err(e) => return load_error(format!("{}: {e}", state_path.display())),
+    };
+    let mem_mib = state["machine_config"]["mem_size_mib"]
+        .as_u64()
+        .unwrap_or(0);
+    let mem_path = host_path(opts, &memory);
+    match std::fs::metadata(&mem_path) {
+        Ok(m) if m.len() == mem_mib << 20 => {}
+        Ok(m) => {
+            return load_error(format!(
+                "{} holds {} bytes, the VM has {mem_mib} MiB",
+                mem_path.display(),
+                m.len()
+            ))
+        }
+        Err(e) => return load_error(format!("{}: {e}", mem_path.display())),
+    }
+    let mut ifaces: std::collections::BTreeMap<String, Value> =
+        serde_json::from_value(state["ifaces"].clone()).unwrap_or_default();
+    for o in body["network_overrides"].as_array().into_iter().flatten() {
+        let id = o["iface_id"].as_str().unwrap_or_default();
+        let Some(iface) = ifaces.get_mut(id) else {
+            return fault(format!(
+                "Invalid network override: the snapshot has no network interface {id}."
+            ));
+        };
+        iface["host_dev_name"] = o["host_dev_name"].clone();
+    }
+    if opts.check_host_resources {
+        for iface in ifaces.values() {
+            let tap = iface["host_dev_name"].as_str().unwrap_or_default();
+            if !has_netdev(tap) {
+                return load_error(format!(
+                    "Open tap device failed: No such device (os error 19): {tap}"
+                ));
+            }
+        }
+        for d in state["drives"].as_array().into_iter().flatten() {
+            let file = host_path(opts, &d["path_on_host"]);
+            if !file.is_file() {
+                return load_error(format!("Block device backing file {} is missing: No such file or directory (os error 2)", file.display()));
+            }
+        }
+    }
+    vm.machine_config = Some(state["machine_config"].clone());
+    vm.boot_source = Some(state["boot_source"].clone()).filter(|v| !v.is_null());
+    vm.drives = state["drives"].as_array().cloned().unwrap_or_default();
+    vm.ifaces = ifaces;
+    vm.mmds_config = Some(state["mmds_config"].clone()).filter(|v| !v.is_null());
+    vm.vsock = Some(state["vsock"].clone()).filter(|v| !v.is_null());
+    vm.started = true;
+    vm.paused = body["resume_vm"] != true;
+    (204, None)
 }
 
 const INVALID_BLOCK_CONFIG: &str =

@@ -104,6 +104,7 @@ impl Fixture {
             no_jailer: false,
             socket_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
+            snapshot_timeout: Duration::from_secs(30),
         }
     }
 
@@ -248,6 +249,7 @@ pub fn run_metadata(launch: &LaunchConfig, started: &StartedVm) -> RunMetadata {
         rootfs_mode: firebuild_vm::RootfsMode::Overlay,
         root_disk: Some(launch.root.path.clone()),
         volumes: Vec::new(),
+        from_snapshot: None,
     }
 }
 
