@@ -50,6 +50,10 @@ pub struct SnapshotRecord {
     pub kernel_id: String,
     /// `sha256:<hex>` of the kernel file.
     pub kernel_digest: String,
+    /// The kernel file as it was then: a restore that finds it so skips
+    /// hashing it.
+    #[serde(default)]
+    pub kernel_stamp: Option<FileStamp>,
     /// The source's command line: the restored kernel has already parsed it.
     pub kernel_args: String,
     pub cpus: u32,
@@ -296,6 +300,32 @@ fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// A file's identity and last change: the same stamp means the same
+/// contents (files are not written behind their mtime's back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> std::io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+        })
+    }
+}
+
 /// `sha256:<hex>` of a file's contents.
 pub fn file_digest(path: &Path) -> std::io::Result<String> {
     use sha2::Digest;
@@ -313,7 +343,7 @@ pub fn file_digest(path: &Path) -> std::io::Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn record(tag: &str) -> SnapshotRecord {
@@ -327,6 +357,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             kernel_id: "k".into(),
             kernel_digest: "sha256:00".into(),
+            kernel_stamp: None,
             kernel_args: "console=ttyS0".into(),
             cpus: 1,
             mem_mib: 256,
