@@ -2,7 +2,9 @@
 # Snapshot benchmark: the same busybox httpd microVM brought to its first
 # HTTP answer by a cold boot (`firebuild run --from`) and by a fork of a
 # snapshot of it (`firebuild run --from-snapshot`), medians and their ratio
-# (goal: fork <= 0.25x of cold boot); then the host memory (PSS, from
+# (goal: fork <= 0.25x of cold boot), for the plain server and for the
+# server behind a warm-up of BENCH_WARMUP seconds (default 5: a service
+# that loads before it serves, which forks skip); then the host memory (PSS, from
 # /proc/PID/smaps_rollup) of 1 fork and of 5 forks of a 256 MiB VM, which
 # share the snapshot's memory file until they write its pages.
 #
@@ -103,38 +105,57 @@ mkdir -p "$CTX/tree/bin" "$CTX/tree/www"
 cp /bin/busybox "$CTX/tree/bin/busybox"
 for a in $(busybox --list); do [ "$a" = busybox ] || ln -s busybox "$CTX/tree/bin/$a"; done
 echo "served by a firebuild microVM" >"$CTX/tree/www/index.html"
+# The plain server, and the same server after a warm-up (it sleeps
+# BENCH_WARMUP seconds before it serves, standing for a service that loads
+# data or compiles before its first answer: what a fork skips).
+WARMUP=${BENCH_WARMUP:-5}
 cat >"$CTX/Dockerfile" <<'EOF'
 FROM scratch
 COPY tree/ /
 ENV PATH=/bin
 CMD ["httpd", "-f", "-p", "80", "-h", "/www"]
 EOF
+cat >"$CTX/Dockerfile.warmup" <<EOF
+FROM scratch
+COPY tree/ /
+ENV PATH=/bin
+CMD ["sh", "-c", "sleep $WARMUP; exec httpd -f -p 80 -h /www"]
+EOF
 fb rootfs --dockerfile "$CTX/Dockerfile" --tag "$TAG" >/dev/null 2>&1
-run_cold() { fb run --from "$TAG" --vmlinux-id bench-vmlinux --cni-network-name "$NET" --mem 256 --daemonize --name "$1" >/dev/null; }
+fb rootfs --dockerfile "$CTX/Dockerfile.warmup" --tag bench/httpd-warmup:1 >/dev/null 2>&1
+run_cold() { fb run --from "$2" --vmlinux-id bench-vmlinux --cni-network-name "$NET" --mem 256 --daemonize --name "$1" >/dev/null; }
 gone() { fb kill --vmm-id "$1" --shutdown-timeout 1s >/dev/null; fb purge >/dev/null; }
 
-echo "cold boot -> first answer ($N runs) ..." >&2
-COLD=()
-for i in $(seq "$N"); do
-    t=$(now_ms); run_cold "fbsnap-cold$i"; wait_answer "fbsnap-cold$i"; COLD+=($(($(now_ms) - t)))
-    gone "fbsnap-cold$i"
-done
-
-run_cold fbsnap-src
-wait_answer fbsnap-src
-t=$(now_ms)
-fb snapshot create --vmm-id fbsnap-src --tag "$SNAP" --stop >/dev/null
-SNAP_MS=$(($(now_ms) - t))
-fb purge >/dev/null
-
-echo "fork -> first answer ($N runs) ..." >&2
-FORK=()
-for i in $(seq "$N"); do
+# measure IMAGE SNAPSHOT LABEL: medians of cold boot and of a fork to the
+# first answer, into REPORT.
+REPORT=()
+measure() {
+    local image=$1 snap=$2 label=$3 i t cold fork snap_ms
+    local cold_ms=() fork_ms=()
+    echo "$label: cold boot -> first answer ($N runs) ..." >&2
+    for i in $(seq "$N"); do
+        t=$(now_ms); run_cold "fbsnap-cold$i" "$image"; wait_answer "fbsnap-cold$i"; cold_ms+=($(($(now_ms) - t)))
+        gone "fbsnap-cold$i"
+    done
+    run_cold fbsnap-src "$image"
+    wait_answer fbsnap-src
     t=$(now_ms)
-    fb run --from-snapshot "$SNAP" --daemonize --name "fbsnap-fork$i" >/dev/null
-    wait_answer "fbsnap-fork$i"; FORK+=($(($(now_ms) - t)))
-    gone "fbsnap-fork$i"
-done
+    fb snapshot create --vmm-id fbsnap-src --tag "$snap" --stop >/dev/null
+    snap_ms=$(($(now_ms) - t))
+    fb purge >/dev/null
+    echo "$label: fork -> first answer ($N runs) ..." >&2
+    for i in $(seq "$N"); do
+        t=$(now_ms)
+        fb run --from-snapshot "$snap" --daemonize --name "fbsnap-fork$i" >/dev/null
+        wait_answer "fbsnap-fork$i"; fork_ms+=($(($(now_ms) - t)))
+        gone "fbsnap-fork$i"
+    done
+    cold=$(printf '%s\n' "${cold_ms[@]}" | median)
+    fork=$(printf '%s\n' "${fork_ms[@]}" | median)
+    REPORT+=("$label: cold boot -> first answer median ${cold} ms (${cold_ms[*]}); fork median ${fork} ms (${fork_ms[*]}); fork/cold $(echo "scale=2; $fork / $cold" | bc); snapshot create (256 MiB) ${snap_ms} ms")
+}
+measure "$TAG" "$SNAP" "httpd"
+measure bench/httpd-warmup:1 bench/httpd-warmup:warm "httpd after a ${WARMUP} s warm-up"
 
 echo "memory of 1 and 5 forks ..." >&2
 PIDS=()
@@ -148,11 +169,7 @@ sleep 2
 FIVE=0
 for p in "${PIDS[@]}"; do FIVE=$((FIVE + $(pss_kib "$p"))); done
 
-cold=$(printf '%s\n' "${COLD[@]}" | median)
-fork=$(printf '%s\n' "${FORK[@]}" | median)
 echo
-echo "snapshot create (256 MiB VM, --stop): ${SNAP_MS} ms"
-echo "cold boot -> first answer: median ${cold} ms  (runs: ${COLD[*]})"
-echo "fork      -> first answer: median ${fork} ms  (runs: ${FORK[*]})"
-echo "ratio fork/cold: $(echo "scale=2; $fork / $cold" | bc)  (goal <= 0.25)"
+printf '%s\n' "${REPORT[@]}"
+echo "goal: fork <= 0.25x of cold boot"
 echo "PSS of 1 fork: $((ONE / 1024)) MiB; of 5 forks together: $((FIVE / 1024)) MiB ($((FIVE / 5 / 1024)) MiB each, vs $((ONE / 1024)) MiB alone)"

@@ -578,8 +578,9 @@ impl Runtime {
     /// `firebuild snapshot create`: pauses VM `id` (if it runs), writes its
     /// memory, device state and writable disks into `staging` (a
     /// [`SnapshotStaging`] directory), then resumes it, or stops it with
-    /// `stop`. Returns the record and the image metadata to publish. On any failure or stop
-    /// request the VM is resumed as it was and the caller drops the staging.
+    /// `stop`. Returns the record and the image metadata to publish. On any
+    /// failure or stop request the VM is resumed as it was and the caller
+    /// drops the staging.
     pub async fn snapshot(
         &self,
         id: &str,
@@ -606,13 +607,18 @@ impl Runtime {
             ));
         }
         let backend = self.backend(metadata.vmm)?;
+        // What does not need the VM paused is gathered first: it is paused
+        // only while its state and disks are written.
+        let record = self
+            .snapshot_record(backend.as_ref(), &metadata, tag)
+            .await?;
         let was_running = metadata.status == VmStatus::Running;
         if was_running {
             backend.pause(&metadata).await?;
             self.set_status(&mut metadata, VmStatus::Paused)?;
         }
         let written = self
-            .write_snapshot(backend.as_ref(), &metadata, tag, staging, &mut stops)
+            .write_snapshot(backend.as_ref(), &metadata, record, staging, &mut stops)
             .await;
         if stop && written.is_ok() {
             backend.force_stop(&metadata).await?;
@@ -625,12 +631,63 @@ impl Runtime {
         written
     }
 
-    /// The parts of a snapshot, written while the VM is paused.
-    async fn write_snapshot(
+    /// The record of a snapshot of `vm` and its image metadata, but for
+    /// what the backend returns when it writes the snapshot.
+    async fn snapshot_record(
         &self,
         backend: &dyn Vmm,
         vm: &RunMetadata,
         tag: &str,
+    ) -> Result<(SnapshotRecord, ImageMetadata), VmError> {
+        let run_dir = RunDir::new(&self.run_cache, &vm.id);
+        let image: ImageMetadata = std::fs::read(run_dir.file(IMAGE_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| VmError::Snapshot {
+                id: vm.id.clone(),
+                reason: "its run directory has no image metadata (it was started by an older firebuild); restart it".into(),
+            })?;
+        let kernel_stamp = FileStamp::of(&vm.kernel).ok();
+        let kernel_digest = file_digest(&vm.kernel).map_err(|e| VmError::Kernel {
+            path: vm.kernel.clone(),
+            source: e,
+        })?;
+        let record = SnapshotRecord {
+            tag: tag.to_owned(),
+            created: OffsetDateTime::now_utc(),
+            source_vm: vm.id.clone(),
+            vmm: vm.vmm,
+            vmm_version: backend.version().await?,
+            vmm_details: serde_json::Value::Null,
+            kernel: vm.kernel.clone(),
+            kernel_id: vm.kernel_id.clone(),
+            kernel_digest,
+            kernel_stamp,
+            kernel_args: vm.kernel_args.clone(),
+            cpus: vm.cpus,
+            mem_mib: vm.mem_mib,
+            image: vm.image.clone(),
+            image_digest: image.rootfs_digest.clone(),
+            rootfs_mode: vm.rootfs_mode,
+            network: vm.network.as_ref().map(|n| SourceNetwork {
+                network_name: n.network_name.clone(),
+                mac: n.guest_mac.clone(),
+                ip: n.ip.to_string(),
+            }),
+            command: vm.command.clone(),
+            shutdown_timeout_secs: vm.shutdown_timeout_secs,
+            has_healthcheck: vm.has_healthcheck,
+        };
+        Ok((record, image))
+    }
+
+    /// The parts of a snapshot that need the VM paused: the backend's state
+    /// and memory, the root and scratch disks, QEMU's config drive.
+    async fn write_snapshot(
+        &self,
+        backend: &dyn Vmm,
+        vm: &RunMetadata,
+        (mut record, image): (SnapshotRecord, ImageMetadata),
         staging: &Path,
         stops: &mut mpsc::UnboundedReceiver<()>,
     ) -> Result<(SnapshotRecord, ImageMetadata), VmError> {
@@ -640,13 +697,8 @@ impl Runtime {
             }),
             Err(_) => Ok(()),
         };
-        let fail = |reason: String| VmError::Snapshot {
-            id: vm.id.clone(),
-            reason,
-        };
-        let vmm_version = backend.version().await?;
         interrupted(stops)?;
-        let vmm_details = backend.snapshot(vm, staging).await?;
+        record.vmm_details = backend.snapshot(vm, staging).await?;
         interrupted(stops)?;
         let run_dir = RunDir::new(&self.run_cache, &vm.id);
         let root = vm.root_disk.clone().unwrap_or_else(|| run_dir.rootfs());
@@ -672,43 +724,6 @@ impl Runtime {
             )?;
         }
         interrupted(stops)?;
-        let image: ImageMetadata = std::fs::read(run_dir.file(IMAGE_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| {
-                fail("its run directory has no image metadata (it was started by an older firebuild); restart it".into())
-            })?;
-        let kernel_stamp = FileStamp::of(&vm.kernel).ok();
-        let kernel_digest = file_digest(&vm.kernel).map_err(|e| VmError::Kernel {
-            path: vm.kernel.clone(),
-            source: e,
-        })?;
-        let record = SnapshotRecord {
-            tag: tag.to_owned(),
-            created: OffsetDateTime::now_utc(),
-            source_vm: vm.id.clone(),
-            vmm: vm.vmm,
-            vmm_version,
-            vmm_details,
-            kernel: vm.kernel.clone(),
-            kernel_id: vm.kernel_id.clone(),
-            kernel_digest,
-            kernel_stamp,
-            kernel_args: vm.kernel_args.clone(),
-            cpus: vm.cpus,
-            mem_mib: vm.mem_mib,
-            image: vm.image.clone(),
-            image_digest: image.rootfs_digest.clone(),
-            rootfs_mode: vm.rootfs_mode,
-            network: vm.network.as_ref().map(|n| SourceNetwork {
-                network_name: n.network_name.clone(),
-                mac: n.guest_mac.clone(),
-                ip: n.ip.to_string(),
-            }),
-            command: vm.command.clone(),
-            shutdown_timeout_secs: vm.shutdown_timeout_secs,
-            has_healthcheck: vm.has_healthcheck,
-        };
         Ok((record, image))
     }
 
