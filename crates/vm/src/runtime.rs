@@ -453,6 +453,8 @@ impl Runtime {
         };
         let started = match &resolved.snapshot {
             Some(snapshot) => {
+                // Cut off until it has its own identity (see set_link_up).
+                set_fork_tap(&metadata, &snapshot.tag, false)?;
                 let from = RestoreFrom {
                     dir: &snapshot.dir,
                     details: &snapshot.record.vmm_details,
@@ -513,6 +515,7 @@ impl Runtime {
         .await
         .map_err(|e| fail(e.to_string()))?
         .map_err(|e| fail(format!("the fork did not take its identity: {e}")))?;
+        set_fork_tap(metadata, &snapshot.tag, true)?;
         tracing::info!(
             id = %metadata.id,
             interface = ?done.interface,
@@ -1301,6 +1304,25 @@ async fn check_restorable(
         )));
     }
     Ok(())
+}
+
+/// Sets a fork's tap up or down (see [`crate::network::set_link_up`]).
+fn set_fork_tap(
+    metadata: &RunMetadata,
+    tag: &firebuild_store::Tag,
+    up: bool,
+) -> Result<(), VmError> {
+    let Some(n) = &metadata.network else {
+        return Ok(());
+    };
+    crate::network::set_link_up(&n.netns, &n.tap, up).map_err(|e| VmError::Restore {
+        tag: tag.to_string(),
+        reason: format!(
+            "setting the fork's tap {} {}: {e}",
+            n.tap,
+            if up { "up" } else { "down" }
+        ),
+    })
 }
 
 /// The identity a fork takes on right after its resume.
