@@ -450,6 +450,45 @@ async fn bad_input_is_reported_and_starts_nothing() {
     assert!(started.is_empty(), "QEMU started: {started:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_cut_short_leaves_no_qemu_running() {
+    let world = World::new();
+    let mut spec = world.spec(image(&["/bin/sleep"], &["600"]));
+    spec.name = Some("cut-short".into());
+    spec.daemonize = true;
+    let pid_file = world.run_cache.join("cut-short").join("vmm.pid");
+    // QEMU writes its pid file early, well before it serves QMP: drop the
+    // start then, as a Ctrl-C or a cancelled task would.
+    let mut sink = std::io::sink();
+    let start = world.runtime.run_with(spec, &mut sink, no_interrupts());
+    let seen = async {
+        loop {
+            let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let pid = tokio::select! {
+        done = start => panic!("QEMU was up before its pid file was seen: {done:?}"),
+        pid = seen => pid,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cmdline(pid).contains("cut-short") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        world.run_cache_entries().is_empty(),
+        "{:?}",
+        world.run_cache_entries()
+    );
+}
+
 fn qemu_pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()

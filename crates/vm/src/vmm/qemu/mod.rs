@@ -264,6 +264,10 @@ impl Vmm for QemuVmm {
             incoming: true,
         };
         let started = self.spawn(launch, &setup).await?;
+        let unclaimed = Unclaimed(Some(ProcessIdentity {
+            pid: started.pid,
+            start_time: started.start_time.unwrap_or_default(),
+        }));
         let loaded = async {
             let mut qmp =
                 qmp::Qmp::connect(&launch.run_dir.qmp_socket(), self.config.qmp_timeout).await?;
@@ -298,6 +302,7 @@ impl Vmm for QemuVmm {
                 printed.trim()
             )));
         }
+        std::mem::forget(unclaimed);
         tracing::info!(id = %launch.id, pid = started.pid, "QEMU restored from a snapshot");
         Ok(started)
     }
@@ -362,6 +367,19 @@ struct Setup<'a> {
     machine: Machine,
     memory: cmdline::Memory<'a>,
     incoming: bool,
+}
+
+/// A QEMU started but not yet handed to the runtime: killed when dropped
+/// (`forget` it once handed over), so a start cut short leaves nothing
+/// running.
+struct Unclaimed(Option<ProcessIdentity>);
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(process) = self.0.take() {
+            let _ = process.signal(rustix::process::Signal::KILL);
+        }
+    }
 }
 
 /// How often a migration's progress is asked for.
@@ -505,10 +523,17 @@ impl QemuVmm {
         drop(netns);
         let child =
             spawned.map_err(|e| fail(format!("running {}: {e}", setup.binary.display())))?;
+        // Killed if this start is dropped half-way (Ctrl-C, a cancelled task).
+        let unclaimed = Unclaimed(
+            child
+                .id()
+                .and_then(|pid| ProcessIdentity::of(pid as i32).ok()),
+        );
         let pid = self
             .wait_until_up(child, &qmp_socket, &vmm_log)
             .await
             .map_err(fail)?;
+        std::mem::forget(unclaimed);
         let start_time = ProcessIdentity::of(pid).ok().map(|p| p.start_time);
         let memory = match setup.memory {
             cmdline::Memory::Memfd => "memfd",
