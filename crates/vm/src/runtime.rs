@@ -527,39 +527,36 @@ impl Runtime {
 
     /// `firebuild pause --vmm-id ID`: stops the VM's vCPUs.
     pub async fn pause(&self, id: &str) -> Result<RunMetadata, VmError> {
-        let mut metadata = self.load(id).await?;
-        match metadata.status {
-            VmStatus::Paused => return Ok(metadata),
-            VmStatus::Running => {}
-            other => {
-                return Err(VmError::Pause {
-                    id: id.to_owned(),
-                    action: "paused",
-                    reason: format!("it is {other}"),
-                })
-            }
-        }
-        self.backend(metadata.vmm)?.pause(&metadata).await?;
-        self.set_status(&mut metadata, VmStatus::Paused)?;
-        Ok(metadata)
+        self.switch_vcpus(id, VmStatus::Paused).await
     }
 
     /// `firebuild resume --vmm-id ID`: lets a paused VM run again.
     pub async fn resume(&self, id: &str) -> Result<RunMetadata, VmError> {
+        self.switch_vcpus(id, VmStatus::Running).await
+    }
+
+    /// Pauses (`to` paused) or resumes (`to` running) a live VM; one
+    /// already there is left alone.
+    async fn switch_vcpus(&self, id: &str, to: VmStatus) -> Result<RunMetadata, VmError> {
         let mut metadata = self.load(id).await?;
-        match metadata.status {
-            VmStatus::Running => return Ok(metadata),
-            VmStatus::Paused => {}
-            other => {
-                return Err(VmError::Pause {
-                    id: id.to_owned(),
-                    action: "resumed",
-                    reason: format!("it is {other}"),
-                })
-            }
+        let pausing = to == VmStatus::Paused;
+        if metadata.status == to {
+            return Ok(metadata);
         }
-        self.backend(metadata.vmm)?.resume(&metadata).await?;
-        self.set_status(&mut metadata, VmStatus::Running)?;
+        if !metadata.status.is_live() {
+            return Err(VmError::Pause {
+                id: id.to_owned(),
+                action: if pausing { "paused" } else { "resumed" },
+                reason: format!("it is {}", metadata.status),
+            });
+        }
+        let backend = self.backend(metadata.vmm)?;
+        if pausing {
+            backend.pause(&metadata).await?;
+        } else {
+            backend.resume(&metadata).await?;
+        }
+        self.set_status(&mut metadata, to)?;
         Ok(metadata)
     }
 

@@ -242,6 +242,11 @@ impl SnapshotStore {
             .collect())
     }
 
+    /// Whether anything, whole or not, is stored under `tag`.
+    pub fn contains(&self, tag: &Tag) -> bool {
+        self.tree.image_dir(tag).exists()
+    }
+
     /// Removes the snapshot under `tag` (the caller checks no VM runs from it).
     pub fn remove(&self, tag: &Tag) -> Result<(), VmError> {
         self.tree.remove(tag).map_err(|e| self.error(tag, e))

@@ -115,20 +115,10 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
             let tokio = tokio_runtime()?;
             for tag in tags {
                 let tag: Tag = tag.parse()?;
-                store.get(&tag).map(drop).or_else(|e| {
-                    // A broken snapshot may be removed; a missing one is an error.
-                    if store
-                        .root()
-                        .join(tag.org())
-                        .join(tag.name())
-                        .join(tag.version())
-                        .exists()
-                    {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })?;
+                // A broken snapshot may be removed; a missing one is an error.
+                if !store.contains(&tag) {
+                    store.get(&tag)?;
+                }
                 refuse_if_used(&tokio, &runtime, &tag)?;
                 store.remove(&tag)?;
                 tracing::info!(snapshot = %tag, "removed");
