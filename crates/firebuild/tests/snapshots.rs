@@ -275,6 +275,12 @@ fn forks_of_a_snapshot_answer_at_once_with_the_source_memory_and_their_own_ident
         &["--vmm-id", &forks[2], "--tag", "fbt/httpd:broken", "--stop"],
     );
     assert_eq!(status(&w, &forks[2]), "exited");
+    let err = fails(
+        &w,
+        &["snapshot", "create"],
+        &["--vmm-id", &forks[2], "--tag", "fbt/httpd:late"],
+    );
+    assert!(err.contains("only a running or paused VM"), "{err}");
     std::fs::remove_file(w.path("snapshots").join("fbt/httpd/broken/state")).unwrap();
     let err = fails(
         &w,

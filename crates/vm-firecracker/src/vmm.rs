@@ -305,8 +305,9 @@ impl Vmm for FirecrackerVmm {
             .arg("--version")
             .output()
             .await
-            .map_err(|e| {
-                start_error("-", format!("running {} --version: {e}", binary.display()))
+            .map_err(|e| VmError::VmmUnavailable {
+                kind: VmmKind::Firecracker,
+                reason: format!("running {} --version: {e}", binary.display()),
             })?;
         let text = String::from_utf8_lossy(&out.stdout);
         Ok(text.lines().next().unwrap_or("").trim().to_owned())
