@@ -65,13 +65,17 @@ impl fmt::Display for BuildStep {
     }
 }
 
-/// A progress report: one when each step starts.
+/// A progress report: one when each step starts, and during the compile
+/// step about once a second with the count of objects compiled so far.
 #[derive(Clone, Debug)]
 pub struct Progress {
     /// The step starting.
     pub step: BuildStep,
     /// What it is working on.
     pub detail: String,
+    /// During the compile step: objects compiled so far (`None` in the
+    /// report that starts a step).
+    pub compiled: Option<usize>,
 }
 
 impl fmt::Display for Progress {
@@ -145,6 +149,18 @@ pub struct BuiltKernel {
     _work: WorkDir,
 }
 
+/// Tells the caller (and the debug log) a step starts.
+fn report(progress: &mut dyn FnMut(&Progress), step: BuildStep, detail: String) {
+    let p = Progress {
+        step,
+        detail,
+        compiled: None,
+    };
+    // Debug level: the caller prints progress its own way.
+    tracing::debug!("{p}");
+    progress(&p);
+}
+
 /// Builds a vmlinux. `progress` is called as each step starts.
 pub fn build_kernel(
     opts: &BuildOptions,
@@ -155,14 +171,8 @@ pub fn build_kernel(
     let source = KernelSource::detect(&opts.source)?;
     let jobs = opts.jobs.unwrap_or_else(default_jobs).max(1);
     let mut log = StepLog::create(&opts.log, opts.niceness)?;
-    let mut report = |step: BuildStep, detail: String| {
-        let p = Progress { step, detail };
-        // Debug level: the caller prints progress its own way.
-        tracing::debug!("{p}");
-        progress(&p);
-    };
-
     report(
+        progress,
         BuildStep::CheckTools,
         "compiler, make, flex, bison, bc, libelf and OpenSSL headers".into(),
     );
@@ -181,6 +191,7 @@ pub fn build_kernel(
     let tree = match source.kind {
         SourceKind::Tarball { .. } => {
             report(
+                progress,
                 BuildStep::Extract,
                 format!("unpacking {}", opts.source.display()),
             );
@@ -197,6 +208,7 @@ pub fn build_kernel(
         }
         SourceKind::Tree => {
             report(
+                progress,
                 BuildStep::Extract,
                 "source is a tree: building out of tree, nothing to unpack".into(),
             );
@@ -208,6 +220,7 @@ pub fn build_kernel(
         .map_err(|e| log.failed(BuildStep::Extract, e.to_string()))?;
 
     report(
+        progress,
         BuildStep::Configure,
         format!(
             "Linux {version}: allnoconfig + {} fragment options (config digest {})",
@@ -226,20 +239,29 @@ pub fn build_kernel(
     }
 
     report(
+        progress,
         BuildStep::VerifyConfig,
         format!("checking {} options", fragment.len()),
     );
     verify_config(&fragment, &out.join(".config"), &mut log)?;
 
     report(
+        progress,
         BuildStep::Compile,
         format!("make -j{jobs} vmlinux (this takes a while)"),
     );
     let mut make = make(&log, &tree, &out);
     make.arg(format!("-j{jobs}")).arg("vmlinux");
-    log.run(BuildStep::Compile, &mut make)?;
+    log.run_counting(BuildStep::Compile, &mut make, &mut |n| {
+        progress(&Progress {
+            step: BuildStep::Compile,
+            detail: format!("{n} objects compiled"),
+            compiled: Some(n),
+        })
+    })?;
 
     report(
+        progress,
         BuildStep::CheckOutput,
         "checking vmlinux is an x86_64 ELF".into(),
     );
@@ -319,7 +341,7 @@ pub(crate) mod tests {
         let compile = if compile_fails {
             "\t@echo 'arch/x86/kernel/setup.c:1: error: boom' >&2; exit 2\n".to_string()
         } else {
-            "\tcp $(CURDIR)/fake-vmlinux $(O)/vmlinux\n\tmkdir -p $(O)/include/config\n\techo 6.1.192-fake > $(O)/include/config/kernel.release\n".to_string()
+            "\t@echo '  CC      init/main.o'; echo '  CC      kernel/fork.o'; sleep 0.7; echo '  LD      vmlinux.o'; echo '  CC      mm/slab.o'; sleep 0.7\n\tcp $(CURDIR)/fake-vmlinux $(O)/vmlinux\n\tmkdir -p $(O)/include/config\n\techo 6.1.192-fake > $(O)/include/config/kernel.release\n".to_string()
         };
         let makefile = format!(
             "{MAKEFILE}\nallnoconfig:\n\tgrep -v '{drop}' $(KCONFIG_ALLCONFIG) > $(O)/.config\nolddefconfig:\n\t@true\nvmlinux:\n{compile}"
@@ -352,10 +374,15 @@ pub(crate) mod tests {
             false,
         );
         let mut steps = Vec::new();
-        let built = build_kernel(&options(&tree, dir.path()), &mut |p| {
-            steps.push(p.to_string())
+        let mut compiled = Vec::new();
+        let built = build_kernel(&options(&tree, dir.path()), &mut |p| match p.compiled {
+            Some(n) => compiled.push(n),
+            None => steps.push(p.to_string()),
         })
         .unwrap();
+        // kbuild's CC lines, counted while make runs (LD lines are not).
+        assert_eq!(compiled.last(), Some(&3), "{compiled:?}");
+        assert!(compiled.windows(2).all(|w| w[0] < w[1]), "{compiled:?}");
         assert_eq!(built.release, "6.1.192-fake");
         assert_eq!(built.config_digest, Fragment::project().unwrap().digest());
         assert!(built.vmlinux.is_file());

@@ -60,6 +60,18 @@ impl StepLog {
 
     /// Runs `cmd` to completion with stdout and stderr in the log.
     pub(crate) fn run(&mut self, step: BuildStep, cmd: &mut Command) -> Result<()> {
+        self.run_counting(step, cmd, &mut |_| {})
+    }
+
+    /// [`StepLog::run`], calling `compiled` about once a second with how
+    /// many objects kbuild has compiled so far (its `  CC ` lines in the
+    /// log).
+    pub(crate) fn run_counting(
+        &mut self,
+        step: BuildStep,
+        cmd: &mut Command,
+        compiled: &mut dyn FnMut(usize),
+    ) -> Result<()> {
         self.note(&format!("==> [{step}] {cmd:?}"));
         let out = self
             .file
@@ -70,12 +82,25 @@ impl StepLog {
             .try_clone()
             .map_err(|e| Error::io("reopen build log", &self.path, e))?;
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let status = cmd
+        let start = self.file.seek(SeekFrom::End(0)).unwrap_or(0);
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .status()
+            .spawn()
             .map_err(|e| self.failed(step, format!("could not start {program}: {e}")))?;
+        let mut counter = ObjectCounter::new(&self.path, start);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => return Err(self.failed(step, format!("waiting for {program}: {e}"))),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if let Some(n) = counter.update() {
+                compiled(n);
+            }
+        };
         if status.success() {
             Ok(())
         } else {
@@ -119,6 +144,43 @@ impl StepLog {
             .map(str::to_string)
             .collect();
         lines[lines.len().saturating_sub(n)..].to_vec()
+    }
+}
+
+/// Counts kbuild's `  CC ` lines appended to the log after `offset`.
+struct ObjectCounter {
+    file: Option<File>,
+    offset: u64,
+    partial: Vec<u8>,
+    count: usize,
+}
+
+impl ObjectCounter {
+    fn new(log: &Path, offset: u64) -> ObjectCounter {
+        ObjectCounter {
+            file: File::open(log).ok(),
+            offset,
+            partial: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// The new count, when it changed.
+    fn update(&mut self) -> Option<usize> {
+        let file = self.file.as_mut()?;
+        file.seek(SeekFrom::Start(self.offset)).ok()?;
+        let mut new = Vec::new();
+        let n = file.read_to_end(&mut new).ok()?;
+        self.offset += n as u64;
+        self.partial.extend_from_slice(&new);
+        let before = self.count;
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            if self.partial.starts_with(b"  CC ") {
+                self.count += 1;
+            }
+            self.partial.drain(..=end);
+        }
+        (self.count != before).then_some(self.count)
     }
 }
 

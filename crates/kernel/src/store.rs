@@ -722,7 +722,9 @@ mod tests {
         assert_eq!(opts.log, store.root().join(".logs/vmlinux-6.1.log"));
         let mut lines = 0;
         let info = store
-            .build("vmlinux-6.1", &opts, false, &mut |_| lines += 1)
+            .build("vmlinux-6.1", &opts, false, &mut |p| {
+                lines += usize::from(p.compiled.is_none())
+            })
             .unwrap();
         assert_eq!(lines, 6);
         let meta = info.metadata.unwrap();
@@ -744,7 +746,9 @@ mod tests {
         // A second build with the same ID fails before building.
         let mut lines = 0;
         let err = store
-            .build("vmlinux-6.1", &opts, false, &mut |_| lines += 1)
+            .build("vmlinux-6.1", &opts, false, &mut |p| {
+                lines += usize::from(p.compiled.is_none())
+            })
             .unwrap_err();
         assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
         assert_eq!(lines, 0);

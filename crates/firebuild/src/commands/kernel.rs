@@ -59,9 +59,9 @@ pub fn run(global: &GlobalArgs, command: &KernelCommand) -> anyhow::Result<()> {
             options.config.clone_from(config);
             options.jobs = *jobs;
             let started = std::time::Instant::now();
-            let info = store.build(id, &options, false, &mut |progress| {
-                tracing::info!("{progress}")
-            })?;
+            let compile = CompileProgress::new();
+            let info = store.build(id, &options, false, &mut |progress| compile.show(progress))?;
+            compile.done();
             tracing::info!(
                 id = %id,
                 version = info.entry.version.as_deref().unwrap_or("unknown"),
@@ -91,6 +91,39 @@ pub fn run(global: &GlobalArgs, command: &KernelCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The compile step's count of objects on a terminal (a spinner line);
+/// nothing of it when stderr is piped, where each step is one log line.
+struct CompileProgress(Option<indicatif::ProgressBar>);
+
+impl CompileProgress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        CompileProgress(std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        }))
+    }
+
+    fn show(&self, progress: &firebuild_kernel::Progress) {
+        match (&self.0, progress.compiled) {
+            (Some(bar), Some(_)) => bar.set_message(progress.to_string()),
+            (None, Some(_)) => {}
+            (Some(bar), None) => bar.println(progress.to_string()),
+            (None, None) => tracing::info!("{progress}"),
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 #[cfg(test)]
