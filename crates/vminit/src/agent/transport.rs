@@ -106,20 +106,37 @@ fn wait_host_event(seen: &mut u64, timeout: Duration) {
     *seen = *g;
 }
 
+/// How long a port may stay held by a finished client's sessions before
+/// it is worth a warning.
+const BUSY_WARNING: Duration = Duration::from_secs(30);
+
 /// One virtio-serial port: wait for a host client, serve it, repeat. While
 /// no client is connected the port polls as hung up. The port is reopened
 /// after each client: closing it drops whatever the last one left unread.
 fn serial_loop(dev: &Path, ctx: Arc<Context>) {
     let mut seen = 0;
+    let mut busy_since: Option<std::time::Instant> = None;
     loop {
         let port = match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
             Ok(f) => f,
+            // The last client's sessions (an exec's output threads) may
+            // hold the port a moment longer: a virtio port opens once.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                let since = *busy_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > BUSY_WARNING {
+                    log::warn(format_args!("agent: {} stays busy: {e}", dev.display()));
+                    busy_since = None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             Err(e) => {
                 log::warn(format_args!("agent: opening {}: {e}", dev.display()));
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         };
+        busy_since = None;
         // SAFETY: fcntl on our descriptor: SIGIO to this process on host
         // connect and disconnect.
         unsafe {
