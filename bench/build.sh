@@ -36,13 +36,16 @@ cleanup() {
 trap cleanup EXIT
 
 echo "building the firebuild build engine (release)..." >&2
-(cd "$ROOT" && cargo build -q --release -p firebuild-build --example build)
+(cd "$ROOT" && cargo build -q --release -p firebuild-builder --example build)
 FB="$ROOT/target/release/examples/build"
 FB_BASE=
 if [ -n "${BENCH_BASELINE:-}" ]; then
     echo "building the engine of $BENCH_BASELINE (release)..." >&2
     git -C "$ROOT" worktree add -q --detach "$W/baseline" "$BENCH_BASELINE"
-    (cd "$W/baseline" && CARGO_TARGET_DIR="$ROOT/target/bench-baseline" cargo build -q --release -p firebuild-build --example build)
+    # The engine's crate was named firebuild-build before it became firebuild-builder.
+    engine=firebuild-builder
+    [ -d "$W/baseline/crates/builder" ] || engine=firebuild-build
+    (cd "$W/baseline" && CARGO_TARGET_DIR="$ROOT/target/bench-baseline" cargo build -q --release -p "$engine" --example build)
     FB_BASE="$ROOT/target/bench-baseline/release/examples/build"
 fi
 VMINIT=${FIREBUILD_VMINIT:-$ROOT/target/x86_64-unknown-linux-gnu/release/vminit}

@@ -235,16 +235,16 @@ pub struct BuildArgs {
     /// Network of RUN steps: `default` (a private network behind a NAT that
     /// cannot reach this host), `none`, or `host` (the host's network,
     /// loopback services included: only for Dockerfiles you trust).
-    #[arg(long, value_name = "MODE", default_value = "default", value_parser = firebuild_build::Network::parse)]
-    pub network: firebuild_build::Network,
+    #[arg(long, value_name = "MODE", default_value = "default", value_parser = firebuild_builder::Network::parse)]
+    pub network: firebuild_builder::Network,
     /// Memory limit of each RUN step (bytes, or with a k, m or g suffix).
-    #[arg(long, value_name = "SIZE", value_parser = firebuild_build::sandbox::limits::parse_memory)]
+    #[arg(long, value_name = "SIZE", value_parser = firebuild_builder::sandbox::limits::parse_memory)]
     pub memory: Option<u64>,
     /// CPU limit of each RUN step, in CPUs (0.5, 2).
-    #[arg(long, value_name = "CPUS", value_parser = firebuild_build::sandbox::limits::parse_cpus)]
+    #[arg(long, value_name = "CPUS", value_parser = firebuild_builder::sandbox::limits::parse_cpus)]
     pub cpus: Option<u64>,
     /// Limit on the processes and threads of each RUN step.
-    #[arg(long, value_name = "N", value_parser = firebuild_build::sandbox::limits::parse_pids)]
+    #[arg(long, value_name = "N", value_parser = firebuild_builder::sandbox::limits::parse_pids)]
     pub pids_limit: Option<u64>,
     /// Kernel of the build microVMs (--isolation microvm); default: the
     /// profile's default kernel, else the only registered one.
@@ -390,7 +390,7 @@ pub struct RunArgs {
     pub rootfs_mode: firebuild_vm::RootfsMode,
     /// Size of the scratch disk, the most the VM can write (sparse: it
     /// costs only what is written). Bytes, or with a k, m, g or t suffix.
-    #[arg(long, value_name = "SIZE", default_value = "10g", value_parser = firebuild_build::sandbox::limits::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "10g", value_parser = firebuild_builder::sandbox::limits::parse_size)]
     pub disk_size: u64,
     /// Attach a volume (`firebuild volume create`) or an existing ext4
     /// image file, mounted at an absolute guest path; `:ro` read-only.
@@ -590,7 +590,7 @@ pub enum VolumeCommand {
         name: String,
         /// Its size (sparse: it costs only what is written). Bytes, or with
         /// a k, m, g or t suffix.
-        #[arg(long, value_name = "SIZE", default_value = "1g", value_parser = firebuild_build::sandbox::limits::parse_size)]
+        #[arg(long, value_name = "SIZE", default_value = "1g", value_parser = firebuild_builder::sandbox::limits::parse_size)]
         size: u64,
         #[arg(long, value_name = "FS", default_value = "ext4")]
         fs: firebuild_vm::VolumeFs,

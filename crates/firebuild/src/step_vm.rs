@@ -1,5 +1,5 @@
 //! `rootfs|baseos --isolation microvm`: every RUN step in a fresh microVM,
-//! driven through its guest agent ([`firebuild_build::StepVm`] over the VM
+//! driven through its guest agent ([`firebuild_builder::StepVm`] over the VM
 //! runtime). The VM's root drive carries only the guest init; the step's
 //! layers come as read-only disks; the command runs through the agent and
 //! the step's diff comes back as a layer tree. The VM lives in its own run
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use firebuild_agent_proto::tree::{self, TreeWriter};
 use firebuild_agent_proto::{Copied, ExecRequest, Exited, Failure, Frame, Kind, Request};
-use firebuild_build::{CancelToken, Network, StepVm, VmStep, VmStepOutcome};
+use firebuild_builder::{CancelToken, Network, StepVm, VmStep, VmStepOutcome};
 use firebuild_cni::{host_guard, CniRuntime, NetworkInfo, VmNetworkRequest, BUILD_NETWORK};
 use firebuild_metadata::image::{EntrypointInfo, ImageName};
 use firebuild_metadata::{ImageMetadata, ImageType};

@@ -1,7 +1,7 @@
 //! `rootfs` and `baseos`: Dockerfiles (or OCI images) into tagged, bootable
 //! root filesystems.
 
-use firebuild_build::{
+use firebuild_builder::{
     BuildOptions, BuildOutput, CancelToken, ImageOptions, ImageType, Limits, SandboxSettings,
 };
 use std::sync::Arc;
@@ -26,7 +26,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
     let store = store(&settings)?;
     let cancel = cancel_on_signals()?;
     let output = match (&args.dockerfile, &args.docker_image) {
-        (_, Some(reference)) => firebuild_build::build_from_image(
+        (_, Some(reference)) => firebuild_builder::build_from_image(
             &store,
             &ImageOptions {
                 reference: reference.clone(),
@@ -44,7 +44,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
             options.kind = ImageType::Rootfs;
             options.tag = Some(args.tag.clone());
             options.target_stage.clone_from(&args.dockerfile_stage);
-            firebuild_build::build(&store, &options)?
+            firebuild_builder::build(&store, &options)?
         }
         (None, None) => {
             anyhow::bail!("`firebuild rootfs` needs --dockerfile SRC or --docker-image REF")
@@ -66,7 +66,7 @@ pub fn baseos(global: &GlobalArgs, args: &BaseosArgs) -> anyhow::Result<()> {
     )?;
     options.kind = ImageType::Baseos;
     options.tag.clone_from(&args.tag);
-    summarize(&firebuild_build::build(&store, &options)?);
+    summarize(&firebuild_builder::build(&store, &options)?);
     Ok(())
 }
 
@@ -117,11 +117,13 @@ fn build_options(
         },
     };
     options.isolation = match settings.isolation {
-        Isolation::Sandbox => firebuild_build::Isolation::Sandbox,
+        Isolation::Sandbox => firebuild_builder::Isolation::Sandbox,
         Isolation::Microvm => {
             let (id, kernel) = super::kernel::choose(settings, args.vmlinux_id.as_deref())?;
             tracing::info!(kernel = %id, "RUN steps run in microVMs");
-            firebuild_build::Isolation::MicroVm(Arc::new(MicroVmSteps::new(settings, kernel, &id)?))
+            firebuild_builder::Isolation::MicroVm(Arc::new(MicroVmSteps::new(
+                settings, kernel, &id,
+            )?))
         }
     };
     Ok(options)

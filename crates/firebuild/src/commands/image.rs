@@ -76,7 +76,7 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
         } => {
             let settings = Settings::resolve(global, settings)?;
             let store = DirectoryStore::new(&settings.rootfs_storage_root);
-            let report = firebuild_build::prune(&store, &settings.cache_dir, *cache_mounts)?;
+            let report = firebuild_builder::prune(&store, &settings.cache_dir, *cache_mounts)?;
             // Blobs no pulled, imported or built image record needs.
             let records = ImageRecords::new(&settings.cache_dir);
             let blobs = BlobCache::new(&settings.cache_dir).prune(|| records.referenced_blobs())?;

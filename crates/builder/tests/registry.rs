@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use firebuild_build::{build, build_from_image, ImageOptions, RegistryConfig};
+use firebuild_builder::{build, build_from_image, ImageOptions, RegistryConfig};
 use firebuild_oci::manifest::Compression;
 use firebuild_oci::testing::{busybox_rootfs_tar, push_image, TestRegistry};
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use firebuild_build::{build, BuildOptions, BuildOutput, ImageType};
+use firebuild_builder::{build, BuildOptions, BuildOutput, ImageType};
 use firebuild_store::DirectoryStore;
 
 /// A store, a cache and a context directory in one temp dir.
@@ -48,11 +48,11 @@ impl Fixture {
             self.dir.path().join("vminit"),
         );
         o.tag = Some(tag.into());
-        o.sandbox = firebuild_build::testing::sandbox();
+        o.sandbox = firebuild_builder::testing::sandbox();
         o
     }
 
-    pub fn build(&self, dockerfile: &str, tag: &str) -> firebuild_build::Result<BuildOutput> {
+    pub fn build(&self, dockerfile: &str, tag: &str) -> firebuild_builder::Result<BuildOutput> {
         build(&self.store, &self.opts(dockerfile, tag))
     }
 
@@ -72,7 +72,7 @@ impl Fixture {
         );
         o.kind = ImageType::Baseos;
         o.tag = Some("busybox:test".into());
-        o.sandbox = firebuild_build::testing::sandbox();
+        o.sandbox = firebuild_builder::testing::sandbox();
         build(&self.store, &o).expect("building the busybox base");
     }
 }
@@ -80,7 +80,7 @@ impl Fixture {
 /// A minimal busybox root: applets as symlinks, root and `app` users,
 /// and the usual empty directories with a sticky /tmp.
 pub fn busybox_tree(dir: &Path) {
-    firebuild_build::testing::busybox_root(dir);
+    firebuild_builder::testing::busybox_root(dir);
     for d in ["root", "home", "var", "tmp"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }

@@ -874,7 +874,7 @@ impl<'a> Engine<'a> {
                     limits,
                 };
                 let mut on_line =
-                    |line: &str| tracing::info!(target: "firebuild_build::run", "{line}");
+                    |line: &str| tracing::info!(target: "firebuild_builder::run", "{line}");
                 let out = vm
                     .run_step(&step, &mut on_line, &cancel)
                     .map_err(|e| StepFailure::Error(BuildError::step(&at_run, e)))?;
@@ -957,7 +957,8 @@ impl<'a> Engine<'a> {
                 store,
                 stages,
             };
-            let mut on_line = |line: &str| tracing::info!(target: "firebuild_build::run", "{line}");
+            let mut on_line =
+                |line: &str| tracing::info!(target: "firebuild_builder::run", "{line}");
             let out = sandbox::run_in_root(&step, scratch, &sandbox, &spec, &mut on_line, &cancel)
                 .map_err(StepFailure::Error)?;
             if out.code != 0 {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use firebuild_build::{build, BuildError, Limits, Network};
+use firebuild_builder::{build, BuildError, Limits, Network};
 
 /// A non-loopback IPv4 address of this host, if it has one.
 fn host_address() -> Option<Ipv4Addr> {

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use firebuild_build::{build, prune, BuildOptions, ImageType};
+use firebuild_builder::{build, prune, BuildOptions, ImageType};
 use firebuild_store::DirectoryStore;
 
 fn main() -> ExitCode {
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     o.filesystem_size_mib = get("--size-mib").and_then(|s| s.parse().ok());
     o.no_cache = args.iter().any(|a| a == "--no-cache");
     if let Some(n) = get("--network") {
-        match firebuild_build::Network::parse(&n) {
+        match firebuild_builder::Network::parse(&n) {
             Ok(n) => o.sandbox.network = n,
             Err(e) => {
                 eprintln!("--network: {e}");

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use firebuild_build::{build, ImageType};
+use firebuild_builder::{build, ImageType};
 
 const MIRROR: &str = "http://deb.debian.org/debian";
 

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use firebuild_build::{build, BuildError, BuildOptions};
+use firebuild_builder::{build, BuildError, BuildOptions};
 use firebuild_store::DirectoryStore;
 
 const DRIVER_ENV: &str = "FIREBUILD_TEST_DRIVER";
@@ -26,7 +26,7 @@ fn driver() {
     let store = DirectoryStore::new(parts[0]);
     let mut o = BuildOptions::new(parts[2], parts[1], parts[3]);
     o.tag = Some(parts[4].into());
-    o.sandbox = firebuild_build::testing::sandbox();
+    o.sandbox = firebuild_builder::testing::sandbox();
     o.cancel.cancel_on_signals().unwrap();
     match build(&store, &o) {
         Ok(_) => std::process::exit(0),

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use firebuild_build::{build, BuildError};
+use firebuild_builder::{build, BuildError};
 
 const MULTI_STAGE: &str = r#"
 ARG BASE=busybox:test
@@ -319,7 +319,7 @@ fn deletions_hide_base_files_and_prune_keeps_only_what_stored_images_use() {
     f.store.remove(&gone.tag).unwrap();
     let layers = f.cache().join("build/layers");
     let before = std::fs::read_dir(&layers).unwrap().count();
-    let report = firebuild_build::prune(&f.store, &f.cache(), true).unwrap();
+    let report = firebuild_builder::prune(&f.store, &f.cache(), true).unwrap();
     assert!(report.layers_removed >= 1, "{report:?}");
     assert_eq!(report.refs_removed, 1);
     assert_eq!(
