@@ -160,7 +160,7 @@ fn forks_of_a_snapshot_answer_at_once_with_the_source_memory_and_their_own_ident
     assert!(err.contains("No space left on device"), "{err}");
     assert_eq!(status(&w, &src), "running");
     answers(&w, src_ip).expect("the source answers after a failed snapshot");
-    let left: Vec<String> = walk(&tiny);
+    let left = files_under(&tiny);
     assert!(left.is_empty(), "a failed snapshot left {left:?}");
     drop(mounted);
     lap("disk full");
@@ -296,11 +296,8 @@ fn forks_of_a_snapshot_answer_at_once_with_the_source_memory_and_their_own_ident
     }
     w.ok(&["purge"], &[]);
     w.ok(&["snapshot", "rm"], &[SNAPSHOT]);
-    assert!(
-        walk(&w.path("snapshots")).is_empty(),
-        "{:?}",
-        walk(&w.path("snapshots"))
-    );
+    let left = files_under(&w.path("snapshots"));
+    assert!(left.is_empty(), "{left:?}");
     assert!(w.live_vmm_pids().is_empty(), "QEMU left running");
     // The bridge and its firewall chains stay with the network; nothing of
     // any VM does.
@@ -313,20 +310,4 @@ fn forks_of_a_snapshot_answer_at_once_with_the_source_memory_and_their_own_ident
     );
     assert!(after.run_cache.is_empty(), "{after:?}");
     lap("cleaned up");
-}
-
-/// Files under `dir` (staging leftovers included).
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path().display().to_string());
-            }
-        }
-    }
-    out
 }

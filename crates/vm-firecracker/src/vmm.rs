@@ -301,16 +301,7 @@ impl Vmm for FirecrackerVmm {
             kind: VmmKind::Firecracker,
             reason,
         })?;
-        let out = tokio::process::Command::new(&binary)
-            .arg("--version")
-            .output()
-            .await
-            .map_err(|e| VmError::VmmUnavailable {
-                kind: VmmKind::Firecracker,
-                reason: format!("running {} --version: {e}", binary.display()),
-            })?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(text.lines().next().unwrap_or("").trim().to_owned())
+        firebuild_vm::vmm::binary_version(VmmKind::Firecracker, &binary).await
     }
 
     async fn pause(&self, vm: &RunMetadata) -> Result<(), VmError> {

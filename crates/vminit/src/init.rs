@@ -153,7 +153,7 @@ fn kernel_hostname() -> String {
         .into_owned()
 }
 
-fn set_kernel_hostname(name: &str) -> Result<(), ConfigureError> {
+pub(crate) fn set_kernel_hostname(name: &str) -> Result<(), ConfigureError> {
     // SAFETY: pointer and length describe `name`'s bytes.
     let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
     if rc != 0 {

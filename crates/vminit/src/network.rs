@@ -304,26 +304,34 @@ fn ioctl_err<'a>(op: &'static str, ifname: &'a str) -> impl FnOnce(io::Error) ->
 
 /// Sets IFF_UP on a device.
 pub fn set_up(ifname: &str) -> Result<(), NetError> {
-    let s = CtlSocket::new()?;
-    let mut req = IfReq::new(ifname)?;
-    s.ioctl(libc::SIOCGIFFLAGS, &mut req)
-        .map_err(ioctl_err("reading flags", ifname))?;
-    let flags = i16::from_ne_bytes([req.data[0], req.data[1]]) | libc::IFF_UP as i16;
-    req.data[..2].copy_from_slice(&flags.to_ne_bytes());
-    s.ioctl(libc::SIOCSIFFLAGS, &mut req)
-        .map_err(ioctl_err("setting it up", ifname))
+    set_up_flag(ifname, true)
 }
 
 /// Clears IFF_UP on a device (its routes go with it).
 pub fn set_down(ifname: &str) -> Result<(), NetError> {
+    set_up_flag(ifname, false)
+}
+
+fn set_up_flag(ifname: &str, up: bool) -> Result<(), NetError> {
     let s = CtlSocket::new()?;
     let mut req = IfReq::new(ifname)?;
     s.ioctl(libc::SIOCGIFFLAGS, &mut req)
         .map_err(ioctl_err("reading flags", ifname))?;
-    let flags = i16::from_ne_bytes([req.data[0], req.data[1]]) & !(libc::IFF_UP as i16);
+    let old = i16::from_ne_bytes([req.data[0], req.data[1]]);
+    let flags = if up {
+        old | libc::IFF_UP as i16
+    } else {
+        old & !(libc::IFF_UP as i16)
+    };
     req.data[..2].copy_from_slice(&flags.to_ne_bytes());
-    s.ioctl(libc::SIOCSIFFLAGS, &mut req)
-        .map_err(ioctl_err("setting it down", ifname))
+    s.ioctl(libc::SIOCSIFFLAGS, &mut req).map_err(ioctl_err(
+        if up {
+            "setting it up"
+        } else {
+            "setting it down"
+        },
+        ifname,
+    ))
 }
 
 /// Sets the device's MAC address (`aa:bb:cc:dd:ee:ff`); the device should be

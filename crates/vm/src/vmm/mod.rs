@@ -89,6 +89,21 @@ pub struct Disk {
     pub in_place: bool,
 }
 
+/// The first line `binary --version` prints: what a snapshot records of
+/// its VMM, and what a restore must find again.
+pub async fn binary_version(kind: VmmKind, binary: &Path) -> Result<String, VmError> {
+    let out = tokio::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| VmError::VmmUnavailable {
+            kind,
+            reason: format!("running {} --version: {e}", binary.display()),
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or("").trim().to_owned())
+}
+
 /// The device state in a snapshot directory.
 pub const SNAPSHOT_STATE_FILE: &str = "state";
 /// The guest memory in a snapshot directory (absent when the backend kept

@@ -29,7 +29,7 @@ pub fn apply(ctx: &Context, identity: &Identity) -> Result<Reidentified, String>
         set_clock(identity.unix_time_ns).map_err(|e| format!("setting the clock: {e}"))?;
     reseed(&identity.entropy).map_err(|e| format!("reseeding the entropy pool: {e}"))?;
     files::validate_hostname(&identity.hostname).map_err(|e| e.to_string())?;
-    set_kernel_hostname(&identity.hostname).map_err(|e| format!("setting the hostname: {e}"))?;
+    crate::init::set_kernel_hostname(&identity.hostname).map_err(|e| e.to_string())?;
     let interface = match &identity.network {
         Some(net) => Some(readdress(net)?),
         None => None,
@@ -100,14 +100,6 @@ fn reseed(entropy: &[u8]) -> io::Result<()> {
     }
     // SAFETY: no argument.
     if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG as _) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn set_kernel_hostname(name: &str) -> io::Result<()> {
-    // SAFETY: pointer and length of a live str.
-    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

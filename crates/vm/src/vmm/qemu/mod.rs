@@ -186,13 +186,7 @@ impl Vmm for QemuVmm {
             kind: VmmKind::Qemu,
             reason: format!("{} not found", self.config.binary.display()),
         })?;
-        let out = tokio::process::Command::new(&binary)
-            .arg("--version")
-            .output()
-            .await
-            .map_err(|e| VmError::io("running", &binary, e))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(text.lines().next().unwrap_or("").trim().to_owned())
+        crate::vmm::binary_version(VmmKind::Qemu, &binary).await
     }
 
     async fn pause(&self, vm: &RunMetadata) -> Result<(), VmError> {
