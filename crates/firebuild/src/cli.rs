@@ -186,6 +186,10 @@ pub struct SettingsArgs {
     /// Where per-VM jail uids/gids come from (default 2000000000:65536).
     #[arg(long, value_name = "FIRST:COUNT", value_parser = parse_id_range)]
     pub jailer_id_range: Option<(u32, u32)>,
+    /// Where the unprivileged uids/gids QEMU processes run as come from, one
+    /// per process (default 2000065536:65536).
+    #[arg(long, value_name = "FIRST:COUNT", value_parser = parse_id_range)]
+    pub qemu_id_range: Option<(u32, u32)>,
     /// Registry reached over plain HTTP, repeatable (127.0.0.0/8 and ::1 always are).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,

@@ -70,6 +70,8 @@ pub struct Profile {
     pub jailer_gid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jailer_id_range: Option<(u32, u32)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_id_range: Option<(u32, u32)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -267,6 +269,7 @@ impl Profile {
         set(&mut self.jailer_uid, &args.jailer_uid);
         set(&mut self.jailer_gid, &args.jailer_gid);
         set(&mut self.jailer_id_range, &args.jailer_id_range);
+        set(&mut self.qemu_id_range, &args.qemu_id_range);
         set(&mut self.cni_conf_dir, &args.cni_conf_dir);
         set(&mut self.cni_cache_dir, &args.cni_cache_dir);
         for (k, v) in &args.storage_provider_property_string {

@@ -40,6 +40,8 @@ pub struct Settings {
     pub jailer_gid: Option<u32>,
     /// `(first, count)` of per-VM jail ids; `None`: the backend's default.
     pub jailer_id_range: Option<(u32, u32)>,
+    /// `(first, count)` of per-process QEMU ids; `None`: the backend's default.
+    pub qemu_id_range: Option<(u32, u32)>,
     pub insecure_registries: Vec<String>,
     pub registry_mirrors: BTreeMap<String, Vec<String>>,
     pub cni_conf_dir: PathBuf,
@@ -92,6 +94,7 @@ impl Settings {
             jailer_uid: p.jailer_uid,
             jailer_gid: p.jailer_gid,
             jailer_id_range: p.jailer_id_range,
+            qemu_id_range: p.qemu_id_range,
             insecure_registries: p.insecure_registries,
             registry_mirrors: p.registry_mirrors,
             cni_conf_dir: p.cni_conf_dir.unwrap_or_else(|| "/etc/cni/conf.d".into()),

@@ -14,12 +14,7 @@ use std::path::{Path, PathBuf};
 use firebuild_firecracker::JailUser;
 use rustix::fs::{flock, FlockOperation};
 
-/// A range of ids `first .. first + count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdRange {
-    pub first: u32,
-    pub count: u32,
-}
+pub use firebuild_vm::host_ids::IdRange;
 
 /// Far above the ids of users and of the build sandbox's subordinate range
 /// (see the README), below the 32-bit overflow id.

@@ -482,6 +482,25 @@ impl FirecrackerVmm {
             ),
             _ => None,
         };
+        let release_claim = || {
+            if let Some(user) = claimed {
+                let _ = jail_ids::release(&self.config.chroot_base, user.uid, run_dir);
+            }
+        };
+        if mode == Mode::Jailed {
+            // The tap was made before the jail user was known: Firecracker,
+            // unprivileged in its jail, may attach only to a tap it owns.
+            let user = claimed.unwrap_or_else(|| self.config.jail_user());
+            if let Err(e) =
+                firebuild_vm::network::set_tap_owner(&net.netns, &net.tap, user.uid, user.gid)
+            {
+                release_claim();
+                return Err(start_error(
+                    id,
+                    format!("giving tap {} to the jail user {}: {e}", net.tap, user.uid),
+                ));
+            }
+        }
         let config = self.config.launch_config(
             binary.clone(),
             jailer,
@@ -496,9 +515,7 @@ impl FirecrackerVmm {
         let process = match launched {
             Ok(process) => process,
             Err(e) => {
-                if let Some(user) = claimed {
-                    let _ = jail_ids::release(&self.config.chroot_base, user.uid, run_dir);
-                }
+                release_claim();
                 return Err(start_error(id, e.to_string()));
             }
         };

@@ -260,6 +260,17 @@ fn each_jailed_vm_runs_as_an_id_of_its_own_until_cleaned_up() {
         assert!(args.contains(&format!("--uid {uid} --gid {uid}")), "{args}");
         let console = std::fs::metadata(jail.root().join("console.log")).unwrap();
         assert_eq!((console.uid(), console.gid()), (uid, uid));
+        // Its tap is its jail user's: unprivileged Firecracker attaches to it.
+        let tap = std::process::Command::new("nsenter")
+            .arg(format!(
+                "--net={}",
+                launch.network.as_ref().unwrap().netns.display()
+            ))
+            .args(["ip", "-details", "link", "show", common::TAP])
+            .output()
+            .unwrap();
+        let tap = String::from_utf8_lossy(&tap.stdout);
+        assert!(tap.contains(&format!("user {uid} group {uid}")), "{tap}");
         uids.push(uid);
         let vm = run_metadata(launch, started);
         rt.block_on(vmm.force_stop(&vm)).unwrap();
@@ -791,7 +802,8 @@ fn a_paused_vm_is_snapshotted_and_a_fork_restored_in_its_own_jail() {
 
     // A snapshot that lost its memory: refused, nothing left running.
     std::fs::remove_file(dir.join("memory")).unwrap();
-    let broken = fx.launch("vm-broken", Some(Netns::new().attachment()));
+    let broken_ns = Netns::new();
+    let broken = fx.launch("vm-broken", Some(broken_ns.attachment()));
     let err = rt
         .block_on(vmm.restore(&broken, &from))
         .unwrap_err()

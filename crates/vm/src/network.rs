@@ -3,7 +3,8 @@
 //! VMM inside its namespace, records it in the run metadata, and calls a
 //! [`NetworkReleaser`] when the VM is removed (`purge`, `--rm`).
 
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 use async_trait::async_trait;
 
@@ -25,60 +26,109 @@ pub trait NetworkReleaser: Send + Sync {
     ) -> Result<(), NetworkError>;
 }
 
+/// Runs `f` on a thread of its own that entered the network namespace at
+/// `netns`, so this process's namespace never changes.
+fn in_netns<T: Send>(
+    netns: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    let ns = std::fs::File::open(netns)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only (a network namespace is per
+            // thread) with an fd of a namespace file.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+    })
+}
+
+fn check(rc: libc::c_int) -> std::io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn check_ifname(ifname: &str) -> std::io::Result<()> {
+    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ || ifname.contains('\0') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{ifname:?} is not a network device name"),
+        ));
+    }
+    Ok(())
+}
+
+/// A zeroed `struct ifreq` naming `ifname` (checked by [`check_ifname`]).
+fn ifreq(ifname: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.as_bytes()) {
+        *dst = *src as libc::c_char;
+    }
+    req
+}
+
 /// Sets network device `ifname` of the network namespace at `netns` up or
-/// down (IFF_UP), from a thread of its own that enters the namespace, so
-/// this process's namespace never changes.
+/// down (IFF_UP).
 ///
 /// A fork is resumed with its tap down: until its agent has given it its
 /// own MAC and address, whatever it sends (QEMU's and the guest's
 /// post-migration announcements, retransmissions) carries the source's
 /// identity and would teach the bridge to send the source's traffic to it.
-pub fn set_link_up(netns: &std::path::Path, ifname: &str, up: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let ns = std::fs::File::open(netns)?;
-    let name = std::ffi::CString::new(ifname)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in device name"))?;
-    if name.as_bytes().len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("device name {ifname:?} is too long"),
-        ));
-    }
-    std::thread::scope(|s| {
-        s.spawn(|| -> std::io::Result<()> {
-            let check = |rc: libc::c_int| {
-                if rc < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(rc)
-                }
+pub fn set_link_up(netns: &Path, ifname: &str, up: bool) -> std::io::Result<()> {
+    check_ifname(ifname)?;
+    in_netns(netns, || {
+        let mut req = ifreq(ifname);
+        // SAFETY: socket, then ioctls with a valid ifreq naming the device.
+        unsafe {
+            let sock = check(libc::socket(
+                libc::AF_INET,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+            ))?;
+            let sock = OwnedFd::from_raw_fd(sock);
+            check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req))?;
+            let flags = req.ifr_ifru.ifru_flags;
+            req.ifr_ifru.ifru_flags = if up {
+                flags | libc::IFF_UP as libc::c_short
+            } else {
+                flags & !(libc::IFF_UP as libc::c_short)
             };
-            // SAFETY: setns on this thread only (a network namespace is
-            // per thread); socket and ioctl with a valid, zeroed ifreq.
-            unsafe {
-                check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET))?;
-                let sock = check(libc::socket(
-                    libc::AF_INET,
-                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                    0,
-                ))?;
-                let sock = std::os::fd::OwnedFd::from_raw_fd(sock);
-                let mut req: libc::ifreq = std::mem::zeroed();
-                for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
-                    *dst = *src as libc::c_char;
-                }
-                check(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req))?;
-                let flags = req.ifr_ifru.ifru_flags;
-                req.ifr_ifru.ifru_flags = if up {
-                    flags | libc::IFF_UP as libc::c_short
-                } else {
-                    flags & !(libc::IFF_UP as libc::c_short)
-                };
-                check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req))?;
-            }
-            Ok(())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+            check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req))?;
+        }
+        Ok(())
+    })
+}
+
+/// Makes `uid`/`gid` the owner of the persistent tap `tap` in the network
+/// namespace at `netns`, so a VMM running as that user (a jailed
+/// Firecracker with an id of its own) may attach to it without
+/// CAP_NET_ADMIN.
+pub fn set_tap_owner(netns: &Path, tap: &str, uid: u32, gid: u32) -> std::io::Result<()> {
+    check_ifname(tap)?;
+    in_netns(netns, || {
+        let mut req = ifreq(tap);
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        let fd = tun.as_raw_fd();
+        // SAFETY: TUNSETIFF reads and writes the ifreq; TUNSETOWNER and
+        // TUNSETGROUP take plain integers. Closing the fd leaves a
+        // persistent tap in place.
+        unsafe {
+            check(libc::ioctl(fd, libc::TUNSETIFF, &mut req))?;
+            check(libc::ioctl(fd, libc::TUNSETOWNER, uid as libc::c_ulong))?;
+            check(libc::ioctl(fd, libc::TUNSETGROUP, gid as libc::c_ulong))?;
+        }
+        Ok(())
     })
 }

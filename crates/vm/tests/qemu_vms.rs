@@ -314,6 +314,36 @@ async fn two_vms_at_once_and_a_killed_vmm() {
         );
         assert!(cmdline(pid).contains("spawn=deny"), "{}", cmdline(pid));
     }
+    // ... as an unprivileged uid/gid of its own, with no capabilities,
+    // chrooted into an empty directory of its run directory.
+    let mut uids = Vec::new();
+    for vm in [&a, &b] {
+        let pid = vm.pid.unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line[name.len()..]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let uid = vm.vmm_details["uid"].as_u64().unwrap() as u32;
+        let range = firebuild_vm::host_ids::DEFAULT_QEMU_RANGE;
+        assert!((range.first..range.first + range.count).contains(&uid));
+        let id = uid.to_string();
+        assert_eq!(field("Uid:"), [id.as_str(); 4].join(" "), "{status}");
+        assert_eq!(field("Gid:"), [id.as_str(); 4].join(" "), "{status}");
+        assert_eq!(field("Groups:"), id, "{status}");
+        assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
+        assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+        assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{pid}/root")).unwrap(),
+            vm.run_dir.join("vmm-root")
+        );
+        uids.push(uid);
+    }
+    assert_ne!(uids[0], uids[1]);
     for vm in [&a, &b] {
         assert!(
             eventually(BOOT, || console_log(vm).contains("up-")).await,

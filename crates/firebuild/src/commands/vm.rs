@@ -7,15 +7,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use firebuild_cni::{
-    parse_port_specs, CniRuntime, TapOwner, VmNetwork, VmNetworkRequest, DEFAULT_NETWORK,
-};
+use firebuild_cni::{parse_port_specs, CniRuntime, VmNetwork, VmNetworkRequest, DEFAULT_NETWORK};
 use firebuild_metadata::InitMode;
 use firebuild_store::{DirectoryStore, Tag};
 use firebuild_vm::{
-    render_table, HealthOverrides, Interrupts, NetworkAttachment, NetworkError, NetworkReleaser,
-    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore, VmStatus,
-    VmmKind, VolumeStore,
+    host_ids, render_table, HealthOverrides, IdPool, Interrupts, NetworkAttachment, NetworkError,
+    NetworkReleaser, QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore,
+    VmStatus, VmmKind, VolumeStore,
 };
 use firebuild_vm_firecracker::{jail_ids, FirecrackerConfig, FirecrackerVmm, JailUser};
 
@@ -67,6 +65,19 @@ fn jail_user(settings: &Settings) -> Option<JailUser> {
     }
 }
 
+/// QEMU's id claims live in the profile's cache directory, which both its
+/// VMs and its build step VMs (`<cache-dir>/step-vms`) use.
+fn qemu_ids(settings: &Settings) -> IdPool {
+    IdPool {
+        range: settings
+            .qemu_id_range
+            .map_or(host_ids::DEFAULT_QEMU_RANGE, |(first, count)| {
+                host_ids::IdRange { first, count }
+            }),
+        dir: Some(settings.cache_dir.join("qemu-ids")),
+    }
+}
+
 /// The runtime with every backend, so `ls`/`kill`/`purge` handle VMs of
 /// either VMM whatever `--vmm` says now.
 pub(crate) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
@@ -86,6 +97,7 @@ pub(crate) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
     let qemu = QemuVmm::new(QemuConfig {
         binary: settings.binary_qemu.clone(),
         accel: settings.qemu_accel,
+        ids: qemu_ids(settings),
         ..Default::default()
     });
     Runtime::with_backends(
@@ -160,13 +172,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
             let mut request = VmNetworkRequest::new(prepared.id(), network);
             request.ip = requested_ip;
             request.ports = ports;
-            if prepared.metadata().vmm == VmmKind::Firecracker && !args.no_jailer {
-                let user = jail_user(&settings).unwrap_or_else(JailUser::host_default);
-                request.tap_owner = Some(TapOwner {
-                    uid: user.uid,
-                    gid: user.gid,
-                });
-            }
+            // A jailed Firecracker's tap is given to its jail user by the
+            // backend, which claims that user at start.
             let net = {
                 let cni = cni.clone();
                 tokio::task::spawn_blocking(move || cni.setup_vm_network(&request)).await??

@@ -97,7 +97,8 @@ impl World {
             Ok(d) => {
                 let mut v: Vec<String> = d
                     .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with(".kvm-probe"))
+                    // The runtime's own bookkeeping: probe verdicts, id claims.
+                    .filter(|n| !n.starts_with(".kvm-probe") && n != ".qemu-ids")
                     .collect();
                 v.sort();
                 v

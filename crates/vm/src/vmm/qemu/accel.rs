@@ -10,6 +10,7 @@
 //! machine in `<run-cache>/.kvm-probe.json`, so only the first run pays.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,7 +18,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::cmdline::{Accel, Invocation, Machine, Memory};
+use super::cmdline::{Accel, Confinement, Invocation, Machine, Memory};
+use super::confine::{self, IdPool};
 use crate::names::random_id;
 
 /// How the QEMU backend picks its accelerator.
@@ -78,65 +80,103 @@ pub async fn probe_boot(
     machine: Machine,
     work: &Path,
     timeout: Duration,
+    ids: &IdPool,
 ) -> Result<bool, String> {
     let scratch = work.join(format!(".probe-{}", random_id()));
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let result = probe_in(binary, kernel, accel, machine, &scratch, timeout).await;
+    let probe = Probe {
+        binary,
+        kernel,
+        accel,
+        machine,
+    };
+    let result = probe.run_in(&scratch, timeout, ids, work).await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 
-async fn probe_in(
-    binary: &Path,
-    kernel: &Path,
+/// One probe boot.
+struct Probe<'a> {
+    binary: &'a Path,
+    kernel: &'a Path,
     accel: Accel,
     machine: Machine,
-    scratch: &Path,
-    timeout: Duration,
-) -> Result<bool, String> {
-    let disk = scratch.join("blank.img");
-    let log = scratch.join("console.log");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(1 << 20))
-        .map_err(|e| format!("{}: {e}", disk.display()))?;
-    let invocation = Invocation {
-        name: "firebuild-kvm-probe",
-        accel,
-        machine,
-        cpus: 1,
-        mem_mib: 128,
-        memory: Memory::Anonymous,
-        incoming: false,
-        kernel,
-        append: "console=ttyS0 panic=-1 root=/dev/vda ro",
-        rootfs: &disk,
-        rootfs_read_only: true,
-        config_drive: &disk,
-        disks: &[],
-        console_log: &log,
-        qmp_socket: None,
-        pid_file: None,
-        network: None,
-        agent_sockets: &[],
-    };
-    let mut child = tokio::process::Command::new(binary)
-        .args(invocation.args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("running {}: {e}", binary.display()))?;
-    let exited = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => status.map_err(|e| e.to_string())?.success(),
-        Err(_) => {
-            let _ = child.kill().await;
-            tracing::info!(accel = accel.as_str(), "probe boot timed out");
-            return Ok(false);
-        }
-    };
-    let console = std::fs::read_to_string(&log).unwrap_or_default();
-    Ok(exited && reached_root_mount(&console))
+}
+
+impl Probe<'_> {
+    async fn run_in(
+        &self,
+        scratch: &Path,
+        timeout: Duration,
+        ids: &IdPool,
+        run_cache: &Path,
+    ) -> Result<bool, String> {
+        let Probe {
+            binary,
+            kernel,
+            accel,
+            machine,
+        } = *self;
+        let disk = scratch.join("blank.img");
+        let log = scratch.join("console.log");
+        std::fs::File::create(&disk)
+            .and_then(|f| f.set_len(1 << 20))
+            .map_err(|e| format!("{}: {e}", disk.display()))?;
+        // Confined like every QEMU: it boots a kernel under KVM.
+        let id = ids.claim(run_cache)?;
+        let root = scratch.join("vmm-root");
+        confine::make_empty_root(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let invocation = Invocation {
+            name: "firebuild-kvm-probe",
+            accel,
+            machine,
+            cpus: 1,
+            mem_mib: 128,
+            memory: Memory::Anonymous,
+            incoming: false,
+            kernel,
+            append: "console=ttyS0 panic=-1 root=/dev/vda ro",
+            rootfs: &disk,
+            rootfs_read_only: true,
+            config_drive: &disk,
+            disks: &[],
+            console_log: &log,
+            qmp_socket: None,
+            pid_file: None,
+            network: None,
+            agent_sockets: &[],
+            confinement: Confinement {
+                uid: id.uid,
+                gid: id.gid,
+                chroot: &root,
+            },
+            start_paused: false,
+        };
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .args(invocation.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let id_lock = id.lock.as_raw_fd();
+        // SAFETY: one fcntl(2) between fork and exec on an fd kept open.
+        unsafe { command.pre_exec(move || confine::inherit(id_lock)) };
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("running {}: {e}", binary.display()))?;
+        drop(id);
+        let exited = match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => status.map_err(|e| e.to_string())?.success(),
+            Err(_) => {
+                let _ = child.kill().await;
+                tracing::info!(accel = accel.as_str(), "probe boot timed out");
+                return Ok(false);
+            }
+        };
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(exited && reached_root_mount(&console))
+    }
 }
 
 /// The kernel found the disk and tried to mount it.
@@ -199,6 +239,7 @@ pub async fn resolve(
     machine: Machine,
     run_cache: &Path,
     probe_timeout: Duration,
+    ids: &IdPool,
 ) -> Accel {
     match policy {
         AccelPolicy::Kvm => return Accel::Kvm,
@@ -227,6 +268,7 @@ pub async fn resolve(
         machine,
         run_cache,
         probe_timeout,
+        ids,
     )
     .await
     {
@@ -290,12 +332,31 @@ mod tests {
         let missing = Path::new("/nonexistent/qemu");
         let k = Path::new("/nonexistent/vmlinux");
         let t = Duration::from_secs(1);
+        let ids = IdPool::default();
         assert_eq!(
-            resolve(AccelPolicy::Tcg, missing, k, Machine::Q35, dir.path(), t).await,
+            resolve(
+                AccelPolicy::Tcg,
+                missing,
+                k,
+                Machine::Q35,
+                dir.path(),
+                t,
+                &ids
+            )
+            .await,
             Accel::Tcg
         );
         assert_eq!(
-            resolve(AccelPolicy::Kvm, missing, k, Machine::Q35, dir.path(), t).await,
+            resolve(
+                AccelPolicy::Kvm,
+                missing,
+                k,
+                Machine::Q35,
+                dir.path(),
+                t,
+                &ids
+            )
+            .await,
             Accel::Kvm
         );
     }
@@ -312,11 +373,17 @@ mod tests {
             Machine::Q35,
             dir.path(),
             Duration::from_secs(20),
+            &IdPool::default(),
         )
         .await
         .unwrap();
         assert!(!ok);
-        // The scratch directory is gone.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // The scratch directory is gone (the kernel and the id claims stay).
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".qemu-ids", "not-a-kernel"]);
     }
 }

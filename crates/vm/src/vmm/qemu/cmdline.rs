@@ -130,12 +130,34 @@ pub struct Invocation<'a> {
     /// The guest agent's virtio-serial ports: one Unix socket each, QEMU
     /// listening ([`firebuild_agent_proto::serial_port_name`] names them).
     pub agent_sockets: &'a [std::path::PathBuf],
+    /// The unprivileged user QEMU becomes once set up.
+    pub confinement: Confinement<'a>,
+    /// Keep the vCPUs stopped until QMP `cont` (the guest runs only once
+    /// QEMU has dropped its privileges).
+    pub start_paused: bool,
 }
 
-/// QEMU's seccomp filter, as libvirt sets it: no obsolete system calls, no
-/// set*id, no fork or exec, no scheduler or affinity changes. (This is why
-/// QEMU never daemonizes itself: `-daemonize` forks and calls setsid.)
-pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+/// Who QEMU runs as after setting the machine up: it opens its files,
+/// sockets, tap and `/dev/kvm` as root, then chroots into an empty
+/// directory and becomes `uid:gid` with no capabilities, before any guest
+/// code runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confinement<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    /// An empty directory only root can read.
+    pub chroot: &'a Path,
+}
+
+/// QEMU's seccomp filter: no obsolete system calls, no fork or exec, no
+/// scheduler or affinity changes. (This is why QEMU never daemonizes itself:
+/// `-daemonize` forks and calls setsid.) Unlike libvirt, which execs QEMU as
+/// its user already, set*id stays allowed: QEMU 7.2 installs the filter
+/// before `-runas` drops root, and `elevateprivileges=deny` kills that drop.
+/// Once dropped (all of uid, euid, suid, no capabilities, no_new_privs) the
+/// calls cannot raise anything back.
+pub const SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
 
 /// QEMU splits option values at ',' and reads ",," as a literal comma.
 fn escape(value: &Path) -> OsString {
@@ -272,6 +294,14 @@ impl Invocation<'_> {
             args.push("-incoming".into());
             args.push("defer".into());
         }
+        if self.start_paused {
+            args.push("-S".into());
+        }
+        let confinement = self.confinement;
+        args.push("-runas".into());
+        args.push(format!("{}:{}", confinement.uid, confinement.gid).into());
+        args.push("-chroot".into());
+        args.push(confinement.chroot.as_os_str().to_owned());
         args
     }
 }
@@ -301,6 +331,12 @@ mod tests {
             pid_file: Some(Path::new("/run/vm1/vmm.pid")),
             network: Some(("tap0", "02:00:00:00:00:01")),
             agent_sockets: &[],
+            confinement: Confinement {
+                uid: 2_000_065_536,
+                gid: 2_000_065_537,
+                chroot: Path::new("/run/vm1/vmm-root"),
+            },
+            start_paused: true,
         }
     }
 
@@ -341,7 +377,7 @@ mod tests {
             line,
             "-name guest=vm1 -machine q35,accel=tcg,memory-backend=ram -smp 2 -m 256 \
              -nodefaults -no-user-config -display none \
-             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
+             -sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny \
              -no-reboot -object memory-backend-memfd,id=ram,size=256M,share=on -kernel /k/vmlinux -append console=ttyS0 root=/dev/vda \
              -drive id=rootfs,file=/run/vm1/rootfs.ext4,format=raw,if=none \
              -device virtio-blk-pci,drive=rootfs \
@@ -351,7 +387,8 @@ mod tests {
              -device virtio-net-pci,netdev=net0,mac=02:00:00:00:00:01 \
              -chardev file,id=console,path=/run/vm1/console.log -serial chardev:console \
              -qmp unix:/run/vm1/qmp.sock,server=on,wait=off \
-             -pidfile /run/vm1/vmm.pid"
+             -pidfile /run/vm1/vmm.pid \
+             -S -runas 2000065536:2000065537 -chroot /run/vm1/vmm-root"
         );
     }
 
@@ -411,6 +448,7 @@ mod tests {
         let mut inv = invocation(Machine::Q35, Accel::Tcg);
         inv.memory = Memory::SnapshotFile(Path::new("/snap/a,b/memory"));
         inv.incoming = true;
+        inv.start_paused = false;
         let line = joined(&inv.args());
         assert!(
             line.contains(
@@ -418,7 +456,7 @@ mod tests {
             ),
             "{line}"
         );
-        assert!(line.ends_with(" -incoming defer"), "{line}");
+        assert!(line.contains(" -incoming defer -runas "), "{line}");
         inv.memory = Memory::Anonymous;
         assert!(joined(&inv.args()).contains("-object memory-backend-ram,id=ram,size=256M "));
     }

@@ -10,6 +10,7 @@
 
 pub mod accel;
 pub mod cmdline;
+pub mod confine;
 pub mod qmp;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -24,6 +25,7 @@ use serde_json::json;
 
 pub use accel::AccelPolicy;
 pub use cmdline::{Accel, Machine};
+pub use confine::IdPool;
 
 use crate::error::VmError;
 use crate::liveness::ProcessIdentity;
@@ -47,6 +49,8 @@ pub struct QemuConfig {
     pub probe_timeout: Duration,
     /// Bound on each QMP exchange.
     pub qmp_timeout: Duration,
+    /// The unprivileged ids QEMU processes run as, one each.
+    pub ids: IdPool,
 }
 
 impl Default for QemuConfig {
@@ -58,6 +62,7 @@ impl Default for QemuConfig {
             start_timeout: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(10),
             qmp_timeout: Duration::from_secs(5),
+            ids: IdPool::default(),
         }
     }
 }
@@ -165,6 +170,7 @@ impl Vmm for QemuVmm {
             self.config.machine,
             run_cache,
             self.config.probe_timeout,
+            &self.config.ids,
         )
         .await;
         let drive = config_drive::encode(&launch.guest).map_err(VmError::GuestMetadata)?;
@@ -441,6 +447,14 @@ impl QemuVmm {
         let pid_file = launch.run_dir.pid_file();
         let _ = std::fs::remove_file(&pid_file);
         let agent_sockets = crate::agent::serial_sockets(launch.run_dir.path());
+        let run_cache = launch.run_dir.path().parent().unwrap_or(Path::new("/"));
+        let id = self.config.ids.claim(run_cache).map_err(&fail)?;
+        let vmm_root = launch.run_dir.file("vmm-root");
+        confine::make_empty_root(&vmm_root)
+            .map_err(|e| VmError::io("creating QEMU's empty root", &vmm_root, e))?;
+        // A boot starts with its vCPUs stopped: `cont` once QEMU is
+        // unprivileged. A restore stays paused for the runtime anyway.
+        let start_paused = !setup.incoming;
 
         let invocation = cmdline::Invocation {
             name: &launch.id,
@@ -464,6 +478,12 @@ impl QemuVmm {
                 .as_ref()
                 .map(|n| (n.tap.as_str(), n.guest_mac.as_str())),
             agent_sockets: &agent_sockets,
+            confinement: cmdline::Confinement {
+                uid: id.uid,
+                gid: id.gid,
+                chroot: &vmm_root,
+            },
+            start_paused,
         };
         let args = invocation.args();
         let vmm_log = launch.run_dir.vmm_log();
@@ -493,10 +513,12 @@ impl QemuVmm {
             None => None,
         };
         let netns_fd = netns.as_ref().map(|fd| fd.as_raw_fd());
-        // SAFETY: only setns(2) and setsid(2), async-signal-safe, run
-        // between fork and exec; the fd stays open until after the spawn.
+        let id_lock = id.lock.as_raw_fd();
+        // SAFETY: only fcntl(2), setns(2) and setsid(2), async-signal-safe,
+        // run between fork and exec; the fds stay open until after the spawn.
         unsafe {
             command.pre_exec(move || {
+                confine::inherit(id_lock)?;
                 if let Some(fd) = netns_fd {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -515,6 +537,8 @@ impl QemuVmm {
             .collect();
         let spawned = command.spawn();
         drop(netns);
+        // QEMU holds the id's claim now (and until it exits).
+        drop(id.lock);
         let child =
             spawned.map_err(|e| fail(format!("running {}: {e}", setup.binary.display())))?;
         // Killed if this start is dropped half-way (Ctrl-C, a cancelled task).
@@ -526,7 +550,11 @@ impl QemuVmm {
         let pid = self
             .wait_until_up(child, &qmp_socket, &vmm_log)
             .await
-            .map_err(fail)?;
+            .map_err(&fail)?;
+        if start_paused {
+            let mut qmp = qmp::Qmp::connect(&qmp_socket, self.config.qmp_timeout).await?;
+            qmp.execute("cont", None).await?;
+        }
         std::mem::forget(unclaimed);
         let start_time = ProcessIdentity::of(pid).ok().map(|p| p.start_time);
         let memory = match setup.memory {
@@ -542,6 +570,8 @@ impl QemuVmm {
                 "accel": setup.accel,
                 "machine": setup.machine,
                 "memory": memory,
+                "uid": id.uid,
+                "gid": id.gid,
                 "qmp_socket": qmp_socket,
                 "pid_file": pid_file,
                 "args": args,
