@@ -41,7 +41,7 @@ impl IdPool {
 /// Creates `path` as the empty directory QEMU chroots into: mode 0, so the
 /// unprivileged QEMU cannot even list it.
 pub fn make_empty_root(path: &Path) -> std::io::Result<()> {
-    match std::fs::DirBuilder::new().mode(0).create(path) {
+    match std::fs::DirBuilder::new().mode(0o000).create(path) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         other => other,
     }
