@@ -14,12 +14,18 @@ use anyhow::Context as _;
 use firebuild_agent_proto::tree::{self, TreeWriter};
 use firebuild_agent_proto::{Copied, ExecRequest, Exited, Failure, Frame, Kind, Request};
 use firebuild_builder::{CancelToken, Network, StepVm, VmStep, VmStepOutcome};
-use firebuild_cni::{host_guard, CniRuntime, NetworkInfo, VmNetworkRequest, BUILD_NETWORK};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use firebuild_cni::{host_guard, CniRuntime, NetworkInfo, BUILD_NETWORK};
 use firebuild_metadata::image::{EntrypointInfo, ImageName};
 use firebuild_metadata::{ImageMetadata, ImageType};
-use firebuild_vm::{AgentConnection, RunSpec, Runtime, VmmKind};
+use firebuild_vm::{
+    AgentConnection, NetworkAttachment, NetworkChoice, NetworkError, NetworkProvider,
+    NetworkReleaser, NetworkRequest, RunMetadata, RunSpec, Runtime,
+};
 
-use crate::commands::{attachment, cni_runtime, vm_runtime};
+use crate::commands::{cni_runtime, release_quietly, vm_runtime, CniNetworks};
 use crate::settings::Settings;
 
 /// How long a step VM may take to boot until its agent answers (TCG).
@@ -125,9 +131,18 @@ impl MicroVmSteps {
         on_line: &mut dyn FnMut(&str),
         cancel: &CancelToken,
     ) -> anyhow::Result<VmStepOutcome> {
-        let runtime = vm_runtime(&self.settings, false);
-        let cni = cni_runtime(&self.settings);
-        let vm = RunningStep::start(self, &runtime, &cni, self.spec(step), step.network)?;
+        let runtime = vm_runtime(&self.settings, false).with_network_provider(Arc::new(
+            BuildNetwork(CniNetworks(cni_runtime(&self.settings))),
+        ));
+        let mut spec = self.spec(step);
+        spec.network_choice = match step.network {
+            Network::None => NetworkChoice::Off,
+            _ => NetworkChoice::On(NetworkRequest {
+                network: Some(BUILD_NETWORK.into()),
+                ..Default::default()
+            }),
+        };
+        let vm = RunningStep::start(self, &runtime, spec)?;
         let mut conn = vm.agent(cancel)?;
         if let Some((path, content)) = step.script {
             vm.copy_script(path, content)?;
@@ -163,36 +178,17 @@ impl<'a> RunningStep<'a> {
     fn start(
         steps: &'a MicroVmSteps,
         runtime: &'a Runtime,
-        cni: &CniRuntime,
         spec: RunSpec,
-        network: Network,
     ) -> anyhow::Result<RunningStep<'a>> {
         steps.tokio.block_on(async {
-            let mut prepared = runtime.prepare(spec).await?;
-            let id = prepared.id().to_owned();
-            if network == Network::None && prepared.metadata().vmm == VmmKind::Firecracker {
-                // Firecracker serves the guest metadata over MMDS only.
-                anyhow::bail!("--network none: a Firecracker build microVM needs a network for its metadata (MMDS); use --network default, or --vmm qemu");
-            }
-            if network != Network::None {
-                let request = VmNetworkRequest::new(&id, BUILD_NETWORK);
-                let net = {
-                    let cni = cni.clone();
-                    tokio::task::spawn_blocking(move || cni.setup_vm_network(&request)).await??
-                };
-                let attached = guard_host(cni)
-                    .and_then(|()| attachment(&net))
-                    .and_then(|a| Ok(prepared.attach_network(a)?));
-                if let Err(e) = attached {
-                    let _ = cni.teardown_vm_network(&id, true);
-                    return Err(e);
-                }
-            }
+            let prepared = runtime.prepare(spec).await?;
             // From here the guard cleans up, network included (purge).
-            let guard = RunningStep { steps, runtime, id };
-            if let Err(e) = runtime.launch(prepared).await {
-                return Err(anyhow::Error::from(e));
-            }
+            let guard = RunningStep {
+                steps,
+                runtime,
+                id: prepared.id().to_owned(),
+            };
+            runtime.launch(prepared).await?;
             Ok(guard)
         })
     }
@@ -351,6 +347,37 @@ impl Drop for RunningStep<'_> {
             }
             Err(e) => tracing::warn!("removing the build microVM: {e}"),
         }
+    }
+}
+
+/// The build network: CNI's, with this host's own services out of reach.
+struct BuildNetwork(CniNetworks);
+
+#[async_trait]
+impl NetworkProvider for BuildNetwork {
+    async fn attach(
+        &self,
+        vm_id: &str,
+        request: &NetworkRequest,
+    ) -> Result<NetworkAttachment, NetworkError> {
+        let attachment = self.0.attach(vm_id, request).await?;
+        // The bridge exists once the first VM is attached to it.
+        if let Err(e) = guard_host(&self.0 .0) {
+            release_quietly(&self.0 .0, vm_id);
+            return Err(e.into());
+        }
+        Ok(attachment)
+    }
+}
+
+#[async_trait]
+impl NetworkReleaser for BuildNetwork {
+    async fn release(
+        &self,
+        vm: &RunMetadata,
+        attachment: &NetworkAttachment,
+    ) -> Result<(), NetworkError> {
+        self.0.release(vm, attachment).await
     }
 }
 

@@ -213,6 +213,11 @@ impl Vmm for FirecrackerVmm {
         boot::kernel_args()
     }
 
+    /// The guest metadata comes over MMDS, which needs the VM's network.
+    fn needs_network(&self) -> bool {
+        true
+    }
+
     fn disk_device(&self, index: usize) -> String {
         boot::disk_device(index)
     }

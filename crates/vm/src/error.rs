@@ -63,6 +63,13 @@ pub enum VmError {
     #[error("network attachment: {reason}")]
     Network { reason: String },
 
+    #[error("setting up the network {network} for VM {id}: {source}")]
+    NetworkSetup {
+        id: String,
+        network: String,
+        source: crate::network::NetworkError,
+    },
+
     #[error("{path} is too long for a Unix socket ({len} bytes, at most {max}); use a shorter run cache directory or VM name")]
     SocketPathTooLong {
         path: PathBuf,

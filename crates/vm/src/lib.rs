@@ -4,9 +4,10 @@
 //! [`firebuild_metadata::ImageMetadata`], a kernel and the `run` flags) into
 //! a running microVM, and manages VMs afterwards: `ls` ([`Runtime::list`]),
 //! `inspect`, `kill`, `purge` and `logs`. VMMs plug in through the [`Vmm`]
-//! trait; [`QemuVmm`] is the QEMU backend. The network is set up by the
-//! caller and handed over as a [`NetworkAttachment`]; its teardown is the
-//! [`NetworkReleaser`] hook.
+//! trait; [`QemuVmm`] is the QEMU backend. Networks come from a
+//! [`NetworkProvider`] (set up at launch as [`RunSpec::network_choice`]
+//! asks, released on purge), or the caller sets one up and hands it over
+//! as a [`NetworkAttachment`].
 //!
 //! Each VM lives in its own run directory (see [`rundir`]) with its run
 //! metadata ([`RunMetadata`]); no firebuild process stays resident.
@@ -38,7 +39,7 @@ pub use agent::{AgentConnection, AgentEndpoint, AgentError};
 pub use disks::{RootfsMode, DEFAULT_DISK_SIZE};
 pub use error::VmError;
 pub use liveness::ProcessIdentity;
-pub use network::{NetworkError, NetworkReleaser};
+pub use network::{NetworkChoice, NetworkError, NetworkProvider, NetworkReleaser, NetworkRequest};
 pub use runtime::{Interrupts, PreparedVm, PurgeReport, RunOutcome, Runtime};
 pub use snapshot_store::{Snapshot, SnapshotRecord, SnapshotStaging, SnapshotStore};
 pub use spec::{HealthOverrides, NetworkAttachment, RunSpec, VmmChoice};

@@ -1,8 +1,13 @@
-//! The seam to the network layer. The caller (CNI) sets the network up and
-//! hands the runtime a [`crate::NetworkAttachment`]; the runtime starts the
-//! VMM inside its namespace, records it in the run metadata, and calls a
-//! [`NetworkReleaser`] when the VM is removed (`purge`, `--rm`).
+//! The seam to the network layer. A [`NetworkProvider`] (CNI in the
+//! `firebuild` CLI) sets a VM's network up when [`crate::Runtime::launch`]
+//! starts it, as [`crate::RunSpec::network_choice`] asks, and releases it
+//! when the VM is removed (`purge`, `--rm`) or its start fails. The runtime
+//! starts the VMM inside the network's namespace and records the
+//! [`crate::NetworkAttachment`] in the run metadata. A caller that sets
+//! networks up itself hands the attachment over with
+//! [`crate::PreparedVm::attach_network`] instead.
 
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
@@ -24,6 +29,56 @@ pub trait NetworkReleaser: Send + Sync {
         vm: &RunMetadata,
         attachment: &NetworkAttachment,
     ) -> Result<(), NetworkError>;
+}
+
+/// Sets VM networks up; releases them as a [`NetworkReleaser`].
+#[async_trait]
+pub trait NetworkProvider: NetworkReleaser {
+    /// Sets up `request` for VM `vm_id`. On error nothing of it is left.
+    async fn attach(
+        &self,
+        vm_id: &str,
+        request: &NetworkRequest,
+    ) -> Result<NetworkAttachment, NetworkError>;
+}
+
+/// The network a VM asks its [`NetworkProvider`] for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkRequest {
+    /// `None`: the provider's default network.
+    pub network: Option<String>,
+    /// A fixed address instead of one the network assigns.
+    pub ip: Option<IpAddr>,
+    /// Published ports, in the provider's notation (`8080:80/tcp`).
+    pub ports: Vec<String>,
+}
+
+/// Whether a VM gets a network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NetworkChoice {
+    /// None, unless its VMM needs one ([`crate::Vmm::needs_network`]):
+    /// then the provider's default network.
+    #[default]
+    Auto,
+    /// None; refused by a VMM that needs one.
+    Off,
+    On(NetworkRequest),
+}
+
+impl NetworkChoice {
+    /// What to ask the provider for, for a VMM that does or does not need
+    /// a network; `Err` when it needs one and none is allowed.
+    pub fn request(&self, vmm_needs_network: bool) -> Result<Option<NetworkRequest>, String> {
+        match self {
+            NetworkChoice::On(request) => Ok(Some(request.clone())),
+            NetworkChoice::Auto if vmm_needs_network => Ok(Some(NetworkRequest::default())),
+            NetworkChoice::Auto => Ok(None),
+            NetworkChoice::Off if vmm_needs_network => Err(
+                "this VMM serves the guest metadata over the network (MMDS), so its VMs need one: give the VM a network, or use --vmm qemu".into(),
+            ),
+            NetworkChoice::Off => Ok(None),
+        }
+    }
 }
 
 /// Runs `f` on a thread of its own that entered the network namespace at
@@ -131,4 +186,30 @@ pub fn set_tap_owner(netns: &Path, tap: &str, uid: u32, gid: u32) -> std::io::Re
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vmm_that_needs_a_network_gets_the_default_one_unless_refused() {
+        let named = NetworkRequest {
+            network: Some("lan".into()),
+            ..Default::default()
+        };
+        assert_eq!(NetworkChoice::Auto.request(false), Ok(None));
+        assert_eq!(
+            NetworkChoice::Auto.request(true),
+            Ok(Some(NetworkRequest::default()))
+        );
+        assert_eq!(NetworkChoice::Off.request(false), Ok(None));
+        assert!(NetworkChoice::Off
+            .request(true)
+            .unwrap_err()
+            .contains("MMDS"));
+        let on = NetworkChoice::On(named.clone());
+        assert_eq!(on.request(false), Ok(Some(named.clone())));
+        assert_eq!(on.request(true), Ok(Some(named)));
+    }
 }

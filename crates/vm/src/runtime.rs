@@ -27,7 +27,7 @@ use crate::error::VmError;
 use crate::guest::{self, BootArgs, GuestInputs};
 use crate::liveness::ProcessIdentity;
 use crate::names::{random_hostname, random_id, validate_hostname, validate_name};
-use crate::network::NetworkReleaser;
+use crate::network::{NetworkProvider, NetworkReleaser, NetworkRequest};
 use crate::rundir::{RunDir, RunDirGuard};
 use crate::snapshot_store::{file_digest, FileStamp, Snapshot, SnapshotRecord, SourceNetwork};
 use crate::spec::{NetworkAttachment, RunSpec, VmmChoice};
@@ -82,6 +82,8 @@ struct Resolved {
     layers: usize,
     /// The snapshot a fork resumes.
     snapshot: Option<Snapshot>,
+    /// What the network provider sets up at launch.
+    network_request: Option<NetworkRequest>,
 }
 
 /// A VM whose run directory is ready (root filesystem copied, metadata
@@ -125,6 +127,7 @@ pub struct Runtime {
     run_cache: PathBuf,
     backends: Vec<Arc<dyn Vmm>>,
     network: Option<Arc<dyn NetworkReleaser>>,
+    provider: Option<Arc<dyn NetworkProvider>>,
 }
 
 impl Runtime {
@@ -139,12 +142,21 @@ impl Runtime {
             run_cache: run_cache.into(),
             backends,
             network: None,
+            provider: None,
         }
     }
 
     /// Sets the hook that releases VM networks on `purge` and `--rm`.
     pub fn with_network_releaser(mut self, releaser: Arc<dyn NetworkReleaser>) -> Self {
         self.network = Some(releaser);
+        self
+    }
+
+    /// Sets the network layer: it sets up what a spec's
+    /// [`RunSpec::network_choice`] asks for at launch, and releases it.
+    pub fn with_network_provider(mut self, provider: Arc<dyn NetworkProvider>) -> Self {
+        self.network = Some(provider.clone());
+        self.provider = Some(provider);
         self
     }
 
@@ -283,6 +295,20 @@ impl Runtime {
             spec.kernel_args.as_deref(),
         )?;
         let backend = self.select_backend(spec.vmm, &spec.kernel).await?;
+        let network_request = match &spec.network {
+            Some(_) => None,
+            None => spec
+                .network_choice
+                .request(backend.needs_network())
+                .map_err(|reason| VmError::Network {
+                    reason: format!("{}: {reason}", backend.kind()),
+                })?,
+        };
+        if network_request.is_some() && self.provider.is_none() {
+            return Err(VmError::Network {
+                reason: "this VM needs a network, but the runtime has no network provider".into(),
+            });
+        }
         let kernel_args = match &spec.snapshot {
             Some(snapshot) => {
                 check_restorable(snapshot, backend.as_ref(), &spec.kernel).await?;
@@ -380,13 +406,49 @@ impl Runtime {
                 healthcheck,
                 layers: spec.layers.len(),
                 snapshot: spec.snapshot,
+                network_request,
             },
         })
     }
 
-    /// Starts the prepared VM's VMM; returns its run metadata (`running`).
-    /// On failure the run directory is removed and nothing keeps running.
-    pub async fn launch(&self, prepared: PreparedVm) -> Result<RunMetadata, VmError> {
+    /// Sets up the prepared VM's network (if its spec asked the provider for
+    /// one), then starts its VMM; returns its run metadata (`running`). On
+    /// failure the run directory is removed, the network released and
+    /// nothing keeps running.
+    pub async fn launch(&self, mut prepared: PreparedVm) -> Result<RunMetadata, VmError> {
+        let (Some(request), Some(provider)) = (
+            prepared.resolved.network_request.take(),
+            self.provider.as_ref(),
+        ) else {
+            return self.start(prepared).await;
+        };
+        let attachment = provider
+            .attach(prepared.id(), &request)
+            .await
+            .map_err(|source| VmError::NetworkSetup {
+                id: prepared.id().to_owned(),
+                network: request
+                    .network
+                    .clone()
+                    .unwrap_or_else(|| "(default)".into()),
+                source,
+            })?;
+        let metadata = prepared.metadata.clone();
+        let started = match prepared.attach_network(attachment.clone()) {
+            Ok(()) => self.start(prepared).await,
+            Err(e) => Err(e),
+        };
+        if started.is_err() {
+            // Nothing runs: hand the network back now.
+            if let Err(e) = provider.release(&metadata, &attachment).await {
+                tracing::warn!(vm = %metadata.id, "could not release the VM's network: {e}; `firebuild purge` retries");
+            }
+        }
+        started
+    }
+
+    /// Starts the prepared VM's VMM on the network it has, if any.
+    async fn start(&self, prepared: PreparedVm) -> Result<RunMetadata, VmError> {
         let PreparedVm {
             dir,
             run_dir,
@@ -577,7 +639,7 @@ impl Runtime {
 
     /// `firebuild snapshot create`: pauses VM `id` (if it runs), writes its
     /// memory, device state and writable disks into `staging` (a
-    /// [`SnapshotStaging`] directory), then resumes it, or stops it with
+    /// [`crate::SnapshotStaging`] directory), then resumes it, or stops it with
     /// `stop`. Returns the record and the image metadata to publish. On any
     /// failure or stop request the VM is resumed as it was and the caller
     /// drops the staging.
@@ -1791,5 +1853,75 @@ mod tests {
         assert_eq!(report.removed, ["netvm"]);
         assert_eq!(*recorder.0.lock().unwrap(), ["netvm:tap0"]);
         assert!(!run_dir.exists());
+    }
+
+    /// Attaches what the spec asks for and records what it releases.
+    #[derive(Default)]
+    struct FakeNetworks {
+        netns: PathBuf,
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl NetworkProvider for FakeNetworks {
+        async fn attach(
+            &self,
+            vm_id: &str,
+            request: &NetworkRequest,
+        ) -> Result<NetworkAttachment, crate::network::NetworkError> {
+            let name = request.network.clone().unwrap_or("default".into());
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("attach {vm_id} {name}"));
+            let mut net = network();
+            net.netns.clone_from(&self.netns);
+            net.network_name = name;
+            Ok(net)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl NetworkReleaser for FakeNetworks {
+        async fn release(
+            &self,
+            vm: &RunMetadata,
+            a: &NetworkAttachment,
+        ) -> Result<(), crate::network::NetworkError> {
+            let line = format!("release {} {}", vm.id, a.network_name);
+            self.calls.lock().unwrap().push(line);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_network_set_up_at_launch_is_released_when_the_start_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path());
+        s.name = Some("netted".into());
+        s.network_choice = crate::NetworkChoice::On(NetworkRequest {
+            network: Some("lan".into()),
+            ..Default::default()
+        });
+        // Without a provider the VM is refused before anything exists.
+        let bare = Runtime::new(dir.path().join("vms"));
+        let err = bare.prepare(s.clone()).await.err().unwrap().to_string();
+        assert!(err.contains("no network provider"), "{err}");
+        assert!(cache_entries(&bare).is_empty());
+
+        let networks = Arc::new(FakeNetworks {
+            // Not a network namespace: the VMM cannot start in it.
+            netns: dir.path().to_owned(),
+            ..Default::default()
+        });
+        let runtime = Runtime::new(dir.path().join("vms")).with_network_provider(networks.clone());
+        let prepared = runtime.prepare(s).await.unwrap();
+        assert!(prepared.metadata().network.is_none(), "set up at launch");
+        assert!(runtime.launch(prepared).await.is_err());
+        assert_eq!(
+            *networks.calls.lock().unwrap(),
+            ["attach netted lan", "release netted lan"]
+        );
+        assert!(!cache_entries(&runtime).contains(&"netted".to_owned()));
     }
 }

@@ -1,6 +1,7 @@
 //! What the caller asks for: a [`RunSpec`] of plain values (paths, image
 //! metadata, flags), so the runtime does not depend on the image store.
 
+use crate::network::{NetworkChoice, NetworkRequest};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -132,7 +133,10 @@ pub struct RunSpec {
     /// Remove the VM's run directory (and network) once it has exited.
     pub remove_on_exit: bool,
     pub vmm: VmmChoice,
+    /// A network the caller set up already (else see `network_choice`).
     pub network: Option<NetworkAttachment>,
+    /// The network the runtime's [`crate::NetworkProvider`] sets up at launch.
+    pub network_choice: NetworkChoice,
     /// How long a graceful stop may take before the VM is killed.
     pub shutdown_timeout: Duration,
     pub init_mode: InitMode,
@@ -223,6 +227,14 @@ impl RunSpec {
             crate::vmm::VmmKind::Qemu => VmmChoice::Qemu,
         };
         spec.health.disabled = !record.has_healthcheck;
+        // A fork joins its source's network by default.
+        spec.network_choice = match &record.network {
+            Some(source) => NetworkChoice::On(NetworkRequest {
+                network: Some(source.network_name.clone()),
+                ..Default::default()
+            }),
+            None => NetworkChoice::Off,
+        };
         spec.snapshot = Some(snapshot);
         spec
     }
@@ -254,6 +266,7 @@ impl RunSpec {
             remove_on_exit: false,
             vmm: VmmChoice::Auto,
             network: None,
+            network_choice: NetworkChoice::Auto,
             shutdown_timeout: Duration::from_secs(15),
             init_mode: InitMode::Entrypoint,
             health: HealthOverrides::default(),

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 pub use guest::GuestFailure;
 pub(crate) use network::cni_runtime;
-pub(crate) use vm::{attachment, tokio_runtime, vm_runtime};
+pub(crate) use vm::{release_quietly, tokio_runtime, vm_runtime, CniNetworks};
 
 use crate::cli::{Cli, Command};
 

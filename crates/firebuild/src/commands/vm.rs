@@ -11,9 +11,9 @@ use firebuild_cni::{parse_port_specs, CniRuntime, VmNetwork, VmNetworkRequest, D
 use firebuild_metadata::InitMode;
 use firebuild_store::{DirectoryStore, Tag};
 use firebuild_vm::{
-    host_ids, render_table, HealthOverrides, IdPool, Interrupts, NetworkAttachment, NetworkError,
-    NetworkReleaser, QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore,
-    VmStatus, VmmKind, VolumeStore,
+    host_ids, render_table, HealthOverrides, IdPool, Interrupts, NetworkAttachment, NetworkChoice,
+    NetworkError, NetworkProvider, NetworkReleaser, NetworkRequest, QemuConfig, QemuVmm,
+    RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore, VmStatus, VolumeStore,
 };
 use firebuild_vm_firecracker::{jail_ids, FirecrackerConfig, FirecrackerVmm, JailUser};
 
@@ -33,10 +33,32 @@ pub(super) const NO_GUEST_EXIT_CODE: u8 = 137;
 const GUEST_DEVICE: &str = "eth0";
 
 /// Releases a VM's CNI attachment (DEL + namespace removal).
-struct CniReleaser(CniRuntime);
+/// VM networks from CNI: `default` (or the named network) set up when a
+/// VM launches, torn down when it is removed.
+pub(crate) struct CniNetworks(pub(crate) CniRuntime);
 
 #[async_trait]
-impl NetworkReleaser for CniReleaser {
+impl NetworkProvider for CniNetworks {
+    async fn attach(
+        &self,
+        vm_id: &str,
+        request: &NetworkRequest,
+    ) -> Result<NetworkAttachment, NetworkError> {
+        let network = request.network.as_deref().unwrap_or(DEFAULT_NETWORK);
+        let mut cni_request = VmNetworkRequest::new(vm_id, network);
+        cni_request.ip = request.ip;
+        cni_request.ports = parse_port_specs(&request.ports)?;
+        let cni = self.0.clone();
+        let net = tokio::task::spawn_blocking(move || cni.setup_vm_network(&cni_request)).await??;
+        attachment(&net).map_err(|e| {
+            release_quietly(&self.0, vm_id);
+            e.into()
+        })
+    }
+}
+
+#[async_trait]
+impl NetworkReleaser for CniNetworks {
     async fn release(
         &self,
         vm: &RunMetadata,
@@ -104,7 +126,7 @@ pub(crate) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
         &settings.run_cache,
         vec![Arc::new(firecracker), Arc::new(qemu)],
     )
-    .with_network_releaser(Arc::new(CniReleaser(cni_runtime(settings))))
+    .with_network_provider(Arc::new(CniNetworks(cni_runtime(settings))))
 }
 
 pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -126,7 +148,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     require_root("run")?;
     let settings = settings_with_run_cache(global, &args.settings)?;
     // Parse what can be wrong before anything is created.
-    let ports = parse_port_specs(&args.port)?;
+    parse_port_specs(&args.port)?;
     let requested_ip: Option<IpAddr> = args
         .ip_address
         .as_deref()
@@ -135,19 +157,24 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--ip-address {ip}: not an IP address"))
         })
         .transpose()?;
-    let (mut spec, snapshot_network) = match &args.from_snapshot {
-        Some(tag) => {
-            let snapshot =
-                SnapshotStore::new(&settings.snapshot_storage_root).get(&tag.parse()?)?;
-            let network = snapshot
-                .record
-                .network
-                .as_ref()
-                .map(|n| n.network_name.clone());
-            (RunSpec::from_snapshot(snapshot), network)
-        }
-        None => (boot_spec(&settings, args)?, None),
+    let mut spec = match &args.from_snapshot {
+        Some(tag) => RunSpec::from_snapshot(
+            SnapshotStore::new(&settings.snapshot_storage_root).get(&tag.parse()?)?,
+        ),
+        None => boot_spec(&settings, args)?,
     };
+    // Published ports need a network too; a fork joins its source's.
+    if args.cni_network_name.is_some() || !args.port.is_empty() || requested_ip.is_some() {
+        let source = match &spec.network_choice {
+            NetworkChoice::On(request) => request.network.clone(),
+            _ => None,
+        };
+        spec.network_choice = NetworkChoice::On(NetworkRequest {
+            network: args.cni_network_name.clone().or(source),
+            ip: requested_ip,
+            ports: args.port.clone(),
+        });
+    }
     spec.hostname.clone_from(&args.hostname);
     spec.name.clone_from(&args.name);
     spec.daemonize = args.daemonize;
@@ -155,48 +182,11 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     spec.shutdown_timeout = args.shutdown_timeout;
 
     let runtime = vm_runtime(&settings, args.no_jailer);
-    let cni = cni_runtime(&settings);
     let outcome = tokio_runtime()?.block_on(async {
-        let mut prepared = runtime.prepare(spec).await?;
-        // Firecracker serves the guest metadata over MMDS, which needs a
-        // network; published ports need one too; a fork joins its source's.
-        let network = args
-            .cni_network_name
-            .clone()
-            .or(snapshot_network)
-            .or_else(|| {
-                (prepared.metadata().vmm == VmmKind::Firecracker || !ports.is_empty())
-                    .then(|| DEFAULT_NETWORK.to_owned())
-            });
-        if let Some(network) = network {
-            let mut request = VmNetworkRequest::new(prepared.id(), network);
-            request.ip = requested_ip;
-            request.ports = ports;
-            // A jailed Firecracker's tap is given to its jail user by the
-            // backend, which claims that user at start.
-            let net = {
-                let cni = cni.clone();
-                tokio::task::spawn_blocking(move || cni.setup_vm_network(&request)).await??
-            };
-            let vm_id = net.vm_id.clone();
-            if let Err(e) = attachment(&net).and_then(|a| Ok(prepared.attach_network(a)?)) {
-                release_quietly(&cni, &vm_id);
-                return Err(e);
-            }
-        }
-        let id = prepared.id().to_owned();
-        let has_network = prepared.metadata().network.is_some();
-        let metadata = match runtime.launch(prepared).await {
-            Ok(metadata) => metadata,
-            Err(e) => {
-                if has_network {
-                    release_quietly(&cni, &id);
-                }
-                return Err(e.into());
-            }
-        };
+        let prepared = runtime.prepare(spec).await?;
+        let metadata = runtime.launch(prepared).await?;
         if args.daemonize {
-            return Ok(RunOutcome::Detached { id: metadata.id });
+            return anyhow::Ok(RunOutcome::Detached { id: metadata.id });
         }
         let mut stdout = std::io::stdout();
         Ok(runtime
@@ -258,14 +248,14 @@ fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
     Ok(spec)
 }
 
-fn release_quietly(cni: &CniRuntime, vm_id: &str) {
+pub(crate) fn release_quietly(cni: &CniRuntime, vm_id: &str) {
     if let Err(e) = cni.teardown_vm_network(vm_id, true) {
         tracing::warn!(vm = %vm_id, error = %e, "could not release the VM's network; `firebuild purge` retries");
     }
 }
 
 /// The runtime's view of a CNI attachment.
-pub(crate) fn attachment(net: &VmNetwork) -> anyhow::Result<NetworkAttachment> {
+fn attachment(net: &VmNetwork) -> anyhow::Result<NetworkAttachment> {
     let IpAddr::V4(ip) = net.address.addr else {
         anyhow::bail!(
             "network {} gave the VM the IPv6 address {}: microVMs need an IPv4 address (add an IPv4 range to the network)",

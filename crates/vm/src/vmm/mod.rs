@@ -146,6 +146,12 @@ pub trait Vmm: Send + Sync {
     /// is attached read-only.
     fn kernel_args(&self, root_read_only: bool) -> Vec<String>;
 
+    /// Whether a VM of this VMM needs a network (Firecracker serves the
+    /// guest metadata over MMDS).
+    fn needs_network(&self) -> bool {
+        false
+    }
+
     /// The guest's device node for [`LaunchConfig::disks`]`[index]`.
     fn disk_device(&self, index: usize) -> String;
 
