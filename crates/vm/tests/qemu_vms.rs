@@ -313,6 +313,12 @@ async fn two_vms_at_once_and_a_killed_vmm() {
             pid
         );
         assert!(cmdline(pid).contains("spawn=deny"), "{}", cmdline(pid));
+        // Its disks are open files it inherited (it cannot open paths).
+        assert!(
+            cmdline(pid).contains("id=rootfs,file=/dev/fdset/1,"),
+            "{}",
+            cmdline(pid)
+        );
     }
     // ... as an unprivileged uid/gid of its own, with no capabilities,
     // chrooted into an empty directory of its run directory.

@@ -145,6 +145,7 @@ impl Probe<'_> {
             pid_file: None,
             network: None,
             agent_sockets: &[],
+            fd_sets: &[],
             confinement: Confinement {
                 uid: id.uid,
                 gid: id.gid,

@@ -130,6 +130,9 @@ pub struct Invocation<'a> {
     /// The guest agent's virtio-serial ports: one Unix socket each, QEMU
     /// listening ([`firebuild_agent_proto::serial_port_name`] names them).
     pub agent_sockets: &'a [std::path::PathBuf],
+    /// `-add-fd` arguments: the disks' fd sets (see
+    /// [`super::confine::FdSets`]), given before the drives that use them.
+    pub fd_sets: &'a [OsString],
     /// The unprivileged user QEMU becomes once set up.
     pub confinement: Confinement<'a>,
     /// Keep the vCPUs stopped until QMP `cont` (the guest runs only once
@@ -213,6 +216,16 @@ impl Invocation<'_> {
         args.push("-append".into());
         args.push(self.append.into());
 
+        args.extend(self.fd_sets.iter().cloned());
+        // QEMU's image locks are OFD locks, which an fd set's member keeps
+        // after QEMU closes its duplicate: its own reopen (`cont` after a
+        // snapshot) would then conflict with itself. The runtime keeps
+        // writers apart instead (private scratch disks, one volume writer).
+        let locking = if self.fd_sets.is_empty() {
+            ""
+        } else {
+            ",file.locking=off"
+        };
         let block = self.machine.block_device();
         args.push("-drive".into());
         let readonly = if self.rootfs_read_only {
@@ -223,7 +236,7 @@ impl Invocation<'_> {
         args.push(opt(
             "id=rootfs,file=",
             self.rootfs,
-            &format!(",format=raw,if=none{readonly}"),
+            &format!("{locking},format=raw,if=none{readonly}"),
         ));
         args.push("-device".into());
         args.push(format!("{block},drive=rootfs").into());
@@ -231,7 +244,7 @@ impl Invocation<'_> {
         args.push(opt(
             "id=config,file=",
             self.config_drive,
-            ",format=raw,if=none,readonly=on",
+            &format!("{locking},format=raw,if=none,readonly=on"),
         ));
         args.push("-device".into());
         args.push(format!("{block},drive=config").into());
@@ -243,7 +256,7 @@ impl Invocation<'_> {
             args.push(opt(
                 &format!("id=disk{i},file="),
                 &disk.path,
-                &format!(",format=raw,if=none{readonly}"),
+                &format!("{locking},format=raw,if=none{readonly}"),
             ));
             args.push("-device".into());
             args.push(format!("{block},drive=disk{i}").into());
@@ -331,6 +344,7 @@ mod tests {
             pid_file: Some(Path::new("/run/vm1/vmm.pid")),
             network: Some(("tap0", "02:00:00:00:00:01")),
             agent_sockets: &[],
+            fd_sets: &[],
             confinement: Confinement {
                 uid: 2_000_065_536,
                 gid: 2_000_065_537,
@@ -368,6 +382,27 @@ mod tests {
         );
         inv.machine = Machine::Microvm;
         assert!(joined(&inv.args()).contains("-device virtio-serial-device,id=agent"));
+    }
+
+    #[test]
+    fn disks_in_fd_sets_come_after_their_sets_without_image_locks() {
+        let sets = [
+            OsString::from("-add-fd"),
+            OsString::from("fd=7,set=1"),
+            OsString::from("-add-fd"),
+            OsString::from("fd=8,set=1"),
+        ];
+        let mut inv = invocation(Machine::Q35, Accel::Tcg);
+        inv.rootfs = Path::new("/dev/fdset/1");
+        inv.fd_sets = &sets;
+        let line = joined(&inv.args());
+        assert!(
+            line.contains(
+                "-add-fd fd=7,set=1 -add-fd fd=8,set=1 \
+                 -drive id=rootfs,file=/dev/fdset/1,file.locking=off,format=raw,if=none "
+            ),
+            "{line}"
+        );
     }
 
     #[test]

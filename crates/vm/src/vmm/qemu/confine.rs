@@ -2,7 +2,8 @@
 //! uid/gid of its own per process and an empty chroot (see
 //! [`super::cmdline::Confinement`]).
 
-use std::os::fd::RawFd;
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -55,4 +56,51 @@ pub fn inherit(fd: RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Disks handed to QEMU as open files in fd sets (`-add-fd`,
+/// `file=/dev/fdset/N`): chrooted and unprivileged, QEMU cannot open paths,
+/// yet it reopens a disk read-only when a migration (a snapshot) lets go of
+/// it and read-write when `cont` takes it back. A writable disk's set holds
+/// both kinds; QEMU picks the one whose access mode it needs.
+#[derive(Debug, Default)]
+pub struct FdSets {
+    fds: Vec<OwnedFd>,
+    /// (fd, set) pairs, in order.
+    members: Vec<(RawFd, u32)>,
+}
+
+impl FdSets {
+    /// Opens `path` for a disk and returns the name QEMU opens instead.
+    pub fn add_disk(&mut self, path: &Path, read_only: bool) -> std::io::Result<PathBuf> {
+        let set = self.members.last().map_or(1, |&(_, set)| set + 1);
+        let mut open = |write: bool| -> std::io::Result<()> {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(path)?;
+            let fd = OwnedFd::from(file);
+            self.members.push((fd.as_raw_fd(), set));
+            self.fds.push(fd);
+            Ok(())
+        };
+        if !read_only {
+            open(true)?;
+        }
+        open(false)?;
+        Ok(PathBuf::from(format!("/dev/fdset/{set}")))
+    }
+
+    /// The fds QEMU must inherit ([`inherit`] each).
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.members.iter().map(|&(fd, _)| fd).collect()
+    }
+
+    /// `-add-fd` arguments for the command line.
+    pub fn args(&self) -> Vec<OsString> {
+        self.members
+            .iter()
+            .flat_map(|(fd, set)| ["-add-fd".into(), format!("fd={fd},set={set}").into()])
+            .collect()
+    }
 }

@@ -455,6 +455,25 @@ impl QemuVmm {
         // A boot starts with its vCPUs stopped: `cont` once QEMU is
         // unprivileged. A restore stays paused for the runtime anyway.
         let start_paused = !setup.incoming;
+        let mut fd_sets = confine::FdSets::default();
+        let mut disk_file = |path: &Path, read_only: bool| {
+            fd_sets
+                .add_disk(path, read_only)
+                .map_err(|e| VmError::io("opening the disk", path, e))
+        };
+        let rootfs = disk_file(&launch.root.path, launch.root.read_only)?;
+        let config_drive = disk_file(&config_drive, true)?;
+        let disks = launch
+            .disks
+            .iter()
+            .map(|disk| {
+                Ok(crate::vmm::Disk {
+                    path: disk_file(&disk.path, disk.read_only)?,
+                    ..disk.clone()
+                })
+            })
+            .collect::<Result<Vec<_>, VmError>>()?;
+        let fd_set_args = fd_sets.args();
 
         let invocation = cmdline::Invocation {
             name: &launch.id,
@@ -466,10 +485,10 @@ impl QemuVmm {
             incoming: setup.incoming,
             kernel: &launch.kernel,
             append: &launch.kernel_args,
-            rootfs: &launch.root.path,
+            rootfs: &rootfs,
             rootfs_read_only: launch.root.read_only,
             config_drive: &config_drive,
-            disks: &launch.disks,
+            disks: &disks,
             console_log: &console_log,
             qmp_socket: Some(&qmp_socket),
             pid_file: Some(&pid_file),
@@ -478,6 +497,7 @@ impl QemuVmm {
                 .as_ref()
                 .map(|n| (n.tap.as_str(), n.guest_mac.as_str())),
             agent_sockets: &agent_sockets,
+            fd_sets: &fd_set_args,
             confinement: cmdline::Confinement {
                 uid: id.uid,
                 gid: id.gid,
@@ -513,12 +533,16 @@ impl QemuVmm {
             None => None,
         };
         let netns_fd = netns.as_ref().map(|fd| fd.as_raw_fd());
-        let id_lock = id.lock.as_raw_fd();
+        let inherited: Vec<_> = std::iter::once(id.lock.as_raw_fd())
+            .chain(fd_sets.raw_fds())
+            .collect();
         // SAFETY: only fcntl(2), setns(2) and setsid(2), async-signal-safe,
         // run between fork and exec; the fds stay open until after the spawn.
         unsafe {
             command.pre_exec(move || {
-                confine::inherit(id_lock)?;
+                for &fd in &inherited {
+                    confine::inherit(fd)?;
+                }
                 if let Some(fd) = netns_fd {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -537,8 +561,9 @@ impl QemuVmm {
             .collect();
         let spawned = command.spawn();
         drop(netns);
-        // QEMU holds the id's claim now (and until it exits).
+        // QEMU holds the id's claim and its disks now.
         drop(id.lock);
+        drop(fd_sets);
         let child =
             spawned.map_err(|e| fail(format!("running {}: {e}", setup.binary.display())))?;
         // Killed if this start is dropped half-way (Ctrl-C, a cancelled task).
