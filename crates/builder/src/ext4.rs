@@ -3,7 +3,7 @@
 //! `FROM <stored tag>` when its layers are no longer cached.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::error::{BuildError, Result};
@@ -150,150 +150,85 @@ fn tool_path() -> String {
     format!("{cur}:/usr/sbin:/sbin:/usr/bin:/bin")
 }
 
-/// Copies every file of the ext4 image `image` into `dest` (an empty
-/// directory) without mounting it: `debugfs -R 'rdump / DIR'` copies files,
-/// directories and symlinks; then, from batched `debugfs ls -p` listings,
-/// device nodes and FIFOs are recreated, hard links restored, and every
-/// entry's owner and full mode (setuid bits included, which rdump drops)
-/// set. Extended attributes are not carried over this way.
+/// Copies every entry of the ext4 image `image` into `dest` (an empty
+/// directory) without mounting it: [`crate::ext4_reader`] reads the image,
+/// and the confined writer of COPY/ADD ([`crate::copy::writer`]) creates
+/// each entry under `dest` with its owner, mode (setuid bits included),
+/// mtime, device number, hard links and `user.`/`trusted.`/`security.`
+/// extended attributes.
 pub fn import_ext4(image: &Path, dest: &Path) -> Result<()> {
+    use crate::copy::writer::{Attrs, Writer};
+    use crate::ext4_reader::{Ext4Image, Kind, WalkError};
     let err = |message: String| BuildError::Ext4 {
         path: image.to_path_buf(),
         message,
     };
-    debugfs(image, &[format!("rdump / {}", dest.display())])?;
-    let lf = dest.join("lost+found");
-    if lf.is_dir() {
-        let _ = std::fs::remove_dir_all(&lf);
-    }
-    let mut first_path: std::collections::HashMap<u64, PathBuf> = std::collections::HashMap::new();
-    let mut level = vec![String::from("/")];
-    let mut fixups: Vec<(PathBuf, u32, u32, u32)> = Vec::new();
-    while !level.is_empty() {
-        let cmds: Vec<String> = level.iter().map(|d| format!("ls -p \"{d}\"")).collect();
-        let out = debugfs(image, &cmds)?;
-        let mut next = Vec::new();
-        let mut cur_dir = String::new();
-        for line in out.lines() {
-            if let Some(cmd) = line.strip_prefix("debugfs: ls -p ") {
-                cur_dir = cmd.trim_matches('"').to_owned();
-                continue;
+    let fs = Ext4Image::open(image).map_err(|e| err(e.to_string()))?;
+    let root = crate::fsutil::Root::open(dest, crate::fsutil::Scope::InRoot)
+        .map_err(BuildError::errno("opening", dest))?;
+    let mut writer = Writer::new(&root, (0, 0));
+    let mut dir_times = Vec::new();
+    let mut written = |entry: &crate::ext4_reader::Entry| -> std::result::Result<(), String> {
+        let rel = std::str::from_utf8(&entry.path).map_err(|_| {
+            format!(
+                "{:?}: names that are not UTF-8 cannot be read back",
+                String::from_utf8_lossy(&entry.path)
+            )
+        })?;
+        let mut attrs = Attrs {
+            mode: entry.mode,
+            uid: entry.uid,
+            gid: entry.gid,
+            mtime: Some(entry.mtime),
+        };
+        let link_key = entry.multiply_linked.then_some((0, u64::from(entry.inode)));
+        let done = match &entry.kind {
+            Kind::Directory => {
+                dir_times.push((rel.to_owned(), entry.mtime));
+                writer.dir(rel, &attrs, true)
             }
-            // /ino/mode/uid/gid/name/size/
-            let f: Vec<&str> = line.split('/').collect();
-            if f.len() < 7 {
-                continue;
+            Kind::File => {
+                let mut data = fs.contents(entry.inode).map_err(|e| e.to_string())?;
+                writer.file(rel, &mut data, &attrs, link_key)
             }
-            let (Ok(ino), Ok(mode), Ok(uid), Ok(gid)) = (
-                f[1].parse::<u64>(),
-                u32::from_str_radix(f[2], 8),
-                f[3].parse::<u32>(),
-                f[4].parse::<u32>(),
-            ) else {
-                continue;
-            };
-            let name = f[5];
-            if name == "." || name == ".." || (name == "lost+found" && cur_dir == "/") {
-                continue;
+            Kind::Symlink(target) => writer.symlink(rel, target, &attrs),
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                attrs.mode |= if matches!(entry.kind, Kind::CharDevice { .. }) {
+                    libc::S_IFCHR
+                } else {
+                    libc::S_IFBLK
+                };
+                writer.special(rel, &attrs, libc::makedev(*major, *minor))
             }
-            let path = if cur_dir == "/" {
-                format!("/{name}")
-            } else {
-                format!("{cur_dir}/{name}")
-            };
-            let host = dest.join(path.trim_start_matches('/'));
-            match mode & 0o170000 {
-                0o040000 => next.push(path),
-                0o120000 => {
-                    let _ = std::os::unix::fs::lchown(&host, Some(uid), Some(gid));
-                    continue;
-                }
-                0o100000 => {
-                    if let Some(first) = first_path.get(&ino) {
-                        let _ = std::fs::remove_file(&host);
-                        std::fs::hard_link(first, &host)
-                            .map_err(BuildError::io("linking", &host))?;
-                        continue;
-                    }
-                    first_path.insert(ino, host.clone());
-                }
-                kind @ (0o020000 | 0o060000 | 0o010000) => {
-                    let rdev = if kind == 0o010000 {
-                        0
-                    } else {
-                        device_number(image, &path).unwrap_or(0)
-                    };
-                    let c = std::ffi::CString::new(host.as_os_str().as_encoded_bytes())
-                        .map_err(|_| err(format!("{path}: NUL in name")))?;
-                    // SAFETY: valid C string.
-                    if unsafe { libc::mknod(c.as_ptr(), mode, rdev) } != 0 {
-                        return Err(err(format!(
-                            "recreating {path}: {}",
-                            std::io::Error::last_os_error()
-                        )));
-                    }
-                }
-                _ => continue,
+            Kind::Fifo => {
+                attrs.mode |= libc::S_IFIFO;
+                writer.special(rel, &attrs, 0)
             }
-            fixups.push((host, mode & 0o7777, uid, gid));
+            // A socket in an image is a leftover of a running program.
+            Kind::Socket => return Ok(()),
+        };
+        done.map_err(|e| e.to_string())?;
+        if !entry.xattrs.is_empty() && !rel.is_empty() {
+            let xattrs = entry
+                .xattrs
+                .iter()
+                .filter_map(|(k, v)| Some((std::ffi::CString::new(k.clone()).ok()?, v.clone())))
+                .collect::<Vec<_>>();
+            writer.xattrs(rel, &xattrs).map_err(|e| e.to_string())?;
         }
-        level = next;
-    }
-    // Owner first: chown clears setuid bits, chmod then restores them.
-    for (host, mode, uid, gid) in fixups {
-        let _ = std::os::unix::fs::lchown(&host, Some(uid), Some(gid));
-        let _ = std::fs::set_permissions(&host, std::os::unix::fs::PermissionsExt::from_mode(mode));
+        Ok(())
+    };
+    fs.walk(&mut written).map_err(|e| match e {
+        WalkError::Image(e) => err(e.to_string()),
+        WalkError::Visit(message) => err(message),
+    })?;
+    // Children first: writing into a directory changes its mtime.
+    for (rel, mtime) in dir_times.iter().rev() {
+        writer
+            .set_mtime(rel, *mtime)
+            .map_err(|e| err(e.to_string()))?;
     }
     Ok(())
-}
-
-/// Runs debugfs read-only on `image` with `cmds`, returning its output.
-fn debugfs(image: &Path, cmds: &[String]) -> Result<String> {
-    let err = |message: String| BuildError::Ext4 {
-        path: image.to_path_buf(),
-        message,
-    };
-    let mut file = tempfile_in_tmp()?;
-    std::io::Write::write_all(&mut file.1, cmds.join("\n").as_bytes())
-        .map_err(BuildError::io("writing", &file.0))?;
-    let output = tool("debugfs")
-        .arg("-f")
-        .arg(&file.0)
-        .arg(image)
-        .env("PATH", tool_path())
-        .output()
-        .map_err(|e| err(format!("running debugfs: {e}; install e2fsprogs")))?;
-    let _ = std::fs::remove_file(&file.0);
-    if !output.status.success() {
-        return Err(err(format!(
-            "debugfs failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn tempfile_in_tmp() -> Result<(PathBuf, std::fs::File)> {
-    let path = std::env::temp_dir().join(format!(
-        "firebuild-debugfs-{}",
-        crate::util::unique_suffix()
-    ));
-    let f = std::fs::File::create(&path).map_err(BuildError::io("creating", &path))?;
-    Ok((path, f))
-}
-
-/// The device number of a device inode, from `debugfs stat`.
-fn device_number(image: &Path, path: &str) -> Option<libc::dev_t> {
-    let text = debugfs(image, &[format!("stat \"{path}\"")]).ok()?;
-    // "Device major/minor number: 01:03 (hex 01:03)"
-    let line = text
-        .lines()
-        .find(|l| l.contains("Device major/minor number"))?;
-    let nums = line.split_once(':')?.1.trim();
-    let (maj, rest) = nums.split_once(':')?;
-    let maj: u32 = maj.trim().parse().ok()?;
-    let min: u32 = rest.split_whitespace().next()?.parse().ok()?;
-    Some(libc::makedev(maj, min))
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ mod copy;
 mod engine;
 mod error;
 mod ext4;
+mod ext4_reader;
 mod filehash;
 mod fsutil;
 pub mod isolation;

@@ -14,7 +14,7 @@
 
 mod archive;
 mod glob;
-mod writer;
+pub(crate) mod writer;
 
 use std::ffi::OsStr;
 use std::io::Read;
