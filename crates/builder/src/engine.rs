@@ -341,7 +341,7 @@ impl<'a> Engine<'a> {
                         .as_deref()
                         .map(copy::parse_chmod)
                         .transpose()
-                        .map_err(|e| BuildError::step(&at, e))?,
+                        .map_err(|e| BuildError::step(&at, e.to_string()))?,
                     excludes: c.excludes.clone(),
                     unpack: false,
                 };
@@ -382,7 +382,7 @@ impl<'a> Engine<'a> {
                         .as_deref()
                         .map(copy::parse_chmod)
                         .transpose()
-                        .map_err(|e| BuildError::step(&at, e))?,
+                        .map_err(|e| BuildError::step(&at, e.to_string()))?,
                     excludes: a.excludes.clone(),
                     unpack: a.unpack.unwrap_or(true),
                 };
@@ -577,7 +577,7 @@ impl<'a> Engine<'a> {
             None => {
                 if !op.sources.is_empty() {
                     let content = copy::hash_context_sources(self.ctx, &op, &mut self.file_hashes)
-                        .map_err(|e| BuildError::step(at, format!("{what}: {e}")))?;
+                        .map_err(|e| BuildError::step(at, format!("{what} {e}")))?;
                     h.update(content);
                 }
                 Vec::new()
@@ -589,10 +589,11 @@ impl<'a> Engine<'a> {
             if let Some(dir) = env.froms.first() {
                 let src =
                     Root::open(dir, Scope::InRoot).map_err(|e| format!("{what} --from: {e}"))?;
-                copy::execute(&op, Source::Root(&src), &env.root).map_err(StepFailure::from)
+                copy::execute(&op, Source::Root(&src), &env.root)
             } else {
-                copy::execute(&op, Source::Context(ctx), &env.root).map_err(StepFailure::from)
+                copy::execute(&op, Source::Context(ctx), &env.root)
             }
+            .map_err(|e| StepFailure::Message(format!("{what} {e}")))
         })
     }
 
@@ -785,7 +786,9 @@ impl<'a> Engine<'a> {
                             };
                             let content =
                                 copy::hash_context_sources(self.ctx, &op, &mut self.file_hashes)
-                                    .map_err(|e| BuildError::step(at, e))?;
+                                    .map_err(|e| {
+                                        BuildError::step(at, format!("RUN --mount source {e}"))
+                                    })?;
                             h.update(format!(
                                 "bind\0{source}\0{target}\0{content}\0{}\0",
                                 m.read_only

@@ -179,8 +179,15 @@ fn sources_may_not_escape_the_context_and_bad_copies_fail_clearly() {
         ("COPY rel-link /x", "rel-link"),
         ("COPY secret.txt /x", "secret.txt"),
         ("COPY missing.txt /x", "missing.txt"),
-        ("COPY nomatch*.bin /x/", "nomatch"),
-        ("COPY a.txt b.txt /notdir", "must be a directory"),
+        (
+            "COPY nomatch*.bin /x/",
+            "COPY nomatch*.bin: no source files were specified",
+        ),
+        (
+            "COPY a.txt b.txt /notdir",
+            "COPY with more than one source file, the destination must be a directory",
+        ),
+        ("COPY --chmod=9z a.txt /x", "invalid --chmod=9z"),
         (
             "ADD --checksum=sha256:0000 http://127.0.0.1:9/x /x",
             "http://127.0.0.1:9/x",

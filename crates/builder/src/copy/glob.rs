@@ -5,6 +5,7 @@
 use firebuild_source::pathmatch::{self, has_meta};
 use rustix::fs::OFlags;
 
+use super::error::{source_error, CopyError};
 use crate::fsutil::{self, Root};
 
 /// Whether `path` (or one of its parent directories) matches `pattern`
@@ -27,11 +28,11 @@ pub fn path_match(pattern: &str, path: &str) -> bool {
 
 /// Expands `pattern` inside `root` (symlinks in directories resolve in
 /// the root); a pattern without wildcards is returned cleaned if it exists.
-pub fn glob_root(root: &Root, pattern: &str) -> Result<Vec<String>, String> {
+pub fn glob_root(root: &Root, pattern: &str) -> Result<Vec<String>, CopyError> {
     let clean = fsutil::clean_rel(pattern);
     if !has_meta(&clean) {
         root.open_at(&clean, OFlags::PATH)
-            .map_err(|e| format!("{pattern}: {e}"))?;
+            .map_err(|e| source_error(pattern, e))?;
         return Ok(vec![clean]);
     }
     let mut current = vec![String::new()];
@@ -52,7 +53,7 @@ pub fn glob_root(root: &Root, pattern: &str) -> Result<Vec<String>, String> {
             let Ok(dir) = root.open_at(base, OFlags::RDONLY | OFlags::DIRECTORY) else {
                 continue;
             };
-            for name in fsutil::list_names(&dir).map_err(|e| format!("{pattern}: {e}"))? {
+            for name in fsutil::list_names(&dir).map_err(|e| source_error(pattern, e))? {
                 let name = name.to_string_lossy().into_owned();
                 if pathmatch::matches(comp, &name) {
                     next.push(if base.is_empty() {

@@ -13,6 +13,7 @@
 //!   tar archives (plain, gzip, bzip2, xz, zstd) are extracted.
 
 mod archive;
+mod error;
 mod glob;
 pub(crate) mod writer;
 
@@ -28,6 +29,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::fsutil::{self, Root};
 pub use archive::{is_archive, unpack_archive};
+use error::source_error;
+pub use error::CopyError;
 use writer::{Attrs, Writer};
 
 /// Where sources come from.
@@ -68,11 +71,11 @@ pub struct CopyOp {
 
 /// Parses `--chmod` (octal; BuildKit also takes symbolic forms, which we
 /// reject with a clear message).
-pub fn parse_chmod(s: &str) -> Result<u32, String> {
+pub fn parse_chmod(s: &str) -> Result<u32, CopyError> {
     u32::from_str_radix(s, 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("invalid --chmod={s}: expected an octal mode such as 0755"))
+        .ok_or_else(|| CopyError::Chmod(s.to_owned()))
 }
 
 /// True for `http://` and `https://` sources (ADD downloads them).
@@ -96,11 +99,11 @@ pub fn hash_context_sources(
     ctx: &BuildContext,
     op: &CopyOp,
     hashes: &mut crate::filehash::FileHashes,
-) -> Result<String, String> {
+) -> Result<String, CopyError> {
     let mut h = Sha256::new();
     for src in &op.sources {
-        for m in ctx.glob(src).map_err(|e| e.to_string())? {
-            for e in ctx.walk(&m).map_err(|e| e.to_string())? {
+        for m in ctx.glob(src).map_err(|e| source_error(src, e))? {
+            for e in ctx.walk(&m).map_err(|e| source_error(&m, e))? {
                 if excluded(&e.path, &op.excludes) {
                     continue;
                 }
@@ -112,14 +115,16 @@ pub fn hash_context_sources(
                     EntryKind::File => {
                         h.update(format!("f{:o}:{}:", e.mode, e.size));
                         let content = match &e.host_path {
-                            Some(host) => {
-                                hashes.hash(host, || open_entry(ctx, &e.path, Some(host)))?
-                            }
+                            Some(host) => hashes
+                                .hash(host, || {
+                                    open_entry(ctx, &e.path, Some(host)).map_err(|e| e.to_string())
+                                })
+                                .map_err(|reason| source_error(&e.path, reason))?,
                             None => {
                                 let mut r = open_entry(ctx, &e.path, None)?;
                                 let mut fh = Sha256::new();
                                 std::io::copy(&mut r, &mut fh)
-                                    .map_err(|x| format!("{}: {x}", e.path))?;
+                                    .map_err(|x| source_error(&e.path, x))?;
                                 hex::encode(fh.finalize())
                             }
                         };
@@ -137,7 +142,7 @@ fn open_entry(
     ctx: &BuildContext,
     path: &str,
     host: Option<&PathBuf>,
-) -> Result<Box<dyn Read + Send>, String> {
+) -> Result<Box<dyn Read + Send>, CopyError> {
     match host {
         Some(p) => {
             // The walk saw a regular file here: never follow a link swapped in since.
@@ -146,22 +151,25 @@ fn open_entry(
                 OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 rustix::fs::Mode::empty(),
             )
-            .map_err(|e| format!("{path}: {e}"))?;
+            .map_err(|e| source_error(path, e))?;
             Ok(Box::new(std::fs::File::from(fd)))
         }
-        None => ctx.open(path).map_err(|e| e.to_string()),
+        None => ctx.open(path).map_err(|e| source_error(path, e)),
     }
 }
 
 /// Performs `op` into `dest_root`, reading from `source`.
-pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), String> {
-    let what = if op.add { "ADD" } else { "COPY" };
-    let chown = match &op.chown {
-        Some(spec) => {
-            Some(crate::users::resolve_chown(dest_root, spec).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
+pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), CopyError> {
+    let chown =
+        match &op.chown {
+            Some(spec) => Some(crate::users::resolve_chown(dest_root, spec).map_err(|e| {
+                CopyError::Chown {
+                    spec: spec.clone(),
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
     let dest_abs = fsutil::join_abs(&op.workdir, &op.dest);
     let dest_rel = fsutil::clean_rel(&dest_abs);
     let trailing = op.dest.ends_with('/') || op.dest.ends_with("/.") || op.dest == ".";
@@ -173,26 +181,23 @@ pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), 
     let mut matches: Vec<String> = Vec::new();
     for src in &op.sources {
         let found = match &source {
-            Source::Context(ctx) => ctx.glob(src).map_err(|e| format!("{what} {src}: {e}"))?,
+            Source::Context(ctx) => ctx.glob(src).map_err(|e| source_error(src, e))?,
             Source::Root(root) => glob::glob_root(root, src)?,
         };
         if found.is_empty() {
-            return Err(format!(
-                "{what} {src}: no source files were specified (the pattern matches nothing)"
-            ));
+            return Err(CopyError::NoMatch {
+                pattern: src.clone(),
+            });
         }
         matches.extend(found);
     }
     let count = matches.len() + op.inline.len() + op.downloads.len();
     if count > 1 && !trailing {
-        return Err(format!(
-            "when using {what} with more than one source file, the destination must be a directory and end with a /"
-        ));
+        return Err(CopyError::SeveralSourcesNeedADirectory);
     }
     let dest_is_dir = trailing || dest_exists_dir;
     let parent_owner = chown.unwrap_or((0, 0));
     let mut w = Writer::new(dest_root, parent_owner);
-    let werr = |e: writer::WriteError| format!("{what}: {e}");
     let file_target = |name: &str| {
         if dest_is_dir {
             format!("{dest_rel}/{name}")
@@ -211,8 +216,7 @@ pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), 
             mtime: None,
         };
         let base = name.rsplit('/').next().unwrap_or(name);
-        w.file(&file_target(base), &mut &data[..], &attrs, None)
-            .map_err(werr)?;
+        w.file(&file_target(base), &mut &data[..], &attrs, None)?;
     }
     for d in &op.downloads {
         let attrs = Attrs {
@@ -221,9 +225,8 @@ pub fn execute(op: &CopyOp, source: Source<'_>, dest_root: &Root) -> Result<(), 
             gid: parent_owner.1,
             mtime: d.mtime.map(|s| (s, 0)),
         };
-        let mut f = std::fs::File::open(&d.path).map_err(|e| format!("{what} {}: {e}", d.url))?;
-        w.file(&file_target(&d.name), &mut f, &attrs, None)
-            .map_err(werr)?;
+        let mut f = std::fs::File::open(&d.path).map_err(|e| source_error(&d.url, e))?;
+        w.file(&file_target(&d.name), &mut f, &attrs, None)?;
     }
     for m in &matches {
         match &source {
@@ -259,9 +262,8 @@ fn copy_from_context(
     dest_rel: &str,
     dest_is_dir: bool,
     chown: Option<(u32, u32)>,
-) -> Result<(), String> {
-    let what = if op.add { "ADD" } else { "COPY" };
-    let entries = ctx.walk(m).map_err(|e| format!("{what} {m}: {e}"))?;
+) -> Result<(), CopyError> {
+    let entries = ctx.walk(m).map_err(|e| source_error(m, e))?;
     let Some(top) = entries.first() else {
         return Ok(());
     };
@@ -270,7 +272,6 @@ fn copy_from_context(
         p.and_then(|p| std::fs::symlink_metadata(p).ok())
             .map(|md| (md.mtime(), md.mtime_nsec()))
     };
-    let werr = |e: writer::WriteError| format!("{what}: {e}");
     if top.kind != EntryKind::Dir {
         let target = if dest_is_dir {
             join_rel(dest_rel, base_name(m))
@@ -283,13 +284,17 @@ fn copy_from_context(
             let mut reader = r.take(1 << 16);
             reader
                 .read_to_end(&mut head)
-                .map_err(|e| format!("{what} {m}: {e}"))?;
+                .map_err(|e| source_error(m, e))?;
             let rest = reader.into_inner();
             let mut full = std::io::Cursor::new(head.clone()).chain(rest);
             if is_archive(&head) {
                 // Archives are extracted into the destination directory.
-                return unpack_archive(&mut full, w, dest_rel)
-                    .map_err(|e| format!("{what} {m}: {e}"));
+                return unpack_archive(&mut full, w, dest_rel).map_err(|reason| {
+                    CopyError::Archive {
+                        path: m.to_owned(),
+                        reason,
+                    }
+                });
             }
             let attrs = Attrs {
                 mode: op.chmod.unwrap_or(top.mode),
@@ -297,7 +302,7 @@ fn copy_from_context(
                 gid,
                 mtime: mtime_of(top.host_path.as_ref()),
             };
-            return w.file(&target, &mut full, &attrs, None).map_err(werr);
+            return Ok(w.file(&target, &mut full, &attrs, None)?);
         }
         let attrs = Attrs {
             mode: op.chmod.unwrap_or(top.mode),
@@ -305,7 +310,7 @@ fn copy_from_context(
             gid,
             mtime: mtime_of(top.host_path.as_ref()),
         };
-        return w.file(&target, &mut r, &attrs, None).map_err(werr);
+        return Ok(w.file(&target, &mut r, &attrs, None)?);
     }
     let prefix = if top.path.is_empty() {
         String::new()
@@ -345,8 +350,7 @@ fn copy_from_context(
                 let mut r = open_entry(ctx, &e.path, e.host_path.as_ref())?;
                 w.file(&target, &mut r, &attrs, link_key)
             }
-        }
-        .map_err(werr)?;
+        }?;
     }
     Ok(())
 }
@@ -360,18 +364,13 @@ fn copy_from_root(
     dest_rel: &str,
     dest_is_dir: bool,
     chown: Option<(u32, u32)>,
-) -> Result<(), String> {
-    let what = if op.add { "ADD" } else { "COPY" };
+) -> Result<(), CopyError> {
     let rel = fsutil::clean_rel(m);
+    let from_error = |e: rustix::io::Errno| source_error(&format!("--from {m}"), e);
     // The named source is followed (inside the root); entries below are not.
-    let fd = root
-        .open_at(&rel, OFlags::PATH)
-        .map_err(|e| format!("{what} --from {m}: {e}"))?;
-    let st = rustix::fs::fstat(&fd).map_err(|e| format!("{what} --from {m}: {e}"))?;
-    let host = root
-        .host_path_of(&fd)
-        .map_err(|e| format!("{what} --from {m}: {e}"))?;
-    let werr = |e: writer::WriteError| format!("{what}: {e}");
+    let fd = root.open_at(&rel, OFlags::PATH).map_err(from_error)?;
+    let st = rustix::fs::fstat(&fd).map_err(from_error)?;
+    let host = root.host_path_of(&fd).map_err(from_error)?;
     if fsutil::file_type(&st) != FileType::Directory {
         let target = if dest_is_dir {
             join_rel(dest_rel, base_name(m))
@@ -385,15 +384,15 @@ fn copy_from_root(
                     .unwrap_or(&host)
                     .to_string_lossy(),
             ))
-            .map_err(|e| format!("{what} --from {m}: {e}"))?
-            .ok_or_else(|| format!("{what} --from {m}: not a file"))?;
+            .map_err(from_error)?
+            .ok_or_else(|| source_error(&format!("--from {m}"), "not a file"))?;
         let pdir = rustix::fs::openat(
             &pdir,
             ".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
-        .map_err(|e| format!("{what} --from {m}: {e}"))?;
+        .map_err(from_error)?;
         return copy_entry(&pdir, &name, &target, "", op, w, chown, false);
     }
     let dir = rustix::fs::openat(
@@ -402,10 +401,9 @@ fn copy_from_root(
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| format!("{what} --from {m}: {e}"))?;
+    .map_err(from_error)?;
     let attrs = attrs_of(&st, op, chown);
-    w.dir(dest_rel, &attrs, op.chmod.is_some() || chown.is_some())
-        .map_err(werr)?;
+    w.dir(dest_rel, &attrs, op.chmod.is_some() || chown.is_some())?;
     copy_dir_contents(&dir, dest_rel, "", op, w, chown)
 }
 
@@ -428,8 +426,8 @@ fn copy_dir_contents(
     op: &CopyOp,
     w: &mut Writer<'_>,
     chown: Option<(u32, u32)>,
-) -> Result<(), String> {
-    let names = fsutil::list_names(dir).map_err(|e| format!("/{dest_rel}: {e}"))?;
+) -> Result<(), CopyError> {
+    let names = fsutil::list_names(dir).map_err(|e| source_error(&format!("/{dest_rel}"), e))?;
     for name in names {
         let name_s = String::from_utf8_lossy(name.as_bytes()).into_owned();
         let rel = join_rel(rel_in, &name_s);
@@ -452,20 +450,19 @@ fn copy_entry(
     w: &mut Writer<'_>,
     chown: Option<(u32, u32)>,
     follow: bool,
-) -> Result<(), String> {
+) -> Result<(), CopyError> {
     let flags = if follow {
         rustix::fs::AtFlags::empty()
     } else {
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW
     };
-    let e = |x: rustix::io::Errno| format!("/{target}: {x}");
+    let e = |x: rustix::io::Errno| source_error(&format!("/{target}"), x);
     let st = rustix::fs::statat(dir, name, flags).map_err(e)?;
     let attrs = attrs_of(&st, op, chown);
     let xattrs = fsutil::list_xattrs(&fsutil::proc_path(dir, name));
-    let wr = |x: writer::WriteError| x.to_string();
     match fsutil::file_type(&st) {
         FileType::Directory => {
-            w.dir(target, &attrs, true).map_err(wr)?;
+            w.dir(target, &attrs, true)?;
             let sub = fsutil::open_dir_at(dir, name).map_err(e)?;
             copy_dir_contents(&sub, target, rel_in, op, w, chown)?;
         }
@@ -484,20 +481,20 @@ fn copy_entry(
             .map_err(e)?;
             let mut f = std::fs::File::from(fd);
             let key = (st.st_nlink > 1).then_some((st.st_dev, st.st_ino));
-            w.file(target, &mut f, &attrs, key).map_err(wr)?;
+            w.file(target, &mut f, &attrs, key)?;
         }
         FileType::Symlink => {
             let t = rustix::fs::readlinkat(dir, name, Vec::new()).map_err(e)?;
             return w
                 .symlink(target, OsStr::from_bytes(t.as_bytes()), &attrs)
-                .map_err(wr);
+                .map_err(CopyError::from);
         }
         FileType::Socket => return Ok(()),
         _ => {
             let mut a = attrs;
             a.mode = (st.st_mode & 0o170000) | (attrs.mode & 0o7777);
-            w.special(target, &a, st.st_rdev).map_err(wr)?;
+            w.special(target, &a, st.st_rdev)?;
         }
     }
-    w.xattrs(target, &xattrs).map_err(wr)
+    Ok(w.xattrs(target, &xattrs)?)
 }
