@@ -231,13 +231,49 @@ impl<'a> Engine<'a> {
             .scope
             .expand_instruction(&ins.kind)
             .map_err(|e| BuildError::step(&at, e.message))?;
-        let mut cached = None;
+        let cached = match &expanded {
+            InstructionKind::Workdir(w) => Some(self.workdir_step(run, &at, w)?),
+            InstructionKind::Volume(vols) => Some(self.volume_step(run, &at, vols)?),
+            InstructionKind::Copy(c) => Some(self.copy_instruction(run, &at, c)?),
+            InstructionKind::Add(a) => Some(self.add_instruction(run, &at, a)?),
+            InstructionKind::Run(r) => Some(self.run_step(run, &at, ins, r)?),
+            InstructionKind::From(_) => {
+                return Err(BuildError::step(&at, "FROM cannot appear here"));
+            }
+            config => {
+                self.config_step(run, &at, ins, config)?;
+                None
+            }
+        };
+        let label = format!(
+            "[{} {}/{}] {}",
+            run.stage_name, run.number, run.total, ins.original
+        );
+        match cached {
+            Some(true) => tracing::info!("{label}: CACHED"),
+            Some(false) => {
+                tracing::info!("{label}: done in {:.2}s", started.elapsed().as_secs_f64())
+            }
+            None => tracing::info!("{label}"),
+        }
+        Ok(())
+    }
+
+    /// An instruction that only changes the image configuration (ENV, ARG,
+    /// LABEL, CMD ...).
+    fn config_step(
+        &mut self,
+        run: &mut Running<'_>,
+        at: &StepLocation,
+        ins: &Instruction,
+        expanded: &InstructionKind,
+    ) -> Result<()> {
         let cfg = &mut run.state.config;
-        match &expanded {
+        match expanded {
             InstructionKind::Env(kvs) => {
                 run.scope
                     .apply(&ins.kind, self.globals)
-                    .map_err(|e| BuildError::step(&at, e.message))?;
+                    .map_err(|e| BuildError::step(at, e.message))?;
                 for kv in kvs {
                     cfg.set_env(&kv.key, &kv.value);
                 }
@@ -245,7 +281,7 @@ impl<'a> Engine<'a> {
             InstructionKind::Arg(_) => {
                 run.scope
                     .apply(&ins.kind, self.globals)
-                    .map_err(|e| BuildError::step(&at, e.message))?;
+                    .map_err(|e| BuildError::step(at, e.message))?;
             }
             InstructionKind::Label(kvs) => {
                 for kv in kvs {
@@ -256,7 +292,7 @@ impl<'a> Engine<'a> {
             InstructionKind::Expose(ports) => {
                 for p in ports {
                     let spec = firebuild_dockerfile::PortSpec::parse(p)
-                        .map_err(|e| BuildError::step(&at, e))?;
+                        .map_err(|e| BuildError::step(at, e))?;
                     for k in spec.keys() {
                         cfg.add_port(&k);
                     }
@@ -264,7 +300,7 @@ impl<'a> Engine<'a> {
             }
             InstructionKind::User(u) => cfg.user = u.clone(),
             InstructionKind::StopSignal(s) => {
-                firebuild_dockerfile::parse_signal(s).map_err(|e| BuildError::step(&at, e))?;
+                firebuild_dockerfile::parse_signal(s).map_err(|e| BuildError::step(at, e))?;
                 cfg.stop_signal = Some(s.clone());
             }
             InstructionKind::Shell(v) => cfg.shell = v.clone(),
@@ -282,142 +318,157 @@ impl<'a> Engine<'a> {
             }
             InstructionKind::Healthcheck(h) => cfg.healthcheck = Some(healthcheck(h)),
             InstructionKind::Onbuild(o) => cfg.onbuild.push(o.expression.clone()),
-            InstructionKind::Workdir(w) => {
-                let path = fsutil::join_abs(&cfg.workdir_or_root(), w);
-                cfg.workdir = path.clone();
-                let user = cfg.user.clone();
-                let desc = format!("WORKDIR {path}\0{user}");
-                cached = Some(self.fs_step(run, &at, &desc, &[], move |env| {
-                    let owner = if user.is_empty() {
-                        (0, 0)
-                    } else {
-                        let u = crate::users::resolve_user(&env.root, &user)
-                            .map_err(|e| e.to_string())?;
-                        (u.creds.uid, u.creds.gid)
-                    };
-                    env.root
-                        .mkdir_all(
-                            &fsutil::clean_rel(&path),
-                            0o755,
-                            Some(owner),
-                            &mut Vec::new(),
-                        )
-                        .map_err(|e| format!("creating {path}: {e}"))?;
-                    Ok(())
-                })?);
+            // Instructions with a step of their own are dispatched in `step`.
+            other => {
+                return Err(BuildError::step(
+                    at,
+                    format!("{} is not a configuration instruction", other.name()),
+                ))
             }
-            InstructionKind::Volume(vols) => {
-                let mut paths = Vec::new();
-                for v in vols {
-                    let p = fsutil::join_abs(&cfg.workdir_or_root(), v);
-                    cfg.add_volume(&p);
-                    paths.push(p);
-                }
-                let desc = format!("VOLUME {}", paths.join("\0"));
-                cached = Some(self.fs_step(run, &at, &desc, &[], move |env| {
-                    for p in &paths {
-                        env.root
-                            .mkdir_all(&fsutil::clean_rel(p), 0o755, Some((0, 0)), &mut Vec::new())
-                            .map_err(|e| format!("creating volume {p}: {e}"))?;
-                    }
-                    Ok(())
-                })?);
-            }
-            InstructionKind::Copy(c) => {
-                let op = CopyOp {
-                    add: false,
-                    sources: c.sources.clone(),
-                    inline: c
-                        .inline_sources
-                        .iter()
-                        .map(|s| (s.path.clone(), s.data.clone().into_bytes()))
-                        .collect(),
-                    downloads: Vec::new(),
-                    dest: c.dest.clone(),
-                    workdir: cfg.workdir_or_root(),
-                    chown: c.chown.clone(),
-                    chmod: c
-                        .chmod
-                        .as_deref()
-                        .map(copy::parse_chmod)
-                        .transpose()
-                        .map_err(|e| BuildError::step(&at, e.to_string()))?,
-                    excludes: c.excludes.clone(),
-                    unpack: false,
-                };
-                if c.parents {
-                    return Err(BuildError::step(
-                        &at,
-                        "COPY --parents is not supported yet; copy each directory explicitly",
-                    ));
-                }
-                cached = Some(self.copy_step(run, &at, op, c.from.as_deref())?);
-            }
-            InstructionKind::Add(a) => {
-                if a.sources
-                    .iter()
-                    .any(|s| s.starts_with("git@") || s.ends_with(".git") || s.contains(".git#"))
-                {
-                    return Err(BuildError::step(&at, "ADD of a git repository is not supported; clone it in a RUN step or use a git build context"));
-                }
-                let mut op = CopyOp {
-                    add: true,
-                    sources: a
-                        .sources
-                        .iter()
-                        .filter(|s| !copy::is_url(s))
-                        .cloned()
-                        .collect(),
-                    inline: a
-                        .inline_sources
-                        .iter()
-                        .map(|s| (s.path.clone(), s.data.clone().into_bytes()))
-                        .collect(),
-                    downloads: Vec::new(),
-                    dest: a.dest.clone(),
-                    workdir: cfg.workdir_or_root(),
-                    chown: a.chown.clone(),
-                    chmod: a
-                        .chmod
-                        .as_deref()
-                        .map(copy::parse_chmod)
-                        .transpose()
-                        .map_err(|e| BuildError::step(&at, e.to_string()))?,
-                    excludes: a.excludes.clone(),
-                    unpack: a.unpack.unwrap_or(true),
-                };
-                let urls: Vec<&String> = a.sources.iter().filter(|s| copy::is_url(s)).collect();
-                if a.checksum.is_some() && (urls.len() != 1 || !op.sources.is_empty()) {
-                    return Err(BuildError::step(
-                        &at,
-                        "ADD --checksum needs exactly one http(s) source",
-                    ));
-                }
-                for u in urls {
-                    op.downloads
-                        .push(self.download(&at, u, a.checksum.as_deref())?);
-                }
-                cached = Some(self.copy_step(run, &at, op, None)?);
-            }
-            InstructionKind::Run(r) => {
-                cached = Some(self.run_step(run, &at, ins, r)?);
-            }
-            InstructionKind::From(_) => {
-                return Err(BuildError::step(&at, "FROM cannot appear here"));
-            }
-        }
-        let label = format!(
-            "[{} {}/{}] {}",
-            run.stage_name, run.number, run.total, ins.original
-        );
-        match cached {
-            Some(true) => tracing::info!("{label}: CACHED"),
-            Some(false) => {
-                tracing::info!("{label}: done in {:.2}s", started.elapsed().as_secs_f64())
-            }
-            None => tracing::info!("{label}"),
         }
         Ok(())
+    }
+
+    /// WORKDIR: the directory is made, owned by the current USER.
+    fn workdir_step(&mut self, run: &mut Running<'_>, at: &StepLocation, w: &str) -> Result<bool> {
+        let cfg = &mut run.state.config;
+        let path = fsutil::join_abs(&cfg.workdir_or_root(), w);
+        cfg.workdir = path.clone();
+        let user = cfg.user.clone();
+        let desc = format!("WORKDIR {path}\0{user}");
+        self.fs_step(run, at, &desc, &[], move |env| {
+            let owner = if user.is_empty() {
+                (0, 0)
+            } else {
+                let u = crate::users::resolve_user(&env.root, &user).map_err(|e| e.to_string())?;
+                (u.creds.uid, u.creds.gid)
+            };
+            env.root
+                .mkdir_all(
+                    &fsutil::clean_rel(&path),
+                    0o755,
+                    Some(owner),
+                    &mut Vec::new(),
+                )
+                .map_err(|e| format!("creating {path}: {e}"))?;
+            Ok(())
+        })
+    }
+
+    /// VOLUME: the directories exist in the image.
+    fn volume_step(
+        &mut self,
+        run: &mut Running<'_>,
+        at: &StepLocation,
+        vols: &[String],
+    ) -> Result<bool> {
+        let cfg = &mut run.state.config;
+        let mut paths = Vec::new();
+        for v in vols {
+            let p = fsutil::join_abs(&cfg.workdir_or_root(), v);
+            cfg.add_volume(&p);
+            paths.push(p);
+        }
+        let desc = format!("VOLUME {}", paths.join("\0"));
+        self.fs_step(run, at, &desc, &[], move |env| {
+            for p in &paths {
+                env.root
+                    .mkdir_all(&fsutil::clean_rel(p), 0o755, Some((0, 0)), &mut Vec::new())
+                    .map_err(|e| format!("creating volume {p}: {e}"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn copy_instruction(
+        &mut self,
+        run: &mut Running<'_>,
+        at: &StepLocation,
+        c: &firebuild_dockerfile::CopyInstr,
+    ) -> Result<bool> {
+        let cfg = &run.state.config;
+        let op = CopyOp {
+            add: false,
+            sources: c.sources.clone(),
+            inline: c
+                .inline_sources
+                .iter()
+                .map(|s| (s.path.clone(), s.data.clone().into_bytes()))
+                .collect(),
+            downloads: Vec::new(),
+            dest: c.dest.clone(),
+            workdir: cfg.workdir_or_root(),
+            chown: c.chown.clone(),
+            chmod: c
+                .chmod
+                .as_deref()
+                .map(copy::parse_chmod)
+                .transpose()
+                .map_err(|e| BuildError::step(at, e.to_string()))?,
+            excludes: c.excludes.clone(),
+            unpack: false,
+        };
+        if c.parents {
+            return Err(BuildError::step(
+                at,
+                "COPY --parents is not supported yet; copy each directory explicitly",
+            ));
+        }
+        self.copy_step(run, at, op, c.from.as_deref())
+    }
+
+    /// ADD: like COPY, plus downloads and archive extraction.
+    fn add_instruction(
+        &mut self,
+        run: &mut Running<'_>,
+        at: &StepLocation,
+        a: &firebuild_dockerfile::AddInstr,
+    ) -> Result<bool> {
+        let cfg = &run.state.config;
+        if a.sources
+            .iter()
+            .any(|s| s.starts_with("git@") || s.ends_with(".git") || s.contains(".git#"))
+        {
+            return Err(BuildError::step(at, "ADD of a git repository is not supported; clone it in a RUN step or use a git build context"));
+        }
+        let mut op = CopyOp {
+            add: true,
+            sources: a
+                .sources
+                .iter()
+                .filter(|s| !copy::is_url(s))
+                .cloned()
+                .collect(),
+            inline: a
+                .inline_sources
+                .iter()
+                .map(|s| (s.path.clone(), s.data.clone().into_bytes()))
+                .collect(),
+            downloads: Vec::new(),
+            dest: a.dest.clone(),
+            workdir: cfg.workdir_or_root(),
+            chown: a.chown.clone(),
+            chmod: a
+                .chmod
+                .as_deref()
+                .map(copy::parse_chmod)
+                .transpose()
+                .map_err(|e| BuildError::step(at, e.to_string()))?,
+            excludes: a.excludes.clone(),
+            unpack: a.unpack.unwrap_or(true),
+        };
+        let urls: Vec<&String> = a.sources.iter().filter(|s| copy::is_url(s)).collect();
+        if a.checksum.is_some() && (urls.len() != 1 || !op.sources.is_empty()) {
+            return Err(BuildError::step(
+                at,
+                "ADD --checksum needs exactly one http(s) source",
+            ));
+        }
+        for u in urls {
+            op.downloads
+                .push(self.download(at, u, a.checksum.as_deref())?);
+        }
+        self.copy_step(run, at, op, None)
     }
 
     /// A step that changes files: reused from the cache by key, or run on a
@@ -692,20 +743,7 @@ impl<'a> Engine<'a> {
             _ => build_network,
         };
         let cfg = run.state.config.clone();
-        let mut script: Option<(String, String)> = None;
-        let argv = match r.program() {
-            RunProgram::Exec(v) => v,
-            RunProgram::Shell(s) => {
-                let mut v = cfg.shell_or_default();
-                v.push(s);
-                v
-            }
-            RunProgram::ScriptFile { name, content } => {
-                let path = format!("/dev/pipes/{}", name.replace('/', "_"));
-                script = Some((path.clone(), content));
-                vec![path]
-            }
-        };
+        let (argv, script) = run_program(r, &cfg);
         let mounts = run
             .scope
             .resolve_mounts(r)
@@ -715,11 +753,58 @@ impl<'a> Engine<'a> {
             env.push(format!("PATH={DEFAULT_PATH}"));
         }
 
+        let (mounts_key, froms, planned) = self.plan_mounts(at, &cfg, &mounts)?;
+        if step_vm.is_some() {
+            if !planned.is_empty() {
+                return Err(BuildError::step(
+                    at,
+                    "RUN --mount is not supported with --isolation microvm yet; build this Dockerfile with the default sandbox isolation",
+                ));
+            }
+            if network == Network::Host {
+                return Err(BuildError::step(
+                    at,
+                    "a build microVM has no host network: drop --network host, or use the sandbox isolation",
+                ));
+            }
+        }
+        let desc = format!(
+            "RUN\0{}\0{}\0{}\0{}\0{:?}\0{:?}\0{}",
+            serde_json::to_string(&argv).unwrap_or_default(),
+            serde_json::to_string(&env).unwrap_or_default(),
+            cfg.user,
+            cfg.workdir_or_root(),
+            network,
+            script,
+            mounts_key
+        );
+        let command = RunCommand {
+            argv,
+            env,
+            cfg,
+            script,
+            network,
+            shown: ins.original.clone(),
+        };
+        match step_vm {
+            Some(vm) => self.run_in_microvm(run, at, &desc, vm, command),
+            None => self.run_in_sandbox(run, at, &desc, &froms, planned, command),
+        }
+    }
+
+    /// `RUN --mount` sources: what each mount binds, its part of the cache
+    /// key (hex), and the other stages' layers bound from.
+    fn plan_mounts(
+        &mut self,
+        at: &StepLocation,
+        cfg: &ImageConfig,
+        mounts: &[Mount],
+    ) -> Result<(String, Vec<Option<LayerId>>, Vec<PlannedMount>)> {
         // Mount sources and their part of the key.
         let mut h = Sha256::new();
         let mut froms: Vec<Option<LayerId>> = Vec::new();
         let mut planned: Vec<PlannedMount> = Vec::new();
-        for m in &mounts {
+        for m in mounts {
             if !matches!(m.kind, MountType::Cache | MountType::Bind) {
                 return Err(BuildError::step(
                     at,
@@ -804,91 +889,106 @@ impl<'a> Engine<'a> {
                 _ => continue,
             }
         }
-        if step_vm.is_some() {
-            if !planned.is_empty() {
-                return Err(BuildError::step(
-                    at,
-                    "RUN --mount is not supported with --isolation microvm yet; build this Dockerfile with the default sandbox isolation",
-                ));
-            }
-            if network == Network::Host {
-                return Err(BuildError::step(
-                    at,
-                    "a build microVM has no host network: drop --network host, or use the sandbox isolation",
-                ));
-            }
-        }
-        let desc = format!(
-            "RUN\0{}\0{}\0{}\0{}\0{:?}\0{:?}\0{}",
-            serde_json::to_string(&argv).unwrap_or_default(),
-            serde_json::to_string(&env).unwrap_or_default(),
-            cfg.user,
-            cfg.workdir_or_root(),
-            network,
+        Ok((hex::encode(h.finalize()), froms, planned))
+    }
+
+    /// Runs the command in a fresh microVM over the stage's layers.
+    fn run_in_microvm(
+        &mut self,
+        run: &mut Running<'_>,
+        at: &StepLocation,
+        desc: &str,
+        vm: std::sync::Arc<dyn crate::isolation::StepVm>,
+        command: RunCommand,
+    ) -> Result<bool> {
+        let RunCommand {
+            argv,
+            env,
+            cfg,
             script,
-            hex::encode(h.finalize())
-        );
+            network,
+            shown: command_shown,
+        } = command;
         let cancel = self.cancel.clone();
-        let command_shown = ins.original.clone();
         let at_run = at.clone();
-        if let Some(vm) = step_vm {
-            let init_disk = isolation::init_disk(self.layers.root(), self.vminit)?;
-            let limits = self.sandbox.limits;
-            return self.fs_step(run, at, &desc, &[], move |senv| {
-                let lower = senv.overlay.lower;
-                if lower.is_empty() {
-                    return Err(StepFailure::Message(
-                        "the stage is empty (FROM scratch): there is nothing to run".into(),
-                    ));
-                }
-                if lower.len() > isolation::MAX_LAYER_DISKS {
-                    return Err(StepFailure::Message(format!(
-                        "the stage has {} layers; a build microVM takes at most {} (combine RUN steps, or use the sandbox isolation)",
-                        lower.len(),
-                        isolation::MAX_LAYER_DISKS
-                    )));
-                }
-                let disks = lower
-                    .iter()
-                    .map(|id| isolation::export_layer(senv.overlay.layers_dir, id))
-                    .collect::<Result<Vec<_>>>()
-                    .map_err(StepFailure::Error)?;
-                let Some((upper, _)) = senv.overlay.upper else {
-                    return Err(StepFailure::Message("the step has no upper layer".into()));
-                };
-                let mut env = env;
-                if !env.iter().any(|kv| kv.starts_with("HOME=")) {
-                    let home = crate::users::resolve_user(&senv.root, &cfg.user)
-                        .map(|u| u.home)
-                        .unwrap_or_else(|_| "/root".into());
-                    env.push(format!("HOME={home}"));
-                }
-                let cwd = cfg.workdir_or_root();
-                let step = VmStep {
-                    init_disk: &init_disk,
-                    layers: &disks,
-                    upper,
-                    argv: &argv,
-                    env: &env,
-                    user: &cfg.user,
-                    cwd: &cwd,
-                    network,
-                    script: script.as_ref().map(|(p, c)| (p.as_str(), c.as_str())),
-                    limits,
-                };
-                let mut on_line =
-                    |line: &str| tracing::info!(target: "firebuild_builder::run", "{line}");
-                let out = vm
-                    .run_step(&step, &mut on_line, &cancel)
-                    .map_err(|e| StepFailure::Error(BuildError::step(&at_run, e)))?;
-                if out.code != 0 {
-                    return Err(run_failed(at_run, command_shown, out.code, String::new(), &out.tail));
-                }
-                Ok(())
-            });
-        }
+        let init_disk = isolation::init_disk(self.layers.root(), self.vminit)?;
+        let limits = self.sandbox.limits;
+        self.fs_step(run, at, desc, &[], move |senv| {
+            let lower = senv.overlay.lower;
+            if lower.is_empty() {
+                return Err(StepFailure::Message(
+                    "the stage is empty (FROM scratch): there is nothing to run".into(),
+                ));
+            }
+            if lower.len() > isolation::MAX_LAYER_DISKS {
+                return Err(StepFailure::Message(format!(
+                    "the stage has {} layers; a build microVM takes at most {} (combine RUN steps, or use the sandbox isolation)",
+                    lower.len(),
+                    isolation::MAX_LAYER_DISKS
+                )));
+            }
+            let disks = lower
+                .iter()
+                .map(|id| isolation::export_layer(senv.overlay.layers_dir, id))
+                .collect::<Result<Vec<_>>>()
+                .map_err(StepFailure::Error)?;
+            let Some((upper, _)) = senv.overlay.upper else {
+                return Err(StepFailure::Message("the step has no upper layer".into()));
+            };
+            let mut env = env;
+            if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+                let home = crate::users::resolve_user(&senv.root, &cfg.user)
+                    .map(|u| u.home)
+                    .unwrap_or_else(|_| "/root".into());
+                env.push(format!("HOME={home}"));
+            }
+            let cwd = cfg.workdir_or_root();
+            let step = VmStep {
+                init_disk: &init_disk,
+                layers: &disks,
+                upper,
+                argv: &argv,
+                env: &env,
+                user: &cfg.user,
+                cwd: &cwd,
+                network,
+                script: script.as_ref().map(|(p, c)| (p.as_str(), c.as_str())),
+                limits,
+            };
+            let mut on_line =
+                |line: &str| tracing::info!(target: "firebuild_builder::run", "{line}");
+            let out = vm
+                .run_step(&step, &mut on_line, &cancel)
+                .map_err(|e| StepFailure::Error(BuildError::step(&at_run, e)))?;
+            if out.code != 0 {
+                return Err(run_failed(at_run, command_shown, out.code, String::new(), &out.tail));
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs the command in the hardened sandbox on this host.
+    fn run_in_sandbox(
+        &mut self,
+        run: &mut Running<'_>,
+        at: &StepLocation,
+        desc: &str,
+        froms: &[Option<LayerId>],
+        planned: Vec<PlannedMount>,
+        command: RunCommand,
+    ) -> Result<bool> {
+        let RunCommand {
+            argv,
+            env,
+            cfg,
+            script,
+            network,
+            shown: command_shown,
+        } = command;
+        let cancel = self.cancel.clone();
+        let at_run = at.clone();
         let sandbox = self.sandbox_options()?;
-        self.fs_step(run, at, &desc, &froms, move |senv| {
+        self.fs_step(run, at, desc, froms, move |senv| {
             let user =
                 crate::users::resolve_user(&senv.root, &cfg.user).map_err(|e| e.to_string())?;
             let cwd = cfg.workdir_or_root();
@@ -970,6 +1070,38 @@ impl<'a> Engine<'a> {
             }
             Ok(())
         })
+    }
+}
+
+/// A RUN step's command, ready for either isolation.
+struct RunCommand {
+    argv: Vec<String>,
+    env: Vec<String>,
+    cfg: ImageConfig,
+    /// A heredoc script: its path in the step and its content.
+    script: Option<(String, String)>,
+    network: Network,
+    /// The instruction as written, for failures.
+    shown: String,
+}
+
+/// The argv of a RUN (exec form, shell form, or a heredoc script run from
+/// `/dev/pipes`) and the script it needs.
+fn run_program(
+    r: &firebuild_dockerfile::RunInstr,
+    cfg: &ImageConfig,
+) -> (Vec<String>, Option<(String, String)>) {
+    match r.program() {
+        RunProgram::Exec(v) => (v, None),
+        RunProgram::Shell(s) => {
+            let mut v = cfg.shell_or_default();
+            v.push(s);
+            (v, None)
+        }
+        RunProgram::ScriptFile { name, content } => {
+            let path = format!("/dev/pipes/{}", name.replace('/', "_"));
+            (vec![path.clone()], Some((path, content)))
+        }
     }
 }
 
