@@ -151,84 +151,116 @@ fn tool_path() -> String {
 }
 
 /// Copies every entry of the ext4 image `image` into `dest` (an empty
-/// directory) without mounting it: [`crate::ext4_reader`] reads the image,
-/// and the confined writer of COPY/ADD ([`crate::copy::writer`]) creates
-/// each entry under `dest` with its owner, mode (setuid bits included),
-/// mtime, device number, hard links and `user.`/`trusted.`/`security.`
-/// extended attributes.
+/// directory) without mounting it: [`crate::ext4_reader`] reads the image
+/// into a tar stream, and firebuild's one extractor of untrusted trees
+/// (`firebuild_oci::unpack`, whiteouts off) writes it under `dest` with
+/// owners, modes (setuid bits included), mtimes, device numbers, hard links
+/// and `user.`/`trusted.`/`security.` extended attributes.
 pub fn import_ext4(image: &Path, dest: &Path) -> Result<()> {
-    use crate::copy::writer::{Attrs, Writer};
-    use crate::ext4_reader::{Ext4Image, Kind, WalkError};
     let err = |message: String| BuildError::Ext4 {
         path: image.to_path_buf(),
         message,
     };
-    let fs = Ext4Image::open(image).map_err(|e| err(e.to_string()))?;
-    let root = crate::fsutil::Root::open(dest, crate::fsutil::Scope::InRoot)
-        .map_err(BuildError::errno("opening", dest))?;
-    let mut writer = Writer::new(&root, (0, 0));
-    let mut dir_times = Vec::new();
-    let mut written = |entry: &crate::ext4_reader::Entry| -> std::result::Result<(), String> {
-        let rel = std::str::from_utf8(&entry.path).map_err(|_| {
-            format!(
-                "{:?}: names that are not UTF-8 cannot be read back",
-                String::from_utf8_lossy(&entry.path)
-            )
-        })?;
-        let mut attrs = Attrs {
-            mode: entry.mode,
-            uid: entry.uid,
-            gid: entry.gid,
-            mtime: Some(entry.mtime),
-        };
-        let link_key = entry.multiply_linked.then_some((0, u64::from(entry.inode)));
-        let done = match &entry.kind {
+    let fs = crate::ext4_reader::Ext4Image::open(image).map_err(|e| err(e.to_string()))?;
+    let (reader, writer) = std::io::pipe().map_err(|e| err(format!("a pipe: {e}")))?;
+    let opts = firebuild_oci::UnpackOptions {
+        preserve_ownership: true,
+        whiteouts: false,
+    };
+    let (produced, applied) = std::thread::scope(|s| {
+        let producer = s.spawn(|| write_tar(&fs, writer));
+        let applied = firebuild_oci::apply_layer(dest, reader, &image.display().to_string(), &opts);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err("the reader thread panicked".into()));
+        (produced, applied)
+    });
+    // The reader's own error first: the extractor then only saw a cut stream.
+    produced.map_err(err)?;
+    applied.map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// Writes `fs`'s tree as a tar stream (GNU headers for long names and big
+/// ids, PAX records for xattrs); the root itself is left out.
+fn write_tar(
+    fs: &crate::ext4_reader::Ext4Image,
+    out: std::io::PipeWriter,
+) -> std::result::Result<(), String> {
+    use crate::ext4_reader::{Entry, Kind, WalkError};
+    use std::os::unix::ffi::OsStrExt;
+    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
+    let mut first_paths: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+    let mut append = |entry: &Entry| -> std::io::Result<()> {
+        if entry.path.is_empty() {
+            return Ok(());
+        }
+        let path = std::ffi::OsStr::from_bytes(&entry.path);
+        let xattrs: Vec<(String, &[u8])> = entry
+            .xattrs
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = std::str::from_utf8(k).ok()?;
+                Some((format!("SCHILY.xattr.{name}"), v.as_slice()))
+            })
+            .collect();
+        if !xattrs.is_empty() {
+            tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), *v)))?;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(entry.mode);
+        header.set_uid(entry.uid.into());
+        header.set_gid(entry.gid.into());
+        header.set_mtime(entry.mtime.0.max(0) as u64);
+        header.set_size(0);
+        if entry.multiply_linked {
+            if let Some(first) = first_paths.get(&entry.inode) {
+                header.set_entry_type(tar::EntryType::Link);
+                return tar.append_link(&mut header, path, std::ffi::OsStr::from_bytes(first));
+            }
+            first_paths.insert(entry.inode, entry.path.clone());
+        }
+        match &entry.kind {
             Kind::Directory => {
-                dir_times.push((rel.to_owned(), entry.mtime));
-                writer.dir(rel, &attrs, true)
+                header.set_entry_type(tar::EntryType::Directory);
+                tar.append_data(&mut header, path, std::io::empty())
             }
             Kind::File => {
-                let mut data = fs.contents(entry.inode).map_err(|e| e.to_string())?;
-                writer.file(rel, &mut data, &attrs, link_key)
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(entry.size);
+                let data = fs.contents(entry.inode).map_err(std::io::Error::other)?;
+                tar.append_data(&mut header, path, data)
             }
-            Kind::Symlink(target) => writer.symlink(rel, target, &attrs),
+            Kind::Symlink(target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                tar.append_link(&mut header, path, target)
+            }
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
-                attrs.mode |= if matches!(entry.kind, Kind::CharDevice { .. }) {
-                    libc::S_IFCHR
+                header.set_entry_type(if matches!(entry.kind, Kind::CharDevice { .. }) {
+                    tar::EntryType::Char
                 } else {
-                    libc::S_IFBLK
-                };
-                writer.special(rel, &attrs, libc::makedev(*major, *minor))
+                    tar::EntryType::Block
+                });
+                header.set_device_major(*major)?;
+                header.set_device_minor(*minor)?;
+                tar.append_data(&mut header, path, std::io::empty())
             }
             Kind::Fifo => {
-                attrs.mode |= libc::S_IFIFO;
-                writer.special(rel, &attrs, 0)
+                header.set_entry_type(tar::EntryType::Fifo);
+                tar.append_data(&mut header, path, std::io::empty())
             }
             // A socket in an image is a leftover of a running program.
-            Kind::Socket => return Ok(()),
-        };
-        done.map_err(|e| e.to_string())?;
-        if !entry.xattrs.is_empty() && !rel.is_empty() {
-            let xattrs = entry
-                .xattrs
-                .iter()
-                .filter_map(|(k, v)| Some((std::ffi::CString::new(k.clone()).ok()?, v.clone())))
-                .collect::<Vec<_>>();
-            writer.xattrs(rel, &xattrs).map_err(|e| e.to_string())?;
+            Kind::Socket => Ok(()),
         }
-        Ok(())
     };
-    fs.walk(&mut written).map_err(|e| match e {
-        WalkError::Image(e) => err(e.to_string()),
-        WalkError::Visit(message) => err(message),
-    })?;
-    // Children first: writing into a directory changes its mtime.
-    for (rel, mtime) in dir_times.iter().rev() {
-        writer
-            .set_mtime(rel, *mtime)
-            .map_err(|e| err(e.to_string()))?;
-    }
-    Ok(())
+    fs.walk(&mut |entry| append(entry).map_err(|e| e.to_string()))
+        .map_err(|e| match e {
+            WalkError::Image(e) => e.to_string(),
+            WalkError::Visit(message) => message,
+        })?;
+    tar.into_inner()
+        .and_then(|mut w| std::io::Write::flush(&mut w))
+        .map_err(|e| format!("writing the tree: {e}"))
 }
 
 #[cfg(test)]

@@ -107,6 +107,8 @@ pub struct Entry {
     pub gid: u32,
     /// Seconds and nanoseconds.
     pub mtime: (i64, i64),
+    /// Bytes of content (files).
+    pub size: u64,
     /// Other directory entries link to this inode.
     pub multiply_linked: bool,
     /// `user.*`, `trusted.*` and `security.*` attributes; `system.*` (ACLs)
@@ -499,6 +501,7 @@ impl Ext4Image {
             uid: inode.uid(),
             gid: inode.gid(),
             mtime: inode.mtime(),
+            size: inode.size(),
             xattrs: self.xattrs(inode)?,
         })
     }
@@ -653,6 +656,7 @@ impl Read for FileContents<'_> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     use std::path::PathBuf;
 
@@ -744,6 +748,10 @@ mod tests {
         }
         std::fs::write(src.join("a/b/c/deep"), "deep").unwrap();
         std::fs::write(src.join("empty"), "").unwrap();
+        // Not a layer: whiteout-looking names are plain files.
+        std::fs::write(src.join("a/.wh.deep"), "plain").unwrap();
+        // Names need not be UTF-8.
+        std::fs::write(src.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9")), "e").unwrap();
         let random: Vec<u8> = (0..300_000u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();

@@ -162,21 +162,6 @@ pub fn clean_rel(path: &str) -> String {
     out.join("/")
 }
 
-/// Like [`clean_rel`] but reports whether a `..` climbed above the start.
-pub fn clean_rel_checked(path: &str) -> Option<String> {
-    let mut out: Vec<&str> = Vec::new();
-    for comp in path.split('/') {
-        match comp {
-            "" | "." => {}
-            ".." => {
-                out.pop()?;
-            }
-            c => out.push(c),
-        }
-    }
-    Some(out.join("/"))
-}
-
 /// Parent and final component of a cleaned relative path.
 pub fn split_last(rel: &str) -> Option<(&str, &str)> {
     if rel.is_empty() {
@@ -321,8 +306,6 @@ mod tests {
     fn cleans_and_joins() {
         assert_eq!(clean_rel("/a/./b/../c/"), "a/c");
         assert_eq!(clean_rel("../../x"), "x");
-        assert_eq!(clean_rel_checked("../x"), None);
-        assert_eq!(clean_rel_checked("a/../b").as_deref(), Some("b"));
         assert_eq!(join_abs("/app", "sub/"), "/app/sub");
         assert_eq!(join_abs("/app", "/etc"), "/etc");
         assert_eq!(join_abs("/", "."), "/");

@@ -81,6 +81,7 @@ pub fn import(
                     .map_err(Error::io("creating temporary directory in", &tmp_parent))?;
                 let opts = UnpackOptions {
                     preserve_ownership: false,
+                    whiteouts: true,
                 };
                 apply_layer(
                     tmp.path(),

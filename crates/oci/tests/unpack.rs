@@ -203,6 +203,22 @@ fn whiteouts_and_opaque_directories_hide_lower_layers_only() {
     // Markers themselves never land on disk.
     assert!(!exists(&sb.p("opq/.wh..wh..opq")));
     assert!(!exists(&sb.p("etc/.wh.gone")));
+
+    // An archive that is not a layer (ADD, a stored image read back): the
+    // same names are plain entries and hide nothing.
+    let plain = TarBuilder::new()
+        .whiteout("etc", "keep")
+        .opaque("opq")
+        .finish();
+    let opts = UnpackOptions {
+        whiteouts: false,
+        ..Default::default()
+    };
+    apply_layer(&sb.root, &plain[..], "plain", &opts).unwrap();
+    assert!(exists(&sb.p("etc/keep")));
+    assert!(exists(&sb.p("etc/.wh.keep")));
+    assert!(exists(&sb.p("opq/.wh..wh..opq")));
+    assert_eq!(std::fs::read(sb.p("opq/new")).unwrap(), b"new");
 }
 
 #[test]

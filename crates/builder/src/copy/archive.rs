@@ -1,11 +1,11 @@
 //! ADD of local tar archives: detection by content and safe extraction.
 
-use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
+
+use firebuild_oci::UnpackOptions;
+use rustix::fs::OFlags;
 
 use super::writer::{Attrs, Writer};
-use crate::fsutil;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Compression {
@@ -57,9 +57,11 @@ pub fn is_archive(head: &[u8]) -> bool {
     got == 512 && &block[257..262] == b"ustar"
 }
 
-/// Extracts a tar stream into `dest_rel` (a directory in the image). Entry
-/// paths are cleaned and confined to the image root; owners, modes and
-/// mtimes come from the archive.
+/// Extracts a tar stream into `dest_rel` (a directory in the image) with
+/// the OCI layer extractor (`firebuild_oci::unpack`), whiteouts read as
+/// plain names: entry paths are confined to the destination as if it were
+/// `/` (as Docker's chrooted untar does); owners, modes, mtimes, devices,
+/// hard links and xattrs come from the archive.
 pub fn unpack_archive(
     reader: &mut dyn Read,
     w: &mut Writer<'_>,
@@ -76,7 +78,6 @@ pub fn unpack_archive(
     head.truncate(n);
     let chained: Box<dyn Read + '_> = Box::new(std::io::Cursor::new(head.clone()).chain(reader));
     let stream = decoder(compression(&head), chained).map_err(|e| e.to_string())?;
-    let mut archive = tar::Archive::new(stream);
     let root_attrs = Attrs {
         mode: 0o755,
         uid: w.parent_owner.0,
@@ -85,75 +86,16 @@ pub fn unpack_archive(
     };
     w.dir(dest_rel, &root_attrs, false)
         .map_err(|e| e.to_string())?;
-    for entry in archive
-        .entries()
-        .map_err(|e| format!("reading the archive: {e}"))?
-    {
-        let mut entry = entry.map_err(|e| format!("reading the archive: {e}"))?;
-        let raw = entry.path_bytes().into_owned();
-        let Some(rel) = fsutil::clean_rel_checked(&String::from_utf8_lossy(&raw)) else {
-            return Err(format!(
-                "archive entry {:?} climbs out of the destination",
-                String::from_utf8_lossy(&raw)
-            ));
-        };
-        let target = if rel.is_empty() {
-            dest_rel.to_owned()
-        } else if dest_rel.is_empty() {
-            rel.clone()
-        } else {
-            format!("{dest_rel}/{rel}")
-        };
-        let h = entry.header();
-        let attrs = Attrs {
-            mode: h.mode().unwrap_or(0o644) & 0o7777,
-            uid: h.uid().unwrap_or(0) as u32,
-            gid: h.gid().unwrap_or(0) as u32,
-            mtime: h.mtime().ok().map(|m| (m as i64, 0)),
-        };
-        let kind = h.entry_type();
-        let res = match kind {
-            tar::EntryType::Directory => w.dir(&target, &attrs, true),
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                w.file(&target, &mut entry, &attrs, None)
-            }
-            tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| b.into_owned())
-                    .unwrap_or_default();
-                w.symlink(&target, OsStr::from_bytes(&link), &attrs)
-            }
-            tar::EntryType::Link => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| b.into_owned())
-                    .unwrap_or_default();
-                let Some(lrel) = fsutil::clean_rel_checked(&String::from_utf8_lossy(&link)) else {
-                    return Err(format!(
-                        "archive hard link {target} climbs out of the destination"
-                    ));
-                };
-                w.hardlink(&target, &format!("{dest_rel}/{lrel}"))
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let t = match kind {
-                    tar::EntryType::Char => libc::S_IFCHR,
-                    tar::EntryType::Block => libc::S_IFBLK,
-                    _ => libc::S_IFIFO,
-                };
-                let rdev = libc::makedev(
-                    h.device_major().ok().flatten().unwrap_or(0),
-                    h.device_minor().ok().flatten().unwrap_or(0),
-                );
-                let mut a = attrs;
-                a.mode |= t;
-                w.special(&target, &a, rdev)
-            }
-            // PAX/GNU metadata entries are consumed by the tar reader.
-            _ => Ok(()),
-        };
-        res.map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    let dest = w
+        .root
+        .open_at(dest_rel, OFlags::PATH | OFlags::DIRECTORY)
+        .and_then(|fd| w.root.host_path_of(&fd))
+        .map_err(|e| format!("/{dest_rel}: {e}"))?;
+    let opts = UnpackOptions {
+        preserve_ownership: true,
+        whiteouts: false,
+    };
+    firebuild_oci::unpack::apply_layer(&dest, stream, "the archive", &opts)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

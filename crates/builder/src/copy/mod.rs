@@ -15,7 +15,7 @@
 mod archive;
 mod error;
 mod glob;
-pub(crate) mod writer;
+mod writer;
 
 use std::ffi::OsStr;
 use std::io::Read;

@@ -202,29 +202,6 @@ impl<'a> Writer<'a> {
             .map_err(|e| werr(rel, format!("linking to /{target}: {e}")))
     }
 
-    /// Sets the mtime of an entry already written: directories get theirs
-    /// once everything in them is written.
-    pub fn set_mtime(&self, rel: &str, (s, ns): (i64, i64)) -> WResult<()> {
-        let t = rustix::fs::Timespec {
-            tv_sec: s,
-            tv_nsec: ns as _,
-        };
-        let fd = self
-            .root
-            .open_at(rel, OFlags::PATH | OFlags::NOFOLLOW)
-            .map_err(|e| werr(rel, e))?;
-        rustix::fs::utimensat(
-            &fd,
-            "",
-            &rustix::fs::Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
-            AtFlags::EMPTY_PATH,
-        )
-        .map_err(|e| werr(rel, e))
-    }
-
     /// Sets extended attributes on an entry already written.
     pub fn xattrs(&self, rel: &str, attrs: &[(std::ffi::CString, Vec<u8>)]) -> WResult<()> {
         if attrs.is_empty() {

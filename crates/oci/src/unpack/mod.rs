@@ -1,4 +1,6 @@
-//! Applying image layers to a root filesystem directory.
+//! Applying image layers to a root filesystem directory: firebuild's one
+//! extractor of untrusted trees. Image layers, `ADD`'s local archives and
+//! stored ext4 images read back (as a tar stream) all come through here.
 //!
 //! We read archives with the `tar` crate but do the filesystem side ourselves
 //! (see [`fsops`]) so that no entry, link target, whiteout or earlier-planted
@@ -31,12 +33,16 @@ pub struct UnpackOptions {
     /// Set owners from the archive (needs root). Off: files belong to us and
     /// device nodes are skipped with a warning.
     pub preserve_ownership: bool,
+    /// Read `.wh.` entries as OCI whiteouts (image layers); off, they are
+    /// plain files (an archive that is not a layer).
+    pub whiteouts: bool,
 }
 
 impl Default for UnpackOptions {
     fn default() -> Self {
         UnpackOptions {
             preserve_ownership: rustix::process::geteuid().is_root(),
+            whiteouts: true,
         }
     }
 }
@@ -181,7 +187,11 @@ impl<'a> Applier<'a> {
         let name = name.to_os_string();
         self.stats.entries += 1;
 
-        if let Some(target) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        let whiteout = name
+            .as_bytes()
+            .strip_prefix(WHITEOUT_PREFIX.as_bytes())
+            .filter(|_| self.opts.whiteouts);
+        if let Some(target) = whiteout {
             self.stats.whiteouts += 1;
             if name == OPAQUE_MARKER {
                 return self.opaque(&parent).map_err(|e| self.entry_err(&shown, e));
