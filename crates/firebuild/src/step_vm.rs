@@ -8,15 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use async_trait::async_trait;
 use firebuild_agent_proto::tree::{self, TreeWriter};
 use firebuild_agent_proto::{Copied, ExecRequest, Exited, Failure, Frame, Kind, Request};
 use firebuild_builder::{CancelToken, Network, StepVm, VmStep, VmStepOutcome};
-use std::sync::Arc;
-
-use async_trait::async_trait;
 use firebuild_cni::{host_guard, CniRuntime, NetworkInfo, BUILD_NETWORK};
 use firebuild_metadata::image::{EntrypointInfo, ImageName};
 use firebuild_metadata::{ImageMetadata, ImageType};

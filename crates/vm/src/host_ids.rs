@@ -9,7 +9,7 @@
 //! skipped, so a range that overlaps real users or another firebuild
 //! profile's VMs is harmless.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -52,14 +52,14 @@ pub fn claim_held(dir: &Path, range: IdRange) -> Result<HeldId, String> {
     let in_use = ids_of_running_processes();
     for uid in range.ids().filter(|id| !in_use.contains(id)) {
         let path = dir.join(uid.to_string());
+        // Held read-only: the VMM gets an fd it cannot write through.
         let file = OpenOptions::new()
-            .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
             .open(&path)
+            .and_then(|_| File::open(&path))
             .map_err(|e| format!("opening {}: {e}", path.display()))?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {

@@ -32,7 +32,6 @@ pub(super) const NO_GUEST_EXIT_CODE: u8 = 137;
 /// The guest's network device; the kernel `ip=` argument and the metadata name it.
 const GUEST_DEVICE: &str = "eth0";
 
-/// Releases a VM's CNI attachment (DEL + namespace removal).
 /// VM networks from CNI: `default` (or the named network) set up when a
 /// VM launches, torn down when it is removed.
 pub(crate) struct CniNetworks(pub(crate) CniRuntime);
@@ -163,7 +162,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         ),
         None => boot_spec(&settings, args)?,
     };
-    // Published ports need a network too; a fork joins its source's.
+    // A named network, published ports or a fixed address ask for a
+    // network (a fork's default is its source's).
     if args.cni_network_name.is_some() || !args.port.is_empty() || requested_ip.is_some() {
         let source = match &spec.network_choice {
             NetworkChoice::On(request) => request.network.clone(),

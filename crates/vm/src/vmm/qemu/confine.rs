@@ -1,6 +1,6 @@
 //! What QEMU is confined to besides its seccomp filter: an unprivileged
-//! uid/gid of its own per process and an empty chroot (see
-//! [`super::cmdline::Confinement`]).
+//! uid/gid of its own per process, an empty chroot (see
+//! [`super::cmdline::Confinement`]), and disks it gets as open files.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
