@@ -17,7 +17,7 @@ use crate::config::{ImageConfig, DEFAULT_PATH};
 use crate::copy::{self, CopyOp, Download, Source};
 use crate::error::{BuildError, Result, StepLocation};
 use crate::fsutil::{self, Root, Scope};
-use crate::isolation::{self, Isolation, VmStep};
+use crate::isolation::{self, Isolation, StepVmError, VmStep};
 use crate::layers::{Key, LayerId, LayerStore};
 use crate::mountns::{mount_overlay, with_private_mounts, OverlaySpec};
 use crate::sandbox::{
@@ -959,7 +959,12 @@ impl<'a> Engine<'a> {
                 |line: &str| tracing::info!(target: "firebuild_builder::run", "{line}");
             let out = vm
                 .run_step(&step, &mut on_line, &cancel)
-                .map_err(|e| StepFailure::Error(BuildError::step(&at_run, e)))?;
+                .map_err(|e| {
+                    StepFailure::Error(match e {
+                        StepVmError::Interrupted => BuildError::Interrupted,
+                        StepVmError::Failed(reason) => BuildError::step(&at_run, reason),
+                    })
+                })?;
             if out.code != 0 {
                 return Err(run_failed(at_run, command_shown, out.code, String::new(), &out.tail));
             }

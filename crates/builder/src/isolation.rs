@@ -85,7 +85,17 @@ pub trait StepVm: Send + Sync {
         step: &VmStep<'_>,
         on_line: &mut dyn FnMut(&str),
         cancel: &CancelToken,
-    ) -> std::result::Result<VmStepOutcome, String>;
+    ) -> std::result::Result<VmStepOutcome, StepVmError>;
+}
+
+/// Why a step VM did not give an outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepVmError {
+    /// `cancel` fired: the build stops as interrupted.
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The ext4 image of layer `id`'s diff (whiteouts and `user.overlay.*`

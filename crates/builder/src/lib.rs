@@ -52,6 +52,6 @@ pub use api::{build, build_from_image, prune, BuildOptions, BuildOutput, ImageOp
 pub use error::{BuildError, Result, StepLocation};
 pub use firebuild_metadata::ImageType;
 pub use firebuild_oci::RegistryConfig;
-pub use isolation::{Isolation, StepVm, VmStep, VmStepOutcome};
+pub use isolation::{Isolation, StepVm, StepVmError, VmStep, VmStepOutcome};
 pub use layers::PruneReport;
 pub use sandbox::{CancelToken, IdMap, Limits, Network, SandboxSettings};

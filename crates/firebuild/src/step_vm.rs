@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use firebuild_agent_proto::tree::{self, TreeWriter};
 use firebuild_agent_proto::{Copied, ExecRequest, Exited, Failure, Frame, Kind, Request};
-use firebuild_builder::{CancelToken, Network, StepVm, VmStep, VmStepOutcome};
+use firebuild_builder::{CancelToken, Network, StepVm, StepVmError, VmStep, VmStepOutcome};
 use firebuild_cni::{host_guard, CniRuntime, NetworkInfo, BUILD_NETWORK};
 use firebuild_metadata::image::{EntrypointInfo, ImageName};
 use firebuild_metadata::{ImageMetadata, ImageType};
@@ -160,9 +160,14 @@ impl StepVm for MicroVmSteps {
         step: &VmStep<'_>,
         on_line: &mut dyn FnMut(&str),
         cancel: &CancelToken,
-    ) -> Result<VmStepOutcome, String> {
-        self.run(step, on_line, cancel)
-            .map_err(|e| format!("in the build microVM: {e:#}"))
+    ) -> Result<VmStepOutcome, StepVmError> {
+        self.run(step, on_line, cancel).map_err(|e| {
+            if cancel.is_cancelled() {
+                StepVmError::Interrupted
+            } else {
+                StepVmError::Failed(format!("in the build microVM: {e:#}"))
+            }
+        })
     }
 }
 

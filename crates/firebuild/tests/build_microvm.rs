@@ -355,3 +355,49 @@ fn hostile_steps_stay_in_their_microvm_and_reach_the_outside_not_the_host() {
         .unwrap_or_default();
     assert!(leased.is_empty(), "leases left: {leased:?}");
 }
+
+#[test]
+fn ctrl_c_during_a_step_interrupts_the_build_and_leaves_no_vm() {
+    let w = World::new();
+    let dockerfile = write_context(
+        &w,
+        "FROM scratch\nCOPY tree/ /\nENV PATH=/bin\nRUN echo step-started && sleep 600\n",
+    );
+    let mut build = w.command(
+        &["rootfs"],
+        &[
+            "--dockerfile",
+            dockerfile.to_str().unwrap(),
+            "--tag",
+            "fbt/microvm-int:1",
+            "--isolation",
+            "microvm",
+            "--network",
+            "none",
+        ],
+    );
+    let mut child = build.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Wait until the step's command runs in its VM.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !seen.contains("step-started") && std::time::Instant::now() < deadline {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("step-started"), "{seen}");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let rest = std::io::read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        rest.contains("the build was interrupted; nothing was stored"),
+        "{seen}{rest}"
+    );
+    assert!(!w.path("rootfs").join("fbt/microvm-int").exists());
+    assert_nothing_left(&w);
+}
