@@ -169,7 +169,7 @@ pub fn import_ext4(image: &Path, dest: &Path) -> Result<()> {
     };
     let (produced, applied) = std::thread::scope(|s| {
         let producer = s.spawn(|| write_tar(&fs, writer));
-        let applied = firebuild_oci::apply_layer(dest, reader, &image.display().to_string(), &opts);
+        let applied = firebuild_oci::apply_layer(dest, reader, "its tree", &opts);
         let produced = producer
             .join()
             .unwrap_or_else(|_| Err("the reader thread panicked".into()));
@@ -214,11 +214,11 @@ fn write_tar(
         header.set_mtime(entry.mtime.0.max(0) as u64);
         header.set_size(0);
         if entry.multiply_linked {
-            if let Some(first) = first_paths.get(&entry.inode) {
+            if let Some(first) = first_paths.get(&entry.inode_number()) {
                 header.set_entry_type(tar::EntryType::Link);
                 return tar.append_link(&mut header, path, std::ffi::OsStr::from_bytes(first));
             }
-            first_paths.insert(entry.inode, entry.path.clone());
+            first_paths.insert(entry.inode_number(), entry.path.clone());
         }
         match &entry.kind {
             Kind::Directory => {
@@ -227,8 +227,8 @@ fn write_tar(
             }
             Kind::File => {
                 header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(entry.size);
-                let data = fs.contents(entry.inode).map_err(std::io::Error::other)?;
+                header.set_size(entry.size());
+                let data = fs.contents(entry).map_err(std::io::Error::other)?;
                 tar.append_data(&mut header, path, data)
             }
             Kind::Symlink(target) => {

@@ -99,7 +99,6 @@ pub enum Kind {
 pub struct Entry {
     /// Relative to the root, components joined with `/`; empty for the root.
     pub path: Vec<u8>,
-    pub inode: u32,
     pub kind: Kind,
     /// Permission bits with setuid, setgid and sticky.
     pub mode: u32,
@@ -107,15 +106,28 @@ pub struct Entry {
     pub gid: u32,
     /// Seconds and nanoseconds.
     pub mtime: (i64, i64),
-    /// Bytes of content (files).
-    pub size: u64,
     /// Other directory entries link to this inode.
     pub multiply_linked: bool,
     /// `user.*`, `trusted.*` and `security.*` attributes; `system.*` (ACLs)
     /// are left out.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Kept so that [`Ext4Image::contents`] need not read it again.
+    inode: Inode,
 }
 
+impl Entry {
+    /// The inode number: entries with the same one are hard links.
+    pub fn inode_number(&self) -> u32 {
+        self.inode.number
+    }
+
+    /// Bytes of content (files).
+    pub fn size(&self) -> u64 {
+        self.inode.size()
+    }
+}
+
+#[derive(Debug, Clone)]
 struct Inode {
     number: u32,
     raw: Vec<u8>,
@@ -360,10 +372,14 @@ impl Ext4Image {
         Ok(())
     }
 
-    /// The content of a file (or slow symlink, or directory), `size` bytes;
-    /// holes and unwritten extents read as zeros.
-    pub fn contents(&self, inode_number: u32) -> Result<FileContents<'_>> {
-        let inode = self.inode(inode_number)?;
+    /// The content of a file entry, [`Entry::size`] bytes; holes and
+    /// unwritten extents read as zeros.
+    pub fn contents(&self, entry: &Entry) -> Result<FileContents<'_>> {
+        self.contents_of(&entry.inode)
+    }
+
+    /// The content of a file, slow symlink or directory.
+    fn contents_of(&self, inode: &Inode) -> Result<FileContents<'_>> {
         // A sparse file larger than its whole image would be written out as
         // that many zeros: refused (mkfs.ext4 -d never makes one).
         if inode.size() > self.blocks.saturating_mul(self.block_size) {
@@ -372,7 +388,7 @@ impl Ext4Image {
                 inode.number
             )));
         }
-        let mut extents = self.extents(&inode)?;
+        let mut extents = self.extents(inode)?;
         extents.sort_by_key(|e| e.0);
         Ok(FileContents {
             image: self,
@@ -387,7 +403,7 @@ impl Ext4Image {
             return Err(corrupt(format!("inode {} is too large", inode.number)));
         }
         let mut out = Vec::new();
-        self.contents(inode.number)?.read_to_end(&mut out)?;
+        self.contents_of(inode)?.read_to_end(&mut out)?;
         Ok(out)
     }
 
@@ -490,19 +506,18 @@ impl Ext4Image {
         Ok(out)
     }
 
-    fn entry(&self, path: Vec<u8>, inode: &Inode) -> Result<Entry> {
-        let kind = self.kind(inode)?;
+    fn entry(&self, path: Vec<u8>, inode: Inode) -> Result<Entry> {
+        let kind = self.kind(&inode)?;
         Ok(Entry {
             path,
-            inode: inode.number,
             multiply_linked: inode.links() > 1 && kind != Kind::Directory,
             kind,
             mode: u32::from(inode.mode() & 0o7777),
             uid: inode.uid(),
             gid: inode.gid(),
             mtime: inode.mtime(),
-            size: inode.size(),
-            xattrs: self.xattrs(inode)?,
+            xattrs: self.xattrs(&inode)?,
+            inode,
         })
     }
 
@@ -512,14 +527,13 @@ impl Ext4Image {
         &self,
         visit: &mut dyn FnMut(&Entry) -> std::result::Result<(), String>,
     ) -> std::result::Result<(), WalkError> {
-        let root = self.inode(ROOT_INODE)?;
-        let entry = self.entry(Vec::new(), &root)?;
-        if entry.kind != Kind::Directory {
+        let root = self.entry(Vec::new(), self.inode(ROOT_INODE)?)?;
+        if root.kind != Kind::Directory {
             return Err(corrupt("the root is not a directory").into());
         }
-        visit(&entry).map_err(WalkError::Visit)?;
+        visit(&root).map_err(WalkError::Visit)?;
         let mut visited_dirs = HashSet::from([ROOT_INODE]);
-        let mut stack = vec![(Vec::<u8>::new(), root, 0usize)];
+        let mut stack = vec![(root.path, root.inode, 0usize)];
         while let Some((path, dir, depth)) = stack.pop() {
             if depth >= MAX_DIR_DEPTH {
                 return Err(corrupt("directories nested too deep").into());
@@ -533,15 +547,14 @@ impl Ext4Image {
                     child_path.push(b'/');
                 }
                 child_path.extend_from_slice(&name);
-                let inode = self.inode(number)?;
-                let entry = self.entry(child_path.clone(), &inode)?;
+                let entry = self.entry(child_path, self.inode(number)?)?;
                 visit(&entry).map_err(WalkError::Visit)?;
                 if entry.kind == Kind::Directory {
                     // A directory reachable twice would loop.
                     if !visited_dirs.insert(number) {
                         return Err(corrupt("a directory has two parents").into());
                     }
-                    stack.push((child_path, inode, depth + 1));
+                    stack.push((entry.path, entry.inode, depth + 1));
                 }
             }
         }

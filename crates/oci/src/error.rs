@@ -101,14 +101,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("unpacking layer {layer}, entry {entry:?}: {reason}")]
+    #[error("unpacking {layer}, entry {entry:?}: {reason}")]
     Unpack {
         layer: String,
         entry: String,
         reason: String,
     },
 
-    #[error("unpacking layer {layer}: {reason}")]
+    #[error("unpacking {layer}: {reason}")]
     Layer { layer: String, reason: String },
 
     #[error("importing {path}: {reason}")]

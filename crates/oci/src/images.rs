@@ -118,7 +118,7 @@ impl ImageRecord {
             apply_layer_file(
                 rootfs,
                 &cache.blob_path(&layer.digest),
-                &layer.digest.to_string(),
+                &format!("layer {}", layer.digest),
                 opts,
             )?;
         }

@@ -57,7 +57,7 @@ fn spec(fx: &Fixture, name: &str, net: &Netns) -> RunSpec {
     spec.hostname = Some("fc-guest".into());
     spec.env = vec!["GREETING=hi".into()];
     spec.vmm = VmmChoice::Firecracker;
-    spec.network = Some(net.attachment());
+    spec.network_choice = firebuild_vm::NetworkChoice::Attached(net.attachment());
     spec.daemonize = true;
     spec
 }

@@ -4,8 +4,8 @@
 //! when the VM is removed (`purge`, `--rm`) or its start fails. The runtime
 //! starts the VMM inside the network's namespace and records the
 //! [`crate::NetworkAttachment`] in the run metadata. A caller that sets
-//! networks up itself hands the attachment over with
-//! [`crate::PreparedVm::attach_network`] instead.
+//! networks up itself hands the attachment over instead
+//! ([`NetworkChoice::Attached`], or [`crate::PreparedVm::attach_network`]).
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -62,7 +62,10 @@ pub enum NetworkChoice {
     Auto,
     /// None; refused by a VMM that needs one.
     Off,
+    /// The provider sets this up at launch.
     On(NetworkRequest),
+    /// A network the caller set up already.
+    Attached(NetworkAttachment),
 }
 
 impl NetworkChoice {
@@ -71,12 +74,21 @@ impl NetworkChoice {
     pub fn request(&self, vmm_needs_network: bool) -> Result<Option<NetworkRequest>, String> {
         match self {
             NetworkChoice::On(request) => Ok(Some(request.clone())),
+            NetworkChoice::Attached(_) => Ok(None),
             NetworkChoice::Auto if vmm_needs_network => Ok(Some(NetworkRequest::default())),
             NetworkChoice::Auto => Ok(None),
             NetworkChoice::Off if vmm_needs_network => Err(
                 "this VMM serves the guest metadata over the network (MMDS), so its VMs need one: give the VM a network, or use --vmm qemu".into(),
             ),
             NetworkChoice::Off => Ok(None),
+        }
+    }
+
+    /// The network the caller set up, if it did.
+    pub fn attached(&self) -> Option<&NetworkAttachment> {
+        match self {
+            NetworkChoice::Attached(attachment) => Some(attachment),
+            _ => None,
         }
     }
 }

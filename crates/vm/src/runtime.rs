@@ -285,25 +285,19 @@ impl Runtime {
         if !ssh_keys.is_empty() {
             guest::validate_ssh_user(&spec.ssh_user)?;
         }
-        if let Some(net) = &spec.network {
+        let attached = spec.network_choice.attached();
+        if let Some(net) = attached {
             validate_network(net)?;
         }
         // The full command line must fit; checked with the network now.
-        let boot = BootArgs::new(
-            spec.network.as_ref(),
-            &hostname,
-            spec.kernel_args.as_deref(),
-        )?;
+        let boot = BootArgs::new(attached, &hostname, spec.kernel_args.as_deref())?;
         let backend = self.select_backend(spec.vmm, &spec.kernel).await?;
-        let network_request = match &spec.network {
-            Some(_) => None,
-            None => spec
-                .network_choice
-                .request(backend.needs_network())
-                .map_err(|reason| VmError::Network {
-                    reason: format!("{}: {reason}", backend.kind()),
-                })?,
-        };
+        let network_request = spec
+            .network_choice
+            .request(backend.needs_network())
+            .map_err(|reason| VmError::Network {
+                reason: format!("{}: {reason}", backend.kind()),
+            })?;
         if network_request.is_some() && self.provider.is_none() {
             return Err(VmError::Network {
                 reason: "this VM needs a network, but the runtime has no network provider".into(),
@@ -355,7 +349,7 @@ impl Runtime {
             name: spec.name.clone().unwrap_or_else(|| hostname.clone()),
             image: spec.image.tag.clone(),
             hostname: hostname.clone(),
-            ip: spec.network.as_ref().map(|n| n.ip.to_string()),
+            ip: attached.map(|n| n.ip.to_string()),
             pid: None,
             pid_start_time: None,
             status: VmStatus::Created,
@@ -365,7 +359,7 @@ impl Runtime {
             exit_code: None,
             vmm: backend.kind(),
             vmm_details: serde_json::Value::Null,
-            network: spec.network.clone(),
+            network: attached.cloned(),
             kernel: spec.kernel.clone(),
             kernel_id: spec.kernel_id.clone(),
             kernel_args,
@@ -1821,7 +1815,7 @@ mod tests {
         s.name = Some("netvm".into());
         let mut net = network();
         net.netns = dir.path().to_owned();
-        s.network = Some(net);
+        s.network_choice = crate::NetworkChoice::Attached(net);
         let prepared = runtime.prepare(s).await.unwrap();
         let mut md = prepared.metadata().clone();
         assert!(md.kernel_args.contains("ip=192.168.127.2::192.168.127.1"));

@@ -133,9 +133,8 @@ pub struct RunSpec {
     /// Remove the VM's run directory (and network) once it has exited.
     pub remove_on_exit: bool,
     pub vmm: VmmChoice,
-    /// A network the caller set up already (else see `network_choice`).
-    pub network: Option<NetworkAttachment>,
-    /// The network the runtime's [`crate::NetworkProvider`] sets up at launch.
+    /// The VM's network: none, one the runtime's [`crate::NetworkProvider`]
+    /// sets up at launch, or one the caller set up.
     pub network_choice: NetworkChoice,
     /// How long a graceful stop may take before the VM is killed.
     pub shutdown_timeout: Duration,
@@ -265,7 +264,6 @@ impl RunSpec {
             daemonize: false,
             remove_on_exit: false,
             vmm: VmmChoice::Auto,
-            network: None,
             network_choice: NetworkChoice::Auto,
             shutdown_timeout: Duration::from_secs(15),
             init_mode: InitMode::Entrypoint,

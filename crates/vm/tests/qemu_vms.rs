@@ -455,7 +455,7 @@ async fn bad_input_is_reported_and_starts_nothing() {
 
     // A network namespace that does not exist.
     let mut spec = world.spec(img);
-    spec.network = Some(firebuild_vm::NetworkAttachment {
+    spec.network_choice = firebuild_vm::NetworkChoice::Attached(firebuild_vm::NetworkAttachment {
         netns: "/var/run/netns/firebuild-no-such-ns".into(),
         tap: "tap0".into(),
         guest_mac: "02:fb:00:00:00:09".into(),

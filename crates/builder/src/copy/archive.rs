@@ -5,6 +5,7 @@ use std::io::Read;
 use firebuild_oci::UnpackOptions;
 use rustix::fs::OFlags;
 
+use super::error::{source_error, CopyError};
 use super::writer::{Attrs, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,41 +62,45 @@ pub fn is_archive(head: &[u8]) -> bool {
 /// the OCI layer extractor (`firebuild_oci::unpack`), whiteouts read as
 /// plain names: entry paths are confined to the destination as if it were
 /// `/` (as Docker's chrooted untar does); owners, modes, mtimes, devices,
-/// hard links and xattrs come from the archive.
+/// hard links and xattrs come from the archive. `name` is the source in
+/// errors.
 pub fn unpack_archive(
     reader: &mut dyn Read,
     w: &mut Writer<'_>,
     dest_rel: &str,
-) -> Result<(), String> {
+    name: &str,
+) -> Result<(), CopyError> {
+    let archive_error = |e: std::io::Error| CopyError::Archive {
+        path: name.to_owned(),
+        reason: e.to_string(),
+    };
     let mut head = vec![0u8; 6];
     let mut n = 0;
     while n < head.len() {
-        match reader.read(&mut head[n..]).map_err(|e| e.to_string())? {
+        match reader.read(&mut head[n..]).map_err(archive_error)? {
             0 => break,
             k => n += k,
         }
     }
     head.truncate(n);
     let chained: Box<dyn Read + '_> = Box::new(std::io::Cursor::new(head.clone()).chain(reader));
-    let stream = decoder(compression(&head), chained).map_err(|e| e.to_string())?;
+    let stream = decoder(compression(&head), chained).map_err(archive_error)?;
     let root_attrs = Attrs {
         mode: 0o755,
         uid: w.parent_owner.0,
         gid: w.parent_owner.1,
         mtime: None,
     };
-    w.dir(dest_rel, &root_attrs, false)
-        .map_err(|e| e.to_string())?;
+    w.dir(dest_rel, &root_attrs, false)?;
     let dest = w
         .root
         .open_at(dest_rel, OFlags::PATH | OFlags::DIRECTORY)
         .and_then(|fd| w.root.host_path_of(&fd))
-        .map_err(|e| format!("/{dest_rel}: {e}"))?;
+        .map_err(|e| source_error(&format!("/{dest_rel}"), e))?;
     let opts = UnpackOptions {
         preserve_ownership: true,
         whiteouts: false,
     };
-    firebuild_oci::unpack::apply_layer(&dest, stream, "the archive", &opts)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    firebuild_oci::unpack::apply_layer(&dest, stream, name, &opts)?;
+    Ok(())
 }

@@ -23,9 +23,13 @@ pub enum CopyError {
     )]
     SeveralSourcesNeedADirectory,
 
-    /// A local archive ADD extracts.
+    /// A local archive ADD extracts, unreadable.
     #[error("archive {path}: {reason}")]
     Archive { path: String, reason: String },
+
+    /// An archive's entry the extractor refused or could not write.
+    #[error(transparent)]
+    Extract(#[from] firebuild_oci::Error),
 
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -38,5 +42,3 @@ pub(crate) fn source_error(path: &str, reason: impl std::fmt::Display) -> CopyEr
         reason: reason.to_string(),
     }
 }
-
-impl std::error::Error for WriteError {}

@@ -289,12 +289,7 @@ fn copy_from_context(
             let mut full = std::io::Cursor::new(head.clone()).chain(rest);
             if is_archive(&head) {
                 // Archives are extracted into the destination directory.
-                return unpack_archive(&mut full, w, dest_rel).map_err(|reason| {
-                    CopyError::Archive {
-                        path: m.to_owned(),
-                        reason,
-                    }
-                });
+                return unpack_archive(&mut full, w, dest_rel, m);
             }
             let attrs = Attrs {
                 mode: op.chmod.unwrap_or(top.mode),

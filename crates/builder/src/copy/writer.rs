@@ -22,6 +22,8 @@ impl std::fmt::Display for WriteError {
     }
 }
 
+impl std::error::Error for WriteError {}
+
 type WResult<T> = Result<T, WriteError>;
 
 fn werr(path: &str, e: impl std::fmt::Display) -> WriteError {

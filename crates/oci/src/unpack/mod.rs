@@ -56,7 +56,7 @@ pub struct LayerStats {
 }
 
 /// Applies a layer blob (gzip, zstd or plain tar, detected from its first
-/// bytes) to `root`. `layer` names the layer in errors.
+/// bytes) to `root`. `layer` names the archive in errors (`layer sha256:…`).
 pub fn apply_layer_file(
     root: &Path,
     blob: &Path,
@@ -151,7 +151,7 @@ impl<'a> Applier<'a> {
     fn layer_err(&self, e: std::io::Error) -> Error {
         Error::Layer {
             layer: self.layer.to_string(),
-            reason: format!("{e} (the layer archive is corrupt or truncated)"),
+            reason: format!("{e} (the archive is corrupt or truncated)"),
         }
     }
 
@@ -177,7 +177,7 @@ impl<'a> Applier<'a> {
         let rel = RelPath::clean(&raw_path).map_err(|e| match e {
             PathError::ClimbsOut => self.entry_err(
                 &shown,
-                "path climbs out of the root with '..'; the layer is malicious or broken",
+                "path climbs out of the root with '..'; the archive is malicious or broken",
             ),
             PathError::Nul => self.entry_err(&shown, "path contains a NUL byte"),
         })?;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cmdline::{Accel, Confinement, Invocation, Machine, Memory};
 use super::confine::{self, IdPool};
+use crate::host_ids::HeldId;
 use crate::names::random_id;
 
 /// How the QEMU backend picks its accelerator.
@@ -82,102 +83,83 @@ pub async fn probe_boot(
     timeout: Duration,
     ids: &IdPool,
 ) -> Result<bool, String> {
+    // Confined like every QEMU: it boots a kernel under KVM.
+    let id = ids.claim(work)?;
     let scratch = work.join(format!(".probe-{}", random_id()));
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let probe = Probe {
-        binary,
-        kernel,
-        accel,
-        machine,
-    };
-    let result = probe.run_in(&scratch, timeout, ids, work).await;
+    let result = probe_in(binary, kernel, accel, machine, &scratch, timeout, id).await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 
-/// One probe boot.
-struct Probe<'a> {
-    binary: &'a Path,
-    kernel: &'a Path,
+async fn probe_in(
+    binary: &Path,
+    kernel: &Path,
     accel: Accel,
     machine: Machine,
-}
-
-impl Probe<'_> {
-    async fn run_in(
-        &self,
-        scratch: &Path,
-        timeout: Duration,
-        ids: &IdPool,
-        run_cache: &Path,
-    ) -> Result<bool, String> {
-        let Probe {
-            binary,
-            kernel,
-            accel,
-            machine,
-        } = *self;
-        let disk = scratch.join("blank.img");
-        let log = scratch.join("console.log");
-        std::fs::File::create(&disk)
-            .and_then(|f| f.set_len(1 << 20))
-            .map_err(|e| format!("{}: {e}", disk.display()))?;
-        // Confined like every QEMU: it boots a kernel under KVM.
-        let id = ids.claim(run_cache)?;
-        let root = scratch.join("vmm-root");
-        confine::make_empty_root(&root).map_err(|e| format!("{}: {e}", root.display()))?;
-        let invocation = Invocation {
-            name: "firebuild-kvm-probe",
-            accel,
-            machine,
-            cpus: 1,
-            mem_mib: 128,
-            memory: Memory::Anonymous,
-            incoming: false,
-            kernel,
-            append: "console=ttyS0 panic=-1 root=/dev/vda ro",
-            rootfs: &disk,
-            rootfs_read_only: true,
-            config_drive: &disk,
-            disks: &[],
-            console_log: &log,
-            qmp_socket: None,
-            pid_file: None,
-            network: None,
-            agent_sockets: &[],
-            fd_sets: &[],
-            confinement: Confinement {
-                uid: id.uid,
-                gid: id.gid,
-                chroot: &root,
-            },
-            start_paused: false,
-        };
-        let mut command = tokio::process::Command::new(binary);
-        command
-            .args(invocation.args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
-        let id_lock = id.lock.as_raw_fd();
-        // SAFETY: one fcntl(2) between fork and exec on an fd kept open.
-        unsafe { command.pre_exec(move || confine::inherit(id_lock)) };
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("running {}: {e}", binary.display()))?;
-        drop(id);
-        let exited = match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(status) => status.map_err(|e| e.to_string())?.success(),
-            Err(_) => {
-                let _ = child.kill().await;
-                tracing::info!(accel = accel.as_str(), "probe boot timed out");
-                return Ok(false);
-            }
-        };
-        let console = std::fs::read_to_string(&log).unwrap_or_default();
-        Ok(exited && reached_root_mount(&console))
-    }
+    scratch: &Path,
+    timeout: Duration,
+    id: HeldId,
+) -> Result<bool, String> {
+    let disk = scratch.join("blank.img");
+    let log = scratch.join("console.log");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(1 << 20))
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    let root = scratch.join("vmm-root");
+    confine::make_empty_root(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let invocation = Invocation {
+        name: "firebuild-kvm-probe",
+        accel,
+        machine,
+        cpus: 1,
+        mem_mib: 128,
+        memory: Memory::Anonymous,
+        incoming: false,
+        kernel,
+        append: "console=ttyS0 panic=-1 root=/dev/vda ro",
+        rootfs: &disk,
+        rootfs_read_only: true,
+        config_drive: &disk,
+        disks: &[],
+        console_log: &log,
+        qmp_socket: None,
+        pid_file: None,
+        network: None,
+        agent_sockets: &[],
+        fd_sets: &[],
+        confinement: Confinement {
+            uid: id.uid,
+            gid: id.gid,
+            chroot: &root,
+        },
+        start_paused: false,
+    };
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .args(invocation.args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let id_lock = id.lock.as_raw_fd();
+    // SAFETY: one fcntl(2) between fork and exec on an fd kept open.
+    unsafe { command.pre_exec(move || confine::inherit(id_lock)) };
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", binary.display()))?;
+    // QEMU holds the id's claim now.
+    drop(id);
+    let exited = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.map_err(|e| e.to_string())?.success(),
+        Err(_) => {
+            let _ = child.kill().await;
+            tracing::info!(accel = accel.as_str(), "probe boot timed out");
+            return Ok(false);
+        }
+    };
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    Ok(exited && reached_root_mount(&console))
 }
 
 /// The kernel found the disk and tried to mount it.

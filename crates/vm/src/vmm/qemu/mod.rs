@@ -96,6 +96,12 @@ impl QemuVmm {
     }
 }
 
+/// The run cache a VM's run directory is in: the KVM probe's verdicts and
+/// the default place of QEMU's id claims.
+fn run_cache_of(launch: &LaunchConfig) -> &Path {
+    launch.run_dir.path().parent().unwrap_or(Path::new("/"))
+}
+
 /// Resolves a command name the way `execvp` would.
 pub(crate) fn find_in_path(binary: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -162,7 +168,7 @@ impl Vmm for QemuVmm {
 
     async fn start(&self, launch: &LaunchConfig) -> Result<StartedVm, VmError> {
         let binary = self.binary_for(launch)?;
-        let run_cache = launch.run_dir.path().parent().unwrap_or(Path::new("/"));
+        let run_cache = run_cache_of(launch);
         let accel = accel::resolve(
             self.config.accel,
             &binary,
@@ -447,7 +453,7 @@ impl QemuVmm {
         let pid_file = launch.run_dir.pid_file();
         let _ = std::fs::remove_file(&pid_file);
         let agent_sockets = crate::agent::serial_sockets(launch.run_dir.path());
-        let run_cache = launch.run_dir.path().parent().unwrap_or(Path::new("/"));
+        let run_cache = run_cache_of(launch);
         let id = self.config.ids.claim(run_cache).map_err(&fail)?;
         let vmm_root = launch.run_dir.file("vmm-root");
         confine::make_empty_root(&vmm_root)
