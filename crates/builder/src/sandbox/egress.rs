@@ -8,8 +8,10 @@
 //! and `sendmsg6` programs attached: IPv4 connections and datagrams to
 //! loopback, `0.0.0.0/8`, multicast, broadcast and every address of the
 //! host's interfaces are refused (`EPERM`), except DNS to the host's own
-//! resolver; IPv6 is refused (the NAT offers none). The rules cannot be
-//! changed from the sandbox: they act on the NAT's sockets, outside it.
+//! resolver; IPv6 is refused (the NAT offers none). The refused prefixes
+//! live in an LPM trie map, so the program stays a dozen instructions
+//! however many addresses the host has. The rules cannot be changed from
+//! the sandbox: they act on the NAT's sockets, outside it.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -98,18 +100,30 @@ pub fn host_resolvers(resolv_conf: &str) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-// Classic eBPF encoding (linux/bpf.h, linux/bpf_common.h).
+// eBPF encoding (linux/bpf.h, linux/bpf_common.h).
 const BPF_LDX_MEM_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
-const BPF_ALU32_MOV_X: u8 = 0xbc; // BPF_ALU | BPF_MOV | BPF_X
-const BPF_ALU32_AND_K: u8 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+const BPF_ST_MEM_W: u8 = 0x62; // BPF_ST | BPF_MEM | BPF_W
+const BPF_STX_MEM_W: u8 = 0x63; // BPF_STX | BPF_MEM | BPF_W
+const BPF_LD_IMM64: u8 = 0x18; // BPF_LD | BPF_IMM | BPF_DW
+const BPF_ALU64_MOV_X: u8 = 0xbf; // BPF_ALU64 | BPF_MOV | BPF_X
+const BPF_ALU64_ADD_K: u8 = 0x07; // BPF_ALU64 | BPF_ADD | BPF_K
+const BPF_ALU64_MOV_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
 const BPF_JMP32_JEQ_K: u8 = 0x16; // BPF_JMP32 | BPF_JEQ | BPF_K
 const BPF_JMP32_JNE_K: u8 = 0x56; // BPF_JMP32 | BPF_JNE | BPF_K
-const BPF_ALU64_MOV_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+const BPF_JMP_JNE_K: u8 = 0x55; // BPF_JMP | BPF_JNE | BPF_K
+const BPF_CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
 const BPF_EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+/// `src_reg` of a `BPF_LD_IMM64` whose immediate is a map descriptor.
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 
 /// Offsets in `struct bpf_sock_addr`.
 const USER_IP4: i16 = 4;
 const USER_PORT: i16 = 24;
+
+/// Where the program builds its trie key (`struct bpf_lpm_trie_key`:
+/// a u32 prefix length, then the address in network order) on its stack.
+const KEY_AT: i16 = -8;
 
 /// One `struct bpf_insn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,48 +151,45 @@ fn imm_of(a: Ipv4Addr) -> i32 {
     u32::from_ne_bytes(a.octets()) as i32
 }
 
-fn mask_of(prefix: u8) -> Ipv4Addr {
-    Ipv4Addr::from(if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
-    })
-}
-
-/// The IPv4 program: allow DNS to `dns`, refuse `blocked`, allow the rest.
-pub fn ipv4_program(blocked: &[Blocked], dns: &[Ipv4Addr]) -> Vec<Insn> {
+/// The IPv4 program: allow DNS to `dns`, refuse what the LPM trie `blocked`
+/// (a map descriptor) holds, allow the rest. Its size does not grow with
+/// the host's addresses: they live in the map, looked up in O(prefix bits).
+pub fn ipv4_program(blocked: i32, dns: &[Ipv4Addr]) -> Vec<Insn> {
     // r1 = ctx; r2 = destination address; r4 = destination port.
     let mut p = vec![
         insn(BPF_LDX_MEM_W, 2, 1, USER_IP4, 0),
         insn(BPF_LDX_MEM_W, 4, 1, USER_PORT, 0),
     ];
     let dns_port = i32::from(53u16.to_be());
+    let mut to_allow = Vec::new();
     for ns in dns {
         // if r2 != ns skip; if r4 == 53 goto allow (patched below).
         p.push(insn(BPF_JMP32_JNE_K, 2, 0, 1, imm_of(*ns)));
-        p.push(insn(BPF_JMP32_JEQ_K, 4, 0, i16::MAX, dns_port));
+        to_allow.push(p.len());
+        p.push(insn(BPF_JMP32_JEQ_K, 4, 0, 0, dns_port));
     }
-    let mut to_deny = Vec::new();
-    for b in blocked {
-        p.push(insn(BPF_ALU32_MOV_X, 3, 2, 0, 0));
-        p.push(insn(BPF_ALU32_AND_K, 3, 0, 0, imm_of(mask_of(b.prefix))));
-        to_deny.push(p.len());
-        let net = Ipv4Addr::from(u32::from(b.addr) & u32::from(mask_of(b.prefix)));
-        p.push(insn(BPF_JMP32_JEQ_K, 3, 0, 0, imm_of(net)));
-    }
+    p.extend([
+        // key = { prefixlen: 32, addr: r2 } at r10 + KEY_AT.
+        insn(BPF_ST_MEM_W, 10, 0, KEY_AT, 32),
+        insn(BPF_STX_MEM_W, 10, 2, KEY_AT + 4, 0),
+        // r0 = bpf_map_lookup_elem(blocked, &key)
+        insn(BPF_LD_IMM64, 1, BPF_PSEUDO_MAP_FD, 0, blocked),
+        insn(0, 0, 0, 0, 0),
+        insn(BPF_ALU64_MOV_X, 2, 10, 0, 0),
+        insn(BPF_ALU64_ADD_K, 2, 0, 0, i32::from(KEY_AT)),
+        insn(BPF_CALL, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
+        // A match: deny (skip allow's two instructions).
+        insn(BPF_JMP_JNE_K, 0, 0, 2, 0),
+    ]);
     let allow = p.len();
-    p.push(insn(BPF_ALU64_MOV_K, 0, 0, 0, 1));
-    p.push(insn(BPF_EXIT, 0, 0, 0, 0));
-    let deny = p.len();
-    p.push(insn(BPF_ALU64_MOV_K, 0, 0, 0, 0));
-    p.push(insn(BPF_EXIT, 0, 0, 0, 0));
-    for (i, ins) in p.iter_mut().enumerate() {
-        if ins.off == i16::MAX {
-            ins.off = (allow - i - 1) as i16;
-        }
-    }
-    for i in to_deny {
-        p[i].off = (deny - i - 1) as i16;
+    p.extend([
+        insn(BPF_ALU64_MOV_K, 0, 0, 0, 1),
+        insn(BPF_EXIT, 0, 0, 0, 0),
+        insn(BPF_ALU64_MOV_K, 0, 0, 0, 0),
+        insn(BPF_EXIT, 0, 0, 0, 0),
+    ]);
+    for i in to_allow {
+        p[i].off = (allow - i - 1) as i16;
     }
     p
 }
@@ -191,14 +202,42 @@ pub fn ipv6_program() -> Vec<Insn> {
     ]
 }
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
+const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_CGROUP_INET6_CONNECT: u32 = 11;
 const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
 const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
 const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The `BPF_MAP_CREATE` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    _rest: [u32; 27],
+}
+
+/// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct MapElem {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
 
 /// The `BPF_PROG_LOAD` part of `union bpf_attr`.
 #[repr(C)]
@@ -248,33 +287,106 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
     }
 }
 
-fn load(prog: &[Insn], attach_type: u32) -> std::io::Result<OwnedFd> {
+/// A `struct bpf_lpm_trie_key` for an IPv4 prefix.
+#[repr(C)]
+struct TrieKey {
+    prefix: u32,
+    addr: [u8; 4],
+}
+
+/// An LPM trie holding `blocked` (the network part of each prefix).
+pub fn blocked_map(blocked: &[Blocked]) -> std::io::Result<OwnedFd> {
+    let attr = MapCreate {
+        map_type: BPF_MAP_TYPE_LPM_TRIE,
+        key_size: std::mem::size_of::<TrieKey>() as u32,
+        value_size: 1,
+        max_entries: blocked.len().max(1) as u32,
+        // Tries cannot be preallocated.
+        map_flags: BPF_F_NO_PREALLOC,
+        ..Default::default()
+    };
+    // SAFETY: a new descriptor returned by the kernel.
+    let map = unsafe { OwnedFd::from_raw_fd(bpf(BPF_MAP_CREATE, &attr)? as i32) };
+    let value = 1u8;
+    for b in blocked {
+        let key = TrieKey {
+            prefix: u32::from(b.prefix),
+            addr: b.addr.octets(),
+        };
+        let attr = MapElem {
+            map_fd: map.as_raw_fd() as u32,
+            key: &key as *const TrieKey as u64,
+            value: &value as *const u8 as u64,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &attr)?;
+    }
+    Ok(map)
+}
+
+/// Whether the trie `map` holds a prefix covering `addr`.
+pub fn map_blocks(map: &OwnedFd, addr: Ipv4Addr) -> bool {
+    let key = TrieKey {
+        prefix: 32,
+        addr: addr.octets(),
+    };
+    let mut value = 0u8;
+    let attr = MapElem {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const TrieKey as u64,
+        value: &mut value as *mut u8 as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &attr).is_ok()
+}
+
+/// Verifier log kept to explain a program the kernel refuses.
+const LOG_SIZE: usize = 1 << 20;
+
+/// Lines of that log quoted in the error (the verdict is at its end).
+const LOG_TAIL_LINES: usize = 12;
+
+/// Loads `prog` for `attach_type`. The first load asks for no verifier log:
+/// since Linux 6.4 a log that does not fit its buffer fails the load
+/// (ENOSPC) even when the program verifies. Only when the kernel refuses the
+/// program is it loaded again, with a log large enough to say why.
+pub fn load(prog: &[Insn], attach_type: u32) -> std::io::Result<OwnedFd> {
     let license = c"GPL";
-    let mut log = vec![0u8; 4096];
     let mut attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
         insn_cnt: prog.len() as u32,
         insns: prog.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
         expected_attach_type: attach_type,
         ..Default::default()
     };
     attr.prog_name[..8].copy_from_slice(b"fb_egres");
-    match bpf(BPF_PROG_LOAD, &attr) {
+    let first = match bpf(BPF_PROG_LOAD, &attr) {
         // SAFETY: a new descriptor returned by the kernel.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
-        Err(e) => {
-            let end = log.iter().position(|b| *b == 0).unwrap_or(0);
-            let msg = String::from_utf8_lossy(&log[..end]);
-            Err(std::io::Error::new(
-                e.kind(),
-                format!("{e}: {}", msg.trim()),
-            ))
-        }
+        Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(e) => e,
+    };
+    let mut log = vec![0u8; LOG_SIZE];
+    attr.log_level = 1;
+    attr.log_size = log.len() as u32;
+    attr.log_buf = log.as_mut_ptr() as u64;
+    if let Ok(fd) = bpf(BPF_PROG_LOAD, &attr) {
+        // Refused once, accepted with a log: take it.
+        // SAFETY: a new descriptor returned by the kernel.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     }
+    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[..end]);
+    let lines: Vec<&str> = text.trim().lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+    Err(std::io::Error::new(
+        first.kind(),
+        if tail.is_empty() {
+            first.to_string()
+        } else {
+            format!("{first}; the verifier said:\n{tail}")
+        },
+    ))
 }
 
 /// A cgroup (v2) whose processes' sockets obey the egress rules: one per
@@ -344,7 +456,10 @@ impl EgressCgroup {
             dir,
             name: name.to_owned(),
         };
-        let v4 = ipv4_program(blocked, dns);
+        let map =
+            blocked_map(blocked).map_err(|e| fail("making the map of blocked addresses", e))?;
+        // The programs hold the map: this descriptor may go once they load.
+        let v4 = ipv4_program(map.as_raw_fd(), dns);
         let v6 = ipv6_program();
         for (prog, attach_type) in [
             (&v4, BPF_CGROUP_INET4_CONNECT),
@@ -445,40 +560,71 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_program_jumps_land_on_allow_and_deny() {
-        let blocked = [
-            Blocked {
-                addr: Ipv4Addr::new(127, 0, 0, 0),
-                prefix: 8,
-            },
-            Blocked {
-                addr: Ipv4Addr::new(192, 0, 2, 2),
-                prefix: 32,
-            },
-        ];
-        let p = ipv4_program(&blocked, &[Ipv4Addr::new(127, 0, 0, 53)]);
-        let exits: Vec<usize> = p
+    fn the_dns_exception_jumps_to_allow() {
+        let dns = [Ipv4Addr::new(127, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 53)];
+        let p = ipv4_program(3, &dns);
+        let allow = p
             .iter()
-            .enumerate()
-            .filter(|(_, i)| i.code == BPF_EXIT)
-            .map(|(n, _)| n)
+            .position(|i| i.code == BPF_ALU64_MOV_K && i.imm == 1)
+            .unwrap();
+        assert_eq!(p[allow + 1].code, BPF_EXIT);
+        let port_checks: Vec<usize> = (0..p.len())
+            .filter(|n| p[*n].code == BPF_JMP32_JEQ_K)
             .collect();
-        assert_eq!(exits.len(), 2);
-        let (allow, deny) = (exits[0] - 1, exits[1] - 1);
-        assert_eq!(p[allow].imm, 1);
-        assert_eq!(p[deny].imm, 0);
-        for (n, i) in p.iter().enumerate() {
-            match i.code {
-                BPF_JMP32_JEQ_K if i.regs & 0xf == 4 => assert_eq!(n + 1 + i.off as usize, allow),
-                BPF_JMP32_JEQ_K => assert_eq!(n + 1 + i.off as usize, deny),
-                BPF_JMP32_JNE_K => assert_eq!(i.off, 1),
-                _ => {}
-            }
+        assert_eq!(port_checks.len(), dns.len());
+        for n in port_checks {
+            assert_eq!(n + 1 + p[n].off as usize, allow);
         }
-        // 127.0.0.0/8 in network order, masked in a native u32.
-        assert!(p
+        // A trie match skips allow to the deny exit.
+        let matched = p.iter().position(|i| i.code == BPF_JMP_JNE_K).unwrap();
+        let deny = matched + 1 + p[matched].off as usize;
+        assert_eq!((p[deny].code, p[deny].imm), (BPF_ALU64_MOV_K, 0));
+        assert_eq!(p[deny + 1].code, BPF_EXIT);
+    }
+
+    /// 1000 blocked /32s (a host with many addresses) plus the fixed
+    /// prefixes: the programs load, and the map refuses the last address,
+    /// every always-blocked prefix, and nothing else.
+    #[test]
+    fn a_thousand_blocked_addresses_load_and_the_last_is_refused() {
+        let mut blocked: Vec<Blocked> = ALWAYS
             .iter()
-            .any(|i| i.code == BPF_ALU32_AND_K && i.imm == imm_of(Ipv4Addr::new(255, 0, 0, 0))));
+            .map(|(addr, prefix)| Blocked {
+                addr: *addr,
+                prefix: *prefix,
+            })
+            .collect();
+        let host = |n: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 90, 0, 0)) + n);
+        blocked.extend((1..=1000).map(|n| Blocked {
+            addr: host(n),
+            prefix: 32,
+        }));
+        let map = blocked_map(&blocked).expect("the trie of 1004 prefixes");
+        let v4 = ipv4_program(map.as_raw_fd(), &[Ipv4Addr::new(10, 90, 0, 1)]);
+        for attach in [BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_UDP4_SENDMSG] {
+            load(&v4, attach).expect("the IPv4 program loads");
+        }
+        for attach in [BPF_CGROUP_INET6_CONNECT, BPF_CGROUP_UDP6_SENDMSG] {
+            load(&ipv6_program(), attach).expect("the IPv6 program loads");
+        }
+        assert!(map_blocks(&map, host(1000)));
+        assert!(map_blocks(&map, host(1)));
+        assert!(!map_blocks(&map, host(1001)));
+        assert!(map_blocks(&map, Ipv4Addr::new(127, 1, 2, 3)));
+        assert!(map_blocks(&map, Ipv4Addr::new(239, 1, 1, 1)));
+        assert!(map_blocks(&map, Ipv4Addr::BROADCAST));
+        assert!(!map_blocks(&map, Ipv4Addr::new(192, 0, 2, 7)));
+    }
+
+    #[test]
+    fn a_refused_program_is_explained_by_the_verifier() {
+        // Returns without setting r0: the verifier refuses it.
+        let bad = [insn(BPF_EXIT, 0, 0, 0, 0)];
+        let err = load(&bad, BPF_CGROUP_INET4_CONNECT)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the verifier said"), "{err}");
+        assert!(err.contains("R0"), "{err}");
     }
 
     #[test]

@@ -174,7 +174,13 @@ pub struct SandboxOptions {
 impl SandboxOptions {
     fn egress(&self) -> Result<&egress::EgressCgroup> {
         self.egress
-            .get_or_init(|| egress::EgressCgroup::for_build().map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                // Kept as the message alone: it is a sandbox error again below.
+                egress::EgressCgroup::for_build().map_err(|e| match e {
+                    BuildError::Sandbox(message) => message,
+                    other => other.to_string(),
+                })
+            })
             .as_ref()
             .map_err(|e| BuildError::Sandbox(e.clone()))
     }
