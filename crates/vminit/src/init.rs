@@ -343,6 +343,7 @@ fn exec_image_init() -> InitError {
     if let Err(e) = signals::unblock_all() {
         return StartFailure::ImageInit(e).into();
     }
+    signals::reset_dispositions();
     let err = Command::new(IMAGE_INIT).arg0(IMAGE_INIT).exec();
     let _ = signals::block_handled();
     StartFailure::ImageInit(err).into()

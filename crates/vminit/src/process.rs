@@ -219,7 +219,9 @@ pub fn start(
     unsafe {
         cmd.pre_exec(move || {
             // The init keeps its handled signals blocked; the mask survives
-            // exec, and the standard library does not reset it.
+            // exec, and the standard library does not reset it (nor any
+            // disposition but SIGPIPE's).
+            signals::reset_dispositions();
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) < 0 {

@@ -133,6 +133,45 @@ pub fn block_handled() -> io::Result<()> {
     Ok(())
 }
 
+/// Puts every signal back to its default action, in a child about to exec
+/// (async-signal-safe). A mask is not all a process inherits: a signal
+/// ignored on entry (SIGHUP under `nohup`, SIGPIPE in Rust programs) stays
+/// ignored across exec, and a shell cannot even trap it. As a PID 1 must,
+/// the init hands its processes a clean slate.
+pub fn reset_dispositions() {
+    /// The kernel's `struct sigaction` (x86_64), which glibc's wrapper
+    /// would refuse for the two real-time signals it reserves.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=RTMAX {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a valid struct and no old-action
+        // pointer; in a child about to exec, no handler is needed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+}
+
 /// Unblocks every signal (before handing over to the image's own init).
 pub fn unblock_all() -> io::Result<()> {
     let set = sigset(&[]);

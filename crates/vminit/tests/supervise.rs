@@ -91,6 +91,10 @@ fn main() {
         0
     );
     signals::block_handled().expect("block signals");
+    // As under `nohup`: whatever this harness inherits, its children must
+    // start with default dispositions, or the HUP case below would hang.
+    // SAFETY: signal(2) with SIG_IGN on a blocked signal.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let dir = std::env::temp_dir().join(format!("vminit-supervise-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let dir = TempDir(dir);
@@ -104,6 +108,11 @@ fn main() {
         // The supervisor keeps its signals blocked; the child must not
         // inherit that mask (a shell's traps would never fire).
         let pid = start("m=$(sed -n 's/^SigBlk:[[:space:]]*//p' /proc/$$/status); [ \"$m\" = 0000000000000000 ]");
+        assert_eq!(process::supervise(pid, policy(libc::SIGTERM, 10_000)), 0);
+    });
+
+    case("the entrypoint starts with no signal ignored", || {
+        let pid = start("m=$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status); [ \"$m\" = 0000000000000000 ]");
         assert_eq!(process::supervise(pid, policy(libc::SIGTERM, 10_000)), 0);
     });
 
@@ -157,7 +166,9 @@ fn main() {
     case("other signals are forwarded as they are", || {
         let ready = dir.0.join("ready-hup");
         let pid = start(&format!(
-            "trap 'exit 7' HUP; touch {}; while :; do sleep 0.05; done",
+            // Bounded: no stop request ends this case, so a HUP that never
+            // arrives must end it (99) rather than hang the harness.
+            "trap 'exit 7' HUP; touch {}; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; exit 99",
             ready.display()
         ));
         wait_for(&ready);
