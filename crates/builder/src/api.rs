@@ -60,6 +60,8 @@ pub struct BuildOptions {
     pub sandbox: SandboxSettings,
     /// Where RUN steps run (`--isolation`).
     pub isolation: Isolation,
+    /// What one base image (or ADD archive) may unpack to.
+    pub unpacked_limit: u64,
 }
 
 impl BuildOptions {
@@ -87,6 +89,7 @@ impl BuildOptions {
             cancel: CancelToken::new(),
             sandbox: SandboxSettings::default(),
             isolation: Isolation::default(),
+            unpacked_limit: firebuild_oci::DEFAULT_UNPACKED_LIMIT,
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct ImageOptions {
     pub registry: RegistryConfig,
     pub vminit: PathBuf,
     pub cancel: CancelToken,
+    /// What the image may unpack to.
+    pub unpacked_limit: u64,
 }
 
 /// What a build produced.
@@ -201,13 +206,14 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         crate::util::unique_suffix()
     ));
     let _cleanup = RemoveOnDrop(downloads.clone());
-    let resolver = Resolver::new(
+    let mut resolver = Resolver::new(
         store,
         &layers,
         &opts.cache_dir,
         &opts.registry,
         oci_platform,
     );
+    resolver.unpacked_limit = opts.unpacked_limit;
     let mut engine = Engine {
         layers: &layers,
         resolver,
@@ -298,6 +304,7 @@ pub fn build_from_image(store: &DirectoryStore, opts: &ImageOptions) -> Result<B
         &opts.registry,
         oci_platform,
     );
+    resolver.unpacked_limit = opts.unpacked_limit;
     let base = resolver.resolve(&opts.reference)?;
     let used = layers.chain(base.top.as_ref())?;
     let state = StageState {

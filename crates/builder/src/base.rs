@@ -5,7 +5,10 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use firebuild_oci::{ImageRef, Platform, Registry, RegistryConfig, UnpackOptions};
+use firebuild_oci::{
+    BlobCache, ImageRecord, ImageRecords, ImageRef, Platform, Registry, RegistryConfig, SizeLimit,
+    UnpackOptions, DEFAULT_UNPACKED_LIMIT,
+};
 use firebuild_store::{DirectoryStore, Tag};
 
 use crate::config::ImageConfig;
@@ -43,6 +46,9 @@ pub struct Resolver<'a> {
     pub cache_dir: &'a std::path::Path,
     pub registry_config: &'a RegistryConfig,
     pub platform: Platform,
+    /// What one base image may unpack to (the profile's
+    /// `unpacked-size-limit`).
+    pub unpacked_limit: u64,
     registry: Option<Registry>,
     runtime: Option<tokio::runtime::Runtime>,
     memo: HashMap<String, Base>,
@@ -62,6 +68,7 @@ impl<'a> Resolver<'a> {
             cache_dir,
             registry_config,
             platform,
+            unpacked_limit: DEFAULT_UNPACKED_LIMIT,
             registry: None,
             runtime: None,
             memo: HashMap::new(),
@@ -92,7 +99,10 @@ impl<'a> Resolver<'a> {
         }
         let base = match self.stored_tag(reference) {
             Some(tag) => self.stored_base(&tag)?,
-            None => self.registry_base(reference, &platform)?,
+            None => match self.imported(reference, &platform) {
+                Some(record) => self.record_base(reference, &record, &self.blobs())?,
+                None => self.registry_base(reference, &platform)?,
+            },
         };
         self.memo.insert(memo_key, base.clone());
         Ok(base)
@@ -169,6 +179,21 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// The record of an image `image import`ed as `reference`, if one is
+    /// there with all its blobs: like a stored tag, it needs no registry.
+    fn imported(&self, reference: &str, platform: &Platform) -> Option<ImageRecord> {
+        let blobs = self.blobs();
+        ImageRecords::new(self.cache_dir)
+            .lookup_local(reference, platform)
+            .ok()
+            .flatten()
+            .filter(|rec| rec.layers.iter().all(|l| blobs.contains(&l.digest)))
+    }
+
+    fn blobs(&self) -> BlobCache {
+        BlobCache::new(self.cache_dir)
+    }
+
     fn registry(&mut self) -> Result<(&Registry, &tokio::runtime::Runtime)> {
         if self.runtime.is_none() {
             self.runtime = Some(
@@ -197,9 +222,8 @@ impl<'a> Resolver<'a> {
         };
         let image_ref = ImageRef::from_str(reference).map_err(|e| err(e.to_string()))?;
         let platform = platform.clone();
-        let layers = self.layers;
         let (registry, rt) = self.registry()?;
-        // An image pulled (or imported) before is used as is, like Docker's
+        // An image pulled before is used as is, like Docker's
         // FROM with a local image: rebuilds need no registry round trip.
         let local = registry
             .records()
@@ -219,6 +243,23 @@ impl<'a> Resolver<'a> {
                     .map_err(|e| err(format!("{e} (no stored image has this tag either)")))?
             }
         };
+        let blobs = registry.cache().clone();
+        self.record_base(reference, &record, &blobs)
+    }
+
+    /// The base an OCI image record gives: its layers unpacked once into
+    /// one cached layer, within the unpacked-size limit.
+    fn record_base(
+        &self,
+        reference: &str,
+        record: &ImageRecord,
+        blobs: &BlobCache,
+    ) -> Result<Base> {
+        let err = |message: String| BuildError::BaseImage {
+            reference: reference.to_owned(),
+            message,
+        };
+        let layers = self.layers;
         let digest = record.digest.to_string();
         let key = Key::derive(None, &format!("oci:{digest}"));
         let config = from_oci_config(&record.config.config);
@@ -226,8 +267,12 @@ impl<'a> Resolver<'a> {
             Some(meta) => meta.id,
             None => {
                 let work = layers.new_work()?;
+                let opts = UnpackOptions {
+                    limit: SizeLimit::new(self.unpacked_limit),
+                    ..Default::default()
+                };
                 record
-                    .unpack(registry.cache(), &work.diff(), &UnpackOptions::default())
+                    .unpack(blobs, &work.diff(), &opts)
                     .map_err(|e| err(format!("unpacking: {e}")))?;
                 layers
                     .commit(work, &key, None, &format!("FROM {reference}"))?

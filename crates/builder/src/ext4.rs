@@ -166,6 +166,7 @@ pub fn import_ext4(image: &Path, dest: &Path) -> Result<()> {
     let opts = firebuild_oci::UnpackOptions {
         preserve_ownership: true,
         whiteouts: false,
+        ..Default::default()
     };
     let (produced, applied) = std::thread::scope(|s| {
         let producer = s.spawn(|| write_tar(&fs, writer));

@@ -82,6 +82,7 @@ fn builds_from_a_registry_image_and_turns_an_image_into_a_rootfs() {
             registry: RegistryConfig::default(),
             vminit: f.dir.path().join("vminit"),
             cancel: Default::default(),
+            unpacked_limit: firebuild_oci::DEFAULT_UNPACKED_LIMIT,
         },
     )
     .expect("rootfs from an image");
@@ -101,4 +102,41 @@ fn builds_from_a_registry_image_and_turns_an_image_into_a_rootfs() {
         Some("yes")
     );
     let _ = build; // the Dockerfile entry point is covered above
+}
+
+#[test]
+fn an_imported_image_is_a_base_for_from_within_its_unpacked_size_limit() {
+    let f = Fixture::new();
+    let tree = f.dir.path().join("import-me");
+    busybox_tree(&tree);
+    std::fs::write(tree.join("etc-marker"), "imported\n").unwrap();
+    firebuild_oci::import(
+        &f.cache(),
+        &tree,
+        "imported/bb:1",
+        &firebuild_oci::Platform::host(),
+        &firebuild_oci::SizeLimit::default(),
+    )
+    .expect("importing a directory");
+
+    // No registry is running: FROM finds the import in the cache.
+    let df = "FROM imported/bb:1\nRUN cat /etc-marker > /copied\n";
+    let out = f.build(df, "tests/from-import:1").expect("FROM an import");
+    assert_eq!(cat(&out.dir.join("rootfs"), "/copied"), "imported\n");
+
+    // The same base with a limit below its size: refused, with the limit named.
+    let f2 = Fixture::new();
+    firebuild_oci::import(
+        &f2.cache(),
+        &tree,
+        "imported/bb:1",
+        &firebuild_oci::Platform::host(),
+        &firebuild_oci::SizeLimit::default(),
+    )
+    .unwrap();
+    let mut o = f2.opts(df, "tests/from-import:2");
+    o.unpacked_limit = 64 << 10;
+    let err = build(&f2.store, &o).unwrap_err().to_string();
+    assert!(err.contains("more than its limit"), "{err}");
+    assert!(!f2.store.contains(&"tests/from-import:2".parse().unwrap()));
 }

@@ -93,7 +93,13 @@ fn main() -> anyhow::Result<()> {
             let [source, name] = rest.as_slice() else {
                 bail!("import takes SOURCE NAME")
             };
-            let (kind, record) = firebuild_oci::import(&cache, source.as_ref(), name, &platform)?;
+            let (kind, record) = firebuild_oci::import(
+                &cache,
+                source.as_ref(),
+                name,
+                &platform,
+                &firebuild_oci::SizeLimit::default(),
+            )?;
             println!("{kind:?} {} {}", record.reference, record.digest);
         }
         other => bail!("unknown command {other}"),

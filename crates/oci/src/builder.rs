@@ -2,6 +2,7 @@
 //! the push path (tests put images into registries with it, and built root
 //! filesystems are published with it) and the last step of `import`.
 
+use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
@@ -176,14 +177,18 @@ impl<'c> ImageBuilder<'c> {
 
 /// The compression and uncompressed digest (diff ID) of a cached layer.
 pub(crate) fn diff_id_of(cache: &BlobCache, digest: &Digest) -> Result<(Compression, Digest)> {
-    let path = cache.blob_path(digest);
-    let file = cache.open(digest)?;
+    diff_id_of_file(cache.open(digest)?, &cache.blob_path(digest))
+}
+
+/// The compression and diff ID (digest of the uncompressed tar) of the
+/// layer in `file`; `path` names it in errors.
+pub(crate) fn diff_id_of_file(file: File, path: &Path) -> Result<(Compression, Digest)> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let head = {
         use std::io::BufRead;
         reader
             .fill_buf()
-            .map_err(Error::io("reading layer", &path))?
+            .map_err(Error::io("reading layer", path))?
             .to_vec()
     };
     let compression = Compression::sniff(&head);
@@ -196,7 +201,7 @@ pub(crate) fn diff_id_of(cache: &BlobCache, digest: &Digest) -> Result<(Compress
         Compression::Zstd => zstd::stream::read::Decoder::with_buffer(reader)
             .and_then(|mut d| std::io::copy(&mut d, &mut sink)),
     };
-    copied.map_err(Error::io("decompressing layer", &path))?;
+    copied.map_err(Error::io("decompressing layer", path))?;
     let (_, diff_id, _) = sink.finish();
     Ok((compression, diff_id))
 }

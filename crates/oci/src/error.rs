@@ -111,6 +111,17 @@ pub enum Error {
     #[error("unpacking {layer}: {reason}")]
     Layer { layer: String, reason: String },
 
+    #[error(
+        "unpacking {layer}: the image unpacks to more than its limit of {} MiB (at {entry}); \
+         nothing was kept. If the image is trusted, raise the profile's unpacked-size-limit",
+        limit >> 20
+    )]
+    TooLarge {
+        layer: String,
+        entry: String,
+        limit: u64,
+    },
+
     #[error("importing {path}: {reason}")]
     Import { path: PathBuf, reason: String },
 

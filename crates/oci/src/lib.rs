@@ -49,7 +49,9 @@ pub use images::{ImageRecord, ImageRecords, ImageSource, LayerRecord};
 pub use import::{import, ImportKind};
 pub use reference::{ImageRef, Platform};
 pub use registry::{Registry, Resolved};
-pub use unpack::{apply_layer, apply_layer_file, LayerStats, UnpackOptions};
+pub use unpack::{
+    apply_layer, apply_layer_file, LayerStats, SizeLimit, UnpackOptions, DEFAULT_UNPACKED_LIMIT,
+};
 
 /// Runs one of this crate's async operations to completion from synchronous
 /// code on a small multi-threaded Tokio runtime. Do not call it from inside a

@@ -8,6 +8,14 @@ use crate::digest::Digest;
 use crate::error::Error;
 use crate::reference::Platform;
 
+/// The most an index or manifest may hold: registries refuse larger ones
+/// (4 MiB), and firebuild reads them whole.
+pub const MAX_MANIFEST: u64 = 4 << 20;
+
+/// The most an image config may hold (it is read whole, and stored again
+/// in the image's record).
+pub const MAX_CONFIG: u64 = 8 << 20;
+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";

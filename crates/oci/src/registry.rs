@@ -504,6 +504,23 @@ impl<'r> Ctx<'r> {
             .pull_manifest_raw(oref, &self.auth, manifest::ACCEPTED_MANIFESTS)
             .await
             .map_err(|e| self.err("manifest", e))?;
+        // Stored only once it is within bounds and JSON at all.
+        if body.len() as u64 > manifest::MAX_MANIFEST {
+            return Err(self.registry_err(
+                "manifest",
+                format!(
+                    "it has {} bytes, more than the {} registries accept; nothing was stored",
+                    body.len(),
+                    manifest::MAX_MANIFEST
+                ),
+            ));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            return Err(self.registry_err(
+                "manifest",
+                format!("it is not JSON ({e}); nothing was stored"),
+            ));
+        }
         let digest = match want {
             Some(d) => {
                 self.reg.cache.insert_verified(d, &body)?;
@@ -516,6 +533,16 @@ impl<'r> Ctx<'r> {
 
     /// A small blob (the config), cached and verified.
     async fn small_blob(&self, oref: &Reference, desc: &Descriptor) -> Result<Vec<u8>> {
+        if desc.size > manifest::MAX_CONFIG {
+            return Err(self.registry_err(
+                &format!("config {}", desc.digest),
+                format!(
+                    "the manifest declares {} bytes, more than the {} accepted",
+                    desc.size,
+                    manifest::MAX_CONFIG
+                ),
+            ));
+        }
         if !self.reg.cache.contains(&desc.digest) {
             self.blob(oref, desc, &Progress::new(false).bar("", 0))
                 .await?;
@@ -569,8 +596,22 @@ impl<'r> Ctx<'r> {
             let mut interrupted = None;
             while let Some(chunk) = stream.next().await {
                 match chunk {
+                    // Never past the declared size: a registry that sends
+                    // more would fill the disk. The partial goes too.
+                    Ok(bytes) if partial.offset() + bytes.len() as u64 > desc.size => {
+                        let actual = partial.offset() + bytes.len() as u64;
+                        partial.discard();
+                        return Err(Error::SizeMismatch {
+                            digest: digest_str,
+                            expected: desc.size,
+                            actual,
+                        });
+                    }
                     Ok(bytes) => {
-                        partial.write(&bytes)?;
+                        if let Err(e) = partial.write(&bytes) {
+                            partial.discard();
+                            return Err(e);
+                        }
                         bar.inc(bytes.len() as u64);
                     }
                     Err(e) => {

@@ -9,7 +9,9 @@ use std::process::Command;
 use common::{files_under, isolated_config};
 use firebuild_oci::manifest::Compression;
 use firebuild_oci::testing::{busybox_rootfs_tar, push_image, TarBuilder, TestRegistry};
-use firebuild_oci::{import, BlobCache, Error, ImageRecords, ImportKind, Platform, UnpackOptions};
+use firebuild_oci::{
+    import, BlobCache, Error, ImageRecords, ImportKind, Platform, SizeLimit, UnpackOptions,
+};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
@@ -42,7 +44,14 @@ fn imports_a_rootfs_tarball() {
     let tarball = work.path().join("rootfs.tar.gz");
     std::fs::write(&tarball, gzip(&busybox_rootfs_tar().unwrap())).unwrap();
     let cache = work.path().join("cache");
-    let (kind, record) = import(&cache, &tarball, "org/busybox:1.0", &Platform::host()).unwrap();
+    let (kind, record) = import(
+        &cache,
+        &tarball,
+        "org/busybox:1.0",
+        &Platform::host(),
+        &SizeLimit::default(),
+    )
+    .unwrap();
     assert_eq!(kind, ImportKind::RootfsTarball);
     assert_eq!(record.reference, "org/busybox:1.0");
     assert_eq!(record.config.rootfs.diff_ids.len(), 1);
@@ -85,7 +94,14 @@ fn imports_a_rootfs_directory_keeping_metadata() {
         .finish();
     firebuild_oci::apply_layer(&src, &layer[..], "src", &UnpackOptions::default()).unwrap();
     let cache = work.path().join("cache");
-    let (kind, record) = import(&cache, &src, "dir-image", &Platform::host()).unwrap();
+    let (kind, record) = import(
+        &cache,
+        &src,
+        "dir-image",
+        &Platform::host(),
+        &SizeLimit::default(),
+    )
+    .unwrap();
     assert_eq!(kind, ImportKind::RootfsDirectory);
     assert_eq!(record.key, "latest");
     let out = work.path().join("out");
@@ -167,7 +183,14 @@ async fn imports_oci_layouts_and_docker_save_archives_made_by_skopeo() {
         (&layout_tar, ImportKind::OciLayout),
         (&save, ImportKind::DockerSave),
     ] {
-        let (kind, record) = import(&cache, source, "imported/app:2", &Platform::host()).unwrap();
+        let (kind, record) = import(
+            &cache,
+            source,
+            "imported/app:2",
+            &Platform::host(),
+            &SizeLimit::default(),
+        )
+        .unwrap();
         assert_eq!(kind, want, "{}", source.display());
         assert_eq!(
             record.config.config.cmd.as_deref(),
@@ -200,7 +223,14 @@ async fn imports_oci_layouts_and_docker_save_archives_made_by_skopeo() {
         data[last] ^= 1;
         std::fs::write(&layer_blob, data).unwrap();
         let cache2 = work.path().join("cache2");
-        let err = import(&cache2, &layout, "bad:1", &Platform::host()).unwrap_err();
+        let err = import(
+            &cache2,
+            &layout,
+            "bad:1",
+            &Platform::host(),
+            &SizeLimit::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
         assert!(ImageRecords::new(&cache2).list().unwrap().is_empty());
     }
@@ -215,12 +245,20 @@ fn bad_import_inputs_are_clear_errors() {
         &work.path().join("missing.tar"),
         "x:1",
         &Platform::host(),
+        &SizeLimit::default(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("missing.tar"), "{err}");
     let file = work.path().join("rootfs.tar");
     std::fs::write(&file, TarBuilder::new().file("a", 0o644, b"a").finish()).unwrap();
-    let err = import(&cache, &file, "../evil:1", &Platform::host()).unwrap_err();
+    let err = import(
+        &cache,
+        &file,
+        "../evil:1",
+        &Platform::host(),
+        &SizeLimit::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::InvalidReference { .. }), "{err}");
     // A docker-save style archive whose manifest points outside itself.
     let evil = TarBuilder::new()
@@ -233,7 +271,14 @@ fn bad_import_inputs_are_clear_errors() {
         .finish();
     let evil_path = work.path().join("evil.tar");
     std::fs::write(&evil_path, evil).unwrap();
-    let err = import(&cache, &evil_path, "evil:1", &Platform::host()).unwrap_err();
+    let err = import(
+        &cache,
+        &evil_path,
+        "evil:1",
+        &Platform::host(),
+        &SizeLimit::default(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("outside the archive"), "{err}");
     assert!(ImageRecords::new(&cache).list().unwrap().is_empty());
 }

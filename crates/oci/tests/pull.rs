@@ -554,3 +554,57 @@ async fn multi_layer_image_with_whiteout_and_opaque_directory() {
     left.sort();
     assert_eq!(left, vec!["fresh"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_longer_than_declared_is_cut_off_and_not_kept() {
+    let reg = TestRegistry::start().unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    let config = isolated_config(creds.path());
+    let work = tempfile::tempdir().unwrap();
+    let layer = TarBuilder::new()
+        .file("data", 0o644, &noise(100_000, 3))
+        .finish();
+    let pushed = push_image(
+        work.path(),
+        &config,
+        &reg.reference("long:1"),
+        &[(layer, Compression::None)],
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let victim = &pushed.layers[0].digest;
+    let declared = pushed.layers[0].size;
+    // The registry now serves 8 MiB more than the manifest declares.
+    let path = reg.blob_data_path(victim);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &vec![0x5a; 8 << 20]).unwrap();
+    drop(f);
+
+    let cache = tempfile::tempdir().unwrap();
+    let registry = Registry::new(cache.path(), config);
+    let err = registry
+        .pull(&reg.reference("long:1"), &Platform::host())
+        .await
+        .unwrap_err();
+    match &err {
+        Error::SizeMismatch {
+            expected, actual, ..
+        } => {
+            assert_eq!(*expected, declared);
+            assert!(*actual < declared + (8 << 20), "stopped early: {err}");
+        }
+        other => panic!("not a size mismatch: {other}"),
+    }
+    let leftovers: Vec<_> = files_under(cache.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(victim.hex()))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "a partial blob was kept: {leftovers:?}"
+    );
+}

@@ -100,6 +100,7 @@ pub fn unpack_archive(
     let opts = UnpackOptions {
         preserve_ownership: true,
         whiteouts: false,
+        ..Default::default()
     };
     firebuild_oci::unpack::apply_layer(&dest, stream, name, &opts)?;
     Ok(())

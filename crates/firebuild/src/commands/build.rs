@@ -37,6 +37,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
                 registry: registry_config(&settings)?,
                 vminit: guest_init::locate()?,
                 cancel,
+                unpacked_limit: firebuild_oci::DEFAULT_UNPACKED_LIMIT,
             },
         )?,
         (Some(dockerfile), None) => {

@@ -64,8 +64,13 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             settings,
         } => {
             let settings = Settings::resolve(global, settings)?;
-            let (kind, record) =
-                firebuild_oci::import(&settings.cache_dir, source, tag, &Platform::host())?;
+            let (kind, record) = firebuild_oci::import(
+                &settings.cache_dir,
+                source,
+                tag,
+                &Platform::host(),
+                &firebuild_oci::SizeLimit::default(),
+            )?;
             tracing::info!(image = %record.reference, from = ?kind, "imported");
             println!("{}", record.digest);
             Ok(())

@@ -98,6 +98,27 @@ impl Root {
         Ok(Root { fd })
     }
 
+    /// Opens the regular file `rel` for reading, links followed inside the
+    /// root. Anything else is refused before it is opened for reading: the
+    /// path is first opened `O_PATH`, which has no effect on a FIFO or a
+    /// device, checked, and only then reopened through `/proc/self/fd`.
+    pub fn open_regular(&self, rel: &RelPath) -> std::io::Result<std::fs::File> {
+        let fd = self.resolve(rel, OFlags::PATH)?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let reopened = rustix::fs::open(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(std::fs::File::from(reopened))
+    }
+
     /// Opens `rel` inside the root with `flags`, following symlinks in it as
     /// if the root were `/`.
     pub fn resolve(&self, rel: &RelPath, flags: OFlags) -> rustix::io::Result<OwnedFd> {

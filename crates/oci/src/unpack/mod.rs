@@ -7,12 +7,14 @@
 //! symlink can reach outside the root. Entries whose path climbs above the
 //! root with `..` are refused; absolute paths are taken relative to the root.
 
-mod fsops;
+pub(crate) mod fsops;
+mod guard;
+mod limit;
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -23,6 +25,7 @@ use rustix::io::Errno;
 use crate::error::{Error, Result};
 use crate::manifest::Compression;
 use fsops::{lstat_type, remove_all, PathError, RelPath, Root};
+pub use limit::{SizeLimit, DEFAULT_UNPACKED_LIMIT};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -36,6 +39,9 @@ pub struct UnpackOptions {
     /// Read `.wh.` entries as OCI whiteouts (image layers); off, they are
     /// plain files (an archive that is not a layer).
     pub whiteouts: bool,
+    /// What the layers applied with these options (and their clones) may
+    /// unpack to, together.
+    pub limit: SizeLimit,
 }
 
 impl Default for UnpackOptions {
@@ -43,6 +49,7 @@ impl Default for UnpackOptions {
         UnpackOptions {
             preserve_ownership: rustix::process::geteuid().is_root(),
             whiteouts: true,
+            limit: SizeLimit::default(),
         }
     }
 }
@@ -108,7 +115,7 @@ pub fn apply_layer(
         buf: vec![0u8; 1 << 20],
         warned_xattr: false,
     };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(guard::ExtensionGuard::new(reader));
     let entries = archive.entries().map_err(|e| applier.layer_err(e))?;
     for entry in entries {
         let entry = entry.map_err(|e| applier.layer_err(e))?;
@@ -166,7 +173,7 @@ impl<'a> Applier<'a> {
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
         use tar::EntryType as T;
         let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let shown = shown_path(&raw_path);
         let kind = entry.header().entry_type();
         if matches!(
             kind,
@@ -207,6 +214,14 @@ impl<'a> Applier<'a> {
                 .map_err(|e| self.entry_err(&shown, e));
         }
 
+        // Charged before anything is written: a declared terabyte stops here.
+        if let Err(over) = self.opts.limit.charge(entry.size()) {
+            return Err(Error::TooLarge {
+                layer: self.layer.to_string(),
+                entry: shown,
+                limit: over.limit,
+            });
+        }
         for p in rel.prefixes() {
             self.seen.insert(p);
         }
@@ -400,18 +415,8 @@ impl<'a> Applier<'a> {
             other => other,
         }
         .map_err(|e| self.entry_err(shown, e))?;
-        let mut file = File::from(fd);
-        loop {
-            let n = match data.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.layer_err(e)),
-            };
-            file.write_all(&self.buf[..n])
-                .map_err(|e| self.entry_err(shown, format!("writing: {e}")))?;
-            self.stats.bytes += n as u64;
-        }
+        let file = File::from(fd);
+        self.write_sparse(&file, data, shown)?;
         let fd = OwnedFd::from(file);
         // Owner first: chown clears setuid bits and file capabilities.
         self.chown_fd(&fd, meta)
@@ -421,6 +426,38 @@ impl<'a> Applier<'a> {
         self.xattrs_fd(&fd, meta);
         rustix::fs::futimens(&fd, &meta.times).map_err(|e| self.entry_err(shown, e))?;
         Ok(())
+    }
+
+    /// Writes `data` to `file`, leaving every all-zero 4 KiB block a hole:
+    /// a sparse file's holes (which the archive sends as zeros) stay holes.
+    fn write_sparse<R: Read>(
+        &mut self,
+        file: &File,
+        data: &mut tar::Entry<'_, R>,
+        shown: &str,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        const HOLE_BLOCK: usize = 4096;
+        let mut offset = 0u64;
+        loop {
+            let n = match data.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.layer_err(e)),
+            };
+            for block in self.buf[..n].chunks(HOLE_BLOCK) {
+                if block.iter().any(|b| *b != 0) {
+                    file.write_all_at(block, offset)
+                        .map_err(|e| self.entry_err(shown, format!("writing: {e}")))?;
+                }
+                offset += block.len() as u64;
+            }
+            self.stats.bytes += n as u64;
+        }
+        // A trailing hole: the size says where the file ends.
+        file.set_len(offset)
+            .map_err(|e| self.entry_err(shown, format!("writing: {e}")))
     }
 
     fn symlink(
@@ -600,6 +637,18 @@ impl<'a> Applier<'a> {
                 let _ = rustix::fs::futimens(&fd, times);
             }
         }
+    }
+}
+
+/// Longest entry path quoted in an error (archive paths may be 1 MiB).
+const SHOWN_PATH_MAX: usize = 256;
+
+/// An archive path as errors and logs show it: lossy UTF-8, cut short.
+fn shown_path(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    match text.char_indices().nth(SHOWN_PATH_MAX) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], raw.len()),
+        None => text.into_owned(),
     }
 }
 

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::builder::{diff_id_of, ImageBuilder};
+mod staged;
+mod tree;
+
+use crate::builder::{diff_id_of_file, ImageBuilder};
 use crate::cache::BlobCache;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
@@ -18,9 +21,13 @@ use crate::image_config::ImageConfigFile;
 use crate::images::{
     now_utc, split_local_name, ImageRecord, ImageRecords, ImageSource, LayerRecord, LOCAL_REGISTRY,
 };
-use crate::manifest::{self, Compression, Descriptor, ImageIndex, ImageManifest, Manifest};
+use crate::manifest::{
+    self, Compression, Descriptor, ImageIndex, ImageManifest, Manifest, MAX_CONFIG, MAX_MANIFEST,
+};
 use crate::reference::Platform;
-use crate::unpack::{apply_layer, UnpackOptions};
+use crate::unpack::{apply_layer, SizeLimit, UnpackOptions};
+use staged::Staged;
+use tree::Tree;
 
 /// What an import source turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +41,14 @@ pub enum ImportKind {
 /// Imports `source` into the cache under `cache_root` as `name`
 /// (`org/name:version`, recorded in the local namespace) and returns the
 /// saved record. `platform` picks the image from multi-platform layouts and
-/// labels rootfs imports.
+/// labels rootfs imports; `limit` bounds what an archive unpacks to. Only an
+/// image that validated whole is stored: a failed import leaves no blob.
 pub fn import(
     cache_root: &Path,
     source: &Path,
     name: &str,
     platform: &Platform,
+    limit: &SizeLimit,
 ) -> Result<(ImportKind, ImageRecord)> {
     split_local_name(name)?; // fail before any work on a bad name
     let cache = BlobCache::new(cache_root);
@@ -47,15 +56,16 @@ pub fn import(
     let _held = cache.hold(false)?;
     let meta = std::fs::metadata(source).map_err(Error::io("reading import source", source))?;
     let (kind, record) = if meta.is_dir() {
-        if source.join("oci-layout").is_file() {
+        let tree = Tree::open(source, source)?;
+        if tree.has_file("oci-layout") {
             (
                 ImportKind::OciLayout,
-                from_oci_layout(&cache, source, source, name, platform)?,
+                from_oci_layout(&cache, &tree, name, platform)?,
             )
-        } else if source.join("manifest.json").is_file() {
+        } else if tree.has_file("manifest.json") {
             (
                 ImportKind::DockerSave,
-                from_docker_save(&cache, source, source, name)?,
+                from_docker_save(&cache, &tree, name)?,
             )
         } else {
             (
@@ -81,7 +91,8 @@ pub fn import(
                     .map_err(Error::io("creating temporary directory in", &tmp_parent))?;
                 let opts = UnpackOptions {
                     preserve_ownership: false,
-                    whiteouts: true,
+                    whiteouts: false,
+                    limit: limit.clone(),
                 };
                 apply_layer(
                     tmp.path(),
@@ -89,15 +100,16 @@ pub fn import(
                     &source.display().to_string(),
                     &opts,
                 )?;
+                let tree = Tree::open(tmp.path(), source)?;
                 if kind == ArchiveKind::OciLayout {
                     (
                         ImportKind::OciLayout,
-                        from_oci_layout(&cache, tmp.path(), source, name, platform)?,
+                        from_oci_layout(&cache, &tree, name, platform)?,
                     )
                 } else {
                     (
                         ImportKind::DockerSave,
-                        from_docker_save(&cache, tmp.path(), source, name)?,
+                        from_docker_save(&cache, &tree, name)?,
                     )
                 }
             }
@@ -174,58 +186,21 @@ fn archive_kind(path: &Path) -> Result<ArchiveKind> {
     })
 }
 
-/// Copies (or, from our own temp dir, moves) a file into the cache,
-/// checking it hashes to `digest`.
-fn adopt_blob(cache: &BlobCache, path: &Path, digest: &Digest, source: &Path) -> Result<u64> {
-    if cache.contains(digest) {
-        return std::fs::metadata(cache.blob_path(digest))
-            .map(|m| m.len())
-            .map_err(Error::io("reading cached blob", cache.blob_path(digest)));
-    }
-    let mut file = File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            import_err(source, format!("blob {digest} is missing from the archive"))
-        }
-        _ => Error::io("opening blob", path)(e),
-    })?;
-    let (got, size) = cache.insert_reader(&mut file)?;
-    if &got != digest {
-        let _ = std::fs::remove_file(cache.blob_path(&got));
-        return Err(Error::DigestMismatch {
-            expected: digest.to_string(),
-            actual: got.to_string(),
-        });
-    }
-    Ok(size)
-}
-
-fn layout_blob(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs")
-        .join(digest.algorithm().as_str())
-        .join(digest.hex())
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, source: &Path) -> Result<T> {
-    let data = std::fs::read(path).map_err(Error::io("reading", path))?;
-    serde_json::from_slice(&data)
-        .map_err(|e| import_err(source, format!("{}: {e}", path.display())))
-}
-
 fn from_oci_layout(
     cache: &BlobCache,
-    dir: &Path,
-    source: &Path,
+    tree: &Tree,
     name: &str,
     platform: &Platform,
 ) -> Result<ImageRecord> {
-    let index: ImageIndex = read_json(&dir.join("index.json"), source)?;
+    let source = tree.source();
+    let mut staged = Staged::new(cache);
+    let index: ImageIndex = tree.json("index.json", MAX_MANIFEST)?;
     let mut desc = pick_from_index(&index, platform, source)?.clone();
     // Follow nested indexes down to one image manifest.
     let mut index_digest = None;
     let manifest = loop {
-        let path = layout_blob(dir, &desc.digest);
-        adopt_blob(cache, &path, &desc.digest, source)?;
-        let body = cache.read(&desc.digest)?;
+        let body = tree.read(&Tree::blob_path(&desc.digest), MAX_MANIFEST)?;
+        staged.bytes(&body, Some(&desc.digest))?;
         match Manifest::parse(&body, &source.display().to_string())? {
             Manifest::Image(m) => break *m,
             Manifest::Index(i) => {
@@ -237,29 +212,23 @@ fn from_oci_layout(
             }
         }
     };
-    adopt_blob(
-        cache,
-        &layout_blob(dir, &manifest.config.digest),
-        &manifest.config.digest,
-        source,
-    )?;
+    let config = tree.read(&Tree::blob_path(&manifest.config.digest), MAX_CONFIG)?;
+    staged.bytes(&config, Some(&manifest.config.digest))?;
     for layer in &manifest.layers {
-        adopt_blob(
-            cache,
-            &layout_blob(dir, &layer.digest),
-            &layer.digest,
-            source,
-        )?;
+        let file = tree.file(&Tree::blob_path(&layer.digest))?;
+        staged.file(file, Some(&layer.digest))?;
     }
-    record_from_manifest(
-        cache,
+    let record = record_from_manifest(
         manifest,
+        &config,
         desc.digest,
         index_digest,
         name,
         source,
         platform,
-    )
+    )?;
+    staged.commit()?;
+    Ok(record)
 }
 
 fn pick_from_index<'a>(
@@ -282,8 +251,8 @@ fn pick_from_index<'a>(
 }
 
 fn record_from_manifest(
-    cache: &BlobCache,
     manifest: ImageManifest,
+    config: &[u8],
     digest: Digest,
     index_digest: Option<Digest>,
     name: &str,
@@ -291,7 +260,7 @@ fn record_from_manifest(
     platform: &Platform,
 ) -> Result<ImageRecord> {
     let (repository, tag) = split_local_name(name)?;
-    let config: ImageConfigFile = serde_json::from_slice(&cache.read(&manifest.config.digest)?)
+    let config: ImageConfigFile = serde_json::from_slice(config)
         .map_err(|e| import_err(source, format!("image config: {e}")))?;
     for layer in &manifest.layers {
         if Compression::from_media_type(&layer.media_type).is_none() {
@@ -339,7 +308,7 @@ struct SaveEntry {
 }
 
 /// Paths in `manifest.json` are relative to the archive root; refuse others.
-fn save_path(dir: &Path, rel: &str, source: &Path) -> Result<PathBuf> {
+fn save_path<'p>(rel: &'p str, source: &Path) -> Result<&'p str> {
     let ok = !rel.is_empty() && !rel.starts_with('/') && rel.split('/').all(|c| c != "..");
     if !ok {
         return Err(import_err(
@@ -347,16 +316,13 @@ fn save_path(dir: &Path, rel: &str, source: &Path) -> Result<PathBuf> {
             format!("manifest.json names {rel:?}, outside the archive"),
         ));
     }
-    Ok(dir.join(rel))
+    Ok(rel)
 }
 
-fn from_docker_save(
-    cache: &BlobCache,
-    dir: &Path,
-    source: &Path,
-    name: &str,
-) -> Result<ImageRecord> {
-    let entries: Vec<SaveEntry> = read_json(&dir.join("manifest.json"), source)?;
+fn from_docker_save(cache: &BlobCache, tree: &Tree, name: &str) -> Result<ImageRecord> {
+    let source = tree.source();
+    let mut staged = Staged::new(cache);
+    let entries: Vec<SaveEntry> = tree.json("manifest.json", MAX_MANIFEST)?;
     let entry = match entries.as_slice() {
         [only] => only,
         [] => return Err(import_err(source, "manifest.json lists no image")),
@@ -375,11 +341,10 @@ fn from_docker_save(
             ));
         }
     };
-    let config_path = save_path(dir, &entry.config, source)?;
-    let mut f =
-        File::open(&config_path).map_err(Error::io("opening image config", &config_path))?;
-    let (config_digest, config_size) = cache.insert_reader(&mut f)?;
-    let config: ImageConfigFile = serde_json::from_slice(&cache.read(&config_digest)?)
+    let config_body = tree.read(save_path(&entry.config, source)?, MAX_CONFIG)?;
+    let config_digest = staged.bytes(&config_body, None)?;
+    let config_size = config_body.len() as u64;
+    let config: ImageConfigFile = serde_json::from_slice(&config_body)
         .map_err(|e| import_err(source, format!("image config: {e}")))?;
     if config.rootfs.diff_ids.len() != entry.layers.len() {
         return Err(import_err(
@@ -393,10 +358,9 @@ fn from_docker_save(
     }
     let mut layers = Vec::new();
     for (rel, want_diff) in entry.layers.iter().zip(&config.rootfs.diff_ids) {
-        let path = save_path(dir, rel, source)?;
-        let mut f = File::open(&path).map_err(Error::io("opening layer", &path))?;
-        let (digest, size) = cache.insert_reader(&mut f)?;
-        let (compression, diff_id) = diff_id_of(cache, &digest)?;
+        let rel = save_path(rel, source)?;
+        let (digest, size) = staged.file(tree.file(rel)?, None)?;
+        let (compression, diff_id) = diff_id_of_file(staged.open(&digest)?, Path::new(rel))?;
         if &diff_id != want_diff {
             return Err(Error::DigestMismatch {
                 expected: want_diff.to_string(),
@@ -413,9 +377,19 @@ fn from_docker_save(
         annotations: Default::default(),
     };
     let body = serde_json::to_vec(&manifest).map_err(|e| import_err(source, e.to_string()))?;
-    let digest = cache.insert_bytes(&body)?;
+    let digest = staged.bytes(&body, None)?;
     let platform = config.platform();
-    record_from_manifest(cache, manifest, digest, None, name, source, &platform)
+    let record = record_from_manifest(
+        manifest,
+        &config_body,
+        digest,
+        None,
+        name,
+        source,
+        &platform,
+    )?;
+    staged.commit()?;
+    Ok(record)
 }
 
 fn from_rootfs_dir(
