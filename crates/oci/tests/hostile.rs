@@ -409,3 +409,43 @@ fn sparse_files_keep_their_holes() {
     .unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err}");
 }
+
+#[test]
+fn paths_deeper_than_path_max_unpack() {
+    let d = tempfile::tempdir().unwrap();
+    // 60 components of 99 bytes: ~6000 bytes, each component legal.
+    let dirs: Vec<String> = (0..60)
+        .map(|i| format!("{i:02}{}", "d".repeat(97)))
+        .collect();
+    let path = format!("{}/leaf", dirs.join("/"));
+    assert!(path.len() > 4096);
+    let stream = Tar::new().file(&path, b"deep").done();
+    let root = d.path().join("root");
+    apply_layer(&root, &stream[..], "deep", &UnpackOptions::default()).unwrap();
+    // Read it back one component at a time (the host path is too long too).
+    let mut dir = rustix::fs::open(
+        &root,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    for c in &dirs {
+        dir = rustix::fs::openat(
+            &dir,
+            c.as_str(),
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+    }
+    let leaf = rustix::fs::openat(
+        &dir,
+        "leaf",
+        rustix::fs::OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(leaf), &mut text).unwrap();
+    assert_eq!(text, "deep");
+}

@@ -65,6 +65,25 @@ impl RelPath {
         (1..=self.0.len()).map(|n| RelPath(self.0[..n].to_vec()))
     }
 
+    /// The path cut into consecutive parts of at most `max` bytes each (a
+    /// component longer than that is a part of its own).
+    pub fn parts(&self, max: usize) -> Vec<RelPath> {
+        let mut parts: Vec<RelPath> = Vec::new();
+        let mut len = 0;
+        for c in &self.0 {
+            let add = c.len() + 1;
+            match parts.last_mut() {
+                Some(p) if len + add <= max => p.0.push(c.clone()),
+                _ => {
+                    parts.push(RelPath(vec![c.clone()]));
+                    len = 0;
+                }
+            }
+            len += add;
+        }
+        parts
+    }
+
     /// The path as `openat2` takes it (`.` for the root).
     pub fn as_os_string(&self) -> OsString {
         if self.0.is_empty() {
@@ -87,6 +106,32 @@ pub(crate) struct Root {
 }
 
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+
+/// How the parts of a path past the first `PATH_MAX` bytes resolve.
+const DEEP: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// The most bytes of path handed to one lookup (`PATH_MAX` is 4096 with
+/// its NUL).
+const PART_MAX: usize = 4000;
+
+/// `openat2`, retried a little on EAGAIN (a concurrent rename raced it).
+fn openat2_retrying(
+    dir: &OwnedFd,
+    rel: &RelPath,
+    flags: OFlags,
+    how: ResolveFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let path = rel.as_os_string();
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(dir, &path, flags | OFlags::CLOEXEC, Mode::empty(), how) {
+            Err(Errno::AGAIN) if tries < 8 => tries += 1,
+            other => return other,
+        }
+    }
+}
 
 impl Root {
     pub fn open(path: &Path) -> rustix::io::Result<Root> {
@@ -121,22 +166,22 @@ impl Root {
 
     /// Opens `rel` inside the root with `flags`, following symlinks in it as
     /// if the root were `/`.
+    ///
+    /// The kernel takes at most `PATH_MAX` bytes per lookup, so a deeper
+    /// path is walked in parts: the first inside the root as above, the
+    /// rest beneath it with symlinks refused (followed from a part, a link
+    /// would resolve against the wrong directory).
     pub fn resolve(&self, rel: &RelPath, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-        let path = rel.as_os_string();
-        let mut tries = 0;
-        loop {
-            // EAGAIN means a concurrent rename raced the walk: retry a little.
-            match rustix::fs::openat2(
-                &self.fd,
-                &path,
-                flags | OFlags::CLOEXEC,
-                Mode::empty(),
-                RESOLVE,
-            ) {
-                Err(Errno::AGAIN) if tries < 8 => tries += 1,
-                other => return other,
-            }
+        let parts = rel.parts(PART_MAX);
+        let Some((last, first)) = parts.split_last().filter(|(_, first)| !first.is_empty()) else {
+            return openat2_retrying(&self.fd, rel, flags, RESOLVE);
+        };
+        let walk = OFlags::PATH | OFlags::DIRECTORY;
+        let mut cur = openat2_retrying(&self.fd, &first[0], walk, RESOLVE)?;
+        for part in &first[1..] {
+            cur = openat2_retrying(&cur, part, walk, DEEP)?;
         }
+        openat2_retrying(&cur, last, flags, DEEP)
     }
 
     /// Opens directory `rel` as an `O_PATH` descriptor for `*at` calls.
