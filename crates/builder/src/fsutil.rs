@@ -23,6 +23,17 @@ pub enum Scope {
     Beneath,
 }
 
+/// Dangling symlinks [`Root::mkdir_all`] follows before giving up (the
+/// kernel's own bound on links in one lookup).
+const MAX_DANGLING_LINKS: usize = 40;
+
+/// Where one walk of [`Root::mkdir_all`] ended.
+enum Walk {
+    Made(OwnedFd),
+    /// At a dangling symlink: the path to walk instead.
+    Redirected(String),
+}
+
 /// An open directory that paths are resolved under.
 #[derive(Debug)]
 pub struct Root {
@@ -88,7 +99,9 @@ impl Root {
     }
 
     /// `mkdir -p` inside the root; each created directory gets `mode` and
-    /// `owner` and is reported to `created` (outermost first).
+    /// `owner` and is reported to `created` (outermost first). A dangling
+    /// symlink on the way is followed inside the root and its target made,
+    /// as Docker does for WORKDIR, COPY and VOLUME.
     pub fn mkdir_all(
         &self,
         rel: &str,
@@ -96,14 +109,34 @@ impl Root {
         owner: Option<(u32, u32)>,
         created: &mut Vec<String>,
     ) -> rustix::io::Result<OwnedFd> {
-        let rel = clean_rel(rel);
-        match self.open_at(&rel, OFlags::PATH | OFlags::DIRECTORY) {
+        let mut rel = clean_rel(rel);
+        for _ in 0..=MAX_DANGLING_LINKS {
+            match self.mkdir_walk(&rel, mode, owner, created)? {
+                Walk::Made(fd) => return Ok(fd),
+                Walk::Redirected(next) => rel = next,
+            }
+        }
+        Err(Errno::LOOP)
+    }
+
+    /// One walk of [`mkdir_all`](Self::mkdir_all), up to its end or to a
+    /// dangling symlink, whose target it returns with the rest of the path.
+    fn mkdir_walk(
+        &self,
+        rel: &str,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+        created: &mut Vec<String>,
+    ) -> rustix::io::Result<Walk> {
+        match self.open_at(rel, OFlags::PATH | OFlags::DIRECTORY) {
             Err(Errno::NOENT) => {}
-            other => return other,
+            other => return other.map(Walk::Made),
         }
         let mut cur = self.open_at("", OFlags::PATH | OFlags::DIRECTORY)?;
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
         let mut prefix = String::new();
-        for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        for (i, comp) in comps.iter().enumerate() {
+            let parent = prefix.clone();
             if !prefix.is_empty() {
                 prefix.push('/');
             }
@@ -116,22 +149,32 @@ impl Root {
                 Err(Errno::NOENT) => {}
                 Err(e) => return Err(e),
             }
-            match rustix::fs::mkdirat(&cur, comp, Mode::from_raw_mode(mode)) {
-                // EEXIST right after ENOENT: a dangling symlink. Refuse
-                // rather than guess where it should lead.
-                Err(Errno::EXIST) => return Err(Errno::NOTDIR),
+            match rustix::fs::mkdirat(&cur, *comp, Mode::from_raw_mode(mode)) {
+                // EEXIST right after ENOENT: a dangling symlink.
+                Err(Errno::EXIST) => {
+                    let target = rustix::fs::readlinkat(&cur, *comp, Vec::new())
+                        .map_err(|_| Errno::NOTDIR)?;
+                    let target = target.to_str().map_err(|_| Errno::NOTDIR)?;
+                    let base = if target.starts_with('/') {
+                        target.to_owned()
+                    } else {
+                        format!("{parent}/{target}")
+                    };
+                    let rest = comps[i + 1..].join("/");
+                    return Ok(Walk::Redirected(clean_rel(&format!("{base}/{rest}"))));
+                }
                 Err(e) => return Err(e),
                 Ok(()) => {}
             }
             // mkdir applies the umask: set the mode exactly.
-            rustix::fs::chmodat(&cur, comp, Mode::from_raw_mode(mode), AtFlags::empty())?;
+            rustix::fs::chmodat(&cur, *comp, Mode::from_raw_mode(mode), AtFlags::empty())?;
             if let Some((uid, gid)) = owner {
                 chown_at(&cur, OsStr::new(comp), uid, gid)?;
             }
             created.push(prefix.clone());
             cur = self.open_at(&prefix, OFlags::PATH | OFlags::DIRECTORY)?;
         }
-        Ok(cur)
+        Ok(Walk::Made(cur))
     }
 
     /// The host path of an opened descriptor, checked to lie under this root
@@ -335,5 +378,41 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let md = std::fs::metadata(root.join("etc/x/y")).unwrap();
         assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o750, 1, 2));
+    }
+
+    #[test]
+    fn mkdir_all_makes_the_target_of_a_dangling_link_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("srv")).unwrap();
+        // Absolute, relative, climbing and chained dangling links.
+        std::os::unix::fs::symlink("/data/app", root.join("app")).unwrap();
+        std::os::unix::fs::symlink("../cache", root.join("srv/c")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+        std::os::unix::fs::symlink("/hop2", root.join("hop1")).unwrap();
+        std::os::unix::fs::symlink("/final", root.join("hop2")).unwrap();
+        std::os::unix::fs::symlink("/loop", root.join("loop")).unwrap();
+        let r = Root::open(&root, Scope::InRoot).unwrap();
+        let mut created = Vec::new();
+        r.mkdir_all("app/logs", 0o755, None, &mut created).unwrap();
+        assert!(root.join("data/app/logs").is_dir());
+        assert_eq!(created, vec!["data", "data/app", "data/app/logs"]);
+        r.mkdir_all("srv/c/x", 0o755, None, &mut Vec::new())
+            .unwrap();
+        assert!(root.join("cache/x").is_dir());
+        r.mkdir_all("out/y", 0o755, None, &mut Vec::new()).unwrap();
+        assert!(!outside.exists(), "a directory was made outside the root");
+        assert!(root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("y")
+            .is_dir());
+        r.mkdir_all("hop1", 0o755, None, &mut Vec::new()).unwrap();
+        assert!(root.join("final").is_dir());
+        assert_eq!(
+            r.mkdir_all("loop/z", 0o755, None, &mut Vec::new())
+                .unwrap_err(),
+            Errno::LOOP
+        );
     }
 }

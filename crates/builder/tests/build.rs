@@ -400,3 +400,28 @@ fn relative_store_cache_and_dockerfile_paths_work() {
     assert_eq!(cat(&f.store.root().join("tests/rel/1/rootfs"), "/b"), "A\n");
     assert_eq!(out.steps, 2);
 }
+
+#[test]
+fn workdir_copy_and_volume_through_dangling_symlinks_make_their_targets() {
+    let f = Fixture::new();
+    f.busybox_base();
+    f.write("f.txt", "copied\n");
+    let df = "FROM busybox:test\n\
+        RUN ln -s /data/app /app && mkdir -p /srv && ln -s ../var/lib/v /srv/v && ln -s /opt/dst /dst\n\
+        WORKDIR /app\n\
+        COPY f.txt sub/\n\
+        COPY f.txt /dst/in/\n\
+        VOLUME /srv/v\n";
+    let out = f
+        .build(df, "tests/dangling:1")
+        .expect("building through dangling links");
+    let img = out.dir.join("rootfs");
+    assert_eq!(cat(&img, "/data/app/sub/f.txt"), "copied\n");
+    assert_eq!(cat(&img, "/opt/dst/in/f.txt"), "copied\n");
+    assert_eq!(
+        stat(&img, "/var/lib/v").map(|s| s.3),
+        Some("directory".into())
+    );
+    assert_eq!(stat(&img, "/app").map(|s| s.3), Some("symlink".into()));
+    assert_eq!(out.metadata.entrypoint_info.workdir, "/app");
+}
