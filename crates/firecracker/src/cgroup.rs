@@ -177,10 +177,23 @@ impl CgroupLayout {
     pub fn remove_vm_dirs(&self, parent: &str, vm_id: &str) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         for dir in self.vm_dirs(parent, vm_id) {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => removed.push(dir),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(Error::CgroupRemove { path: dir, source }),
+            // A killed VMM's leader may be gone while its vCPU threads are
+            // still leaving KVM: the cgroup is busy until they are out.
+            let start = std::time::Instant::now();
+            loop {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => removed.push(dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e)
+                        if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error())
+                            && start.elapsed() < BUSY_GRACE =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    Err(source) => return Err(Error::CgroupRemove { path: dir, source }),
+                }
+                break;
             }
         }
         Ok(removed)
@@ -207,6 +220,9 @@ impl CgroupLayout {
         }
     }
 }
+
+/// How long a VM's cgroup may stay busy after its process is gone.
+const BUSY_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Generic mount options that are not controller names.
 const KNOWN_MOUNT_OPTIONS: &[&str] = &[

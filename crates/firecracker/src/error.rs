@@ -130,8 +130,13 @@ pub enum Error {
     },
 
     /// The jailer did not finish setting up the jail in time.
-    #[error("the jailer {program} did not finish within {waited:?}")]
-    JailerTimeout { program: PathBuf, waited: Duration },
+    #[error("the jailer {program} did not finish within {waited:?} (waiting for {stage}); the jail and whatever it started were removed")]
+    JailerTimeout {
+        program: PathBuf,
+        waited: Duration,
+        /// What was still missing: the jailer's exit, or its pid file.
+        stage: String,
+    },
 
     /// The jail's pid file is missing or unreadable.
     #[error("cannot read the Firecracker pid from {path}: {reason}")]

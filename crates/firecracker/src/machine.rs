@@ -20,7 +20,7 @@ use crate::client::{Client, DEFAULT_REQUEST_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::jail::{Access, Jail, JailerConfig, JAILED_API_SOCKET};
 use crate::models::{FullVmConfiguration, InstanceInfo};
-use crate::process::VmProcess;
+use crate::process::{kill_rooted_at, processes_rooted_at, ProcStat, VmProcess};
 use crate::spec::{check_vm_id, VmSpec};
 use crate::transport::check_socket_path;
 
@@ -342,38 +342,13 @@ async fn launch_jailed(
     let mut cmd = jail.jailer_command(jailer, version);
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     tracing::debug!(command = ?cmd, "starting the jailer");
-    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+    let child = cmd.spawn().map_err(|source| Error::Spawn {
         program: jailer.jailer.clone(),
         source,
     })?;
-
-    let pid = if jailer.new_pid_ns {
-        // The jailer clones Firecracker into a new pid namespace, writes
-        // its pid to the pid file and exits.
-        let status = wait_child(&mut child, config.socket_timeout).await;
-        match status {
-            Some(s) if s.success() => jail.read_pid()?,
-            Some(s) => {
-                return Err(Error::JailerFailed {
-                    program: jailer.jailer.clone(),
-                    status: s.to_string(),
-                    stderr: tail(&log_path),
-                })
-            }
-            None => {
-                guard.child = Some(child);
-                return Err(Error::JailerTimeout {
-                    program: jailer.jailer.clone(),
-                    waited: config.socket_timeout,
-                });
-            }
-        }
-    } else {
-        // Without a new pid namespace the jailer execs Firecracker in place.
-        let pid = child.id();
-        guard.child = Some(child);
-        pid
-    };
+    guard.child = Some(child);
+    let deadline = jailer_deadline(config.socket_timeout, &jail, snapshot);
+    let pid = wait_jailer(&mut guard, jailer, &jail, deadline).await?;
     let socket = jail.api_socket();
     let process = VmProcess::new(&spec.vm_id, pid, socket.clone(), Some(jail.clone()))?;
     guard.process = Some(process.clone());
@@ -394,11 +369,127 @@ async fn launch_jailed(
         })
         .await?;
     match &snapshot_in_jail {
-        Some((state, memory)) => client.restore(&staged, state, memory).await?,
+        Some((state, memory)) => {
+            // Firecracker reads the state and maps the memory file: allow
+            // for their size on top of an ordinary request.
+            let bytes = snapshot.map_or(0, |f| file_len(&f.state) + file_len(&f.memory));
+            client
+                .clone()
+                .with_timeout(config.request_timeout + setup_allowance(bytes))
+                .restore(&staged, state, memory)
+                .await?
+        }
         None => client.configure_and_start(&staged).await?,
     }
     guard.disarm();
     Ok(process)
+}
+
+/// The jailer copies the Firecracker binary into the jail before anything
+/// else; give it this long per byte it copies (and a restore this long
+/// per snapshot byte), on top of the fixed timeouts: a slow or loaded disk
+/// makes big files slow, never wrong.
+const SETUP_BYTES_PER_SECOND: u64 = 32 << 20;
+
+/// Extra time for setting up `bytes` of files.
+fn setup_allowance(bytes: u64) -> Duration {
+    Duration::from_millis(bytes.saturating_mul(1000) / SETUP_BYTES_PER_SECOND)
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// How long the jailer may take until its pid file is there: the socket
+/// timeout, plus time for the copy of the Firecracker binary it makes, plus
+/// (restoring) time for the snapshot files the jail holds.
+fn jailer_deadline(base: Duration, jail: &Jail, snapshot: Option<&SnapshotFiles>) -> Duration {
+    let snapshot_bytes = snapshot.map_or(0, |f| file_len(&f.state) + file_len(&f.memory));
+    base + setup_allowance(file_len(&jail.exec_file) + snapshot_bytes)
+}
+
+/// Waits for the jailer the way it says it is done. With `--daemonize` the
+/// jailer we started forks, and its first process exits at once; the jail
+/// is set up by a grandchild (chrooted into the jail root), which writes
+/// the pid file only once Firecracker is cloned (or, without
+/// `--new-pid-ns`, right before it execs Firecracker). So: the jailer's
+/// exit status first, then a pid file holding a live pid, by `deadline`.
+/// Meanwhile a process chrooted into the jail is at work; when one was
+/// seen and none is left without a pid file, the jailer failed after
+/// detaching (said at once rather than at the deadline). Returns
+/// Firecracker's pid; on failure `guard` kills whatever runs in the jail.
+async fn wait_jailer(
+    guard: &mut Cleanup,
+    jailer: &JailerConfig,
+    jail: &Jail,
+    deadline: Duration,
+) -> Result<u32> {
+    let start = Instant::now();
+    let log_path = jail.jailer_log();
+    let timeout = |stage: &str| Error::JailerTimeout {
+        program: jailer.jailer.clone(),
+        waited: deadline,
+        stage: stage.to_string(),
+    };
+    // 1. The jailer we started exits (0) once it has detached.
+    loop {
+        let child = guard
+            .child
+            .as_mut()
+            .expect("the jailer is ours until it exits");
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => {
+                guard.child = None;
+                break;
+            }
+            Ok(Some(status)) => {
+                guard.child = None;
+                return Err(Error::JailerFailed {
+                    program: jailer.jailer.clone(),
+                    status: status.to_string(),
+                    stderr: tail(&log_path),
+                });
+            }
+            Ok(None) | Err(_) => {}
+        }
+        if start.elapsed() >= deadline {
+            return Err(timeout("exit"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 2. Its detached grandchild writes the pid file. Once a process was
+    // seen at work in the jail and none is left, no pid file will come.
+    let mut seen_at_work = false;
+    loop {
+        if let Ok(pid) = jail.read_pid() {
+            if ProcStat::read(pid).is_some() {
+                return Ok(pid);
+            }
+        }
+        let at_work = !processes_rooted_at(&jail.root()).is_empty();
+        seen_at_work |= at_work;
+        if seen_at_work && !at_work {
+            // Nothing left at work: one last look (it may have written the
+            // file and exited between the two checks).
+            return match jail.read_pid() {
+                Ok(pid) if ProcStat::read(pid).is_some() => Ok(pid),
+                Ok(pid) => Err(Error::JailerFailed {
+                    program: jailer.jailer.clone(),
+                    status: format!("Firecracker (pid {pid}) exited at once"),
+                    stderr: tail(&log_path),
+                }),
+                Err(e) => Err(Error::JailerFailed {
+                    program: jailer.jailer.clone(),
+                    status: format!("its detached process ended without a pid file ({e})"),
+                    stderr: tail(&log_path),
+                }),
+            };
+        }
+        if start.elapsed() >= deadline {
+            return Err(timeout("its pid file"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn check_executable(what: &'static str, path: &Path) -> Result<()> {
@@ -430,19 +521,6 @@ fn alive_or(process: &VmProcess, socket: &Path, hint: impl FnOnce() -> String) -
         socket: socket.to_path_buf(),
         hint: Some(hint()),
     })
-}
-
-async fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if start.elapsed() >= timeout {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Reaps `child` whenever it exits, so a VMM that is our child never lingers
@@ -526,6 +604,12 @@ impl Drop for Cleanup {
             }
         }
         if let Some((jail, layout)) = &self.jail {
+            // Whatever the jailer started there, pid file or not (a
+            // Firecracker whose pid file came late is one).
+            let left = kill_rooted_at(&jail.root(), KILL_GRACE);
+            if !left.is_empty() {
+                tracing::warn!(pids = ?left, jail = %jail.root().display(), "processes in the jail survived SIGKILL");
+            }
             if let Err(e) = jail.remove(layout) {
                 tracing::warn!(error = %e, "cannot remove the jail after a failed launch");
             }

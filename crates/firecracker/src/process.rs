@@ -149,6 +149,64 @@ impl VmProcess {
     }
 }
 
+/// Pids of the live processes whose root directory is `root` (the jail
+/// root they chrooted into): everything a jailer started for that jail,
+/// whether or not it has written its pid file yet. Empty when `root` is
+/// gone. Needs the right to read other users' `/proc/<pid>/root` (root).
+pub(crate) fn processes_rooted_at(root: &std::path::Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(want) = std::fs::metadata(root) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/root"))
+                .is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino())
+        })
+        .filter(|pid| ProcStat::read(*pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X' | 'x')))
+        .collect()
+}
+
+/// SIGKILLs every process rooted at `root` (see [`processes_rooted_at`])
+/// and waits up to `grace` for them to go; returns the pids still there.
+/// Each is pinned by a pidfd and checked again before the signal, so a
+/// reused pid is never hit.
+pub(crate) fn kill_rooted_at(root: &std::path::Path, grace: Duration) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let start = Instant::now();
+    loop {
+        let pids = processes_rooted_at(root);
+        if pids.is_empty() || start.elapsed() >= grace {
+            return pids;
+        }
+        let want = std::fs::metadata(root).ok();
+        for pid in pids {
+            let Some(raw) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            let Ok(fd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+            else {
+                continue;
+            };
+            let still_ours = want.as_ref().is_some_and(|w| {
+                std::fs::metadata(format!("/proc/{pid}/root"))
+                    .is_ok_and(|m| m.dev() == w.dev() && m.ino() == w.ino())
+            });
+            if still_ours {
+                let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

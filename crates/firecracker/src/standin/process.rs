@@ -244,15 +244,20 @@ fn jailer_script() -> String {
     format!(
         r#"#!/bin/sh
 # Stand-in for the jailer: jail dir, exec copy, pid file, socket under the
-# root, Firecracker started inside --netns.
-all="$*"; id=""; exec_file=""; base=""; netns=""
+# root, Firecracker started inside --netns. With --daemonize it behaves as
+# the real jailer's double fork does: the process started exits 0 at once,
+# and a detached one does the rest, writing the pid file only after the
+# started process is gone (reaped), so a caller that reads the pid file
+# on the jailer's exit finds none.
+all="$*"; id=""; exec_file=""; base=""; netns=""; daemonize=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --id) id="$2"; shift 2 ;;
     --exec-file) exec_file="$2"; shift 2 ;;
     --chroot-base-dir) base="$2"; shift 2 ;;
     --netns) netns="$2"; shift 2 ;;
-    --daemonize|--new-pid-ns) shift ;;
+    --daemonize) daemonize=1; shift ;;
+    --new-pid-ns) shift ;;
     --) shift; break ;;
     *) shift 2 ;;
   esac
@@ -261,15 +266,28 @@ done
 name=$(basename "$exec_file")
 dir="$base/$name/$id"
 root="$dir/root"
+sock="$root$2"
 mkdir -p "$root/run" || exit 1
 cp "$exec_file" "$root/$name" || exit 1
 echo "$all" > "$dir/jailer.args"
-if [ -n "$netns" ]; then
-  {ENV_ROOT}="$root" nsenter --net="$netns" -- "$exec_file" --id "$id" --api-sock "$root$2" </dev/null >"$dir/standin.out" 2>&1 &
-else
-  {ENV_ROOT}="$root" "$exec_file" --id "$id" --api-sock "$root$2" </dev/null >"$dir/standin.out" 2>&1 &
+jail() {{
+  if [ -n "$netns" ]; then
+    {ENV_ROOT}="$root" nsenter --net="$netns" -- "$exec_file" --id "$id" --api-sock "$sock" </dev/null >"$dir/standin.out" 2>&1 &
+  else
+    {ENV_ROOT}="$root" "$exec_file" --id "$id" --api-sock "$sock" </dev/null >"$dir/standin.out" 2>&1 &
+  fi
+  echo $! > "$root/$name.pid"
+}}
+if [ -z "$daemonize" ]; then
+  jail
+  exit 0
 fi
-echo $! > "$root/$name.pid"
+started=$$
+(
+  while kill -0 "$started" 2>/dev/null; do sleep 0.01; done
+  jail
+) </dev/null >/dev/null 2>&1 &
+exit 0
 "#
     )
 }
