@@ -527,16 +527,12 @@ impl Runtime {
         metadata.status = VmStatus::Running;
         if let Err(e) = metadata.store(&run_dir.metadata()) {
             // Without its metadata nobody could manage the VM: stop it.
-            if let Err(stop) = backend.force_stop(&metadata).await {
-                tracing::warn!("stopping VM {} after a failed start: {stop}", metadata.id);
-            }
+            abandon_started(backend.as_ref(), &metadata, "start").await;
             return Err(e);
         }
         if let Some(snapshot) = &resolved.snapshot {
             if let Err(e) = self.wake_fork(backend.as_ref(), &metadata, snapshot).await {
-                if let Err(stop) = backend.force_stop(&metadata).await {
-                    tracing::warn!("stopping VM {} after a failed restore: {stop}", metadata.id);
-                }
+                abandon_started(backend.as_ref(), &metadata, "restore").await;
                 return Err(e);
             }
         }
@@ -1309,6 +1305,19 @@ const IMAGE_FILE: &str = "image.json";
 
 /// How long a fork's agent may take to answer after the resume (TCG is slow).
 const FORK_AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Stops a VM whose start failed after its VMM came up and removes what
+/// the VMM left outside the run directory (Firecracker's jail); the run
+/// directory goes with the caller's guard, the network with `launch`.
+async fn abandon_started(backend: &dyn Vmm, metadata: &RunMetadata, what: &str) {
+    if let Err(stop) = backend.force_stop(metadata).await {
+        tracing::warn!("stopping VM {} after a failed {what}: {stop}", metadata.id);
+        return;
+    }
+    if let Err(e) = backend.cleanup(metadata).await {
+        tracing::warn!("cleaning up VM {} after a failed {what}: {e}", metadata.id);
+    }
+}
 
 /// Refuses a restore that cannot work, before anything is made: another
 /// VMM or VMM version, a kernel that is gone or changed.
