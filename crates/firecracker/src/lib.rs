@@ -10,9 +10,12 @@
 //!   (jailed or `--no-jailer`), boot, stop, clean up; [`VmProcess`] is the
 //!   serializable record later commands use.
 //!
-//! Firecracker cannot run on the machines this is developed on, so it is
-//! tested against the spec and a stand-in of the API: `standin`, exported
-//! with the cargo feature `test-support` for other crates' tests too.
+//! Tested three ways: every request against the official spec; against a
+//! stand-in of the API and of the executables (`standin`, exported with the
+//! cargo feature `test-support` for other crates' tests too); and, where
+//! `../shared/firecracker/bin` holds them, against the real Firecracker and
+//! jailer (`tests/real.rs`), whose guest never runs on the nested KVM of the
+//! development machines.
 
 mod blocking;
 mod boot_args;
