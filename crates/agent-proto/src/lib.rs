@@ -182,8 +182,9 @@ pub struct Pong {
 pub struct Copied {
     pub files: u64,
     pub bytes: u64,
-    /// Entries that are neither files, directories nor symlinks (devices,
-    /// FIFOs, sockets): not copied.
+    /// Entries not copied: in a copy, those that are neither files,
+    /// directories nor symlinks (devices, FIFOs, sockets); in a layer
+    /// tree, sockets.
     pub skipped: u64,
 }
 

@@ -10,10 +10,20 @@
 //!
 //! A *layer tree* ([`send_layer`], [`TreeWriter::layer`]) carries an
 //! overlayfs upper directory (a build step's diff) byte-exact: also
-//! whiteouts (character devices 0/0), FIFOs, and the extended attributes
-//! `user.*` (overlayfs' `user.overlay.opaque` among them) and
-//! `security.capability`. Any other device node is refused at both ends:
-//! the sender may be an untrusted guest, and its tree lands on the host.
+//! whiteouts (character devices 0/0), FIFOs, character and block devices,
+//! and the extended attributes `user.*` (overlayfs' `user.overlay.opaque`
+//! among them) and `security.capability`; sockets are skipped, as Docker
+//! skips them in a layer.
+//!
+//! The sender may be an untrusted guest, and its tree lands on the host,
+//! where a block device node would open a host disk: the writer never makes
+//! a device node other than a whiteout. A device arrives as a *device
+//! placeholder* ([`Device`]): an empty regular file with the device's
+//! owner, mode and times, marked with the extended attribute
+//! [`DEVICE_XATTR`] (`trusted.`, so no unprivileged process, in a sandbox
+//! step or in a guest, can set or forge it). Whoever turns a layer
+//! directory into an ext4 image makes the real inode inside the image
+//! (see `firebuild-builder`'s `ext4` module).
 //!
 //! The writer treats what it receives as untrusted: paths must be relative
 //! and plain (no `..`, no empty or `.` components), and every path is
@@ -47,6 +57,137 @@ pub enum EntryKind {
     Whiteout,
     /// A named pipe (layer trees only).
     Fifo,
+    /// A character device other than 0/0 (layer trees only; written as a
+    /// [`Device`] placeholder).
+    Char,
+    /// A block device (layer trees only; written as a [`Device`]
+    /// placeholder).
+    Block,
+}
+
+/// The extended attribute that makes an empty regular file in a layer
+/// directory stand for a device node; its value is [`Device::marker`].
+pub const DEVICE_XATTR: &str = "trusted.firebuild.device";
+
+/// The largest major number Linux has (12 bits).
+pub const MAX_MAJOR: u32 = (1 << 12) - 1;
+/// The largest minor number Linux has (20 bits).
+pub const MAX_MINOR: u32 = (1 << 20) - 1;
+
+/// A device number, as an [`Entry`] carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceNumber {
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// A character or block device kept in a layer as a placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    /// A block device (else a character device).
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Device {
+    /// A device, checked: numbers in Linux's ranges, and not the
+    /// character device 0/0 (a whiteout).
+    pub fn new(block: bool, major: u32, minor: u32) -> io::Result<Device> {
+        if major > MAX_MAJOR || minor > MAX_MINOR {
+            return Err(invalid(format!(
+                "the device number {major}:{minor} is out of range (major up to {MAX_MAJOR}, minor up to {MAX_MINOR})"
+            )));
+        }
+        if !block && major == 0 && minor == 0 {
+            return Err(invalid(
+                "the character device 0:0 is a whiteout, not a device".into(),
+            ));
+        }
+        Ok(Device {
+            block,
+            major,
+            minor,
+        })
+    }
+
+    /// `c` or `b`, as `mknod` and debugfs spell the type.
+    pub fn type_letter(&self) -> char {
+        if self.block {
+            'b'
+        } else {
+            'c'
+        }
+    }
+
+    /// The [`DEVICE_XATTR`] value: `c 10 200`, `b 7 0`.
+    pub fn marker(&self) -> String {
+        format!("{} {} {}", self.type_letter(), self.major, self.minor)
+    }
+
+    /// Reads a [`Device::marker`] back, checked as [`Device::new`] checks.
+    pub fn parse_marker(value: &[u8]) -> io::Result<Device> {
+        let bad = || {
+            invalid(format!(
+                "a device marker that is not \"c|b MAJOR MINOR\": {:?}",
+                String::from_utf8_lossy(value)
+            ))
+        };
+        let text = std::str::from_utf8(value).map_err(|_| bad())?;
+        let mut parts = text.split(' ');
+        let (Some(kind), Some(major), Some(minor), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let number = |s: &str| -> io::Result<u32> {
+            if s.is_empty() || s.len() > 7 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            s.parse().map_err(|_| bad())
+        };
+        let block = match kind {
+            "c" => false,
+            "b" => true,
+            _ => return Err(bad()),
+        };
+        Device::new(block, number(major)?, number(minor)?)
+    }
+
+    /// The device `path` (not followed) stands for, if it is a placeholder:
+    /// an empty regular file with a [`DEVICE_XATTR`]. A malformed marker is
+    /// an error.
+    pub fn of_placeholder(path: &Path, md: &std::fs::Metadata) -> io::Result<Option<Device>> {
+        if !md.is_file() || md.len() != 0 {
+            return Ok(None);
+        }
+        let p = cstr(path)?;
+        let name = cstr(DEVICE_XATTR)?;
+        let mut value = [0u8; 64];
+        // SAFETY: lgetxattr into a buffer of its length.
+        let n = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if n < 0 {
+            let e = errno();
+            return match e.raw_os_error() {
+                Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
+                Some(libc::ERANGE) => Err(invalid(format!(
+                    "{}: a device marker that is too long",
+                    path.display()
+                ))),
+                _ => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            };
+        }
+        Device::parse_marker(&value[..n as usize])
+            .map(Some)
+            .map_err(|e| invalid(format!("{}: {e}", path.display())))
+    }
 }
 
 /// Whether a tree is a `cp` copy or a layer (see the module docs).
@@ -83,6 +224,9 @@ pub struct Entry {
     /// Extended attributes, name → hex value (layer trees only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, String>,
+    /// The device number of a [`EntryKind::Char`] or [`EntryKind::Block`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceNumber>,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -226,14 +370,31 @@ fn send_entry(
         EntryKind::Whiteout
     } else if mode == Mode::Layer && ft.is_fifo() {
         EntryKind::Fifo
-    } else if mode == Mode::Layer {
-        return Err(invalid(format!(
-            "{}: a device node or socket cannot be kept in a layer",
-            path.display()
-        )));
+    } else if mode == Mode::Layer && ft.is_char_device() {
+        EntryKind::Char
+    } else if mode == Mode::Layer && ft.is_block_device() {
+        EntryKind::Block
     } else {
+        // Sockets (and, in a copy, devices and FIFOs): left out, as Docker
+        // leaves sockets out of a layer.
         stats.skipped += 1;
         return Ok(());
+    };
+    let device = match kind {
+        EntryKind::Char | EntryKind::Block => {
+            let rdev = md.rdev() as libc::dev_t;
+            let dev = Device::new(
+                kind == EntryKind::Block,
+                libc::major(rdev),
+                libc::minor(rdev),
+            )
+            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            Some(DeviceNumber {
+                major: dev.major,
+                minor: dev.minor,
+            })
+        }
+        _ => None,
     };
     let xattrs = match (mode, kind) {
         (Mode::Layer, EntryKind::File | EntryKind::Dir) => read_xattrs(path)?,
@@ -265,6 +426,7 @@ fn send_entry(
         size: if kind == EntryKind::File { md.len() } else { 0 },
         target,
         xattrs,
+        device,
     };
     let json = serde_json::to_vec(&entry).map_err(|e| invalid(e.to_string()))?;
     match kind {
@@ -308,7 +470,11 @@ fn send_entry(
                 send_entry(&child, format!("{rel}/{name}"), md, mode, emit, stats)?;
             }
         }
-        EntryKind::Symlink | EntryKind::Whiteout | EntryKind::Fifo => {
+        EntryKind::Symlink
+        | EntryKind::Whiteout
+        | EntryKind::Fifo
+        | EntryKind::Char
+        | EntryKind::Block => {
             emit(Kind::Entry, &json)?;
             stats.files += 1;
         }
@@ -594,10 +760,32 @@ impl TreeWriter {
 
     /// Refuses what the tree's mode does not carry.
     fn check_kind(&self, e: &Entry) -> io::Result<()> {
-        let layer_only = matches!(e.kind, EntryKind::Whiteout | EntryKind::Fifo);
+        let layer_only = matches!(
+            e.kind,
+            EntryKind::Whiteout | EntryKind::Fifo | EntryKind::Char | EntryKind::Block
+        );
         if self.mode == Mode::Copy && (layer_only || !e.xattrs.is_empty()) {
             return Err(invalid(format!(
-                "{:?}: whiteouts, FIFOs and attributes come only in layer trees",
+                "{:?}: whiteouts, FIFOs, devices and attributes come only in layer trees",
+                e.path
+            )));
+        }
+        let is_device = matches!(e.kind, EntryKind::Char | EntryKind::Block);
+        if is_device != e.device.is_some() {
+            return Err(invalid(format!(
+                "{:?}: a device number comes with character and block devices only",
+                e.path
+            )));
+        }
+        if e.kind != EntryKind::File && e.size != 0 {
+            return Err(invalid(format!(
+                "{:?}: only regular files have data",
+                e.path
+            )));
+        }
+        if is_device && e.path.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(invalid(format!(
+                "{:?}: refusing a device whose name has control characters",
                 e.path
             )));
         }
@@ -659,6 +847,25 @@ impl TreeWriter {
         }
         self.check_kind(&e)?;
         let rel = self.out_path(&e)?;
+        // A device is written as its placeholder: an empty file (never a
+        // device node on this side) with the marker attribute.
+        let e = match (e.kind, e.device) {
+            (EntryKind::Char | EntryKind::Block, Some(n)) => {
+                let dev = Device::new(e.kind == EntryKind::Block, n.major, n.minor)
+                    .map_err(|err| invalid(format!("{:?}: {err}", e.path)))?;
+                Entry {
+                    kind: EntryKind::File,
+                    size: 0,
+                    xattrs: BTreeMap::from([(
+                        DEVICE_XATTR.to_owned(),
+                        to_hex(dev.marker().as_bytes()),
+                    )]),
+                    device: None,
+                    ..e
+                }
+            }
+            _ => e,
+        };
         let (parent, name) = split_last(&rel);
         let base = &self.base.as_ref().expect("set by out_path").0;
         let dir = open_dir_beneath(base, parent).map_err(|err| {
@@ -746,6 +953,9 @@ impl TreeWriter {
                     io::Error::new(err.kind(), format!("creating the {what} {rel}: {err}"))
                 })?;
                 self.stats.files += 1;
+            }
+            EntryKind::Char | EntryKind::Block => {
+                unreachable!("devices are written as placeholders, above")
             }
             EntryKind::Symlink => {
                 let target = cstr(e.target.as_deref().unwrap_or_default())?;
@@ -978,6 +1188,7 @@ mod tests {
             size: 0,
             target: target.map(str::to_owned),
             xattrs: BTreeMap::new(),
+            device: None,
         };
         for bad in ["../x", "/etc/x", "top/../../x", "top//x", "top/./x"] {
             let mut w = TreeWriter::new(&dest);
@@ -1124,16 +1335,11 @@ mod tests {
     }
 
     #[test]
-    fn layer_trees_refuse_devices_foreign_attributes_and_copy_mode_extras() {
+    fn layer_trees_refuse_foreign_attributes_and_copy_mode_extras() {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("upper");
         std::fs::create_dir(&src).unwrap();
         mknod(&src.join("disk"), libc::S_IFBLK, libc::makedev(7, 0));
-        let err = layer_frames(&src).unwrap_err();
-        assert!(
-            err.to_string().contains("disk") && err.to_string().contains("device"),
-            "{err}"
-        );
 
         let dest = t.path().join("diff");
         std::fs::create_dir(&dest).unwrap();
@@ -1151,6 +1357,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            device: None,
         };
         let mut w = TreeWriter::layer(&dest);
         w.entry(entry(LAYER_TOP, EntryKind::Dir, &[])).unwrap();
@@ -1186,5 +1393,225 @@ mod tests {
         assert_eq!(copied.skipped, 1);
         let first: Entry = serde_json::from_slice(&frames[0].1).unwrap();
         assert!(first.xattrs.is_empty());
+    }
+
+    /// Every device node below `dir` other than whiteouts (char 0/0).
+    fn device_nodes(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            let ft = md.file_type();
+            if ft.is_dir() {
+                found.extend(device_nodes(&e.path()));
+            } else if ft.is_block_device() || (ft.is_char_device() && md.rdev() != 0) {
+                found.push(e.path());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn layer_trees_carry_devices_as_placeholders_and_skip_sockets() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("upper");
+        let net = src.join("opt/net");
+        std::fs::create_dir_all(&net).unwrap();
+        mknod(&net.join("tun"), libc::S_IFCHR, libc::makedev(10, 200));
+        std::os::unix::fs::chown(net.join("tun"), Some(1), Some(2)).unwrap();
+        std::fs::set_permissions(net.join("tun"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        mknod(&net.join("blk"), libc::S_IFBLK, libc::makedev(7, 0));
+        mknod(
+            &net.join("big"),
+            libc::S_IFCHR,
+            libc::makedev(MAX_MAJOR, MAX_MINOR),
+        );
+        mknod(&src.join("gone"), libc::S_IFCHR, 0);
+        let _listener = std::os::unix::net::UnixListener::bind(net.join("sock")).unwrap();
+
+        let frames = layer_frames(&src).unwrap();
+        // On the wire: devices with their numbers, no socket.
+        let entries: Vec<Entry> = frames
+            .iter()
+            .filter(|(k, _)| *k == Kind::Entry)
+            .map(|(_, p)| serde_json::from_slice(p).unwrap())
+            .collect();
+        let sent = |name: &str| entries.iter().find(|e| e.path == name).cloned();
+        let tun = sent("layer/opt/net/tun").unwrap();
+        assert_eq!(
+            (tun.kind, tun.device, tun.mode, tun.uid, tun.gid),
+            (
+                EntryKind::Char,
+                Some(DeviceNumber {
+                    major: 10,
+                    minor: 200
+                }),
+                0o640,
+                1,
+                2
+            )
+        );
+        assert_eq!(sent("layer/opt/net/blk").unwrap().kind, EntryKind::Block);
+        assert!(sent("layer/opt/net/sock").is_none());
+        assert_eq!(sent("layer/gone").unwrap().kind, EntryKind::Whiteout);
+
+        let dest = t.path().join("diff");
+        std::fs::create_dir(&dest).unwrap();
+        let copied = write_layer(frames, &dest).unwrap();
+        assert_eq!(copied.files, 4, "{copied:?}");
+        // Nothing that opens a device on this side: empty files, marked.
+        assert_eq!(device_nodes(&dest), Vec::<PathBuf>::new());
+        let placeholder = |name: &str| {
+            let path = dest.join(name);
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            assert!(md.is_file() && md.len() == 0, "{name}: {md:?}");
+            (
+                Device::of_placeholder(&path, &md).unwrap(),
+                md.mode() & 0o7777,
+                md.uid(),
+                md.gid(),
+            )
+        };
+        assert_eq!(
+            placeholder("opt/net/tun"),
+            (Some(Device::new(false, 10, 200).unwrap()), 0o640, 1, 2)
+        );
+        assert_eq!(
+            placeholder("opt/net/blk").0,
+            Some(Device::new(true, 7, 0).unwrap())
+        );
+        assert_eq!(
+            placeholder("opt/net/big").0,
+            Some(Device::new(false, MAX_MAJOR, MAX_MINOR).unwrap())
+        );
+        assert_eq!(
+            xattr(&dest.join("opt/net/tun"), DEVICE_XATTR).as_deref(),
+            Some(&b"c 10 200"[..])
+        );
+        assert!(!dest.join("opt/net/sock").exists());
+        // The whiteout stays what it was.
+        let gone = std::fs::symlink_metadata(dest.join("gone")).unwrap();
+        assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
+        // A plain empty file is no placeholder.
+        std::fs::write(dest.join("plain"), b"").unwrap();
+        let md = std::fs::symlink_metadata(dest.join("plain")).unwrap();
+        assert_eq!(
+            Device::of_placeholder(&dest.join("plain"), &md).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn hostile_device_entries_are_refused_and_write_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("diff");
+        std::fs::create_dir(&dest).unwrap();
+        let dev = |path: &str, kind, number: Option<(u32, u32)>| Entry {
+            path: path.into(),
+            kind,
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            target: None,
+            xattrs: BTreeMap::new(),
+            device: number.map(|(major, minor)| DeviceNumber { major, minor }),
+        };
+        let with = |mut e: Entry, f: &dyn Fn(&mut Entry)| {
+            f(&mut e);
+            e
+        };
+        let hostile = [
+            ("no number", dev("layer/a", EntryKind::Char, None)),
+            (
+                "a number on a file",
+                dev("layer/a", EntryKind::File, Some((8, 0))),
+            ),
+            (
+                "a number on a whiteout",
+                dev("layer/a", EntryKind::Whiteout, Some((8, 0))),
+            ),
+            ("char 0:0", dev("layer/a", EntryKind::Char, Some((0, 0)))),
+            (
+                "major too big",
+                dev("layer/a", EntryKind::Block, Some((MAX_MAJOR + 1, 0))),
+            ),
+            (
+                "minor too big",
+                dev("layer/a", EntryKind::Char, Some((1, MAX_MINOR + 1))),
+            ),
+            (
+                "data on a device",
+                with(dev("layer/a", EntryKind::Block, Some((8, 0))), &|e| {
+                    e.size = 512
+                }),
+            ),
+            (
+                "attributes on a device",
+                with(dev("layer/a", EntryKind::Block, Some((8, 0))), &|e| {
+                    e.xattrs.insert("user.x".into(), "00".into());
+                }),
+            ),
+            (
+                "a forged marker",
+                with(dev("layer/a", EntryKind::File, None), &|e| {
+                    e.xattrs.insert(DEVICE_XATTR.into(), to_hex(b"b 8 0"));
+                }),
+            ),
+            (
+                "a control character",
+                dev("layer/a\nb", EntryKind::Char, Some((1, 3))),
+            ),
+            (
+                "an escape",
+                dev("layer/../a", EntryKind::Block, Some((8, 0))),
+            ),
+        ];
+        for (what, e) in hostile {
+            let mut w = TreeWriter::layer(&dest);
+            w.entry(dev(LAYER_TOP, EntryKind::Dir, None)).unwrap();
+            assert!(w.entry(e).is_err(), "{what} accepted");
+        }
+        // Devices come only in layer trees.
+        let mut w = TreeWriter::new(&dest);
+        w.entry(dev("top", EntryKind::Dir, None)).unwrap();
+        assert!(w
+            .entry(dev("top/a", EntryKind::Block, Some((8, 0))))
+            .is_err());
+        let left: Vec<_> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "top")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(!t.path().join("a").exists());
+    }
+
+    #[test]
+    fn device_markers_parse_strictly() {
+        let ok = |s: &str| Device::parse_marker(s.as_bytes()).unwrap();
+        assert_eq!(ok("c 10 200"), Device::new(false, 10, 200).unwrap());
+        assert_eq!(ok("b 7 0"), Device::new(true, 7, 0).unwrap());
+        assert_eq!(ok("b 0 0").marker(), "b 0 0");
+        for bad in [
+            "",
+            "c",
+            "c 10",
+            "c 10 200 1",
+            "x 1 2",
+            "c -1 2",
+            "c +1 2",
+            "c 1  2",
+            " c 1 2",
+            "c 4096 0",
+            "c 0 1048576",
+            "c 0 0",
+            "c 99999999 1",
+            "c 1 2\n",
+        ] {
+            assert!(Device::parse_marker(bad.as_bytes()).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1070,7 +1070,10 @@ impl<'a> Engine<'a> {
             let out = sandbox::run_in_root(&step, scratch, &sandbox, &spec, &mut on_line, &cancel)
                 .map_err(StepFailure::Error)?;
             if out.code != 0 {
-                let note = out.limit.map(|l| format!("\n  {l}")).unwrap_or_default();
+                let note = match out.limit {
+                    Some(l) => format!("\n  {l}"),
+                    None => mknod_note(&command_shown, &out.tail),
+                };
                 return Err(run_failed(at_run, command_shown, out.code, note, &out.tail));
             }
             Ok(())
@@ -1108,6 +1111,17 @@ fn run_program(
             (vec![path.clone()], Some((path, content)))
         }
     }
+}
+
+/// Why a failed sandbox step that made a device node failed: the sandbox
+/// refuses mknod, as rootless BuildKit does.
+fn mknod_note(command: &str, tail: &[String]) -> String {
+    if !command.contains("mknod") && !tail.iter().any(|l| l.contains("mknod")) {
+        return String::new();
+    }
+    "\n  the sandbox refuses mknod (as rootless BuildKit does); build with \
+     --isolation microvm to keep device nodes in the image"
+        .to_owned()
 }
 
 /// A RUN command that exited with `code`, with its last output lines.

@@ -690,6 +690,11 @@ mod tests {
                 "dir".to_owned()
             } else if ft.is_symlink() {
                 format!("link {:?}", std::fs::read_link(&path).unwrap())
+            } else if let Some(d) =
+                firebuild_agent_proto::tree::Device::of_placeholder(&path, &md).unwrap()
+            {
+                // Read back, a device is its placeholder.
+                format!("dev {} {:x}", !d.block, libc::makedev(d.major, d.minor))
             } else if ft.is_file() {
                 let data = std::fs::read(&path).unwrap();
                 let group = groups

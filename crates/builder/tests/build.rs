@@ -202,6 +202,18 @@ fn failing_run_reports_command_status_and_last_lines_and_stores_nothing() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unable to find user ghost"), "{err}");
+    // mknod is refused in the sandbox, and the error says what to use.
+    let err = f
+        .build(
+            "FROM busybox:test\nRUN mkdir -p /opt/net && mknod /opt/net/tun c 10 200\n",
+            "tests/fail:4",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the sandbox refuses mknod") && err.contains("--isolation microvm"),
+        "{err}"
+    );
 }
 
 #[test]

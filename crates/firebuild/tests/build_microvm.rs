@@ -74,7 +74,9 @@ fn run_steps_run_in_microvms_and_their_diffs_become_the_layers() {
          ENV PATH=/bin\n\
          RUN uname -r > /kernel-release && echo data > /owned && chown 1000:1000 /owned \
              && rm /etc/removed && rm -r /srv/old && mkdir -p /srv/old && echo new > /srv/old/new \
-             && mkfifo /fifo && echo temp > /tmp/kept\n\
+             && mkfifo /fifo && echo temp > /tmp/kept \
+             && mkdir -p /opt/net && mknod -m 640 /opt/net/tun c 10 200 && chown 0:5 /opt/net/tun \
+             && mknod /opt/net/blk b 7 0 && mknod /dev/in-dev c 1 3\n\
          USER app\n\
          WORKDIR /home/app/work\n\
          RUN <<EOF\n\
@@ -110,6 +112,25 @@ fn run_steps_run_in_microvms_and_their_diffs_become_the_layers() {
     assert_eq!(debugfs(&image, "cat /srv/old/new").trim(), "new");
     assert!(debugfs(&image, "stat /fifo").contains("Type: FIFO"));
     assert_eq!(debugfs(&image, "cat /tmp/kept").trim(), "temp");
+    // Device nodes, as Docker keeps them; never a node on the host.
+    let tun = debugfs(&image, "stat /opt/net/tun");
+    assert!(tun.contains("Type: character special"), "{tun}");
+    assert!(
+        tun.contains("Mode:  0640") && tun.contains("Group:     5"),
+        "{tun}"
+    );
+    assert!(tun.contains("Device major/minor number: 10:200"), "{tun}");
+    let blk = debugfs(&image, "stat /opt/net/blk");
+    assert!(blk.contains("Type: block special"), "{blk}");
+    assert!(blk.contains("Device major/minor number: 07:00"), "{blk}");
+    assert!(
+        !image_has(&image, "/dev/in-dev"),
+        "/dev stays out of layers"
+    );
+    assert_eq!(
+        host_device_nodes(&w.path("")),
+        Vec::<std::path::PathBuf>::new()
+    );
     // USER, WORKDIR and a heredoc.
     assert_eq!(debugfs(&image, "cat /home/app/work/mine"), "1000\ndata\n");
     // Nothing of the VM's own in the layers.
@@ -141,6 +162,27 @@ fn run_steps_run_in_microvms_and_their_diffs_become_the_layers() {
         field("cached"),
         "every step from the cache: {log}"
     );
+}
+
+/// Every device node under `dir` but whiteouts (character 0/0).
+fn host_device_nodes(dir: &Path) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let ft = md.file_type();
+        if ft.is_dir() {
+            found.extend(host_device_nodes(&e.path()));
+        } else if ft.is_block_device() || (ft.is_char_device() && md.rdev() != 0) {
+            found.push(e.path());
+        }
+    }
+    found
 }
 
 /// Whether `path` exists in the image (debugfs prints an error otherwise).

@@ -6,6 +6,7 @@ mod common;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use firebuild_agent_proto::tree::{Device, DEVICE_XATTR};
 use firebuild_oci::testing::TarBuilder;
 use firebuild_oci::{apply_layer, Error, UnpackOptions};
 
@@ -127,20 +128,23 @@ fn preserves_modes_owners_times_links_devices_and_xattrs() {
         std::fs::metadata(sb.p("usr/bin/ping-hard")).unwrap(),
     );
     assert_eq!(a.ino(), b.ino());
-    let null = std::fs::metadata(sb.p("dev/null")).unwrap();
-    assert!(null.file_type().is_char_device());
+    // Devices are placeholders here (no node opens a host device); they
+    // become nodes inside an ext4 image only.
+    let null_path = sb.p("dev/null");
+    let null = std::fs::symlink_metadata(&null_path).unwrap();
+    assert!(null.is_file() && null.len() == 0);
     assert_eq!(
-        (
-            rustix::fs::major(null.rdev()),
-            rustix::fs::minor(null.rdev())
-        ),
-        (1, 3)
+        Device::of_placeholder(&null_path, &null).unwrap(),
+        Some(Device::new(false, 1, 3).unwrap())
     );
     assert_eq!(null.mode() & 0o777, 0o666);
-    assert!(std::fs::metadata(sb.p("dev/loop9"))
-        .unwrap()
-        .file_type()
-        .is_block_device());
+    let loop_path = sb.p("dev/loop9");
+    let loop9 = std::fs::symlink_metadata(&loop_path).unwrap();
+    assert!(!loop9.file_type().is_block_device());
+    assert_eq!(
+        Device::of_placeholder(&loop_path, &loop9).unwrap(),
+        Some(Device::new(true, 7, 9).unwrap())
+    );
     assert!(std::fs::metadata(sb.p("run/fifo"))
         .unwrap()
         .file_type()
@@ -159,6 +163,44 @@ fn preserves_modes_owners_times_links_devices_and_xattrs() {
     let mut buf = [0u8; 16];
     let n = rustix::fs::getxattr(sb.p("usr/bin/ping"), "user.note", &mut buf[..]).unwrap();
     assert_eq!(&buf[..n], b"hi");
+}
+
+#[test]
+fn devices_are_placeholders_an_archive_cannot_forge() {
+    let sb = Sandbox::new();
+    let tar = TarBuilder::new()
+        .file("etc/sda", 0o644, b"planted first")
+        .device("etc/sda", 'b', 8, 0, 0o600)
+        .device("etc/whiteout", 'c', 0, 0, 0o600)
+        .file_with(
+            "etc/forged",
+            0o644,
+            0,
+            0,
+            &[(DEVICE_XATTR, b"b 8 0"), ("user.kept", b"1")],
+            b"",
+        )
+        .finish();
+    sb.apply(&tar).unwrap();
+    // The device over an earlier file: a placeholder, no host node.
+    let sda = std::fs::symlink_metadata(sb.p("etc/sda")).unwrap();
+    assert!(sda.is_file() && sda.len() == 0);
+    assert_eq!(
+        Device::of_placeholder(&sb.p("etc/sda"), &sda).unwrap(),
+        Some(Device::new(true, 8, 0).unwrap())
+    );
+    // A char 0/0 opens nothing and stays a node (an overlay whiteout).
+    let wh = std::fs::symlink_metadata(sb.p("etc/whiteout")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+    // An archive's own marker is dropped; its other attributes are kept.
+    let forged = std::fs::symlink_metadata(sb.p("etc/forged")).unwrap();
+    assert_eq!(
+        Device::of_placeholder(&sb.p("etc/forged"), &forged).unwrap(),
+        None
+    );
+    let mut buf = [0u8; 4];
+    let n = rustix::fs::getxattr(sb.p("etc/forged"), "user.kept", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"1");
 }
 
 #[test]

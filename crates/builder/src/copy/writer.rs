@@ -7,6 +7,8 @@ use std::os::fd::OwnedFd;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use firebuild_agent_proto::tree::{Device, DEVICE_XATTR};
+
 use crate::fsutil::{self, Root};
 
 /// An error while writing, with the image path it concerns.
@@ -164,10 +166,36 @@ impl<'a> Writer<'a> {
     }
 
     /// A device node, FIFO or socket (`attrs.mode` includes the type bits).
+    /// A character or block device is written as its device placeholder
+    /// (see `firebuild_agent_proto::tree`): never a node on the host.
     pub fn special(&mut self, rel: &str, attrs: &Attrs, rdev: u64) -> WResult<()> {
+        let ft = FileType::from_raw_mode(attrs.mode);
+        let device = match ft {
+            FileType::CharacterDevice if rdev == 0 => None, // a whiteout
+            FileType::CharacterDevice | FileType::BlockDevice => Some(
+                Device::new(
+                    ft == FileType::BlockDevice,
+                    rustix::fs::major(rdev),
+                    rustix::fs::minor(rdev),
+                )
+                .map_err(|e| werr(rel, e))?,
+            ),
+            _ => None,
+        };
+        if let Some(device) = device {
+            let plain = Attrs {
+                mode: attrs.mode & 0o7777,
+                ..*attrs
+            };
+            self.file(rel, &mut std::io::empty(), &plain, None)?;
+            let marker = [(
+                std::ffi::CString::new(DEVICE_XATTR).expect("no NUL"),
+                device.marker().into_bytes(),
+            )];
+            return self.xattrs(rel, &marker);
+        }
         let (dir, name) = self.parent(rel)?;
         self.clear(&dir, &name, rel, false)?;
-        let ft = FileType::from_raw_mode(attrs.mode);
         rustix::fs::mknodat(
             &dir,
             &name,

@@ -22,6 +22,8 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 
+use firebuild_agent_proto::tree::{Device, DEVICE_XATTR};
+
 use crate::error::{Error, Result};
 use crate::manifest::Compression;
 use fsops::{lstat_type, remove_all, PathError, RelPath, Root};
@@ -34,7 +36,7 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 #[derive(Debug, Clone)]
 pub struct UnpackOptions {
     /// Set owners from the archive (needs root). Off: files belong to us and
-    /// device nodes are skipped with a warning.
+    /// devices are skipped with a warning.
     pub preserve_ownership: bool,
     /// Read `.wh.` entries as OCI whiteouts (image layers); off, they are
     /// plain files (an archive that is not a layer).
@@ -297,7 +299,11 @@ impl<'a> Applier<'a> {
                 let ext = ext?;
                 let Ok(key) = ext.key() else { continue };
                 if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    xattrs.push((OsString::from(name), ext.value_bytes().to_vec()));
+                    // Only a device entry makes a device placeholder: an
+                    // archive's own marker is dropped.
+                    if name != DEVICE_XATTR {
+                        xattrs.push((OsString::from(name), ext.value_bytes().to_vec()));
+                    }
                 } else if key == "mtime" {
                     if let Some(t) = parse_pax_time(ext.value_bytes()) {
                         mtime = t;
@@ -530,6 +536,13 @@ impl<'a> Applier<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// A FIFO, or a character or block device. A device is never made as
+    /// a node here: in a host directory it would open a host device. It
+    /// becomes a device placeholder (an empty file marked with
+    /// [`DEVICE_XATTR`]), which becomes the device inside an ext4 image
+    /// only. The character device 0/0 (an overlayfs whiteout) opens
+    /// nothing and stays a node.
+    #[allow(clippy::too_many_arguments)]
     fn special(
         &mut self,
         parent: &OwnedFd,
@@ -540,6 +553,10 @@ impl<'a> Applier<'a> {
         meta: &Meta,
         shown: &str,
     ) -> std::result::Result<(), Errno> {
+        let whiteout_node = ft == FileType::CharacterDevice && major == 0 && minor == 0;
+        if ft != FileType::Fifo && !whiteout_node {
+            return self.device_placeholder(parent, name, ft, major, minor, meta, shown);
+        }
         let dev = rustix::fs::makedev(major, minor);
         let mode = Mode::from_raw_mode(meta.mode);
         let make = || rustix::fs::mknodat(parent, name, ft, mode, dev);
@@ -566,6 +583,58 @@ impl<'a> Applier<'a> {
         rustix::fs::chmodat(parent, name, mode, AtFlags::empty())?;
         self.xattrs_at(parent, name, meta);
         rustix::fs::utimensat(parent, name, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
+    }
+
+    /// Writes the placeholder of a character or block device (see
+    /// [`Self::special`]).
+    #[allow(clippy::too_many_arguments)]
+    fn device_placeholder(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        ft: FileType,
+        major: u32,
+        minor: u32,
+        meta: &Meta,
+        shown: &str,
+    ) -> std::result::Result<(), Errno> {
+        let Ok(device) = Device::new(ft == FileType::BlockDevice, major, minor) else {
+            return Err(Errno::RANGE);
+        };
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let create = || rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600));
+        let fd = match create() {
+            Err(Errno::EXIST) => {
+                remove_all(parent, name)?;
+                create()
+            }
+            other => other,
+        }?;
+        // Only a privileged writer can set a trusted.* marker: without it
+        // the placeholder would be a plain empty file, so leave it out.
+        match rustix::fs::fsetxattr(
+            &fd,
+            DEVICE_XATTR,
+            device.marker().as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            Err(Errno::PERM) if !self.opts.preserve_ownership => {
+                drop(fd);
+                rustix::fs::unlinkat(parent, name, AtFlags::empty())?;
+                tracing::warn!(
+                    layer = self.layer,
+                    entry = shown,
+                    "skipping device node: keeping it needs root"
+                );
+                return Ok(());
+            }
+            other => other?,
+        }
+        self.chown_fd(&fd, meta)?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))?;
+        self.xattrs_fd(&fd, meta);
+        rustix::fs::futimens(&fd, &meta.times)
     }
 
     fn ids(meta: &Meta) -> (Option<Uid>, Option<Gid>) {
