@@ -8,7 +8,6 @@ mod guest_init;
 mod logging;
 mod profile;
 mod settings;
-mod step_vm;
 
 use std::process::ExitCode;
 

@@ -13,7 +13,7 @@ use super::require_root;
 use crate::cli::{BaseosArgs, BuildArgs, GlobalArgs, Isolation, RootfsArgs};
 use crate::guest_init;
 use crate::settings::Settings;
-use crate::step_vm::MicroVmSteps;
+use firebuild_step_vm::{MicroVmSteps, StepVmConfig};
 
 pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
     require_root("rootfs")?;
@@ -122,9 +122,17 @@ fn build_options(
         Isolation::Microvm => {
             let (id, kernel) = super::kernel::choose(settings, args.vmlinux_id.as_deref())?;
             tracing::info!(kernel = %id, "RUN steps run in microVMs");
-            firebuild_builder::Isolation::MicroVm(Arc::new(MicroVmSteps::new(
-                settings, kernel, &id,
-            )?))
+            // The step VMs have a run cache of their own: `ls` does not
+            // show them.
+            let mut step_settings = settings.clone();
+            step_settings.run_cache = settings.cache_dir.join("step-vms");
+            firebuild_builder::Isolation::MicroVm(Arc::new(MicroVmSteps::new(StepVmConfig {
+                runtime: super::vm::vm_runtime(&step_settings, false),
+                cni: super::network::cni_runtime(settings),
+                vmm: settings.vmm,
+                kernel,
+                kernel_id: id,
+            })?))
         }
     };
     Ok(options)

@@ -15,8 +15,6 @@ mod volume;
 use std::process::ExitCode;
 
 pub use guest::GuestFailure;
-pub(crate) use network::cni_runtime;
-pub(crate) use vm::{release_quietly, tokio_runtime, vm_runtime, CniNetworks};
 
 use crate::cli::{Cli, Command};
 

@@ -6,14 +6,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use async_trait::async_trait;
-use firebuild_cni::{parse_port_specs, CniRuntime, VmNetwork, VmNetworkRequest, DEFAULT_NETWORK};
+use firebuild_cni::{parse_port_specs, CniNetworks};
 use firebuild_metadata::InitMode;
 use firebuild_store::{DirectoryStore, Tag};
 use firebuild_vm::{
-    host_ids, render_table, HealthOverrides, IdPool, Interrupts, NetworkAttachment, NetworkChoice,
-    NetworkError, NetworkProvider, NetworkReleaser, NetworkRequest, QemuConfig, QemuVmm,
-    RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore, VmStatus, VolumeStore,
+    host_ids, render_table, HealthOverrides, IdPool, Interrupts, NetworkChoice, NetworkRequest,
+    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore, VmStatus,
+    VolumeStore,
 };
 use firebuild_vm_firecracker::{jail_ids, FirecrackerConfig, FirecrackerVmm, JailUser};
 
@@ -28,50 +27,6 @@ use crate::settings::Settings;
 /// Exit status of `run` when the guest reported none (killed, crashed), as a
 /// shell reports a SIGKILLed process.
 pub(super) const NO_GUEST_EXIT_CODE: u8 = 137;
-
-/// The guest's network device; the kernel `ip=` argument and the metadata name it.
-const GUEST_DEVICE: &str = "eth0";
-
-/// VM networks from CNI: `default` (or the named network) set up when a
-/// VM launches, torn down when it is removed.
-pub(crate) struct CniNetworks(pub(crate) CniRuntime);
-
-#[async_trait]
-impl NetworkProvider for CniNetworks {
-    async fn attach(
-        &self,
-        vm_id: &str,
-        request: &NetworkRequest,
-    ) -> Result<NetworkAttachment, NetworkError> {
-        let network = request.network.as_deref().unwrap_or(DEFAULT_NETWORK);
-        let mut cni_request = VmNetworkRequest::new(vm_id, network);
-        cni_request.ip = request.ip;
-        cni_request.ports = parse_port_specs(&request.ports)?;
-        let cni = self.0.clone();
-        let net = tokio::task::spawn_blocking(move || cni.setup_vm_network(&cni_request)).await??;
-        attachment(&net).map_err(|e| {
-            release_quietly(&self.0, vm_id);
-            e.into()
-        })
-    }
-}
-
-#[async_trait]
-impl NetworkReleaser for CniNetworks {
-    async fn release(
-        &self,
-        vm: &RunMetadata,
-        _attachment: &NetworkAttachment,
-    ) -> Result<(), NetworkError> {
-        let cni = self.0.clone();
-        let id = vm.id.clone();
-        tokio::task::spawn_blocking(move || cni.teardown_vm_network(&id, false))
-            .await
-            .map_err(|e| Box::new(e) as NetworkError)?
-            .map(|_| ())
-            .map_err(|e| Box::new(e) as NetworkError)
-    }
-}
 
 fn jail_user(settings: &Settings) -> Option<JailUser> {
     match (settings.jailer_uid, settings.jailer_gid) {
@@ -246,43 +201,6 @@ fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
         InitModeArg::Image => InitMode::Image,
     };
     Ok(spec)
-}
-
-pub(crate) fn release_quietly(cni: &CniRuntime, vm_id: &str) {
-    if let Err(e) = cni.teardown_vm_network(vm_id, true) {
-        tracing::warn!(vm = %vm_id, error = %e, "could not release the VM's network; `firebuild purge` retries");
-    }
-}
-
-/// The runtime's view of a CNI attachment.
-fn attachment(net: &VmNetwork) -> anyhow::Result<NetworkAttachment> {
-    let IpAddr::V4(ip) = net.address.addr else {
-        anyhow::bail!(
-            "network {} gave the VM the IPv6 address {}: microVMs need an IPv4 address (add an IPv4 range to the network)",
-            net.network,
-            net.address
-        );
-    };
-    Ok(NetworkAttachment {
-        netns: net.netns_path.clone(),
-        tap: net.tap_name.clone(),
-        guest_mac: net.mac.clone(),
-        ip,
-        prefix: net.address.prefix_len,
-        gateway: net.gateway.and_then(|g| match g {
-            IpAddr::V4(g) => Some(g),
-            IpAddr::V6(_) => None,
-        }),
-        nameservers: net
-            .dns
-            .nameservers
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
-        mtu: Some(net.mtu),
-        network_name: net.network.clone(),
-        release_data: serde_json::json!({ "vm-id": net.vm_id, "ifname": GUEST_DEVICE }),
-    })
 }
 
 pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {

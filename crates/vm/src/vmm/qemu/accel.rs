@@ -72,8 +72,11 @@ pub fn kvm_device_usable() -> Result<(), String> {
 }
 
 /// Boots `kernel` with a blank root disk under `accel`/`machine` and tells
-/// whether it got as far as trying to mount that disk. Nothing is left
-/// behind: the probe's files live in a scratch directory under `work`.
+/// whether it got as far as trying to mount that disk. A QEMU that never
+/// ran the guest (it exited or hung without the firmware or kernel
+/// printing anything, and without KVM complaining) gives no verdict: an
+/// error, which is not cached. Nothing is left behind: the probe's files
+/// live in a scratch directory under `work`.
 pub async fn probe_boot(
     binary: &Path,
     kernel: &Path,
@@ -135,12 +138,15 @@ async fn probe_in(
         },
         start_paused: false,
     };
+    let stderr_log = scratch.join("stderr.log");
+    let stderr =
+        std::fs::File::create(&stderr_log).map_err(|e| format!("{}: {e}", stderr_log.display()))?;
     let mut command = tokio::process::Command::new(binary);
     command
         .args(invocation.args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true);
     let id_lock = id.lock.as_raw_fd();
     // SAFETY: one fcntl(2) between fork and exec on an fd kept open.
@@ -150,16 +156,44 @@ async fn probe_in(
         .map_err(|e| format!("running {}: {e}", binary.display()))?;
     // QEMU holds the id's claim now.
     drop(id);
-    let exited = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => status.map_err(|e| e.to_string())?.success(),
-        Err(_) => {
-            let _ = child.kill().await;
-            tracing::info!(accel = accel.as_str(), "probe boot timed out");
-            return Ok(false);
-        }
-    };
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    if waited.is_err() {
+        let _ = child.kill().await;
+    }
     let console = std::fs::read_to_string(&log).unwrap_or_default();
-    Ok(exited && reached_root_mount(&console))
+    let printed = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+    let guest_ran = !console.trim().is_empty() || printed.contains("KVM");
+    match waited {
+        Ok(status) => {
+            let status = status.map_err(|e| e.to_string())?;
+            if !guest_ran {
+                return Err(format!(
+                    "{} exited with {status} before the guest ran: {}",
+                    binary.display(),
+                    tail(&printed)
+                ));
+            }
+            Ok(status.success() && reached_root_mount(&console))
+        }
+        Err(_) if guest_ran => {
+            tracing::info!(accel = accel.as_str(), "probe boot timed out");
+            Ok(false)
+        }
+        Err(_) => Err(format!(
+            "{} printed nothing within {} s",
+            binary.display(),
+            timeout.as_secs()
+        )),
+    }
+}
+
+/// The last lines of what a process printed, on one line.
+fn tail(printed: &str) -> String {
+    let lines: Vec<&str> = printed.lines().filter(|l| !l.trim().is_empty()).collect();
+    match &lines[lines.len().saturating_sub(5)..] {
+        [] => "it printed nothing".to_owned(),
+        last => last.join(" / "),
+    }
 }
 
 /// The kernel found the disk and tried to mount it.
@@ -257,7 +291,7 @@ pub async fn resolve(
     {
         Ok(ok) => ok,
         Err(e) => {
-            tracing::warn!("KVM probe failed to run, using TCG: {e}");
+            tracing::warn!("the KVM probe gave no verdict (not remembered), using TCG: {e}");
             return Accel::Tcg;
         }
     };
@@ -349,7 +383,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("not-a-kernel");
         std::fs::write(&kernel, b"garbage").unwrap();
-        let ok = probe_boot(
+        // QEMU refuses the file before any guest runs: no verdict.
+        let err = probe_boot(
             Path::new("qemu-system-x86_64"),
             &kernel,
             Accel::Tcg,
@@ -359,8 +394,8 @@ mod tests {
             &IdPool::default(),
         )
         .await
-        .unwrap();
-        assert!(!ok);
+        .unwrap_err();
+        assert!(err.contains("before the guest ran"), "{err}");
         // The scratch directory is gone (the kernel and the id claims stay).
         let mut left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -368,5 +403,45 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".qemu-ids", "not-a-kernel"]);
+    }
+
+    /// A VMM that exits at once or hangs without running a guest says
+    /// nothing about KVM: TCG for now, and no verdict is remembered.
+    #[tokio::test]
+    async fn a_vmm_that_never_runs_the_guest_leaves_no_verdict() {
+        if kvm_device_usable().is_err() {
+            eprintln!("no usable /dev/kvm: resolve does not probe here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"k").unwrap();
+        let hangs = dir.path().join("hangs");
+        std::fs::write(&hangs, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+        std::fs::set_permissions(&hangs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        for binary in [Path::new("/bin/false"), hangs.as_path()] {
+            let accel = resolve(
+                AccelPolicy::Auto,
+                binary,
+                &kernel,
+                Machine::Q35,
+                dir.path(),
+                Duration::from_secs(2),
+                &IdPool::default(),
+            )
+            .await;
+            assert_eq!(accel, Accel::Tcg, "{}", binary.display());
+            assert!(
+                load_cache(dir.path()).verdicts.is_empty(),
+                "{} left a verdict",
+                binary.display()
+            );
+        }
+        let sleeping = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 1000"])
+            .output()
+            .unwrap();
+        assert!(sleeping.stdout.is_empty(), "the hung probe still runs");
     }
 }

@@ -1,10 +1,11 @@
-//! `rootfs|baseos --isolation microvm`: every RUN step in a fresh microVM,
-//! driven through its guest agent ([`firebuild_builder::StepVm`] over the VM
-//! runtime). The VM's root drive carries only the guest init; the step's
-//! layers come as read-only disks; the command runs through the agent and
-//! the step's diff comes back as a layer tree. The VM lives in its own run
-//! cache (`<cache-dir>/step-vms`, so `ls` does not show it) and is killed
-//! and purged, network included, however the step ends.
+//! Build RUN steps in microVMs (`rootfs|baseos --isolation microvm`): every
+//! step in a fresh VM, driven through its guest agent
+//! ([`firebuild_builder::StepVm`] over the VM runtime). The VM's root drive
+//! carries only the guest init; the step's layers come as read-only disks;
+//! the command runs through the agent and the step's diff comes back as a
+//! layer tree. The VMs live in a run cache of their own (the CLI gives
+//! `<cache-dir>/step-vms`, so `ls` does not show them) and each is killed
+//! and purged, network included, however its step ends.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,16 +17,15 @@ use async_trait::async_trait;
 use firebuild_agent_proto::tree::{self, TreeWriter};
 use firebuild_agent_proto::{Copied, ExecRequest, Exited, Failure, Frame, Kind, Request};
 use firebuild_builder::{CancelToken, Network, StepVm, StepVmError, VmStep, VmStepOutcome};
-use firebuild_cni::{host_guard, CniRuntime, NetworkInfo, BUILD_NETWORK};
+use firebuild_cni::{
+    host_guard, release_quietly, CniNetworks, CniRuntime, NetworkInfo, BUILD_NETWORK,
+};
 use firebuild_metadata::image::{EntrypointInfo, ImageName};
 use firebuild_metadata::{ImageMetadata, ImageType};
 use firebuild_vm::{
     AgentConnection, NetworkAttachment, NetworkChoice, NetworkError, NetworkProvider,
-    NetworkReleaser, NetworkRequest, RunMetadata, RunSpec, Runtime,
+    NetworkReleaser, NetworkRequest, RunMetadata, RunSpec, Runtime, VmmChoice,
 };
-
-use crate::commands::{cni_runtime, release_quietly, vm_runtime, CniNetworks};
-use crate::settings::Settings;
 
 /// How long a step VM may take to boot until its agent answers (TCG).
 const AGENT_WAIT: Duration = Duration::from_secs(180);
@@ -42,26 +42,49 @@ const SCRATCH_SIZE: u64 = 64 << 30;
 /// Lines of output kept for a failed step's message.
 const TAIL_LINES: usize = 20;
 
+/// What the step VMs of a build run on.
+pub struct StepVmConfig {
+    /// The VM runtime with its backends; its run cache holds the step VMs
+    /// alone. Its network provider is replaced by the build network.
+    pub runtime: Runtime,
+    /// CNI, for the build network.
+    pub cni: CniRuntime,
+    /// Which VMM boots the steps.
+    pub vmm: VmmChoice,
+    /// The guest kernel, and its id in the kernel store.
+    pub kernel: PathBuf,
+    pub kernel_id: String,
+}
+
 /// The step VMs of one build.
 pub struct MicroVmSteps {
-    settings: Settings,
+    runtime: Runtime,
+    vmm: VmmChoice,
     kernel: PathBuf,
     kernel_id: String,
     tokio: tokio::runtime::Runtime,
 }
 
 impl MicroVmSteps {
-    /// Step VMs booting kernel `kernel_id`, with `settings`' VMM and CNI.
-    pub fn new(settings: &Settings, kernel: PathBuf, kernel_id: &str) -> anyhow::Result<Self> {
-        let mut settings = settings.clone();
-        settings.run_cache = settings.cache_dir.join("step-vms");
-        std::fs::create_dir_all(&settings.run_cache)
-            .with_context(|| format!("creating {}", settings.run_cache.display()))?;
+    /// Step VMs as `config` says; creates the runtime's run cache.
+    pub fn new(config: StepVmConfig) -> anyhow::Result<Self> {
+        let run_cache = config.runtime.run_cache().to_path_buf();
+        std::fs::create_dir_all(&run_cache)
+            .with_context(|| format!("creating {}", run_cache.display()))?;
+        let runtime = config
+            .runtime
+            .with_network_provider(Arc::new(BuildNetwork(CniNetworks(config.cni))));
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
         Ok(MicroVmSteps {
-            settings,
-            kernel,
-            kernel_id: kernel_id.to_owned(),
-            tokio: crate::commands::tokio_runtime()?,
+            runtime,
+            vmm: config.vmm,
+            kernel: config.kernel,
+            kernel_id: config.kernel_id,
+            tokio,
         })
     }
 
@@ -109,7 +132,7 @@ impl MicroVmSteps {
         spec.disk_size = SCRATCH_SIZE;
         spec.hostname = Some("firebuild".into());
         spec.daemonize = true;
-        spec.vmm = self.settings.vmm;
+        spec.vmm = self.vmm;
         spec.health.disabled = true;
         spec.shutdown_timeout = Duration::from_secs(1);
         spec.mem_mib = step
@@ -130,9 +153,6 @@ impl MicroVmSteps {
         on_line: &mut dyn FnMut(&str),
         cancel: &CancelToken,
     ) -> anyhow::Result<VmStepOutcome> {
-        let runtime = vm_runtime(&self.settings, false).with_network_provider(Arc::new(
-            BuildNetwork(CniNetworks(cni_runtime(&self.settings))),
-        ));
         let mut spec = self.spec(step);
         spec.network_choice = match step.network {
             Network::None => NetworkChoice::Off,
@@ -141,7 +161,7 @@ impl MicroVmSteps {
                 ..Default::default()
             }),
         };
-        let vm = RunningStep::start(self, &runtime, spec)?;
+        let vm = RunningStep::start(self, spec)?;
         let mut conn = vm.agent(cancel)?;
         if let Some((path, content)) = step.script {
             vm.copy_script(path, content)?;
@@ -179,22 +199,22 @@ struct RunningStep<'a> {
 }
 
 impl<'a> RunningStep<'a> {
-    fn start(
-        steps: &'a MicroVmSteps,
-        runtime: &'a Runtime,
-        spec: RunSpec,
-    ) -> anyhow::Result<RunningStep<'a>> {
-        steps.tokio.block_on(async {
-            let prepared = runtime.prepare(spec).await?;
-            // From here the guard cleans up, network included (purge).
-            let guard = RunningStep {
-                steps,
-                runtime,
-                id: prepared.id().to_owned(),
-            };
-            runtime.launch(prepared).await?;
-            Ok(guard)
-        })
+    /// Prepares and launches the VM. The guard exists from the moment the
+    /// VM is prepared (so a failed launch is cleaned up, network included),
+    /// and outside any `block_on`: its drop blocks on the runtime itself.
+    fn start(steps: &'a MicroVmSteps, spec: RunSpec) -> anyhow::Result<RunningStep<'a>> {
+        let runtime = &steps.runtime;
+        let prepared = steps.tokio.block_on(runtime.prepare(spec))?;
+        let guard = RunningStep {
+            steps,
+            runtime,
+            id: prepared.id().to_owned(),
+        };
+        steps
+            .tokio
+            .block_on(runtime.launch(prepared))
+            .with_context(|| format!("starting the VM{}", guard.console_tail()))?;
+        Ok(guard)
     }
 
     /// Waits until the agent answers; gives up when the VM exits, the wait
