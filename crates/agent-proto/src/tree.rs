@@ -164,27 +164,20 @@ impl Device {
         let p = cstr(path)?;
         let name = cstr(DEVICE_XATTR)?;
         let mut value = [0u8; 64];
-        // SAFETY: lgetxattr into a buffer of its length.
-        let n = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
+        let n = match get_xattr(&p, &name, &mut value) {
+            Ok(n) => n,
+            Err(e) => {
+                return match e.raw_os_error() {
+                    Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
+                    Some(libc::ERANGE) => Err(invalid(format!(
+                        "{}: a device marker that is too long",
+                        path.display()
+                    ))),
+                    _ => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+                }
+            }
         };
-        if n < 0 {
-            let e = errno();
-            return match e.raw_os_error() {
-                Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
-                Some(libc::ERANGE) => Err(invalid(format!(
-                    "{}: a device marker that is too long",
-                    path.display()
-                ))),
-                _ => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
-            };
-        }
-        Device::parse_marker(&value[..n as usize])
+        Device::parse_marker(&value[..n])
             .map(Some)
             .map_err(|e| invalid(format!("{}: {e}", path.display())))
     }
@@ -235,6 +228,25 @@ fn invalid(msg: String) -> io::Error {
 
 fn errno() -> io::Error {
     io::Error::last_os_error()
+}
+
+/// `lgetxattr` of `name` on `path` into `value`: the value's length, or
+/// the OS error.
+fn get_xattr(path: &CString, name: &CString, value: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: lgetxattr into a buffer of its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    if n < 0 {
+        Err(errno())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 fn cstr(s: impl AsRef<OsStr>) -> io::Result<CString> {
@@ -312,23 +324,9 @@ fn read_xattrs(path: &Path) -> io::Result<BTreeMap<String, String>> {
         }
         let cname = cstr(name)?;
         let mut value = vec![0u8; XATTR_SIZE_MAX];
-        // SAFETY: lgetxattr into a buffer of the given size.
-        let n = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if n < 0 {
-            let e = errno();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("{} {name}: {e}", path.display()),
-            ));
-        }
-        out.insert(name.to_owned(), to_hex(&value[..n as usize]));
+        let n = get_xattr(&p, &cname, &mut value)
+            .map_err(|e| io::Error::new(e.kind(), format!("{} {name}: {e}", path.display())))?;
+        out.insert(name.to_owned(), to_hex(&value[..n]));
     }
     Ok(out)
 }

@@ -204,7 +204,11 @@ fn device_script(devices: &[PlannedDevice]) -> std::result::Result<Vec<u8>, Stri
         here.extend_from_slice(&planned.name);
         let here = debugfs_quote(&here)?;
         let d = &planned.device;
-        let kind = if d.block { 0o060000 } else { 0o020000 };
+        let kind = if d.block {
+            libc::S_IFBLK
+        } else {
+            libc::S_IFCHR
+        };
         let mut line = |parts: &[&[u8]]| {
             for p in parts {
                 script.extend_from_slice(p);
@@ -472,16 +476,7 @@ mod tests {
             String::from_utf8_lossy(&ea.stdout).contains("kept"),
             "xattrs kept in the image"
         );
-        let fsck = Command::new("e2fsck")
-            .args(["-fn"])
-            .arg(&img)
-            .output()
-            .unwrap();
-        assert!(
-            fsck.status.success(),
-            "{}",
-            String::from_utf8_lossy(&fsck.stdout)
-        );
+        assert_fsck_clean(&img);
         let out = d.path().join("out");
         std::fs::create_dir(&out).unwrap();
         import_ext4(&img, &out).unwrap();
@@ -520,6 +515,20 @@ mod tests {
             inodes: 40_000,
         });
         assert!(big > 1024 + 256, "{big}");
+    }
+
+    /// `e2fsck -fn` finds nothing to fix in `image`.
+    fn assert_fsck_clean(image: &Path) {
+        let fsck = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
     }
 
     /// Makes a device placeholder as a layer tree's writer does.
@@ -634,16 +643,7 @@ mod tests {
         // Plain files stay plain; the file system is consistent.
         assert!(debugfs(&img, "stat /empty").contains("Type: regular"));
         assert_eq!(debugfs(&img, "cat /opt/keep"), "data");
-        let fsck = Command::new("e2fsck")
-            .arg("-fn")
-            .arg(&img)
-            .output()
-            .unwrap();
-        assert!(
-            fsck.status.success(),
-            "{}",
-            String::from_utf8_lossy(&fsck.stdout)
-        );
+        assert_fsck_clean(&img);
 
         // Read back: placeholders again, no node on this host, and the
         // same devices when made into an image once more.

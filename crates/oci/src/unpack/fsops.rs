@@ -231,6 +231,23 @@ pub(crate) fn lstat_type(dir: impl AsFd, name: &OsStr) -> rustix::io::Result<Opt
     }
 }
 
+/// Runs `make`, which creates `name` in `dir`; when something is already
+/// there (a later entry replaces an earlier one), removes it and runs
+/// `make` once more.
+pub(crate) fn replacing<T>(
+    dir: impl AsFd,
+    name: &OsStr,
+    make: impl Fn() -> rustix::io::Result<T>,
+) -> rustix::io::Result<T> {
+    match make() {
+        Err(rustix::io::Errno::EXIST) => {
+            remove_all(dir, name)?;
+            make()
+        }
+        other => other,
+    }
+}
+
 /// Removes `name` from `dir`, recursively if it is a directory. Symlinks are
 /// removed, never followed. A missing name is not an error.
 pub(crate) fn remove_all(dir: impl AsFd, name: &OsStr) -> rustix::io::Result<()> {

@@ -26,7 +26,7 @@ use firebuild_agent_proto::tree::{Device, DEVICE_XATTR};
 
 use crate::error::{Error, Result};
 use crate::manifest::Compression;
-use fsops::{lstat_type, remove_all, PathError, RelPath, Root};
+use fsops::{lstat_type, remove_all, replacing, PathError, RelPath, Root};
 pub use limit::{SizeLimit, DEFAULT_UNPACKED_LIMIT};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -413,13 +413,9 @@ impl<'a> Applier<'a> {
     ) -> Result<()> {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600)) {
-            Err(Errno::EXIST) => {
-                remove_all(parent, name).map_err(|e| self.entry_err(shown, e))?;
-                rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))
-            }
-            other => other,
-        }
+        let fd = replacing(parent, name, || {
+            rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))
+        })
         .map_err(|e| self.entry_err(shown, e))?;
         let file = File::from(fd);
         self.write_sparse(&file, data, shown)?;
@@ -475,13 +471,7 @@ impl<'a> Applier<'a> {
     ) -> std::result::Result<(), Errno> {
         // The target is stored verbatim: it is resolved later, inside the VM.
         let target = OsStr::from_bytes(target);
-        match rustix::fs::symlinkat(target, parent, name) {
-            Err(Errno::EXIST) => {
-                remove_all(parent, name)?;
-                rustix::fs::symlinkat(target, parent, name)?;
-            }
-            other => other?,
-        }
+        replacing(parent, name, || rustix::fs::symlinkat(target, parent, name))?;
         self.chown_at(parent, name, meta)?;
         self.xattrs_at(parent, name, meta);
         rustix::fs::utimensat(parent, name, &meta.times, AtFlags::SYMLINK_NOFOLLOW)
@@ -519,14 +509,9 @@ impl<'a> Applier<'a> {
                 ),
             )
         })?;
-        let link = || rustix::fs::linkat(&tdir, tname, parent, name, AtFlags::empty());
-        match link() {
-            Err(Errno::EXIST) => {
-                remove_all(parent, name).map_err(|e| self.entry_err(shown, e))?;
-                link()
-            }
-            other => other,
-        }
+        replacing(parent, name, || {
+            rustix::fs::linkat(&tdir, tname, parent, name, AtFlags::empty())
+        })
         .map_err(|e| {
             self.entry_err(
                 shown,
@@ -535,7 +520,6 @@ impl<'a> Applier<'a> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// A FIFO, or a character or block device. A device is never made as
     /// a node here: in a host directory it would open a host device. It
     /// becomes a device placeholder (an empty file marked with
@@ -555,19 +539,15 @@ impl<'a> Applier<'a> {
     ) -> std::result::Result<(), Errno> {
         let whiteout_node = ft == FileType::CharacterDevice && major == 0 && minor == 0;
         if ft != FileType::Fifo && !whiteout_node {
-            return self.device_placeholder(parent, name, ft, major, minor, meta, shown);
+            let device =
+                Device::new(ft == FileType::BlockDevice, major, minor).map_err(|_| Errno::RANGE)?;
+            return self.device_placeholder(parent, name, device, meta, shown);
         }
         let dev = rustix::fs::makedev(major, minor);
         let mode = Mode::from_raw_mode(meta.mode);
-        let make = || rustix::fs::mknodat(parent, name, ft, mode, dev);
-        let made = match make() {
-            Err(Errno::EXIST) => {
-                remove_all(parent, name)?;
-                make()
-            }
-            other => other,
-        };
-        match made {
+        match replacing(parent, name, || {
+            rustix::fs::mknodat(parent, name, ft, mode, dev)
+        }) {
             Err(Errno::PERM) if ft != FileType::Fifo && !self.opts.preserve_ownership => {
                 tracing::warn!(
                     layer = self.layer,
@@ -587,30 +567,19 @@ impl<'a> Applier<'a> {
 
     /// Writes the placeholder of a character or block device (see
     /// [`Self::special`]).
-    #[allow(clippy::too_many_arguments)]
     fn device_placeholder(
         &mut self,
         parent: &OwnedFd,
         name: &OsStr,
-        ft: FileType,
-        major: u32,
-        minor: u32,
+        device: Device,
         meta: &Meta,
         shown: &str,
     ) -> std::result::Result<(), Errno> {
-        let Ok(device) = Device::new(ft == FileType::BlockDevice, major, minor) else {
-            return Err(Errno::RANGE);
-        };
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let create = || rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600));
-        let fd = match create() {
-            Err(Errno::EXIST) => {
-                remove_all(parent, name)?;
-                create()
-            }
-            other => other,
-        }?;
+        let fd = replacing(parent, name, || {
+            rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))
+        })?;
         // Only a privileged writer can set a trusted.* marker: without it
         // the placeholder would be a plain empty file, so leave it out.
         match rustix::fs::fsetxattr(
