@@ -162,7 +162,9 @@ async fn probe_in(
     }
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     let printed = std::fs::read_to_string(&stderr_log).unwrap_or_default();
-    let guest_ran = !console.trim().is_empty() || printed.contains("KVM");
+    // KVM's own failures (an internal error, QEMU's abort in kvm.c on a
+    // nested host) are a verdict too, whatever the case.
+    let guest_ran = !console.trim().is_empty() || printed.to_ascii_lowercase().contains("kvm");
     match waited {
         Ok(status) => {
             let status = status.map_err(|e| e.to_string())?;
@@ -438,6 +440,30 @@ mod tests {
                 binary.display()
             );
         }
+        // QEMU aborting in KVM (as on nested hosts) is remembered: no KVM.
+        let aborts = dir.path().join("aborts");
+        std::fs::write(
+            &aborts,
+            "#!/bin/sh\necho \"kvm.c:3183: kvm_buf_set_msrs: Assertion failed.\" >&2\nexit 134\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&aborts, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let accel = resolve(
+            AccelPolicy::Auto,
+            &aborts,
+            &kernel,
+            Machine::Q35,
+            dir.path(),
+            Duration::from_secs(2),
+            &IdPool::default(),
+        )
+        .await;
+        assert_eq!(accel, Accel::Tcg);
+        assert_eq!(
+            load_cache(dir.path()).verdicts.values().collect::<Vec<_>>(),
+            [&false]
+        );
         let sleeping = std::process::Command::new("pgrep")
             .args(["-f", "sleep 1000"])
             .output()
