@@ -169,6 +169,11 @@ pub struct SettingsArgs {
     /// under it, else TCG), kvm or tcg (software emulation, works everywhere).
     #[arg(long, value_name = "auto|kvm|tcg")]
     pub qemu_accel: Option<AccelPolicy>,
+    /// The most one image's layers may unpack to (bytes, or with a k, m or
+    /// g suffix; default 64g): a pulled, imported or FROM base image past
+    /// it is refused before it fills the disk.
+    #[arg(long, value_name = "SIZE", value_parser = firebuild_builder::sandbox::limits::parse_memory)]
+    pub unpacked_size_limit: Option<u64>,
     /// Where builds run RUN steps: sandbox (a hardened namespace sandbox on
     /// this host, the default) or microvm (a microVM per step).
     #[arg(long, value_name = "sandbox|microvm")]

@@ -61,6 +61,8 @@ pub struct Profile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_accel: Option<AccelPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpacked_size_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_vmlinux_id: Option<String>,
@@ -266,6 +268,7 @@ impl Profile {
         set(&mut self.isolation, &args.isolation);
         set(&mut self.default_vmlinux_id, &args.default_vmlinux_id);
         set(&mut self.qemu_accel, &args.qemu_accel);
+        set(&mut self.unpacked_size_limit, &args.unpacked_size_limit);
         set(&mut self.jailer_uid, &args.jailer_uid);
         set(&mut self.jailer_gid, &args.jailer_gid);
         set(&mut self.jailer_id_range, &args.jailer_id_range);

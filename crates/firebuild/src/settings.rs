@@ -31,6 +31,8 @@ pub struct Settings {
     pub snapshot_storage_root: PathBuf,
     pub vmm: VmmChoice,
     pub qemu_accel: AccelPolicy,
+    /// The most one image's layers may unpack to.
+    pub unpacked_size_limit: u64,
     pub isolation: Isolation,
     /// The kernel of commands not given `--vmlinux-id`.
     pub default_vmlinux_id: Option<String>,
@@ -89,6 +91,9 @@ impl Settings {
             cache_dir: p.cache_dir.unwrap_or_else(|| state.join("cache")),
             vmm: p.vmm.unwrap_or(VmmChoice::Auto),
             qemu_accel: p.qemu_accel.unwrap_or_default(),
+            unpacked_size_limit: p
+                .unpacked_size_limit
+                .unwrap_or(firebuild_oci::DEFAULT_UNPACKED_LIMIT),
             isolation: p.isolation.unwrap_or_default(),
             default_vmlinux_id: p.default_vmlinux_id,
             jailer_uid: p.jailer_uid,

@@ -130,6 +130,24 @@ fn import_a_rootfs_directory_and_refuse_a_missing_one() {
         listed.contains("local/busybox") && listed.contains("oci (imported)"),
         "{listed}"
     );
+    // Past the profile's unpacked-size limit: refused, nothing stored.
+    let out = firebuild(&[
+        "image",
+        "import",
+        rootfs.path().to_str().unwrap(),
+        "--tag",
+        "local/too-big:1",
+        "--unpacked-size-limit=64k",
+        &cache_flag,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unpacked-size-limit"),
+        "{}",
+        stderr(&out)
+    );
+    let out = firebuild(&["image", "ls", &cache_flag]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("too-big"));
 
     let out = firebuild(&[
         "image",

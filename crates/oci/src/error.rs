@@ -112,9 +112,10 @@ pub enum Error {
     Layer { layer: String, reason: String },
 
     #[error(
-        "unpacking {layer}: the image unpacks to more than its limit of {} MiB (at {entry}); \
-         nothing was kept. If the image is trusted, raise the profile's unpacked-size-limit",
-        limit >> 20
+        "unpacking {layer}: the image unpacks to more than its limit of {} (at {entry}); \
+         nothing was kept. If the image is trusted, raise the limit \
+         (--unpacked-size-limit, on the command or in the profile)",
+        shown_limit(*limit)
     )]
     TooLarge {
         layer: String,
@@ -143,5 +144,14 @@ impl Error {
             path,
             source,
         }
+    }
+}
+
+/// A size limit as a person reads it: whole MiB, or bytes below one.
+fn shown_limit(limit: u64) -> String {
+    if limit >= 1 << 20 {
+        format!("{} MiB", limit >> 20)
+    } else {
+        format!("{limit} bytes")
     }
 }

@@ -37,7 +37,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
                 registry: registry_config(&settings)?,
                 vminit: guest_init::locate()?,
                 cancel,
-                unpacked_limit: firebuild_oci::DEFAULT_UNPACKED_LIMIT,
+                unpacked_limit: settings.unpacked_size_limit,
             },
         )?,
         (Some(dockerfile), None) => {
@@ -107,6 +107,7 @@ fn build_options(
         .post_build_commands
         .clone_from(&args.post_build_command);
     options.registry = registry_config(settings)?;
+    options.unpacked_limit = settings.unpacked_size_limit;
     options.cancel = cancel;
     options.sandbox = SandboxSettings {
         ids: None,

@@ -69,7 +69,7 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
                 source,
                 tag,
                 &Platform::host(),
-                &firebuild_oci::SizeLimit::default(),
+                &firebuild_oci::SizeLimit::new(settings.unpacked_size_limit),
             )?;
             tracing::info!(image = %record.reference, from = ?kind, "imported");
             println!("{}", record.digest);
