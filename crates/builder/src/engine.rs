@@ -407,6 +407,7 @@ impl<'a> Engine<'a> {
                 .map_err(|e| BuildError::step(at, e.to_string()))?,
             excludes: c.excludes.clone(),
             unpack: false,
+            unpacked_limit: None,
         };
         if c.parents {
             return Err(BuildError::step(
@@ -456,6 +457,7 @@ impl<'a> Engine<'a> {
                 .map_err(|e| BuildError::step(at, e.to_string()))?,
             excludes: a.excludes.clone(),
             unpack: a.unpack.unwrap_or(true),
+            unpacked_limit: Some(self.resolver.unpacked_limit),
         };
         let urls: Vec<&String> = a.sources.iter().filter(|s| copy::is_url(s)).collect();
         if a.checksum.is_some() && (urls.len() != 1 || !op.sources.is_empty()) {

@@ -228,3 +228,35 @@ fn sources_may_not_escape_the_context_and_bad_copies_fail_clearly() {
     server.join().unwrap();
     assert!(err.contains("checksum mismatch"), "{err}");
 }
+
+#[test]
+fn an_added_archive_past_the_builds_unpacked_size_limit_is_refused() {
+    let f = Fixture::new();
+    f.busybox_base();
+    let arch = f.dir.path().join("big");
+    std::fs::create_dir(&arch).unwrap();
+    // 256 KiB of random-looking bytes: no holes to save it.
+    let data: Vec<u8> = (0u32..65536)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    std::fs::write(arch.join("data.bin"), data).unwrap();
+    tar_of(&arch, &f.ctx().join("big.tar"), "-a");
+    let df = "FROM busybox:test\nADD big.tar /unpacked/\n";
+
+    let mut o = f.opts(df, "tests/add-limit:1");
+    o.unpacked_limit = 64 << 10;
+    let err = firebuild_builder::build(&f.store, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("more than its limit of 65536 bytes") && err.contains("Dockerfile:2"),
+        "{err}"
+    );
+    assert!(!f.store.contains(&"tests/add-limit:1".parse().unwrap()));
+    assert!(mounts_under(f.dir.path()).is_empty());
+
+    // The same archive under a limit it fits.
+    let mut o = f.opts(df, "tests/add-limit:2");
+    o.unpacked_limit = 1 << 20;
+    firebuild_builder::build(&f.store, &o).unwrap();
+}

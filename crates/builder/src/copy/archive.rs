@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use firebuild_oci::UnpackOptions;
+use firebuild_oci::{SizeLimit, UnpackOptions};
 use rustix::fs::OFlags;
 
 use super::error::{source_error, CopyError};
@@ -69,6 +69,7 @@ pub fn unpack_archive(
     w: &mut Writer<'_>,
     dest_rel: &str,
     name: &str,
+    limit: Option<u64>,
 ) -> Result<(), CopyError> {
     let archive_error = |e: std::io::Error| CopyError::Archive {
         path: name.to_owned(),
@@ -100,7 +101,7 @@ pub fn unpack_archive(
     let opts = UnpackOptions {
         preserve_ownership: true,
         whiteouts: false,
-        ..Default::default()
+        limit: limit.map(SizeLimit::new).unwrap_or_default(),
     };
     firebuild_oci::unpack::apply_layer(&dest, stream, name, &opts)?;
     Ok(())

@@ -67,6 +67,9 @@ pub struct CopyOp {
     pub excludes: Vec<String>,
     /// ADD: extract local archives.
     pub unpack: bool,
+    /// ADD: the most one extracted archive may unpack to (the build's
+    /// unpacked-size limit); `None`: firebuild_oci's default.
+    pub unpacked_limit: Option<u64>,
 }
 
 /// Parses `--chmod` (octal; BuildKit also takes symbolic forms, which we
@@ -289,7 +292,7 @@ fn copy_from_context(
             let mut full = std::io::Cursor::new(head.clone()).chain(rest);
             if is_archive(&head) {
                 // Archives are extracted into the destination directory.
-                return unpack_archive(&mut full, w, dest_rel, m);
+                return unpack_archive(&mut full, w, dest_rel, m, op.unpacked_limit);
             }
             let attrs = Attrs {
                 mode: op.chmod.unwrap_or(top.mode),
