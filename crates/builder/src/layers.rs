@@ -17,7 +17,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -131,7 +131,12 @@ impl LayerStore {
     fn open_with(cache_dir: &Path, op: rustix::fs::FlockOperation) -> Result<LayerStore> {
         for sub in ["layers", "tmp", "refs", "mounts"] {
             let p = cache_dir.join("build").join(sub);
-            fs::create_dir_all(&p).map_err(BuildError::io("creating cache directory", &p))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .and_then(|()| fs::set_permissions(&p, fs::Permissions::from_mode(0o700)))
+                .map_err(BuildError::io("creating cache directory", &p))?;
         }
         // Canonical: overlay options and mount points must not depend on the
         // caller's working directory.
@@ -479,9 +484,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("build")).unwrap();
         fs::set_permissions(dir.path().join("build"), fs::Permissions::from_mode(0o755)).unwrap();
+        // An older firebuild made these 0755: tightened on open.
+        fs::create_dir(dir.path().join("build/layers")).unwrap();
+        fs::set_permissions(
+            dir.path().join("build/layers"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let store = LayerStore::open(dir.path()).unwrap();
-        let mode = fs::metadata(store.root()).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
+        for sub in ["", "layers", "tmp", "refs", "mounts"] {
+            let mode = fs::metadata(store.root().join(sub))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "build/{sub}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod guest_init;
 mod logging;
 mod profile;
 mod settings;
+mod state_dirs;
 
 use std::process::ExitCode;
 

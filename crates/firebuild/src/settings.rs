@@ -12,12 +12,15 @@ use crate::profile::{
     VOLUME_STORAGE_ROOT,
 };
 
-/// Where state lives when no profile says otherwise.
+/// Where the embedded default profile keeps its state; a named profile's
+/// state root is `profiles/NAME` under it.
 const STATE_DIR: &str = "/var/lib/firebuild";
 const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Where the roots this profile does not set live.
+    pub state_root: PathBuf,
     /// A path, or a name the backend looks up in `PATH`.
     pub binary_firecracker: PathBuf,
     pub binary_jailer: PathBuf,
@@ -62,16 +65,41 @@ impl Settings {
         profile
             .validate_for_use()
             .context("invalid settings (profile values overridden by command-line flags)")?;
-        Ok(Settings::from_profile(profile))
+        Ok(Settings::from_profile(profile, global.profile.as_deref()))
     }
 
     /// Where git sources are cloned and kept between builds.
-    pub fn sources_cache(&self) -> PathBuf {
-        self.cache_dir.join("sources")
+    pub fn sources_cache(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.cache()?.join("sources"))
     }
 
-    fn from_profile(p: Profile) -> Settings {
-        let state = Path::new(STATE_DIR);
+    /// Every directory root in effect and the setting that names it,
+    /// defaults included (what `profile-inspect` shows).
+    pub fn roots(&self) -> [(&'static str, &Path); 8] {
+        [
+            ("state-root", &self.state_root),
+            ("run-cache", &self.run_cache),
+            ("cache-dir", &self.cache_dir),
+            (ROOTFS_STORAGE_ROOT, &self.rootfs_storage_root),
+            (KERNEL_STORAGE_ROOT, &self.kernel_storage_root),
+            (VOLUME_STORAGE_ROOT, &self.volume_storage_root),
+            (SNAPSHOT_STORAGE_ROOT, &self.snapshot_storage_root),
+            ("chroot-base", &self.chroot_base),
+        ]
+    }
+
+    /// Roots a profile does not set live under its own state root, so two
+    /// profiles share nothing unless they name the same directory. The
+    /// embedded default keeps the original's paths. Shared by every profile
+    /// on purpose: the jailer's chroot base (its id claims keep jailed VMs of
+    /// all profiles apart) and the CNI directories (addresses are leased per
+    /// host network, whichever profile asks).
+    fn from_profile(p: Profile, name: Option<&str>) -> Settings {
+        let state = match name {
+            Some(name) => Path::new(STATE_DIR).join("profiles").join(name),
+            None => PathBuf::from(STATE_DIR),
+        };
+        let state = state.as_path();
         let property = |key: &str, default: &str| {
             p.storage_provider_properties
                 .get(key)
@@ -79,6 +107,7 @@ impl Settings {
                 .unwrap_or_else(|| state.join(default))
         };
         Settings {
+            state_root: state.to_owned(),
             rootfs_storage_root: property(ROOTFS_STORAGE_ROOT, "rootfs"),
             kernel_storage_root: property(KERNEL_STORAGE_ROOT, "vmlinux"),
             volume_storage_root: property(VOLUME_STORAGE_ROOT, "volumes"),
@@ -145,6 +174,64 @@ mod tests {
         assert_eq!(
             s.jailer_uid, None,
             "the jailer driver's non-root default applies"
+        );
+    }
+
+    #[test]
+    fn a_named_profile_keeps_what_it_does_not_set_under_its_own_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = ProfileDir::new(tmp.path());
+        let volumes = tmp.path().join("t-volumes");
+        std::fs::create_dir(&volumes).unwrap();
+        conf.create_or_update(
+            "t",
+            &SettingsArgs {
+                storage_provider_property_string: vec![(
+                    VOLUME_STORAGE_ROOT.into(),
+                    volumes.display().to_string(),
+                )],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        conf.create_or_update("u", &SettingsArgs::default())
+            .unwrap();
+        let t =
+            Settings::resolve(&global(Some("t"), tmp.path()), &SettingsArgs::default()).unwrap();
+        let u =
+            Settings::resolve(&global(Some("u"), tmp.path()), &SettingsArgs::default()).unwrap();
+        let default =
+            Settings::resolve(&global(None, tmp.path()), &SettingsArgs::default()).unwrap();
+
+        assert_eq!(t.volume_storage_root, volumes);
+        let u_root = Path::new("/var/lib/firebuild/profiles/u");
+        assert_eq!(u.state_root, u_root);
+        for (setting, dir) in u.roots() {
+            if setting != "chroot-base" {
+                assert!(dir.starts_with(u_root), "{setting} = {}", dir.display());
+            }
+        }
+        assert_eq!(u.snapshot_storage_root, u_root.join("snapshots"));
+        assert_eq!(u.run_cache, u_root.join("runs"));
+        // No state directory of one profile is another's.
+        for (name, a, b) in [
+            ("t", &t, &u),
+            ("default", &default, &u),
+            ("default", &default, &t),
+        ] {
+            for ((setting, x), (_, y)) in a.roots().into_iter().zip(b.roots()) {
+                if setting != "chroot-base" {
+                    assert_ne!(x, y, "{name} shares {setting}");
+                }
+            }
+        }
+        assert_eq!(
+            default.volume_storage_root,
+            Path::new("/var/lib/firebuild/volumes")
+        );
+        assert_eq!(
+            t.chroot_base, u.chroot_base,
+            "one jail id pool for the host"
         );
     }
 

@@ -113,6 +113,24 @@ fn profile_create_and_inspect_as_in_the_original_docs() {
         p("rootfs")
     );
     assert_eq!(json["chroot-base"], p("jailer"));
+    // Every root in effect: the ones it names, and its own defaults for the
+    // ones it does not (inspect only shows them: nothing is created).
+    let roots = &json["in-effect"];
+    assert_eq!(roots["run-cache"], p("runs"));
+    assert_eq!(roots["rootfs-storage-root"], p("rootfs"));
+    assert_eq!(
+        roots["volume-storage-root"],
+        "/var/lib/firebuild/profiles/standard/volumes"
+    );
+    assert_eq!(
+        roots["snapshot-storage-root"],
+        "/var/lib/firebuild/profiles/standard/snapshots"
+    );
+    assert_eq!(
+        roots["cache-dir"],
+        "/var/lib/firebuild/profiles/standard/cache"
+    );
+    assert_eq!(roots["unpacked-size-limit"], 64u64 << 30);
 }
 
 #[test]

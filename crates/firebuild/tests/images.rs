@@ -112,6 +112,11 @@ fn pull_then_list_then_pull_again_offline() {
 fn import_a_rootfs_directory_and_refuse_a_missing_one() {
     let cache = tempfile::tempdir().unwrap();
     let cache_flag = format!("--cache-dir={}", cache.path().display());
+    let store = tempfile::tempdir().unwrap();
+    let store_flag = format!(
+        "--storage-provider-property-string=rootfs-storage-root={}",
+        store.path().display()
+    );
     let rootfs = tempfile::tempdir().unwrap();
     std::fs::create_dir(rootfs.path().join("bin")).unwrap();
     std::fs::copy("/bin/busybox", rootfs.path().join("bin/busybox")).unwrap();
@@ -124,7 +129,7 @@ fn import_a_rootfs_directory_and_refuse_a_missing_one() {
         &cache_flag,
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = firebuild(&["image", "ls", &cache_flag]);
+    let out = firebuild(&["image", "ls", &cache_flag, &store_flag]);
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         listed.contains("local/busybox") && listed.contains("oci (imported)"),
@@ -146,7 +151,7 @@ fn import_a_rootfs_directory_and_refuse_a_missing_one() {
         "{}",
         stderr(&out)
     );
-    let out = firebuild(&["image", "ls", &cache_flag]);
+    let out = firebuild(&["image", "ls", &cache_flag, &store_flag]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("too-big"));
 
     let out = firebuild(&[

@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
@@ -144,11 +144,16 @@ impl BlobCache {
 
     fn ensure_dir(&self, algorithm: Algorithm) -> Result<PathBuf> {
         let dir = self.dir(algorithm);
-        std::fs::create_dir_all(&dir).map_err(Error::io("creating blob cache directory", &dir))?;
         // Blobs may come from private repositories, pulled with credentials.
-        let blobs = self.root.join("blobs");
-        std::fs::set_permissions(&blobs, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(Error::io("restricting the blob cache directory", &blobs))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Error::io("creating blob cache directory", &dir))?;
+        for private in [self.root.join("blobs"), dir.clone()] {
+            std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))
+                .map_err(Error::io("restricting the blob cache directory", &private))?;
+        }
         Ok(dir)
     }
 
@@ -386,13 +391,13 @@ mod tests {
         assert!(!cache.contains(&other));
         let (d2, n) = cache.insert_reader(&mut &b"hello"[..]).unwrap();
         assert_eq!((d2, n), (d, 5));
-        let mode = std::fs::metadata(dir.path().join("blobs"))
-            .unwrap()
-            .permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o700
-        );
+        for private in ["blobs", "blobs/sha256"] {
+            let mode = std::fs::metadata(dir.path().join(private))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{private}");
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! Layout: `<cache-root>/images/<registry>/<repository>/<tag-or-digest>/<os>_<arch>[_<variant>].json`;
 //! imported images use the registry directory `_local`.
 
+use std::fs::Permissions;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -167,7 +169,12 @@ impl ImageRecords {
             &record.platform,
         );
         let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
-        std::fs::create_dir_all(&dir)
+        // Records name private repositories and their configs: root's alone.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| std::fs::set_permissions(&self.dir, Permissions::from_mode(0o700)))
             .map_err(Error::io("creating image record directory", &dir))?;
         let json = serde_json::to_vec_pretty(record)
             .map_err(|e| Error::io("encoding image record", &path)(e.into()))?;
@@ -389,6 +396,14 @@ mod tests {
         let latest = record("latest", &digest);
         for r in [&tagged, &twin, &latest] {
             records.save(r).unwrap();
+        }
+        // Records are root's alone, from the records root down.
+        for d in ["images", "images/docker.io"] {
+            let mode = std::fs::metadata(dir.path().join(d))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{d}");
         }
         // An image pulled by digest alone is listed.
         let other = Digest::sha256_of(b"other manifest");

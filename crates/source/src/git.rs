@@ -6,6 +6,7 @@ use crate::error::SourceError;
 use crate::spec::GitSpec;
 use sha2::{Digest, Sha256};
 use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -48,7 +49,13 @@ pub(crate) fn checkout(spec: &GitSpec, cache_dir: &Path) -> Result<Checkout, Sou
     let repo = spec.repo.as_str();
     let key = hex::encode(Sha256::digest(repo.as_bytes()));
     let base = cache_dir.join("git");
-    fs::create_dir_all(&base).map_err(|e| SourceError::io(&base, e))?;
+    // Clones of private repositories: root's alone.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&base)
+        .and_then(|()| fs::set_permissions(&base, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| SourceError::io(&base, e))?;
     let git_dir = base.join(format!("{}.git", &key[..24]));
 
     // One build at a time per repository cache.

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use firebuild_metadata::ImageMetadata;
@@ -133,7 +134,10 @@ impl DirectoryStore {
             std::process::id(),
             unique_suffix()
         ));
-        fs::create_dir(&dir).map_err(StoreError::io("creating staging directory", &dir))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(StoreError::io("creating staging directory", &dir))?;
         Ok(Staging {
             dir,
             target: self.image_dir(tag),
@@ -226,7 +230,11 @@ impl Staging {
             }
         }
         if let Some(parent) = self.target.parent() {
-            fs::create_dir_all(parent).map_err(StoreError::io("creating", parent))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(StoreError::io("creating", parent))?;
         }
         let target = self.target.clone();
         if target.exists() {

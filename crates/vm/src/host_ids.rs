@@ -11,7 +11,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use rustix::fs::{flock, FlockOperation};
@@ -48,7 +48,12 @@ pub struct HeldId {
 /// Claims an id of `range` that no running VMM of `dir` holds and no host
 /// process runs as.
 pub fn claim_held(dir: &Path, range: IdRange) -> Result<HeldId, String> {
-    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let in_use = ids_of_running_processes();
     for uid in range.ids().filter(|id| !in_use.contains(id)) {
         let path = dir.join(uid.to_string());
@@ -126,11 +131,14 @@ mod tests {
     #[test]
     fn each_claim_gets_its_own_id_until_its_lock_is_closed() {
         let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let range = IdRange {
             first: 1_999_000_000,
             count: 2,
         };
         let a = claim_held(dir.path(), range).unwrap();
+        let mode = fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "claims are tightened to root's alone");
         let b = claim_held(dir.path(), range).unwrap();
         assert_eq!(
             (a.uid, a.gid, b.uid),

@@ -6,8 +6,6 @@ use firebuild_builder::{
 };
 use std::sync::Arc;
 
-use firebuild_store::DirectoryStore;
-
 use super::image::registry_config;
 use super::require_root;
 use crate::cli::{BaseosArgs, BuildArgs, GlobalArgs, Isolation, RootfsArgs};
@@ -23,7 +21,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
         );
     }
     let settings = Settings::resolve(global, &args.build.settings)?;
-    let store = store(&settings)?;
+    let store = settings.image_store()?;
     let cancel = cancel_on_signals()?;
     let output = match (&args.dockerfile, &args.docker_image) {
         (_, Some(reference)) => firebuild_builder::build_from_image(
@@ -33,7 +31,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
                 tag: args.tag.clone(),
                 platform: Some(args.build.platform.clone()),
                 filesystem_size_mib: args.build.filesystem_size_mbs,
-                cache_dir: settings.cache_dir.clone(),
+                cache_dir: settings.cache()?.to_owned(),
                 registry: registry_config(&settings)?,
                 vminit: guest_init::locate()?,
                 cancel,
@@ -58,7 +56,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
 pub fn baseos(global: &GlobalArgs, args: &BaseosArgs) -> anyhow::Result<()> {
     require_root("baseos")?;
     let settings = Settings::resolve(global, &args.build.settings)?;
-    let store = store(&settings)?;
+    let store = settings.image_store()?;
     let mut options = build_options(
         &settings,
         &args.dockerfile,
@@ -69,16 +67,6 @@ pub fn baseos(global: &GlobalArgs, args: &BaseosArgs) -> anyhow::Result<()> {
     options.tag.clone_from(&args.tag);
     summarize(&firebuild_builder::build(&store, &options)?);
     Ok(())
-}
-
-fn store(settings: &Settings) -> anyhow::Result<DirectoryStore> {
-    std::fs::create_dir_all(&settings.rootfs_storage_root).map_err(|e| {
-        anyhow::anyhow!(
-            "creating the image store {}: {e}",
-            settings.rootfs_storage_root.display()
-        )
-    })?;
-    Ok(DirectoryStore::new(&settings.rootfs_storage_root))
 }
 
 /// Ctrl-C or SIGTERM stops the build cleanly: no tag, no mounts, no processes.
@@ -94,7 +82,7 @@ fn build_options(
     args: &BuildArgs,
     cancel: CancelToken,
 ) -> anyhow::Result<BuildOptions> {
-    let mut options = BuildOptions::new(dockerfile, &settings.cache_dir, guest_init::locate()?);
+    let mut options = BuildOptions::new(dockerfile, settings.cache()?, guest_init::locate()?);
     options.context_dir.clone_from(&args.context);
     options.build_args = args.build_arg.iter().cloned().collect();
     options.platform = Some(args.platform.clone());
@@ -128,7 +116,7 @@ fn build_options(
             let mut step_settings = settings.clone();
             step_settings.run_cache = settings.cache_dir.join("step-vms");
             firebuild_builder::Isolation::MicroVm(Arc::new(MicroVmSteps::new(StepVmConfig {
-                runtime: super::vm::vm_runtime(&step_settings, false),
+                runtime: super::vm::vm_runtime(&step_settings, false)?,
                 cni: super::network::cni_runtime(settings),
                 vmm: settings.vmm,
                 kernel,

@@ -11,7 +11,7 @@ pub fn run(global: &GlobalArgs, command: &DockerfileCommand) -> anyhow::Result<(
             settings,
         } => {
             let settings = Settings::resolve(global, settings)?;
-            let options = firebuild_source::SourceOptions::new(settings.sources_cache());
+            let options = firebuild_source::SourceOptions::new(settings.sources_cache()?);
             let loaded = firebuild_source::load_str(source, &options)?;
             let dockerfile = firebuild_dockerfile::parse(&loaded.dockerfile, &loaded.name)?;
             if *json {

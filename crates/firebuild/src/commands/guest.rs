@@ -41,7 +41,7 @@ fn connect(
     id: &str,
 ) -> anyhow::Result<(RunMetadata, AgentConnection)> {
     let settings = Settings::resolve(global, settings)?;
-    let runtime = vm_runtime(&settings, false);
+    let runtime = vm_runtime(&settings, false)?;
     let (vm, endpoint) = tokio_runtime()?.block_on(runtime.agent(id))?;
     let conn = AgentConnection::open(&endpoint, ANSWER_TIMEOUT).map_err(|e| agent_error(&vm, e))?;
     Ok((vm, conn))
@@ -337,7 +337,7 @@ fn report(c: &Copied, to: &str) {
 
 pub fn wait(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(global, &args.settings)?;
-    let runtime = vm_runtime(&settings, false);
+    let runtime = vm_runtime(&settings, false)?;
     let vm = tokio_runtime()?.block_on(runtime.wait(&args.vmm_id, None))?;
     let code = vm
         .exit_code

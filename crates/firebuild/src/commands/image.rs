@@ -14,8 +14,8 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Ls { json, settings } => {
             let settings = Settings::resolve(global, settings)?;
             list(
-                &DirectoryStore::new(&settings.rootfs_storage_root),
-                &ImageRecords::new(&settings.cache_dir),
+                &settings.image_store()?,
+                &ImageRecords::new(settings.cache()?),
                 *json,
             )
         }
@@ -30,12 +30,12 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             settings,
         } => {
             let settings = Settings::resolve(global, settings)?;
-            let store = DirectoryStore::new(&settings.rootfs_storage_root);
+            let store = settings.image_store()?;
             match tag.parse::<Tag>() {
                 Ok(stored) if store.contains(&stored) => {
                     remove_stored(&settings, &store, &stored, *force)
                 }
-                _ => remove_oci(&ImageRecords::new(&settings.cache_dir), tag),
+                _ => remove_oci(&ImageRecords::new(settings.cache()?), tag),
             }
         }
         ImageCommand::Pull {
@@ -45,7 +45,7 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
         } => {
             let settings = Settings::resolve(global, settings)?;
             let registry =
-                Registry::new(&settings.cache_dir, registry_config(&settings)?).with_progress(true);
+                Registry::new(settings.cache()?, registry_config(&settings)?).with_progress(true);
             let platform: Platform = platform.parse()?;
             let record = firebuild_oci::block_on(registry.pull(&reference.parse()?, &platform))??;
             tracing::info!(
@@ -65,7 +65,7 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
         } => {
             let settings = Settings::resolve(global, settings)?;
             let (kind, record) = firebuild_oci::import(
-                &settings.cache_dir,
+                settings.cache()?,
                 source,
                 tag,
                 &Platform::host(),
@@ -80,11 +80,12 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             settings,
         } => {
             let settings = Settings::resolve(global, settings)?;
-            let store = DirectoryStore::new(&settings.rootfs_storage_root);
-            let report = firebuild_builder::prune(&store, &settings.cache_dir, *cache_mounts)?;
+            let store = settings.image_store()?;
+            let cache = settings.cache()?;
+            let report = firebuild_builder::prune(&store, cache, *cache_mounts)?;
             // Blobs no pulled, imported or built image record needs.
-            let records = ImageRecords::new(&settings.cache_dir);
-            let blobs = BlobCache::new(&settings.cache_dir).prune(|| records.referenced_blobs())?;
+            let records = ImageRecords::new(cache);
+            let blobs = BlobCache::new(cache).prune(|| records.referenced_blobs())?;
             tracing::info!(
                 layers = report.layers_removed,
                 cache_mounts = report.cache_mounts_removed,
@@ -105,7 +106,7 @@ fn remove_stored(
     force: bool,
 ) -> anyhow::Result<()> {
     let image = store.get(tag)?;
-    let runtime = super::vm::vm_runtime(settings, false);
+    let runtime = super::vm::vm_runtime(settings, false)?;
     let users =
         super::vm::tokio_runtime()?.block_on(runtime.vms_using_image(&image.rootfs_path()))?;
     if !users.is_empty() {
@@ -157,9 +158,7 @@ pub fn registry_config(settings: &Settings) -> anyhow::Result<RegistryConfig> {
 }
 
 fn store(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<DirectoryStore> {
-    Ok(DirectoryStore::new(
-        Settings::resolve(global, args)?.rootfs_storage_root,
-    ))
+    Settings::resolve(global, args)?.image_store()
 }
 
 /// One row of `image ls`: a stored root filesystem or a pulled/imported OCI image.

@@ -11,7 +11,7 @@ use crate::settings::Settings;
 /// default kernel, else the only registered one; returns its id and path.
 pub fn choose(settings: &Settings, explicit: Option<&str>) -> anyhow::Result<(String, PathBuf)> {
     choose_in(
-        &KernelStore::new(&settings.kernel_storage_root),
+        &settings.kernel_store()?,
         explicit.or(settings.default_vmlinux_id.as_deref()),
     )
 }
@@ -39,10 +39,7 @@ fn choose_in(kernels: &KernelStore, wanted: Option<&str>) -> anyhow::Result<(Str
 }
 
 fn store(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<KernelStore> {
-    let root = Settings::resolve(global, args)?.kernel_storage_root;
-    std::fs::create_dir_all(&root)
-        .map_err(|e| anyhow::anyhow!("creating the kernel store {}: {e}", root.display()))?;
-    Ok(KernelStore::new(root))
+    Settings::resolve(global, args)?.kernel_store()
 }
 
 pub fn run(global: &GlobalArgs, command: &KernelCommand) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use firebuild_store::Tag;
-use firebuild_vm::{Interrupts, SnapshotStore};
+use firebuild_vm::Interrupts;
 
 use super::require_root;
 use super::vm::{tokio_runtime, vm_runtime};
@@ -13,7 +13,7 @@ use crate::settings::Settings;
 pub fn pause(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
     require_root("pause")?;
     let settings = Settings::resolve(global, &args.settings)?;
-    let vm = tokio_runtime()?.block_on(vm_runtime(&settings, false).pause(&args.vmm_id))?;
+    let vm = tokio_runtime()?.block_on(vm_runtime(&settings, false)?.pause(&args.vmm_id))?;
     tracing::info!(vm = %vm.id, "paused");
     Ok(ExitCode::SUCCESS)
 }
@@ -21,7 +21,7 @@ pub fn pause(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
 pub fn resume(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
     require_root("resume")?;
     let settings = Settings::resolve(global, &args.settings)?;
-    let vm = tokio_runtime()?.block_on(vm_runtime(&settings, false).resume(&args.vmm_id))?;
+    let vm = tokio_runtime()?.block_on(vm_runtime(&settings, false)?.resume(&args.vmm_id))?;
     tracing::info!(vm = %vm.id, "resumed");
     Ok(ExitCode::SUCCESS)
 }
@@ -37,8 +37,8 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
             require_root("snapshot create")?;
             let settings = Settings::resolve(global, settings)?;
             let tag: Tag = tag.parse()?;
-            let store = SnapshotStore::new(&settings.snapshot_storage_root);
-            let runtime = vm_runtime(&settings, false);
+            let store = settings.snapshot_store()?;
+            let runtime = vm_runtime(&settings, false)?;
             let tokio = tokio_runtime()?;
             // A VM resumed from a snapshot of this tag would lose its memory
             // file to the replaced snapshot: refused as `rm` is.
@@ -57,7 +57,7 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
         }
         SnapshotCommand::Ls { json, settings } => {
             let settings = Settings::resolve(global, settings)?;
-            let snapshots = SnapshotStore::new(&settings.snapshot_storage_root).list()?;
+            let snapshots = settings.snapshot_store()?.list()?;
             if *json || global.log_as_json {
                 for s in &snapshots {
                     let row = serde_json::json!({
@@ -94,8 +94,8 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
         SnapshotCommand::Inspect { tag, settings } => {
             let settings = Settings::resolve(global, settings)?;
             let tag: Tag = tag.parse()?;
-            let snapshot = SnapshotStore::new(&settings.snapshot_storage_root).get(&tag)?;
-            let runtime = vm_runtime(&settings, false);
+            let snapshot = settings.snapshot_store()?.get(&tag)?;
+            let runtime = vm_runtime(&settings, false)?;
             let forks: Vec<String> = tokio_runtime()?
                 .block_on(runtime.vms_from_snapshot(&tag.to_string()))?
                 .into_iter()
@@ -110,8 +110,8 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
         SnapshotCommand::Rm { tags, settings } => {
             require_root("snapshot rm")?;
             let settings = Settings::resolve(global, settings)?;
-            let store = SnapshotStore::new(&settings.snapshot_storage_root);
-            let runtime = vm_runtime(&settings, false);
+            let store = settings.snapshot_store()?;
+            let runtime = vm_runtime(&settings, false)?;
             let tokio = tokio_runtime()?;
             for tag in tags {
                 let tag: Tag = tag.parse()?;

@@ -8,19 +8,16 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use firebuild_cni::{parse_port_specs, CniNetworks};
 use firebuild_metadata::InitMode;
-use firebuild_store::{DirectoryStore, Tag};
+use firebuild_store::Tag;
 use firebuild_vm::{
     host_ids, render_table, HealthOverrides, IdPool, Interrupts, NetworkChoice, NetworkRequest,
-    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, SnapshotStore, VmStatus,
-    VolumeStore,
+    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, VmStatus,
 };
 use firebuild_vm_firecracker::{jail_ids, FirecrackerConfig, FirecrackerVmm, JailUser};
 
 use super::network::cni_runtime;
 use super::require_root;
-use crate::cli::{
-    GlobalArgs, InitModeArg, KillArgs, LogsArgs, LsArgs, PurgeArgs, RunArgs, SettingsArgs, VmArgs,
-};
+use crate::cli::{GlobalArgs, InitModeArg, KillArgs, LogsArgs, LsArgs, PurgeArgs, RunArgs, VmArgs};
 use crate::format;
 use crate::settings::Settings;
 
@@ -43,20 +40,20 @@ fn jail_user(settings: &Settings) -> Option<JailUser> {
 
 /// QEMU's id claims live in the profile's cache directory, which both its
 /// VMs and its build step VMs (`<cache-dir>/step-vms`) use.
-fn qemu_ids(settings: &Settings) -> IdPool {
-    IdPool {
+fn qemu_ids(settings: &Settings) -> anyhow::Result<IdPool> {
+    Ok(IdPool {
         range: settings
             .qemu_id_range
             .map_or(host_ids::DEFAULT_QEMU_RANGE, |(first, count)| {
                 host_ids::IdRange { first, count }
             }),
-        dir: Some(settings.cache_dir.join("qemu-ids")),
-    }
+        dir: Some(settings.cache()?.join("qemu-ids")),
+    })
 }
 
 /// The runtime with every backend, so `ls`/`kill`/`purge` handle VMs of
 /// either VMM whatever `--vmm` says now.
-pub(crate) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
+pub(crate) fn vm_runtime(settings: &Settings, no_jailer: bool) -> anyhow::Result<Runtime> {
     let firecracker = FirecrackerVmm::new(FirecrackerConfig {
         firecracker: settings.binary_firecracker.clone(),
         jailer: settings.binary_jailer.clone(),
@@ -73,14 +70,14 @@ pub(crate) fn vm_runtime(settings: &Settings, no_jailer: bool) -> Runtime {
     let qemu = QemuVmm::new(QemuConfig {
         binary: settings.binary_qemu.clone(),
         accel: settings.qemu_accel,
-        ids: qemu_ids(settings),
+        ids: qemu_ids(settings)?,
         ..Default::default()
     });
-    Runtime::with_backends(
-        &settings.run_cache,
+    Ok(Runtime::with_backends(
+        settings.runs()?,
         vec![Arc::new(firecracker), Arc::new(qemu)],
     )
-    .with_network_provider(Arc::new(CniNetworks(cni_runtime(settings))))
+    .with_network_provider(Arc::new(CniNetworks(cni_runtime(settings)))))
 }
 
 pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -91,16 +88,9 @@ pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn settings_with_run_cache(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<Settings> {
-    let settings = Settings::resolve(global, args)?;
-    std::fs::create_dir_all(&settings.run_cache)
-        .with_context(|| format!("creating the run cache {}", settings.run_cache.display()))?;
-    Ok(settings)
-}
-
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     require_root("run")?;
-    let settings = settings_with_run_cache(global, &args.settings)?;
+    let settings = Settings::resolve(global, &args.settings)?;
     // Parse what can be wrong before anything is created.
     parse_port_specs(&args.port)?;
     let requested_ip: Option<IpAddr> = args
@@ -112,9 +102,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         })
         .transpose()?;
     let mut spec = match &args.from_snapshot {
-        Some(tag) => RunSpec::from_snapshot(
-            SnapshotStore::new(&settings.snapshot_storage_root).get(&tag.parse()?)?,
-        ),
+        Some(tag) => RunSpec::from_snapshot(settings.snapshot_store()?.get(&tag.parse()?)?),
         None => boot_spec(&settings, args)?,
     };
     // A named network, published ports or a fixed address ask for a
@@ -136,7 +124,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     spec.remove_on_exit = args.rm;
     spec.shutdown_timeout = args.shutdown_timeout;
 
-    let runtime = vm_runtime(&settings, args.no_jailer);
+    let runtime = vm_runtime(&settings, args.no_jailer)?;
     let outcome = tokio_runtime()?.block_on(async {
         let prepared = runtime.prepare(spec).await?;
         let metadata = runtime.launch(prepared).await?;
@@ -166,7 +154,7 @@ fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
         .as_deref()
         .context("--from or --from-snapshot is required")?;
     let tag: Tag = from.parse()?;
-    let image = DirectoryStore::new(&settings.rootfs_storage_root).get(&tag)?;
+    let image = settings.image_store()?.get(&tag)?;
     let (kernel_id, kernel) = super::kernel::choose(settings, args.vmlinux_id.as_deref())?;
     let mut spec = RunSpec::new(image.rootfs_path(), image.metadata, kernel);
     spec.kernel_id = kernel_id;
@@ -181,12 +169,14 @@ fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
     spec.vmm = settings.vmm;
     spec.rootfs_mode = args.rootfs_mode;
     spec.disk_size = args.disk_size;
-    let volumes = VolumeStore::new(&settings.volume_storage_root);
-    spec.volumes = args
-        .volume
-        .iter()
-        .map(|v| firebuild_vm::volumes::resolve(v, &volumes))
-        .collect::<Result<_, _>>()?;
+    if !args.volume.is_empty() {
+        let volumes = settings.volume_store()?;
+        spec.volumes = args
+            .volume
+            .iter()
+            .map(|v| firebuild_vm::volumes::resolve(v, &volumes))
+            .collect::<Result<_, _>>()?;
+    }
     spec.health = HealthOverrides {
         disabled: args.health.no_healthcheck,
         cmd: args.health.health_cmd.clone(),
@@ -205,7 +195,7 @@ fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
 
 pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(global, &args.settings)?;
-    let runtime = vm_runtime(&settings, false);
+    let runtime = vm_runtime(&settings, false)?;
     let vms = tokio_runtime()?.block_on(runtime.list())?;
     let mut rows: Vec<_> = vms.iter().map(RunMetadata::summary).collect();
     // Health states come from the agents of running VMs with a check, asked
@@ -239,7 +229,7 @@ pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
 
 pub fn inspect(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(global, &args.settings)?;
-    let runtime = vm_runtime(&settings, false);
+    let runtime = vm_runtime(&settings, false)?;
     let metadata = tokio_runtime()?.block_on(runtime.inspect(&args.vmm_id))?;
     let mut shown = serde_json::to_value(&metadata)?;
     shown["disk_bytes"] = metadata.disk_usage().into();
@@ -259,7 +249,7 @@ pub fn inspect(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
 pub fn kill(global: &GlobalArgs, args: &KillArgs) -> anyhow::Result<ExitCode> {
     require_root("kill")?;
     let settings = Settings::resolve(global, &args.settings)?;
-    let runtime = vm_runtime(&settings, false);
+    let runtime = vm_runtime(&settings, false)?;
     let metadata =
         tokio_runtime()?.block_on(runtime.kill(&args.vmm_id, Some(args.shutdown_timeout)))?;
     // The VM is gone: give its address and tap back now rather than at purge.
@@ -273,7 +263,7 @@ pub fn kill(global: &GlobalArgs, args: &KillArgs) -> anyhow::Result<ExitCode> {
 pub fn purge(global: &GlobalArgs, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
     require_root("purge")?;
     let settings = Settings::resolve(global, &args.settings)?;
-    let runtime = vm_runtime(&settings, false);
+    let runtime = vm_runtime(&settings, false)?;
     let tokio = tokio_runtime()?;
     let report = tokio.block_on(runtime.purge())?;
     for id in &report.removed {
@@ -303,7 +293,7 @@ pub fn purge(global: &GlobalArgs, args: &PurgeArgs) -> anyhow::Result<ExitCode> 
 
 pub fn logs(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(global, &args.settings)?;
-    let runtime = vm_runtime(&settings, false);
+    let runtime = vm_runtime(&settings, false)?;
     let mut stdout = std::io::stdout();
     tokio_runtime()?.block_on(runtime.logs(&args.vmm_id, args.follow, &mut stdout))?;
     Ok(ExitCode::SUCCESS)

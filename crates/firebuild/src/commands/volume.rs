@@ -1,7 +1,7 @@
 //! `volume create|ls|inspect|rm`: the profile's volume store, with the VMs
 //! (running or not yet purged) that use each volume.
 
-use firebuild_vm::{RunMetadata, Volume, VolumeStore};
+use firebuild_vm::{RunMetadata, Volume};
 
 use crate::cli::{GlobalArgs, VolumeCommand};
 use crate::format;
@@ -16,15 +16,14 @@ pub fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result<()> {
             settings,
         } => {
             let settings = Settings::resolve(global, settings)?;
-            let volume =
-                VolumeStore::new(&settings.volume_storage_root).create(name, *size, *fs)?;
+            let volume = settings.volume_store()?.create(name, *size, *fs)?;
             tracing::info!(volume = %volume.name, size = %format::size(volume.size), path = %volume.path.display(), "volume created");
             println!("{}", volume.name);
             Ok(())
         }
         VolumeCommand::Ls { json, settings } => {
             let settings = Settings::resolve(global, settings)?;
-            let volumes = VolumeStore::new(&settings.volume_storage_root).list()?;
+            let volumes = settings.volume_store()?.list()?;
             let vms = all_vms(&settings)?;
             if *json {
                 for volume in &volumes {
@@ -57,7 +56,7 @@ pub fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result<()> {
         }
         VolumeCommand::Inspect { name, settings } => {
             let settings = Settings::resolve(global, settings)?;
-            let volume = VolumeStore::new(&settings.volume_storage_root).get(name)?;
+            let volume = settings.volume_store()?.get(name)?;
             let vms = all_vms(&settings)?;
             println!(
                 "{}",
@@ -67,7 +66,7 @@ pub fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result<()> {
         }
         VolumeCommand::Rm { names, settings } => {
             let settings = Settings::resolve(global, settings)?;
-            let store = VolumeStore::new(&settings.volume_storage_root);
+            let store = settings.volume_store()?;
             let vms = all_vms(&settings)?;
             // Check them all first: remove all or none.
             let volumes = names
@@ -96,7 +95,7 @@ pub fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result<()> {
 
 /// Every VM of the run cache, running or not yet purged.
 fn all_vms(settings: &Settings) -> anyhow::Result<Vec<RunMetadata>> {
-    let runtime = super::vm::vm_runtime(settings, false);
+    let runtime = super::vm::vm_runtime(settings, false)?;
     Ok(super::vm::tokio_runtime()?.block_on(runtime.list())?)
 }
 
