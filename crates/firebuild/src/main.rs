@@ -6,9 +6,7 @@ mod commands;
 mod format;
 mod guest_init;
 mod logging;
-mod profile;
 mod settings;
-mod state_dirs;
 
 use std::process::ExitCode;
 

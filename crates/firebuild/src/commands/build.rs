@@ -6,11 +6,11 @@ use firebuild_builder::{
 };
 use std::sync::Arc;
 
-use super::image::registry_config;
 use super::require_root;
 use crate::cli::{BaseosArgs, BuildArgs, GlobalArgs, Isolation, RootfsArgs};
 use crate::guest_init;
 use crate::settings::Settings;
+use firebuild_host::wiring::registry_config;
 use firebuild_step_vm::{MicroVmSteps, StepVmConfig};
 
 pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
@@ -20,7 +20,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
             "--bootstrap-* flags are ignored: RUN steps run in the sandbox, or in microVMs with --isolation microvm"
         );
     }
-    let settings = Settings::resolve(global, &args.build.settings)?;
+    let settings = crate::settings::resolve(global, &args.build.settings)?;
     let store = settings.image_store()?;
     let cancel = cancel_on_signals()?;
     let output = match (&args.dockerfile, &args.docker_image) {
@@ -55,7 +55,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
 
 pub fn baseos(global: &GlobalArgs, args: &BaseosArgs) -> anyhow::Result<()> {
     require_root("baseos")?;
-    let settings = Settings::resolve(global, &args.build.settings)?;
+    let settings = crate::settings::resolve(global, &args.build.settings)?;
     let store = settings.image_store()?;
     let mut options = build_options(
         &settings,
@@ -109,15 +109,16 @@ fn build_options(
     options.isolation = match settings.isolation {
         Isolation::Sandbox => firebuild_builder::Isolation::Sandbox,
         Isolation::Microvm => {
-            let (id, kernel) = super::kernel::choose(settings, args.vmlinux_id.as_deref())?;
+            let (id, kernel) =
+                firebuild_host::wiring::choose_kernel(settings, args.vmlinux_id.as_deref())?;
             tracing::info!(kernel = %id, "RUN steps run in microVMs");
             // The step VMs have a run cache of their own: `ls` does not
             // show them.
             let mut step_settings = settings.clone();
             step_settings.run_cache = settings.cache_dir.join("step-vms");
             firebuild_builder::Isolation::MicroVm(Arc::new(MicroVmSteps::new(StepVmConfig {
-                runtime: super::vm::vm_runtime(&step_settings, false)?,
-                cni: super::network::cni_runtime(settings),
+                runtime: firebuild_host::wiring::vm_runtime(&step_settings, false)?,
+                cni: firebuild_host::wiring::cni_runtime(settings),
                 vmm: settings.vmm,
                 kernel,
                 kernel_id: id,

@@ -1,7 +1,6 @@
 //! `dockerfile parse`: shows what the parser understood of a Dockerfile.
 
 use crate::cli::{DockerfileCommand, GlobalArgs};
-use crate::settings::Settings;
 
 pub fn run(global: &GlobalArgs, command: &DockerfileCommand) -> anyhow::Result<()> {
     match command {
@@ -10,7 +9,7 @@ pub fn run(global: &GlobalArgs, command: &DockerfileCommand) -> anyhow::Result<(
             json,
             settings,
         } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let options = firebuild_source::SourceOptions::new(settings.sources_cache()?);
             let loaded = firebuild_source::load_str(source, &options)?;
             let dockerfile = firebuild_dockerfile::parse(&loaded.dockerfile, &loaded.name)?;

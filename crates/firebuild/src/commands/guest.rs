@@ -18,9 +18,9 @@ use firebuild_agent_proto::{
 use firebuild_vm::{AgentConnection, AgentEndpoint, AgentError, RunMetadata};
 
 use super::require_root;
-use super::vm::{tokio_runtime, vm_runtime, NO_GUEST_EXIT_CODE};
+use super::vm::{tokio_runtime, NO_GUEST_EXIT_CODE};
 use crate::cli::{CpArgs, ExecArgs, GlobalArgs, VmArgs};
-use crate::settings::Settings;
+use firebuild_host::wiring::vm_runtime;
 
 /// How long the agent may take to take a request (a free port, the first
 /// answer).
@@ -40,7 +40,7 @@ fn connect(
     settings: &crate::cli::SettingsArgs,
     id: &str,
 ) -> anyhow::Result<(RunMetadata, AgentConnection)> {
-    let settings = Settings::resolve(global, settings)?;
+    let settings = crate::settings::resolve(global, settings)?;
     let runtime = vm_runtime(&settings, false)?;
     let (vm, endpoint) = tokio_runtime()?.block_on(runtime.agent(id))?;
     let conn = AgentConnection::open(&endpoint, ANSWER_TIMEOUT).map_err(|e| agent_error(&vm, e))?;
@@ -336,7 +336,7 @@ fn report(c: &Copied, to: &str) {
 }
 
 pub fn wait(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(global, &args.settings)?;
+    let settings = crate::settings::resolve(global, &args.settings)?;
     let runtime = vm_runtime(&settings, false)?;
     let vm = tokio_runtime()?.block_on(runtime.wait(&args.vmm_id, None))?;
     let code = vm

@@ -1,18 +1,17 @@
 //! `image ls|inspect|rm|pull|import|prune`.
 
-use firebuild_oci::{
-    BlobCache, ImageRecords, ImageRef, ImageSource, Platform, Registry, RegistryConfig,
-};
+use firebuild_oci::{BlobCache, ImageRecords, ImageRef, ImageSource, Platform, Registry};
 use firebuild_store::{DirectoryStore, Tag};
 
 use crate::cli::{GlobalArgs, ImageCommand, SettingsArgs};
 use crate::format;
 use crate::settings::Settings;
+use firebuild_host::wiring::registry_config;
 
 pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::Ls { json, settings } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             list(
                 &settings.image_store()?,
                 &ImageRecords::new(settings.cache()?),
@@ -29,7 +28,7 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             force,
             settings,
         } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let store = settings.image_store()?;
             match tag.parse::<Tag>() {
                 Ok(stored) if store.contains(&stored) => {
@@ -43,7 +42,7 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             platform,
             settings,
         } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let registry =
                 Registry::new(settings.cache()?, registry_config(&settings)?).with_progress(true);
             let platform: Platform = platform.parse()?;
@@ -63,7 +62,7 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             tag,
             settings,
         } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let (kind, record) = firebuild_oci::import(
                 settings.cache()?,
                 source,
@@ -79,7 +78,7 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             cache_mounts,
             settings,
         } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let store = settings.image_store()?;
             let cache = settings.cache()?;
             let report = firebuild_builder::prune(&store, cache, *cache_mounts)?;
@@ -106,7 +105,7 @@ fn remove_stored(
     force: bool,
 ) -> anyhow::Result<()> {
     let image = store.get(tag)?;
-    let runtime = super::vm::vm_runtime(settings, false)?;
+    let runtime = firebuild_host::wiring::vm_runtime(settings, false)?;
     let users =
         super::vm::tokio_runtime()?.block_on(runtime.vms_using_image(&image.rootfs_path()))?;
     if !users.is_empty() {
@@ -146,19 +145,8 @@ fn remove_oci(records: &ImageRecords, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Registry settings from the profile and flags.
-pub fn registry_config(settings: &Settings) -> anyhow::Result<RegistryConfig> {
-    let config = RegistryConfig {
-        insecure: settings.insecure_registries.clone(),
-        mirrors: settings.registry_mirrors.clone(),
-        docker_config_dir: None,
-    };
-    config.validate()?;
-    Ok(config)
-}
-
 fn store(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<DirectoryStore> {
-    Settings::resolve(global, args)?.image_store()
+    crate::settings::resolve(global, args)?.image_store()
 }
 
 /// One row of `image ls`: a stored root filesystem or a pulled/imported OCI image.

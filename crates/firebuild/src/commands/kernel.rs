@@ -1,45 +1,11 @@
 //! `kernel build|add|ls|rm|inspect`: the kernel store.
 
-use std::path::PathBuf;
-
 use firebuild_kernel::KernelStore;
 
 use crate::cli::{GlobalArgs, KernelCommand, SettingsArgs};
-use crate::settings::Settings;
-
-/// The kernel a VM boots: `explicit` (`--vmlinux-id`), else the profile's
-/// default kernel, else the only registered one; returns its id and path.
-pub fn choose(settings: &Settings, explicit: Option<&str>) -> anyhow::Result<(String, PathBuf)> {
-    choose_in(
-        &settings.kernel_store()?,
-        explicit.or(settings.default_vmlinux_id.as_deref()),
-    )
-}
-
-fn choose_in(kernels: &KernelStore, wanted: Option<&str>) -> anyhow::Result<(String, PathBuf)> {
-    let id = match wanted {
-        Some(id) => id.to_owned(),
-        None => {
-            let ids: Vec<String> = kernels.list()?.into_iter().map(|k| k.id).collect();
-            match ids.as_slice() {
-                [id] => id.clone(),
-                [] => anyhow::bail!(
-                    "no guest kernel is registered in {}: add one with `firebuild kernel add` or `kernel build`",
-                    kernels.root().display()
-                ),
-                _ => anyhow::bail!(
-                    "several kernels are registered ({}): choose one with --vmlinux-id, or set a default with `profile-create --default-vmlinux-id`",
-                    ids.join(", ")
-                ),
-            }
-        }
-    };
-    let path = kernels.resolve(&id)?;
-    Ok((id, path))
-}
 
 fn store(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<KernelStore> {
-    Settings::resolve(global, args)?.kernel_store()
+    crate::settings::resolve(global, args)?.kernel_store()
 }
 
 pub fn run(global: &GlobalArgs, command: &KernelCommand) -> anyhow::Result<()> {
@@ -120,29 +86,5 @@ impl CompileProgress {
         if let Some(bar) = &self.0 {
             bar.finish_and_clear();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_kernel_is_the_one_asked_for_else_the_default_else_the_only_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let kernels = KernelStore::new(dir.path());
-        let err = choose_in(&kernels, None).unwrap_err().to_string();
-        assert!(err.contains("no guest kernel is registered"), "{err}");
-        std::fs::write(dir.path().join("k1"), b"kernel one").unwrap();
-        assert_eq!(choose_in(&kernels, None).unwrap().0, "k1");
-        std::fs::write(dir.path().join("k2"), b"kernel two").unwrap();
-        let err = choose_in(&kernels, None).unwrap_err().to_string();
-        assert!(
-            err.contains("several kernels are registered (k1, k2)"),
-            "{err}"
-        );
-        let (id, path) = choose_in(&kernels, Some("k2")).unwrap();
-        assert_eq!((id.as_str(), path), ("k2", dir.path().join("k2")));
-        assert!(choose_in(&kernels, Some("k3")).is_err());
     }
 }

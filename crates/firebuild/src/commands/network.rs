@@ -1,24 +1,15 @@
 //! `network create|ls|rm`: CNI bridge networks for microVMs.
 
 use anyhow::Context as _;
-use firebuild_cni::{network, CniPaths, CniRuntime, IpNet, NetworkSpec};
+use firebuild_cni::{network, CniRuntime, IpNet, NetworkSpec};
 
 use super::require_root;
 use crate::cli::{GlobalArgs, NetworkCommand, SettingsArgs};
 use crate::format;
-use crate::settings::Settings;
-
-/// The CNI runtime with the conf, plugin and cache directories in force.
-pub fn cni_runtime(settings: &Settings) -> CniRuntime {
-    CniRuntime::new(CniPaths {
-        conf_dir: settings.cni_conf_dir.clone(),
-        bin_dirs: settings.cni_bin_dirs.clone(),
-        cache_dir: settings.cni_cache_dir.clone(),
-    })
-}
+use firebuild_host::wiring::cni_runtime;
 
 fn runtime(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<CniRuntime> {
-    Ok(cni_runtime(&Settings::resolve(global, args)?))
+    Ok(cni_runtime(&crate::settings::resolve(global, args)?))
 }
 
 pub fn run(global: &GlobalArgs, command: &NetworkCommand) -> anyhow::Result<()> {

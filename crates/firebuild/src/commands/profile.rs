@@ -3,8 +3,7 @@
 use anyhow::Context as _;
 
 use crate::cli::{GlobalArgs, ProfileCreateArgs, SettingsArgs};
-use crate::profile::ProfileDir;
-use crate::settings::Settings;
+use firebuild_host::profile::ProfileDir;
 
 fn selected(global: &GlobalArgs, command: &str) -> anyhow::Result<String> {
     global
@@ -32,7 +31,7 @@ pub fn list(global: &GlobalArgs) -> anyhow::Result<()> {
 pub fn inspect(global: &GlobalArgs) -> anyhow::Result<()> {
     let name = selected(global, "profile-inspect")?;
     let profile = ProfileDir::new(&global.profile_conf_dir).load(&name)?;
-    let settings = Settings::resolve(global, &SettingsArgs::default())?;
+    let settings = crate::settings::resolve(global, &SettingsArgs::default())?;
     let mut in_effect = serde_json::Map::new();
     for (setting, dir) in settings.roots() {
         in_effect.insert(setting.into(), dir.display().to_string().into());

@@ -6,13 +6,13 @@ use firebuild_store::Tag;
 use firebuild_vm::Interrupts;
 
 use super::require_root;
-use super::vm::{tokio_runtime, vm_runtime};
+use super::vm::tokio_runtime;
 use crate::cli::{GlobalArgs, SnapshotCommand, VmArgs};
-use crate::settings::Settings;
+use firebuild_host::wiring::vm_runtime;
 
 pub fn pause(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
     require_root("pause")?;
-    let settings = Settings::resolve(global, &args.settings)?;
+    let settings = crate::settings::resolve(global, &args.settings)?;
     let vm = tokio_runtime()?.block_on(vm_runtime(&settings, false)?.pause(&args.vmm_id))?;
     tracing::info!(vm = %vm.id, "paused");
     Ok(ExitCode::SUCCESS)
@@ -20,7 +20,7 @@ pub fn pause(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
 
 pub fn resume(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
     require_root("resume")?;
-    let settings = Settings::resolve(global, &args.settings)?;
+    let settings = crate::settings::resolve(global, &args.settings)?;
     let vm = tokio_runtime()?.block_on(vm_runtime(&settings, false)?.resume(&args.vmm_id))?;
     tracing::info!(vm = %vm.id, "resumed");
     Ok(ExitCode::SUCCESS)
@@ -35,7 +35,7 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
             settings,
         } => {
             require_root("snapshot create")?;
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let tag: Tag = tag.parse()?;
             let store = settings.snapshot_store()?;
             let runtime = vm_runtime(&settings, false)?;
@@ -56,7 +56,7 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
             println!("{tag}");
         }
         SnapshotCommand::Ls { json, settings } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let snapshots = settings.snapshot_store()?.list()?;
             if *json || global.log_as_json {
                 for s in &snapshots {
@@ -92,7 +92,7 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
             }
         }
         SnapshotCommand::Inspect { tag, settings } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let tag: Tag = tag.parse()?;
             let snapshot = settings.snapshot_store()?.get(&tag)?;
             let runtime = vm_runtime(&settings, false)?;
@@ -109,7 +109,7 @@ pub fn run(global: &GlobalArgs, command: &SnapshotCommand) -> anyhow::Result<()>
         }
         SnapshotCommand::Rm { tags, settings } => {
             require_root("snapshot rm")?;
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let store = settings.snapshot_store()?;
             let runtime = vm_runtime(&settings, false)?;
             let tokio = tokio_runtime()?;

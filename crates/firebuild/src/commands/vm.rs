@@ -3,82 +3,25 @@
 
 use std::net::IpAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
-use firebuild_cni::{parse_port_specs, CniNetworks};
+use firebuild_cni::parse_port_specs;
 use firebuild_metadata::InitMode;
 use firebuild_store::Tag;
 use firebuild_vm::{
-    host_ids, render_table, HealthOverrides, IdPool, Interrupts, NetworkChoice, NetworkRequest,
-    QemuConfig, QemuVmm, RunMetadata, RunOutcome, RunSpec, Runtime, VmStatus,
+    render_table, HealthOverrides, Interrupts, NetworkChoice, NetworkRequest, RunMetadata,
+    RunOutcome, RunSpec, VmStatus,
 };
-use firebuild_vm_firecracker::{jail_ids, FirecrackerConfig, FirecrackerVmm, JailUser};
 
-use super::network::cni_runtime;
 use super::require_root;
 use crate::cli::{GlobalArgs, InitModeArg, KillArgs, LogsArgs, LsArgs, PurgeArgs, RunArgs, VmArgs};
 use crate::format;
 use crate::settings::Settings;
+use firebuild_host::wiring::{cni_runtime, vm_runtime};
 
 /// Exit status of `run` when the guest reported none (killed, crashed), as a
 /// shell reports a SIGKILLed process.
 pub(super) const NO_GUEST_EXIT_CODE: u8 = 137;
-
-fn jail_user(settings: &Settings) -> Option<JailUser> {
-    match (settings.jailer_uid, settings.jailer_gid) {
-        (None, None) => None,
-        (uid, gid) => {
-            let default = JailUser::host_default();
-            Some(JailUser {
-                uid: uid.unwrap_or(default.uid),
-                gid: gid.unwrap_or(default.gid),
-            })
-        }
-    }
-}
-
-/// QEMU's id claims live in the profile's cache directory, which both its
-/// VMs and its build step VMs (`<cache-dir>/step-vms`) use.
-fn qemu_ids(settings: &Settings) -> anyhow::Result<IdPool> {
-    Ok(IdPool {
-        range: settings
-            .qemu_id_range
-            .map_or(host_ids::DEFAULT_QEMU_RANGE, |(first, count)| {
-                host_ids::IdRange { first, count }
-            }),
-        dir: Some(settings.cache()?.join("qemu-ids")),
-    })
-}
-
-/// The runtime with every backend, so `ls`/`kill`/`purge` handle VMs of
-/// either VMM whatever `--vmm` says now.
-pub(crate) fn vm_runtime(settings: &Settings, no_jailer: bool) -> anyhow::Result<Runtime> {
-    let firecracker = FirecrackerVmm::new(FirecrackerConfig {
-        firecracker: settings.binary_firecracker.clone(),
-        jailer: settings.binary_jailer.clone(),
-        chroot_base: settings.chroot_base.clone(),
-        user: jail_user(settings),
-        id_range: settings
-            .jailer_id_range
-            .map_or(jail_ids::DEFAULT_RANGE, |(first, count)| {
-                jail_ids::IdRange { first, count }
-            }),
-        no_jailer,
-        ..Default::default()
-    });
-    let qemu = QemuVmm::new(QemuConfig {
-        binary: settings.binary_qemu.clone(),
-        accel: settings.qemu_accel,
-        ids: qemu_ids(settings)?,
-        ..Default::default()
-    });
-    Ok(Runtime::with_backends(
-        settings.runs()?,
-        vec![Arc::new(firecracker), Arc::new(qemu)],
-    )
-    .with_network_provider(Arc::new(CniNetworks(cni_runtime(settings)))))
-}
 
 pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -90,7 +33,7 @@ pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     require_root("run")?;
-    let settings = Settings::resolve(global, &args.settings)?;
+    let settings = crate::settings::resolve(global, &args.settings)?;
     // Parse what can be wrong before anything is created.
     parse_port_specs(&args.port)?;
     let requested_ip: Option<IpAddr> = args
@@ -155,7 +98,8 @@ fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
         .context("--from or --from-snapshot is required")?;
     let tag: Tag = from.parse()?;
     let image = settings.image_store()?.get(&tag)?;
-    let (kernel_id, kernel) = super::kernel::choose(settings, args.vmlinux_id.as_deref())?;
+    let (kernel_id, kernel) =
+        firebuild_host::wiring::choose_kernel(settings, args.vmlinux_id.as_deref())?;
     let mut spec = RunSpec::new(image.rootfs_path(), image.metadata, kernel);
     spec.kernel_id = kernel_id;
     spec.cpus = args.cpu;
@@ -194,7 +138,7 @@ fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
 }
 
 pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(global, &args.settings)?;
+    let settings = crate::settings::resolve(global, &args.settings)?;
     let runtime = vm_runtime(&settings, false)?;
     let vms = tokio_runtime()?.block_on(runtime.list())?;
     let mut rows: Vec<_> = vms.iter().map(RunMetadata::summary).collect();
@@ -228,7 +172,7 @@ pub fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn inspect(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(global, &args.settings)?;
+    let settings = crate::settings::resolve(global, &args.settings)?;
     let runtime = vm_runtime(&settings, false)?;
     let metadata = tokio_runtime()?.block_on(runtime.inspect(&args.vmm_id))?;
     let mut shown = serde_json::to_value(&metadata)?;
@@ -248,7 +192,7 @@ pub fn inspect(global: &GlobalArgs, args: &VmArgs) -> anyhow::Result<ExitCode> {
 
 pub fn kill(global: &GlobalArgs, args: &KillArgs) -> anyhow::Result<ExitCode> {
     require_root("kill")?;
-    let settings = Settings::resolve(global, &args.settings)?;
+    let settings = crate::settings::resolve(global, &args.settings)?;
     let runtime = vm_runtime(&settings, false)?;
     let metadata =
         tokio_runtime()?.block_on(runtime.kill(&args.vmm_id, Some(args.shutdown_timeout)))?;
@@ -262,7 +206,7 @@ pub fn kill(global: &GlobalArgs, args: &KillArgs) -> anyhow::Result<ExitCode> {
 
 pub fn purge(global: &GlobalArgs, args: &PurgeArgs) -> anyhow::Result<ExitCode> {
     require_root("purge")?;
-    let settings = Settings::resolve(global, &args.settings)?;
+    let settings = crate::settings::resolve(global, &args.settings)?;
     let runtime = vm_runtime(&settings, false)?;
     let tokio = tokio_runtime()?;
     let report = tokio.block_on(runtime.purge())?;
@@ -292,7 +236,7 @@ pub fn purge(global: &GlobalArgs, args: &PurgeArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub fn logs(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(global, &args.settings)?;
+    let settings = crate::settings::resolve(global, &args.settings)?;
     let runtime = vm_runtime(&settings, false)?;
     let mut stdout = std::io::stdout();
     tokio_runtime()?.block_on(runtime.logs(&args.vmm_id, args.follow, &mut stdout))?;

@@ -15,14 +15,14 @@ pub fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result<()> {
             fs,
             settings,
         } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let volume = settings.volume_store()?.create(name, *size, *fs)?;
             tracing::info!(volume = %volume.name, size = %format::size(volume.size), path = %volume.path.display(), "volume created");
             println!("{}", volume.name);
             Ok(())
         }
         VolumeCommand::Ls { json, settings } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let volumes = settings.volume_store()?.list()?;
             let vms = all_vms(&settings)?;
             if *json {
@@ -55,7 +55,7 @@ pub fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result<()> {
             Ok(())
         }
         VolumeCommand::Inspect { name, settings } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let volume = settings.volume_store()?.get(name)?;
             let vms = all_vms(&settings)?;
             println!(
@@ -65,7 +65,7 @@ pub fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result<()> {
             Ok(())
         }
         VolumeCommand::Rm { names, settings } => {
-            let settings = Settings::resolve(global, settings)?;
+            let settings = crate::settings::resolve(global, settings)?;
             let store = settings.volume_store()?;
             let vms = all_vms(&settings)?;
             // Check them all first: remove all or none.
@@ -95,7 +95,7 @@ pub fn run(global: &GlobalArgs, command: &VolumeCommand) -> anyhow::Result<()> {
 
 /// Every VM of the run cache, running or not yet purged.
 fn all_vms(settings: &Settings) -> anyhow::Result<Vec<RunMetadata>> {
-    let runtime = super::vm::vm_runtime(settings, false)?;
+    let runtime = firebuild_host::wiring::vm_runtime(settings, false)?;
     Ok(super::vm::tokio_runtime()?.block_on(runtime.list())?)
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{AccelPolicy, Isolation, SettingsArgs, VmmChoice};
+use crate::settings_args::{AccelPolicy, Isolation, SettingsArgs, VmmChoice};
 
 /// The only storage provider.
 pub const DIRECTORY_PROVIDER: &str = "directory";
