@@ -622,6 +622,23 @@ pub enum KernelCommand {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+    /// Push a kernel to an OCI registry as an artifact (REF: registry/repository:tag).
+    Push {
+        id: String,
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Pull a kernel artifact from an OCI registry and store it under --id.
+    Pull {
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

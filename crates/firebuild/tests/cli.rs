@@ -43,6 +43,8 @@ const COMMANDS: &[&[&str]] = &[
     &["kernel"],
     &["kernel", "build"],
     &["kernel", "ls"],
+    &["kernel", "push"],
+    &["kernel", "pull"],
     &["dockerfile", "parse"],
     &["network", "create"],
 ];

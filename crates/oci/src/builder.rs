@@ -142,6 +142,7 @@ impl<'c> ImageBuilder<'c> {
         let manifest = ImageManifest {
             schema_version: 2,
             media_type: Some(manifest::OCI_MANIFEST.to_string()),
+            artifact_type: None,
             config: Descriptor::new(
                 manifest::OCI_CONFIG,
                 config_digest.clone(),

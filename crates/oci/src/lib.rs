@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod artifact;
 pub mod auth;
 pub mod builder;
 pub mod cache;
@@ -39,6 +40,7 @@ pub mod registry;
 pub mod testing;
 pub mod unpack;
 
+pub use artifact::{ArtifactFile, PulledArtifact};
 pub use builder::ImageBuilder;
 pub use cache::{BlobCache, BlobPrune};
 pub use config::RegistryConfig;

@@ -71,6 +71,10 @@ impl Registry {
         self
     }
 
+    pub(crate) fn shows_progress(&self) -> bool {
+        self.progress
+    }
+
     pub fn cache(&self) -> &BlobCache {
         &self.cache
     }
@@ -125,7 +129,11 @@ impl Registry {
 
     /// Runs `attempt` on each mirror, then on the registry; a failing mirror
     /// is logged and skipped.
-    async fn try_endpoints<'a, T, F, Fut>(&'a self, reference: &ImageRef, attempt: F) -> Result<T>
+    pub(crate) async fn try_endpoints<'a, T, F, Fut>(
+        &'a self,
+        reference: &ImageRef,
+        attempt: F,
+    ) -> Result<T>
     where
         F: Fn(Endpoint) -> Fut,
         Fut: std::future::Future<Output = Result<T>> + 'a,
@@ -312,7 +320,7 @@ impl Registry {
         Ok(digest)
     }
 
-    fn push_endpoint(&self, target: &ImageRef) -> Endpoint {
+    pub(crate) fn push_endpoint(&self, target: &ImageRef) -> Endpoint {
         Endpoint {
             host: target.registry().to_string(),
             plain_http: self.config.allows_plain_http(target.registry()),
@@ -374,7 +382,7 @@ fn check_image_manifest(m: &ImageManifest, reference: &ImageRef) -> Result<()> {
 }
 
 /// One endpoint's client, credentials and error context.
-struct Ctx<'r> {
+pub(crate) struct Ctx<'r> {
     reg: &'r Registry,
     client: Arc<Client>,
     auth: RegistryAuth,
@@ -385,7 +393,7 @@ struct Ctx<'r> {
 }
 
 impl<'r> Ctx<'r> {
-    fn new(reg: &'r Registry, ep: &Endpoint, reference: &ImageRef) -> Result<Ctx<'r>> {
+    pub(crate) fn new(reg: &'r Registry, ep: &Endpoint, reference: &ImageRef) -> Result<Ctx<'r>> {
         let auth = reg.auth(&ep.host)?;
         Ok(Ctx {
             reg,
@@ -484,7 +492,7 @@ impl<'r> Ctx<'r> {
         }
     }
 
-    fn registry_err(&self, what: &str, reason: String) -> Error {
+    pub(crate) fn registry_err(&self, what: &str, reason: String) -> Error {
         Error::Registry {
             registry: self.host.clone(),
             reference: self.reference.clone(),
@@ -493,7 +501,11 @@ impl<'r> Ctx<'r> {
     }
 
     /// A manifest by reference, from the cache when pinned by a cached digest.
-    async fn manifest(&self, oref: &Reference, want: Option<&Digest>) -> Result<(Vec<u8>, Digest)> {
+    pub(crate) async fn manifest(
+        &self,
+        oref: &Reference,
+        want: Option<&Digest>,
+    ) -> Result<(Vec<u8>, Digest)> {
         if let Some(d) = want {
             if self.reg.cache.contains(d) {
                 return Ok((self.reg.cache.read(d)?, d.clone()));
@@ -551,7 +563,7 @@ impl<'r> Ctx<'r> {
     }
 
     /// Downloads a blob into the cache (resuming a partial one), verified.
-    async fn blob(&self, oref: &Reference, desc: &Descriptor, bar: &Bar) -> Result<()> {
+    pub(crate) async fn blob(&self, oref: &Reference, desc: &Descriptor, bar: &Bar) -> Result<()> {
         let cache = self.reg.cache.clone();
         let digest = desc.digest.clone();
         let download = tokio::task::spawn_blocking(move || cache.begin_download(&digest))
@@ -651,7 +663,7 @@ impl<'r> Ctx<'r> {
         Ok(())
     }
 
-    async fn push_blob(&self, oref: &Reference, digest: &Digest) -> Result<()> {
+    pub(crate) async fn push_blob(&self, oref: &Reference, digest: &Digest) -> Result<()> {
         let exists = self
             .client
             .blob_exists(oref, &digest.to_string())
@@ -699,7 +711,7 @@ impl<'r> Ctx<'r> {
 
     /// Gets a token (or basic credentials) with push scope in place for the
     /// repository before any upload.
-    async fn authorize_push(&self, oref: &Reference) -> Result<()> {
+    pub(crate) async fn authorize_push(&self, oref: &Reference) -> Result<()> {
         self.client
             .auth(oref, &self.auth, oci_client::RegistryOperation::Push)
             .await
@@ -707,7 +719,12 @@ impl<'r> Ctx<'r> {
         Ok(())
     }
 
-    async fn push_manifest(&self, oref: &Reference, body: Vec<u8>, media_type: &str) -> Result<()> {
+    pub(crate) async fn push_manifest(
+        &self,
+        oref: &Reference,
+        body: Vec<u8>,
+        media_type: &str,
+    ) -> Result<()> {
         self.authorize_push(oref).await?;
         let content_type = media_type.parse().map_err(|_| Error::Push {
             reference: self.reference.clone(),

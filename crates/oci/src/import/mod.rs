@@ -372,6 +372,7 @@ fn from_docker_save(cache: &BlobCache, tree: &Tree, name: &str) -> Result<ImageR
     let manifest = ImageManifest {
         schema_version: 2,
         media_type: Some(manifest::OCI_MANIFEST.into()),
+        artifact_type: None,
         config: Descriptor::new(manifest::OCI_CONFIG, config_digest, config_size),
         layers,
         annotations: Default::default(),
