@@ -113,7 +113,9 @@ impl PreparedVm {
         &self.metadata
     }
 
-    /// Attaches the network the caller set up for this VM.
+    /// Attaches the network the caller set up for this VM. It stays the
+    /// caller's: when [`Runtime::launch`] fails the runtime releases only
+    /// what its own provider set up, so the caller releases this one.
     pub fn attach_network(&mut self, network: NetworkAttachment) -> Result<(), VmError> {
         validate_network(&network)?;
         self.metadata.ip = Some(network.ip.to_string());
