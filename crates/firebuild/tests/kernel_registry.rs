@@ -72,6 +72,12 @@ fn a_kernel_pushed_from_one_store_is_pulled_into_another_unchanged() {
     let out = on(&second, &["kernel", "inspect", "pulled"]);
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["intact"], true, "{info}");
+    // Its metadata says where it came from: the reference and manifest digest.
+    assert_eq!(
+        info["metadata"]["source"],
+        format!("{reference}@{digest}"),
+        "{info}"
+    );
     // By digest, too.
     let by_digest = registry
         .reference("kernels/vmlinux:6.1")

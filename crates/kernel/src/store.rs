@@ -205,6 +205,30 @@ impl KernelStore {
     /// `kernel add --file PATH --id ID`: copies an existing x86_64 ELF
     /// vmlinux into the store, reading its release from the banner.
     pub fn add_file(&self, file: &Path, id: &str, replace: bool) -> Result<KernelInfo> {
+        let source = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+        self.add_checked(file, id, replace, source.display().to_string(), None)
+    }
+
+    /// `kernel pull`: as [`KernelStore::add_file`] for a file that came from
+    /// `source` (a registry reference) built with `config_digest`.
+    pub fn add_pulled(
+        &self,
+        file: &Path,
+        id: &str,
+        source: &str,
+        config_digest: Option<String>,
+    ) -> Result<KernelInfo> {
+        self.add_checked(file, id, false, source.to_owned(), config_digest)
+    }
+
+    fn add_checked(
+        &self,
+        file: &Path,
+        id: &str,
+        replace: bool,
+        source: String,
+        config_digest: Option<String>,
+    ) -> Result<KernelInfo> {
         validate_id(id)?;
         identify::require_vmlinux(file)?;
         if !replace {
@@ -222,7 +246,6 @@ impl KernelStore {
                 "this kernel carries no configuration (CONFIG_IKCONFIG): make sure it has CONFIG_OVERLAY_FS=y, or run its VMs with --rootfs-mode copy"
             ),
         }
-        let source = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
         self.publish(id, file, replace, |size, sha256| KernelMetadata {
             id: id.into(),
             version,
@@ -230,8 +253,8 @@ impl KernelStore {
             size,
             sha256,
             origin: KernelOrigin::Added,
-            source: source.display().to_string(),
-            config_digest: None,
+            source,
+            config_digest,
             build_seconds: None,
             created_at: OffsetDateTime::now_utc(),
         })

@@ -142,7 +142,13 @@ fn pull(
     let registry = registry(settings)?;
     let pulled =
         firebuild_oci::block_on(registry.pull_artifact(reference, KERNEL_ARTIFACT, MAX_KERNEL))??;
-    Ok(store.add_file(&pulled.blob, id, false)?)
+    let config_digest = pulled.annotations.get(CONFIG_ANNOTATION).cloned();
+    Ok(store.add_pulled(
+        &pulled.blob,
+        id,
+        &format!("{reference}@{}", pulled.digest),
+        config_digest,
+    )?)
 }
 
 /// The compile step's count of objects on a terminal (a spinner line);
