@@ -107,6 +107,11 @@ pub struct ImageOptions {
     pub cancel: CancelToken,
     /// What the image may unpack to.
     pub unpacked_limit: u64,
+    /// The metadata the pushing host stored with the image (`image pull` of
+    /// an image `image push` made): its kind, build settings, parent and
+    /// creation time are kept; how the image runs still comes from the
+    /// image config, as for any image.
+    pub pushed: Option<ImageMetadata>,
 }
 
 /// What a build produced.
@@ -278,6 +283,7 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         kind: opts.kind,
         state,
         build_config,
+        created: None,
         fs_size: opts.filesystem_size_mib,
         vminit: &opts.vminit,
         used,
@@ -307,20 +313,22 @@ pub fn build_from_image(store: &DirectoryStore, opts: &ImageOptions) -> Result<B
     resolver.unpacked_limit = opts.unpacked_limit;
     let base = resolver.resolve(&opts.reference)?;
     let used = layers.chain(base.top.as_ref())?;
+    let pushed = opts.pushed.as_ref();
     let state = StageState {
         key: base.key,
         top: base.top,
         config: base.config,
-        parent: base.parent,
-        base_digest: base.digest,
+        parent: pushed.map_or(base.parent, |md| md.parent.clone()),
+        base_digest: pushed.map_or(base.digest, |md| md.base_image_digest.clone()),
     };
     finish(Finish {
         store,
         layers: &layers,
         tag,
-        kind: ImageType::Rootfs,
+        kind: pushed.map_or(ImageType::Rootfs, |md| md.kind),
         state,
-        build_config: BuildConfig::default(),
+        build_config: pushed.map(|md| md.build_config.clone()).unwrap_or_default(),
+        created: pushed.map(|md| md.created_at_utc),
         fs_size: opts.filesystem_size_mib,
         vminit: &opts.vminit,
         used,
@@ -391,6 +399,8 @@ struct Finish<'a> {
     kind: ImageType,
     state: StageState,
     build_config: BuildConfig,
+    /// metadata.json's creation time (default: now).
+    created: Option<i64>,
     fs_size: Option<u64>,
     vminit: &'a Path,
     used: Vec<LayerId>,
@@ -491,7 +501,7 @@ fn finish(f: Finish<'_>) -> Result<BuildOutput> {
                 (Some(digest), size, false)
             }
         };
-    let metadata = metadata_for(
+    let mut metadata = metadata_for(
         &f.tag,
         f.kind,
         &f.state,
@@ -499,6 +509,9 @@ fn finish(f: Finish<'_>) -> Result<BuildOutput> {
         size,
         digest.clone(),
     );
+    if let Some(created) = f.created {
+        metadata.created_at_utc = created;
+    }
     staging.write_metadata(&metadata)?;
     if f.cancel.is_cancelled() {
         return Err(BuildError::Interrupted);

@@ -64,6 +64,9 @@ pub enum BuildError {
     #[error("ext4 image {path}: {message}")]
     Ext4 { path: PathBuf, message: String },
 
+    #[error("exporting {tag} as an OCI image: {message}")]
+    Export { tag: String, message: String },
+
     #[error("build cache {path}: {message}")]
     Cache { path: PathBuf, message: String },
 

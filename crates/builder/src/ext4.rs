@@ -340,7 +340,7 @@ pub fn import_ext4(image: &Path, dest: &Path) -> Result<()> {
         ..Default::default()
     };
     let (produced, applied) = std::thread::scope(|s| {
-        let producer = s.spawn(|| write_tar(&fs, writer));
+        let producer = s.spawn(|| write_tar(&fs, writer, &TarView::whole()));
         let applied = firebuild_oci::apply_layer(dest, reader, "its tree", &opts);
         let produced = producer
             .join()
@@ -353,18 +353,65 @@ pub fn import_ext4(image: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Which part of an ext4 image a tar of it shows.
+pub(crate) struct TarView {
+    /// Leave out `/.firebuild` (the guest init firebuild put in).
+    skip_firebuild: bool,
+    /// The extended attributes it carries.
+    xattr_allowed: fn(&str) -> bool,
+    times: crate::export::Times,
+}
+
+impl TarView {
+    /// Everything, every attribute: the way back into a layer directory.
+    fn whole() -> TarView {
+        TarView {
+            skip_firebuild: false,
+            xattr_allowed: |_| true,
+            times: Default::default(),
+        }
+    }
+
+    /// What an OCI image layer of it holds: the image's own files and the
+    /// attributes images carry.
+    pub(crate) fn oci_layer(times: crate::export::Times) -> TarView {
+        TarView {
+            skip_firebuild: true,
+            xattr_allowed: |name| {
+                firebuild_agent_proto::tree::layer_xattr_allowed(name)
+                    && !name.starts_with("user.overlay.")
+            },
+            times,
+        }
+    }
+
+    fn skips(&self, path: &[u8]) -> bool {
+        let dir = firebuild_metadata::boot::GUEST_INIT_PATH
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .as_bytes();
+        self.skip_firebuild
+            && path.starts_with(dir)
+            && (path.len() == dir.len() || path[dir.len()] == b'/')
+    }
+}
+
 /// Writes `fs`'s tree as a tar stream (GNU headers for long names and big
-/// ids, PAX records for xattrs); the root itself is left out.
-fn write_tar(
+/// ids, PAX records for xattrs) as `view` shows it; the root itself is
+/// left out.
+pub(crate) fn write_tar(
     fs: &crate::ext4_reader::Ext4Image,
     out: std::io::PipeWriter,
+    view: &TarView,
 ) -> std::result::Result<(), String> {
     use crate::ext4_reader::{Entry, Kind, WalkError};
     use std::os::unix::ffi::OsStrExt;
     let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
     let mut first_paths: std::collections::HashMap<u32, Vec<u8>> = Default::default();
     let mut append = |entry: &Entry| -> std::io::Result<()> {
-        if entry.path.is_empty() {
+        if entry.path.is_empty() || view.skips(&entry.path) {
             return Ok(());
         }
         let path = std::ffi::OsStr::from_bytes(&entry.path);
@@ -373,7 +420,7 @@ fn write_tar(
             .iter()
             .filter_map(|(k, v)| {
                 let name = std::str::from_utf8(k).ok()?;
-                Some((format!("SCHILY.xattr.{name}"), v.as_slice()))
+                (view.xattr_allowed)(name).then(|| (format!("SCHILY.xattr.{name}"), v.as_slice()))
             })
             .collect();
         if !xattrs.is_empty() {
@@ -383,7 +430,7 @@ fn write_tar(
         header.set_mode(entry.mode);
         header.set_uid(entry.uid.into());
         header.set_gid(entry.gid.into());
-        header.set_mtime(entry.mtime.0.max(0) as u64);
+        header.set_mtime(view.times.mtime(entry.mtime.0));
         header.set_size(0);
         if entry.multiply_linked {
             if let Some(first) = first_paths.get(&entry.inode_number()) {

@@ -35,6 +35,7 @@ pub mod config;
 mod copy;
 mod engine;
 mod error;
+pub mod export;
 mod ext4;
 mod ext4_reader;
 mod filehash;
@@ -50,6 +51,7 @@ mod util;
 
 pub use api::{build, build_from_image, prune, BuildOptions, BuildOutput, ImageOptions};
 pub use error::{BuildError, Result, StepLocation};
+pub use export::{export, ExportOptions, Exported, METADATA_ANNOTATION};
 pub use firebuild_metadata::ImageType;
 pub use firebuild_oci::RegistryConfig;
 pub use isolation::{Isolation, StepVm, StepVmError, VmStep, VmStepOutcome};

@@ -83,6 +83,7 @@ fn builds_from_a_registry_image_and_turns_an_image_into_a_rootfs() {
             vminit: f.dir.path().join("vminit"),
             cancel: Default::default(),
             unpacked_limit: firebuild_oci::DEFAULT_UNPACKED_LIMIT,
+            pushed: None,
         },
     )
     .expect("rootfs from an image");

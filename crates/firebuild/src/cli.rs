@@ -471,12 +471,30 @@ pub enum ImageCommand {
         #[command(flatten)]
         settings: SettingsArgs,
     },
-    /// Pull an OCI image into the blob cache.
+    /// Pull an OCI image into the blob cache; with --tag, also store it as a
+    /// root filesystem ready to run (as `rootfs --docker-image` does).
     Pull {
         /// Image reference, e.g. alpine:3.20 or ghcr.io/org/app@sha256:...
         reference: String,
         #[arg(long, value_name = "OS/ARCH", default_value = "linux/amd64")]
         platform: String,
+        /// Store the image as this root filesystem: org/name:version.
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
+        /// With --tag: the ext4 size (default: the content plus headroom).
+        #[arg(long, value_name = "MIB", requires = "tag")]
+        filesystem_size_mbs: Option<u64>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Push a stored root filesystem to an OCI registry as a plain image:
+    /// the build's layers, the run settings as the image config, firebuild's
+    /// metadata as an annotation. Honours SOURCE_DATE_EPOCH.
+    Push {
+        /// The stored image: org/name:version.
+        tag: String,
+        /// Where to: registry/repository:tag.
+        reference: String,
         #[command(flatten)]
         settings: SettingsArgs,
     },

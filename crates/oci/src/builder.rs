@@ -2,6 +2,7 @@
 //! the push path (tests put images into registries with it, and built root
 //! filesystems are published with it) and the last step of `import`.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::Path;
@@ -21,6 +22,7 @@ pub struct ImageBuilder<'c> {
     cache: &'c BlobCache,
     layers: Vec<LayerRecord>,
     config: ImageConfigFile,
+    annotations: BTreeMap<String, String>,
 }
 
 impl<'c> ImageBuilder<'c> {
@@ -30,7 +32,40 @@ impl<'c> ImageBuilder<'c> {
             cache,
             layers: Vec::new(),
             config: ImageConfigFile::new(platform),
+            annotations: BTreeMap::new(),
         }
+    }
+
+    /// Starts from an image in the cache: its layers (as they are, same
+    /// blobs), their diff IDs, its history and its config, so layers added
+    /// next go on top of it.
+    pub fn on_top_of(cache: &'c BlobCache, base: &ImageRecord) -> Result<ImageBuilder<'c>> {
+        if base.layers.len() != base.config.rootfs.diff_ids.len() {
+            return Err(Error::Push {
+                reference: base.reference.clone(),
+                reason: format!(
+                    "its config lists {} diff IDs for {} layers",
+                    base.config.rootfs.diff_ids.len(),
+                    base.layers.len()
+                ),
+            });
+        }
+        Ok(ImageBuilder {
+            cache,
+            layers: base.layers.clone(),
+            config: base.config.clone(),
+            annotations: BTreeMap::new(),
+        })
+    }
+
+    /// Sets an annotation of the manifest.
+    pub fn annotate(&mut self, key: &str, value: &str) {
+        self.annotations.insert(key.to_owned(), value.to_owned());
+    }
+
+    /// The whole config file (created time, history, …).
+    pub fn config_file_mut(&mut self) -> &mut ImageConfigFile {
+        &mut self.config
     }
 
     /// Starts from an existing config (its `rootfs.diff_ids` are replaced by
@@ -87,6 +122,27 @@ impl<'c> ImageBuilder<'c> {
         }
         self.push_layer(digest.clone(), compression.oci_media_type(), size, diff_id);
         Ok(digest)
+    }
+
+    /// Adds a layer blob already in the cache whose diff ID is known
+    /// (checked only by whoever reads the image: computing it again would
+    /// mean decompressing the layer).
+    pub fn add_known_layer(&mut self, layer: LayerRecord, diff_id: Digest) -> Result<()> {
+        if !self.cache.contains(&layer.digest) {
+            return Err(Error::BlobMissing {
+                digest: layer.digest.to_string(),
+                cache: self.cache.root().to_path_buf(),
+            });
+        }
+        self.push_layer(layer.digest, &layer.media_type, layer.size, diff_id);
+        Ok(())
+    }
+
+    /// Says what made the layer added last (its history entry).
+    pub fn describe_last_layer(&mut self, created_by: &str) {
+        if let Some(h) = self.config.history.last_mut() {
+            h.created_by = Some(created_by.to_owned());
+        }
     }
 
     /// Adds an uncompressed tar held in memory as a layer.
@@ -153,7 +209,7 @@ impl<'c> ImageBuilder<'c> {
                 .iter()
                 .map(|l| Descriptor::new(&l.media_type, l.digest.clone(), l.size))
                 .collect(),
-            annotations: Default::default(),
+            annotations: self.annotations,
         };
         let manifest_json = serde_json::to_vec(&manifest)
             .map_err(|e| Error::io("encoding image manifest", self.cache.root())(e.into()))?;

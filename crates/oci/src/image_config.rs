@@ -163,6 +163,20 @@ pub struct History {
     pub empty_layer: bool,
 }
 
+impl HealthConfig {
+    /// The image config form of a firebuild healthcheck.
+    pub fn from_metadata(h: &firebuild_metadata::image::Healthcheck) -> HealthConfig {
+        HealthConfig {
+            test: h.test.clone(),
+            interval: h.interval_ns,
+            timeout: h.timeout_ns,
+            start_period: h.start_period_ns,
+            start_interval: h.start_interval_ns,
+            retries: h.retries,
+        }
+    }
+}
+
 impl ImageConfigFile {
     /// An empty config for `platform`.
     pub fn new(platform: &Platform) -> ImageConfigFile {

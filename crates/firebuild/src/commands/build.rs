@@ -36,6 +36,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
                 vminit: guest_init::locate()?,
                 cancel,
                 unpacked_limit: settings.unpacked_size_limit,
+                pushed: None,
             },
         )?,
         (Some(dockerfile), None) => {
@@ -70,7 +71,7 @@ pub fn baseos(global: &GlobalArgs, args: &BaseosArgs) -> anyhow::Result<()> {
 }
 
 /// Ctrl-C or SIGTERM stops the build cleanly: no tag, no mounts, no processes.
-fn cancel_on_signals() -> anyhow::Result<CancelToken> {
+pub(super) fn cancel_on_signals() -> anyhow::Result<CancelToken> {
     let cancel = CancelToken::new();
     cancel.cancel_on_signals()?;
     Ok(cancel)

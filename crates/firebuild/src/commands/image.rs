@@ -1,12 +1,12 @@
-//! `image ls|inspect|rm|pull|import|prune`.
+//! `image ls|inspect|rm|pull|push|import|prune` (pull and push in
+//! [`super::image_transfer`]).
 
-use firebuild_oci::{BlobCache, ImageRecords, ImageRef, ImageSource, Platform, Registry};
+use firebuild_oci::{BlobCache, ImageRecords, ImageRef, ImageSource, Platform};
 use firebuild_store::{DirectoryStore, Tag};
 
 use crate::cli::{GlobalArgs, ImageCommand, SettingsArgs};
 use crate::format;
 use crate::settings::Settings;
-use firebuild_host::wiring::registry_config;
 
 pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
     match command {
@@ -40,21 +40,36 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Pull {
             reference,
             platform,
+            tag,
+            filesystem_size_mbs,
             settings,
         } => {
             let settings = crate::settings::resolve(global, settings)?;
-            let registry =
-                Registry::new(settings.cache()?, registry_config(&settings)?).with_progress(true);
             let platform: Platform = platform.parse()?;
-            let record = firebuild_oci::block_on(registry.pull(&reference.parse()?, &platform))??;
-            tracing::info!(
-                image = %record.reference,
-                digest = %record.digest,
-                layers = record.layers.len(),
-                size = %format::size(record.size()),
-                "pulled"
-            );
-            println!("{}", record.digest);
+            match tag {
+                Some(tag) => super::image_transfer::pull_as_rootfs(
+                    &settings,
+                    reference,
+                    &platform,
+                    tag,
+                    *filesystem_size_mbs,
+                ),
+                None => {
+                    let record = super::image_transfer::pull(&settings, reference, &platform)?;
+                    println!("{}", record.digest);
+                    Ok(())
+                }
+            }
+        }
+        ImageCommand::Push {
+            tag,
+            reference,
+            settings,
+        } => {
+            let settings = crate::settings::resolve(global, settings)?;
+            let digest =
+                super::image_transfer::push(&settings, &tag.parse()?, &reference.parse()?)?;
+            println!("{digest}");
             Ok(())
         }
         ImageCommand::Import {

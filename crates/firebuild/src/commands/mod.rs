@@ -5,6 +5,7 @@ mod build;
 mod dockerfile;
 mod guest;
 mod image;
+mod image_transfer;
 mod kernel;
 mod network;
 mod profile;
