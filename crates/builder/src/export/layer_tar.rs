@@ -246,16 +246,16 @@ mod tests {
         assert_eq!(rc, 0, "mknod {}", path.display());
     }
 
-    /// (path, type, link target or device, pax xattrs, mtime) of each entry.
-    fn entries(
-        tar: &[u8],
-    ) -> Vec<(
+    /// Path, type, link target or device, pax xattrs and mtime of an entry.
+    type Listed = (
         String,
         tar::EntryType,
         String,
         BTreeMap<String, Vec<u8>>,
         u64,
-    )> {
+    );
+
+    fn entries(tar: &[u8]) -> Vec<Listed> {
         let mut archive = tar::Archive::new(tar);
         archive
             .entries()
