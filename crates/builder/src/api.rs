@@ -62,6 +62,9 @@ pub struct BuildOptions {
     pub isolation: Isolation,
     /// What one base image (or ADD archive) may unpack to.
     pub unpacked_limit: u64,
+    /// `SOURCE_DATE_EPOCH`: the ext4 file is reproducible and no time in
+    /// it (or in a push of it) is later.
+    pub source_date_epoch: Option<i64>,
 }
 
 impl BuildOptions {
@@ -90,6 +93,7 @@ impl BuildOptions {
             sandbox: SandboxSettings::default(),
             isolation: Isolation::default(),
             unpacked_limit: firebuild_oci::DEFAULT_UNPACKED_LIMIT,
+            source_date_epoch: None,
         }
     }
 }
@@ -112,6 +116,8 @@ pub struct ImageOptions {
     /// creation time are kept; how the image runs still comes from the
     /// image config, as for any image.
     pub pushed: Option<ImageMetadata>,
+    /// As [`BuildOptions::source_date_epoch`].
+    pub source_date_epoch: Option<i64>,
 }
 
 /// What a build produced.
@@ -270,6 +276,7 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         build_args: opts.build_args.clone(),
         dockerfile: src.name.clone(),
         dockerfile_stage: opts.target_stage.clone(),
+        source_date_epoch: opts.source_date_epoch,
     };
     engine
         .file_hashes
@@ -283,6 +290,7 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         kind: opts.kind,
         state,
         build_config,
+        source_date_epoch: opts.source_date_epoch,
         created: None,
         fs_size: opts.filesystem_size_mib,
         vminit: &opts.vminit,
@@ -328,6 +336,7 @@ pub fn build_from_image(store: &DirectoryStore, opts: &ImageOptions) -> Result<B
         kind: pushed.map_or(ImageType::Rootfs, |md| md.kind),
         state,
         build_config: pushed.map(|md| md.build_config.clone()).unwrap_or_default(),
+        source_date_epoch: opts.source_date_epoch,
         created: pushed.map(|md| md.created_at_utc),
         fs_size: opts.filesystem_size_mib,
         vminit: &opts.vminit,
@@ -399,7 +408,8 @@ struct Finish<'a> {
     kind: ImageType,
     state: StageState,
     build_config: BuildConfig,
-    /// metadata.json's creation time (default: now).
+    source_date_epoch: Option<i64>,
+    /// metadata.json's creation time (default: now, or the epoch).
     created: Option<i64>,
     fs_size: Option<u64>,
     vminit: &'a Path,
@@ -435,7 +445,10 @@ fn finish(f: Finish<'_>) -> Result<BuildOutput> {
                 .id
         }
     };
-    let out_key = Key::derive(Some(&init_key), &format!("ext4:{:?}", f.fs_size));
+    let out_key = Key::derive(
+        Some(&init_key),
+        &format!("ext4:{:?}:{:?}", f.fs_size, f.source_date_epoch),
+    );
     if f.cancel.is_cancelled() {
         return Err(BuildError::Interrupted);
     }
@@ -459,57 +472,53 @@ fn finish(f: Finish<'_>) -> Result<BuildOutput> {
                 )
             })
     });
-    let (digest, size, reused) =
-        match reusable.and_then(|(p, d, s)| std::fs::hard_link(&p, &rootfs).ok().map(|_| (d, s))) {
-            Some((d, s)) => (d, s, true),
-            None => {
-                let chain = layers.mount_chain(Some(&init_top))?;
-                let work = layers.new_work()?;
-                let empty = work
-                    .scratch("empty")
-                    .map_err(BuildError::io("creating", work.dir()))?;
-                let merged = work.merged();
-                let layers_dir = layers.layers_dir();
-                let label = f.tag.name().to_owned();
-                let ext4_started = Instant::now();
-                let made = with_private_mounts(|| {
-                    mount_overlay(
-                        &OverlaySpec {
-                            layers_dir: &layers_dir,
-                            lower: &chain,
-                            upper: None,
-                            empty_dir: &empty,
-                        },
-                        &merged,
-                    )?;
-                    crate::ext4::make_ext4(&merged, &rootfs, f.fs_size, &label)
-                });
-                if f.cancel.is_cancelled() {
-                    return Err(BuildError::Interrupted);
-                }
-                made?;
-                let digest = crate::util::sha256_file(&rootfs)
-                    .map_err(BuildError::io("hashing", &rootfs))?;
-                let size = std::fs::metadata(&rootfs)
-                    .map_err(BuildError::io("stat", &rootfs))?
-                    .len();
-                tracing::info!(
-                    "ext4 image written ({} MiB) in {:.2}s",
-                    size >> 20,
-                    ext4_started.elapsed().as_secs_f64()
-                );
-                (Some(digest), size, false)
+    let (digest, size, reused) = match reusable
+        .and_then(|(p, d, s)| std::fs::hard_link(&p, &rootfs).ok().map(|_| (d, s)))
+    {
+        Some((d, s)) => (d, s, true),
+        None => {
+            let chain = layers.mount_chain(Some(&init_top))?;
+            let work = layers.new_work()?;
+            let empty = work
+                .scratch("empty")
+                .map_err(BuildError::io("creating", work.dir()))?;
+            let merged = work.merged();
+            let layers_dir = layers.layers_dir();
+            let label = f.tag.name().to_owned();
+            let ext4_started = Instant::now();
+            let made = with_private_mounts(|| {
+                mount_overlay(
+                    &OverlaySpec {
+                        layers_dir: &layers_dir,
+                        lower: &chain,
+                        upper: None,
+                        empty_dir: &empty,
+                    },
+                    &merged,
+                )?;
+                crate::ext4::make_ext4_at(&merged, &rootfs, f.fs_size, &label, f.source_date_epoch)
+            });
+            if f.cancel.is_cancelled() {
+                return Err(BuildError::Interrupted);
             }
-        };
-    let mut metadata = metadata_for(
-        &f.tag,
-        f.kind,
-        &f.state,
-        f.build_config.clone(),
-        size,
-        digest.clone(),
-    );
-    if let Some(created) = f.created {
+            made?;
+            let digest =
+                crate::util::sha256_file(&rootfs).map_err(BuildError::io("hashing", &rootfs))?;
+            let size = std::fs::metadata(&rootfs)
+                .map_err(BuildError::io("stat", &rootfs))?
+                .len();
+            tracing::info!(
+                "ext4 image written ({} MiB) in {:.2}s",
+                size >> 20,
+                ext4_started.elapsed().as_secs_f64()
+            );
+            (Some(digest), size, false)
+        }
+    };
+    let mut build_config = f.build_config.clone();
+    build_config.source_date_epoch = f.source_date_epoch;
+    let mut metadata = metadata_for(&f.tag, f.kind, &f.state, build_config, size, digest.clone());
+    if let Some(created) = f.created.or(f.source_date_epoch) {
         metadata.created_at_utc = created;
     }
     staging.write_metadata(&metadata)?;

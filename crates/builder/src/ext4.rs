@@ -119,6 +119,18 @@ fn inode_count(usage: Usage) -> u64 {
 /// large (or the default for the content). Device placeholders become
 /// device inodes in the image.
 pub fn make_ext4(root: &Path, out: &Path, size_mib: Option<u64>, label: &str) -> Result<u64> {
+    make_ext4_at(root, out, size_mib, label, None)
+}
+
+/// [`make_ext4`], reproducible when `source_date_epoch` is given: the same
+/// tree and label give the same bytes (see [`crate::ext4_repro`]).
+pub fn make_ext4_at(
+    root: &Path,
+    out: &Path,
+    size_mib: Option<u64>,
+    label: &str,
+    source_date_epoch: Option<i64>,
+) -> Result<u64> {
     let (usage, devices) = scan(root)?;
     let size = size_mib.unwrap_or_else(|| default_size_mib(usage));
     let err = |message: String| BuildError::Ext4 {
@@ -129,15 +141,20 @@ pub fn make_ext4(root: &Path, out: &Path, size_mib: Option<u64>, label: &str) ->
     f.set_len(size * MIB)
         .map_err(BuildError::io("sizing", out))?;
     drop(f);
-    let output = tool("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-m", "0"])
+    let label = &label[..label.len().min(16)];
+    let mut mkfs = tool("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-b", "4096", "-m", "0"])
         // orphan_file (1.47's default) cannot be mounted read-write by
         // guest kernels before 5.15.
         .args(["-O", "^orphan_file"])
         .arg("-N")
         .arg(inode_count(usage).to_string())
         .arg("-L")
-        .arg(&label[..label.len().min(16)])
+        .arg(label);
+    if let Some(epoch) = source_date_epoch {
+        crate::ext4_repro::fix_mkfs_inputs(&mut mkfs, epoch, label, usage);
+    }
+    let output = mkfs
         .arg("-d")
         .arg(root)
         .arg(out)
@@ -165,7 +182,10 @@ pub fn make_ext4(root: &Path, out: &Path, size_mib: Option<u64>, label: &str) ->
             stderr.trim()
         )));
     }
-    make_devices(out, &devices).map_err(err)?;
+    make_devices(out, &devices, source_date_epoch).map_err(err)?;
+    if let Some(epoch) = source_date_epoch {
+        crate::ext4_repro::normalize_times(out, epoch).map_err(err)?;
+    }
     Ok(size * MIB)
 }
 
@@ -255,12 +275,36 @@ fn ext4_device_number(d: &Device) -> (u32, u32) {
 /// Makes `devices` in the ext4 image `image` (see [`device_script`]).
 /// debugfs goes on after a failed command and still exits 0: anything it
 /// prints on stderr but its banner fails the image.
-fn make_devices(image: &Path, devices: &[PlannedDevice]) -> std::result::Result<(), String> {
+fn make_devices(
+    image: &Path,
+    devices: &[PlannedDevice],
+    fake_time: Option<i64>,
+) -> std::result::Result<(), String> {
     if devices.is_empty() {
         return Ok(());
     }
     let script = device_script(devices).map_err(|e| format!("making device nodes: {e}"))?;
-    let mut child = tool("debugfs")
+    run_debugfs(image, &script, fake_time).map_err(|e| {
+        format!(
+            "making {} device node(s) with debugfs failed {e}",
+            devices.len()
+        )
+    })
+}
+
+/// Runs a `debugfs -w` script on `image`; any complaint debugfs prints
+/// is an error (it exits 0 whatever a command did).
+/// With `fake_time`, the superblock's times it writes are that time.
+pub(crate) fn run_debugfs(
+    image: &Path,
+    script: &[u8],
+    fake_time: Option<i64>,
+) -> std::result::Result<(), String> {
+    let mut debugfs = tool("debugfs");
+    if let Some(t) = fake_time {
+        debugfs.env("E2FSPROGS_FAKE_TIME", t.max(0).to_string());
+    }
+    let mut child = debugfs
         .args(["-w", "-f", "-"])
         .arg(image)
         .env("PATH", tool_path())
@@ -268,27 +312,22 @@ fn make_devices(image: &Path, devices: &[PlannedDevice]) -> std::result::Result<
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running debugfs: {e}; install e2fsprogs"))?;
+        .map_err(|e| format!("(running debugfs: {e}; install e2fsprogs)"))?;
     let fed = {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("piped");
-        stdin.write_all(&script)
+        stdin.write_all(script)
     };
     let output = child
         .wait_with_output()
-        .map_err(|e| format!("running debugfs: {e}"))?;
+        .map_err(|e| format!("(running debugfs: {e})"))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     let complaints: Vec<&str> = stderr
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
         .collect();
     if !output.status.success() || fed.is_err() || !complaints.is_empty() {
-        return Err(format!(
-            "making {} device node(s) with debugfs failed ({}): {}",
-            devices.len(),
-            output.status,
-            complaints.join("; ")
-        ));
+        return Err(format!("({}): {}", output.status, complaints.join("; ")));
     }
     Ok(())
 }

@@ -38,6 +38,7 @@ mod error;
 pub mod export;
 mod ext4;
 mod ext4_reader;
+mod ext4_repro;
 mod filehash;
 mod fsutil;
 pub mod isolation;

@@ -293,3 +293,86 @@ fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
     );
     assert!(!names.contains(".firebuild"), "{names}");
 }
+
+/// `firebuild <command> <rest>` in `w` with `SOURCE_DATE_EPOCH` set.
+fn ok_at_epoch(w: &World, command: &[&str], rest: &[&str]) -> String {
+    let out = w
+        .command(command, rest)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "firebuild {command:?} {rest:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+const EPOCH: &str = "1700000000";
+
+#[test]
+fn with_source_date_epoch_two_hosts_build_the_same_bytes_and_a_pull_matches_them() {
+    let registry = TestRegistry::start().unwrap();
+    let base = registry.reference("tools/busybox:1");
+    let push_cache = tempfile::tempdir().unwrap();
+    block_on(push_image(
+        push_cache.path(),
+        &RegistryConfig::default(),
+        &base,
+        &[(busybox_rootfs_tar().unwrap(), Compression::Gzip)],
+        |_| {},
+    ))
+    .unwrap()
+    .unwrap();
+    // One Dockerfile and context, built on two hosts with --no-cache; the
+    // context's files are touched between the builds.
+    let ctx = tempfile::tempdir().unwrap();
+    let dockerfile = write_context(ctx.path(), &base.to_string(), "");
+    let (first, second) = (World::new(), World::new());
+    let build = [
+        "--dockerfile",
+        dockerfile.to_str().unwrap(),
+        "--tag",
+        TAG,
+        "--no-cache",
+    ];
+    ok_at_epoch(&first, &["rootfs"], &build);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(ctx.path().join("greeting"), "hello from the first host\n").unwrap();
+    ok_at_epoch(&second, &["rootfs"], &build);
+    let image = |w: &World| w.path("rootfs").join("fbt/pushed/1/rootfs");
+    assert!(
+        std::fs::read(image(&first)).unwrap() == std::fs::read(image(&second)).unwrap(),
+        "the two hosts' ext4 files differ"
+    );
+    let inspected: serde_json::Value =
+        serde_json::from_str(&first.ok(&["image", "inspect"], &[TAG])).unwrap();
+    assert_eq!(inspected["created-at-utc"], 1_700_000_000_i64);
+    assert_eq!(
+        inspected["build-config"]["source-date-epoch"],
+        1_700_000_000_i64
+    );
+
+    // Both push the same manifest digest (the epoch recorded at build time
+    // is used without being set again).
+    let (a, b) = (
+        registry.reference("apps/repro:a").to_string(),
+        registry.reference("apps/repro:b").to_string(),
+    );
+    let digest_a = first.ok(&["image", "push"], &[TAG, &a]);
+    let digest_b = second.ok(&["image", "push"], &[TAG, &b]);
+    assert_eq!(digest_a, digest_b);
+
+    // A third host pulls it: the same ext4, byte for byte.
+    let third = World::new();
+    third.ok(&["image", "pull"], &[&a, "--tag", TAG]);
+    assert!(
+        std::fs::read(image(&third)).unwrap() == std::fs::read(image(&first)).unwrap(),
+        "the pulled ext4 differs from the built one"
+    );
+    let pulled: serde_json::Value =
+        serde_json::from_str(&third.ok(&["image", "inspect"], &[TAG])).unwrap();
+    assert_eq!(pulled["rootfs-digest"], inspected["rootfs-digest"]);
+}

@@ -80,6 +80,10 @@ pub struct BuildConfig {
     pub dockerfile: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dockerfile_stage: Option<String>,
+    /// `SOURCE_DATE_EPOCH` the image was made with: no time in it is later,
+    /// and its ext4 file is reproducible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<i64>,
 }
 
 /// The `metadata.json` document of a stored image.

@@ -37,6 +37,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
                 cancel,
                 unpacked_limit: settings.unpacked_size_limit,
                 pushed: None,
+                source_date_epoch: super::source_date_epoch()?,
             },
         )?,
         (Some(dockerfile), None) => {
@@ -97,6 +98,7 @@ fn build_options(
         .clone_from(&args.post_build_command);
     options.registry = registry_config(settings)?;
     options.unpacked_limit = settings.unpacked_size_limit;
+    options.source_date_epoch = super::source_date_epoch()?;
     options.cancel = cancel;
     options.sandbox = SandboxSettings {
         ids: None,

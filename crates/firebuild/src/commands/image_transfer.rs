@@ -50,6 +50,14 @@ pub fn pull_as_rootfs(
     tag.parse::<Tag>()?;
     let record = pull(settings, reference, platform)?;
     let pushed = pushed_metadata(settings, &record);
+    // The pushing host's epoch makes the same ext4 here.
+    let source_date_epoch = match pushed
+        .as_ref()
+        .and_then(|md| md.build_config.source_date_epoch)
+    {
+        Some(epoch) => Some(epoch),
+        None => super::source_date_epoch()?,
+    };
     let output = firebuild_builder::build_from_image(
         &settings.image_store()?,
         &ImageOptions {
@@ -63,6 +71,7 @@ pub fn pull_as_rootfs(
             cancel: super::build::cancel_on_signals()?,
             unpacked_limit: settings.unpacked_size_limit,
             pushed,
+            source_date_epoch,
         },
     )?;
     println!("{}", output.tag);
@@ -94,10 +103,13 @@ fn pushed_metadata(settings: &Settings, record: &ImageRecord) -> Option<ImageMet
 
 /// Pushes the stored image `tag` as `target`; returns the manifest digest.
 pub fn push(settings: &Settings, tag: &Tag, target: &ImageRef) -> anyhow::Result<Digest> {
-    let opts = ExportOptions {
-        source_date_epoch: source_date_epoch()?,
-    };
     let store = settings.image_store()?;
+    // The epoch the image was built with, unless the environment says
+    // otherwise: its layers then come out the same on every push.
+    let recorded = store.get(tag)?.metadata.build_config.source_date_epoch;
+    let opts = ExportOptions {
+        source_date_epoch: super::source_date_epoch()?.or(recorded),
+    };
     let exported = firebuild_builder::export(&store, settings.cache()?, tag, &opts)?;
     let registry = registry(settings)?;
     let digest = firebuild_oci::block_on(registry.push(&exported.record, target))??;
@@ -111,17 +123,4 @@ pub fn push(settings: &Settings, tag: &Tag, target: &ImageRef) -> anyhow::Result
         "pushed"
     );
     Ok(digest)
-}
-
-/// `SOURCE_DATE_EPOCH` from the environment (unset or empty: none).
-fn source_date_epoch() -> anyhow::Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if v.is_empty() => Ok(None),
-        Ok(v) => v.parse::<i64>().map(Some).map_err(|_| {
-            anyhow::anyhow!(
-                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970; unset it or give one"
-            )
-        }),
-        Err(_) => Ok(None),
-    }
 }

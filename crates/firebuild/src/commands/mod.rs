@@ -57,3 +57,17 @@ pub fn require_root(command: &str) -> anyhow::Result<()> {
         anyhow::bail!("`firebuild {command}` needs root (it uses namespaces, mounts and network devices): run it with sudo")
     }
 }
+
+/// `SOURCE_DATE_EPOCH` from the environment (unset or empty: none).
+pub(super) fn source_date_epoch() -> anyhow::Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => match v.parse::<i64>() {
+            Ok(epoch) if epoch >= 0 => Ok(Some(epoch)),
+            _ => anyhow::bail!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970; unset it or give one"
+            ),
+        },
+        Err(_) => Ok(None),
+    }
+}
