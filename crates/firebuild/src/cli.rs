@@ -230,8 +230,13 @@ impl LegacyBuildArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Tagged root filesystem to boot: org/name:version.
-    #[arg(long, value_name = "TAG", required_unless_present = "from_snapshot")]
+    /// Tagged root filesystem to boot: org/name:version; or an image in a
+    /// registry (registry.host/repository:tag), pulled if not stored yet.
+    #[arg(
+        long,
+        value_name = "TAG|REF",
+        required_unless_present = "from_snapshot"
+    )]
     pub from: Option<String>,
     /// Resume a snapshot (`firebuild snapshot create`) instead of booting:
     /// a fork with its own disk, address, hostname, clock and entropy.

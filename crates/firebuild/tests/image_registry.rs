@@ -179,7 +179,11 @@ fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
         "the whiteout applies"
     );
     assert!(ext4_cat(&pulled, "/etc/passwd").is_some());
-    let vm = second.start_vm(TAG, "fbt-pushed", &[]);
+    // `run --from REF` pulls what is not stored yet, as `docker run` does.
+    let vm = second.start_vm(&v1, "fbt-pushed", &[]);
+    let derived = format!("{}/apps_pushed:1", registry.host().replace(':', "-"));
+    let listed = second.ok(&["image", "ls"], &["--json"]);
+    assert!(listed.contains(&derived), "{listed}");
     let out = second.exec(
         &vm,
         &[],

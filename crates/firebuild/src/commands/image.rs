@@ -47,13 +47,17 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
             let settings = crate::settings::resolve(global, settings)?;
             let platform: Platform = platform.parse()?;
             match tag {
-                Some(tag) => super::image_transfer::pull_as_rootfs(
-                    &settings,
-                    reference,
-                    &platform,
-                    tag,
-                    *filesystem_size_mbs,
-                ),
+                Some(tag) => {
+                    let tag = super::image_transfer::pull_as_rootfs(
+                        &settings,
+                        reference,
+                        &platform,
+                        tag,
+                        *filesystem_size_mbs,
+                    )?;
+                    println!("{tag}");
+                    Ok(())
+                }
                 None => {
                     let record = super::image_transfer::pull(&settings, reference, &platform)?;
                     println!("{}", record.digest);

@@ -45,7 +45,7 @@ pub fn pull_as_rootfs(
     platform: &Platform,
     tag: &str,
     filesystem_size_mib: Option<u64>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Tag> {
     require_root("image pull --tag")?;
     tag.parse::<Tag>()?;
     let record = pull(settings, reference, platform)?;
@@ -74,8 +74,53 @@ pub fn pull_as_rootfs(
             source_date_epoch,
         },
     )?;
-    println!("{}", output.tag);
-    Ok(())
+    Ok(output.tag)
+}
+
+/// `run --from`'s image: a stored tag as given; else, when `from` names a
+/// registry (`host.name/…`, `host:port/…`, `localhost/…`), the image
+/// pulled from it before, or pulled now, stored under [`tag_for`]'s tag.
+pub fn stored_or_pulled(settings: &Settings, from: &str) -> anyhow::Result<Tag> {
+    let parsed = from.parse::<Tag>();
+    if let Ok(tag) = &parsed {
+        if settings.image_store()?.contains(tag) {
+            return Ok(tag.clone());
+        }
+    }
+    let Some(reference) = registry_reference(from) else {
+        return Ok(parsed?);
+    };
+    let tag = tag_for(&reference)?;
+    if settings.image_store()?.contains(&tag) {
+        return Ok(tag);
+    }
+    tracing::info!(image = %reference, %tag, "not stored here: pulling");
+    pull_as_rootfs(settings, from, &Platform::host(), &tag.to_string(), None)
+}
+
+/// `from` as a registry reference, if its first component is a registry
+/// host, as Docker reads it.
+fn registry_reference(from: &str) -> Option<ImageRef> {
+    let (first, _) = from.split_once('/')?;
+    let host = first.contains('.') || first.contains(':') || first == "localhost";
+    host.then(|| from.parse().ok()).flatten()
+}
+
+/// The stored tag of an image pulled by `run --from REF`: the registry as
+/// the org, the repository path as the name, the tag (or the digest's
+/// first 16 hex digits) as the version; `127.0.0.1:5000/apps/web:1` is
+/// `127.0.0.1-5000/apps_web:1`.
+pub fn tag_for(reference: &ImageRef) -> anyhow::Result<Tag> {
+    let org = reference.registry().to_ascii_lowercase().replace(':', "-");
+    let name = reference.repository().replace('/', "_");
+    let version = match (reference.digest(), reference.tag()) {
+        (Some(digest), _) => format!("sha256-{}", &digest.hex()[..16]),
+        (None, Some(tag)) => tag.to_owned(),
+        (None, None) => "latest".to_owned(),
+    };
+    Ok(Tag::new(&org, &name, &version).map_err(|e| {
+        anyhow::anyhow!("{reference} cannot be stored under a tag ({}): pull it with `image pull {reference} --tag ORG/NAME:VERSION` and run that", e.reason)
+    })?)
 }
 
 /// The metadata.json `image push` put in the manifest, if the image has
@@ -123,4 +168,28 @@ pub fn push(settings: &Settings, tag: &Tag, target: &ImageRef) -> anyhow::Result
         "pushed"
     );
     Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_reference_is_told_from_a_stored_tag_and_given_a_tag_of_its_own() {
+        assert!(registry_reference("org/app:1").is_none());
+        assert!(registry_reference("app:1").is_none());
+        let r = registry_reference("127.0.0.1:5000/apps/web:1").unwrap();
+        assert_eq!(
+            tag_for(&r).unwrap().to_string(),
+            "127.0.0.1-5000/apps_web:1"
+        );
+        let r = registry_reference("ghcr.io/org/app").unwrap();
+        assert_eq!(tag_for(&r).unwrap().to_string(), "ghcr.io/org_app:latest");
+        let pinned = format!("localhost/app@sha256:{}", "ab".repeat(32));
+        let r = registry_reference(&pinned).unwrap();
+        assert_eq!(
+            tag_for(&r).unwrap().to_string(),
+            "localhost/app:sha256-abababababababab"
+        );
+    }
 }

@@ -96,7 +96,7 @@ fn boot_spec(settings: &Settings, args: &RunArgs) -> anyhow::Result<RunSpec> {
         .from
         .as_deref()
         .context("--from or --from-snapshot is required")?;
-    let tag: Tag = from.parse()?;
+    let tag: Tag = super::image_transfer::stored_or_pulled(settings, from)?;
     let image = settings.image_store()?.get(&tag)?;
     let (kernel_id, kernel) =
         firebuild_host::wiring::choose_kernel(settings, args.vmlinux_id.as_deref())?;
