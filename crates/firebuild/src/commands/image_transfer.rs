@@ -118,9 +118,9 @@ pub fn tag_for(reference: &ImageRef) -> anyhow::Result<Tag> {
         (None, Some(tag)) => tag.to_owned(),
         (None, None) => "latest".to_owned(),
     };
-    Ok(Tag::new(&org, &name, &version).map_err(|e| {
+    Tag::new(&org, &name, &version).map_err(|e| {
         anyhow::anyhow!("{reference} cannot be stored under a tag ({}): pull it with `image pull {reference} --tag ORG/NAME:VERSION` and run that", e.reason)
-    })?)
+    })
 }
 
 /// The metadata.json `image push` put in the manifest, if the image has
