@@ -24,6 +24,7 @@
 
 pub mod artifact;
 pub mod auth;
+mod blob_sources;
 pub mod builder;
 pub mod cache;
 pub mod config;

@@ -13,6 +13,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use crate::auth;
+use crate::blob_sources::BlobSources;
 use crate::cache::{BlobCache, Download};
 use crate::config::{Endpoint, RegistryConfig};
 use crate::digest::Digest;
@@ -33,6 +34,7 @@ pub struct Registry {
     config: RegistryConfig,
     cache: BlobCache,
     records: ImageRecords,
+    sources: BlobSources,
     progress: bool,
     clients: Mutex<HashMap<(String, bool), Arc<Client>>>,
 }
@@ -60,6 +62,7 @@ impl Registry {
             config,
             cache: BlobCache::new(cache_root),
             records: ImageRecords::new(cache_root),
+            sources: BlobSources::new(cache_root),
             progress: false,
             clients: Mutex::new(HashMap::new()),
         }
@@ -96,6 +99,10 @@ impl Registry {
                     },
                     connect_timeout: Some(Duration::from_secs(30)),
                     read_timeout: Some(Duration::from_secs(120)),
+                    // One streamed PUT per blob, not a PATCH per chunk: the
+                    // size is always known, and each request costs a round
+                    // trip and a registry-side append.
+                    use_monolithic_push: true,
                     ..Default::default()
                 }))
             })
@@ -659,6 +666,9 @@ impl<'r> Ctx<'r> {
         tokio::task::spawn_blocking(move || partial.commit(Some(size)))
             .await
             .map_err(|e| self.registry_err("blob", format!("download task failed: {e}")))??;
+        self.reg
+            .sources
+            .record(&desc.digest, &self.host, oref.repository());
         bar.done("done");
         Ok(())
     }
@@ -669,7 +679,14 @@ impl<'r> Ctx<'r> {
             .blob_exists(oref, &digest.to_string())
             .await
             .map_err(|e| self.err("blob", e))?;
+        let digest_str = digest.to_string();
         if exists {
+            self.reg
+                .sources
+                .record(digest, oref.registry(), oref.repository());
+            return Ok(());
+        }
+        if self.mounted(oref, digest).await {
             return Ok(());
         }
         let path = self.reg.cache.blob_path(digest);
@@ -704,9 +721,43 @@ impl<'r> Ctx<'r> {
             .await
             .map_err(|e| Error::Push {
                 reference: self.reference.clone(),
-                reason: format!("uploading blob {digest}: {}", error_chain(&e)),
+                reason: format!("uploading blob {digest_str}: {}", error_chain(&e)),
             })?;
+        self.reg
+            .sources
+            .record(digest, oref.registry(), oref.repository());
         Ok(())
+    }
+
+    /// Asks the registry to mount `digest` from another of its
+    /// repositories known to hold it; whether it did.
+    async fn mounted(&self, oref: &Reference, digest: &Digest) -> bool {
+        let digest_str = digest.to_string();
+        for from in self.reg.sources.on(digest, oref.registry()) {
+            if from == oref.repository() {
+                continue;
+            }
+            let source = Reference::with_digest(
+                oref.registry().to_owned(),
+                from.clone(),
+                digest_str.clone(),
+            );
+            // A refusal starts an ordinary upload session instead, which
+            // the registry expires: the blob is then uploaded.
+            if self
+                .client
+                .mount_blob(oref, &source, &digest_str)
+                .await
+                .is_ok()
+            {
+                tracing::debug!(blob = %digest_str, %from, "mounted from another repository");
+                self.reg
+                    .sources
+                    .record(digest, oref.registry(), oref.repository());
+                return true;
+            }
+        }
+        false
     }
 
     /// Gets a token (or basic credentials) with push scope in place for the
