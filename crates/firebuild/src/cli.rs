@@ -461,6 +461,10 @@ pub enum ImageCommand {
     Inspect {
         /// org/name:version
         tag: String,
+        /// Also print the manifest digest `image push` would produce
+        /// (`push-manifest-digest`; makes the layer blobs not made yet).
+        #[arg(long)]
+        push_digest: bool,
         #[command(flatten)]
         settings: SettingsArgs,
     },

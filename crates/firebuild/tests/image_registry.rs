@@ -243,6 +243,35 @@ fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
     );
     assert!(!second.path("rootfs").join("fbt/none").exists());
 
+    // An artifact is not an image: refused by its manifest, nothing stored.
+    let artifact_file = first.path("artifact.bin");
+    std::fs::write(&artifact_file, b"not a root filesystem").unwrap();
+    let artifact = registry.reference("apps/artifact:1");
+    block_on(
+        firebuild_oci::Registry::new(push_cache.path(), RegistryConfig::default()).push_artifact(
+            &firebuild_oci::ArtifactFile {
+                artifact_type: "application/vnd.example.thing.v1",
+                layer_media_type: "application/vnd.example.thing.layer.v1",
+                file: &artifact_file,
+                annotations: Default::default(),
+            },
+            &artifact,
+        ),
+    )
+    .unwrap()
+    .unwrap();
+    let out = second.run(
+        &["image", "pull"],
+        &[&artifact.to_string(), "--tag", "fbt/artifact:1"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("apps/artifact"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!second.path("rootfs").join("fbt/artifact").exists());
+
     // A tag that is not stored is named.
     let out = first.run(&["image", "push"], &["fbt/absent:1", &v1]);
     assert!(!out.status.success());
@@ -365,7 +394,11 @@ fn with_source_date_epoch_two_hosts_build_the_same_bytes_and_a_pull_matches_them
         registry.reference("apps/repro:a").to_string(),
         registry.reference("apps/repro:b").to_string(),
     );
+    // inspect says beforehand what the push will produce.
+    let planned: serde_json::Value =
+        serde_json::from_str(&first.ok(&["image", "inspect"], &[TAG, "--push-digest"])).unwrap();
     let digest_a = first.ok(&["image", "push"], &[TAG, &a]);
+    assert_eq!(planned["push-manifest-digest"], digest_a.trim());
     let digest_b = second.ok(&["image", "push"], &[TAG, &b]);
     assert_eq!(digest_a, digest_b);
 

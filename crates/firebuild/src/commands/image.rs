@@ -4,7 +4,7 @@
 use firebuild_oci::{BlobCache, ImageRecords, ImageRef, ImageSource, Platform};
 use firebuild_store::{DirectoryStore, Tag};
 
-use crate::cli::{GlobalArgs, ImageCommand, SettingsArgs};
+use crate::cli::{GlobalArgs, ImageCommand};
 use crate::format;
 use crate::settings::Settings;
 
@@ -18,9 +18,20 @@ pub fn run(global: &GlobalArgs, command: &ImageCommand) -> anyhow::Result<()> {
                 *json,
             )
         }
-        ImageCommand::Inspect { tag, settings } => {
-            let image = store(global, settings)?.get(&tag.parse::<Tag>()?)?;
-            println!("{}", serde_json::to_string_pretty(&image.metadata)?);
+        ImageCommand::Inspect {
+            tag,
+            push_digest,
+            settings,
+        } => {
+            let settings = crate::settings::resolve(global, settings)?;
+            let tag = tag.parse::<Tag>()?;
+            let image = settings.image_store()?.get(&tag)?;
+            let mut shown = serde_json::to_value(&image.metadata)?;
+            if *push_digest {
+                let digest = super::image_transfer::push_digest(&settings, &tag)?;
+                shown["push-manifest-digest"] = digest.to_string().into();
+            }
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
         ImageCommand::Rm {
@@ -162,10 +173,6 @@ fn remove_oci(records: &ImageRecords, name: &str) -> anyhow::Result<()> {
         tracing::info!(image = %record.reference, platform = %record.platform, "image removed");
     }
     Ok(())
-}
-
-fn store(global: &GlobalArgs, args: &SettingsArgs) -> anyhow::Result<DirectoryStore> {
-    crate::settings::resolve(global, args)?.image_store()
 }
 
 /// One row of `image ls`: a stored root filesystem or a pulled/imported OCI image.

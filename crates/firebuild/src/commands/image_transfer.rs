@@ -146,8 +146,8 @@ fn pushed_metadata(settings: &Settings, record: &ImageRecord) -> Option<ImageMet
     }
 }
 
-/// Pushes the stored image `tag` as `target`; returns the manifest digest.
-pub fn push(settings: &Settings, tag: &Tag, target: &ImageRef) -> anyhow::Result<Digest> {
+/// The stored image `tag` as an OCI image in the blob cache.
+fn export(settings: &Settings, tag: &Tag) -> anyhow::Result<firebuild_builder::Exported> {
     let store = settings.image_store()?;
     // The epoch the image was built with, unless the environment says
     // otherwise: its layers then come out the same on every push.
@@ -155,7 +155,25 @@ pub fn push(settings: &Settings, tag: &Tag, target: &ImageRef) -> anyhow::Result
     let opts = ExportOptions {
         source_date_epoch: super::source_date_epoch()?.or(recorded),
     };
-    let exported = firebuild_builder::export(&store, settings.cache()?, tag, &opts)?;
+    Ok(firebuild_builder::export(
+        &store,
+        settings.cache()?,
+        tag,
+        &opts,
+    )?)
+}
+
+/// The manifest digest `image push` of `tag` would produce.
+pub fn push_digest(settings: &Settings, tag: &Tag) -> anyhow::Result<Digest> {
+    let _held = firebuild_oci::BlobCache::new(settings.cache()?).hold(false)?;
+    Ok(export(settings, tag)?.record.digest)
+}
+
+/// Pushes the stored image `tag` as `target`; returns the manifest digest.
+pub fn push(settings: &Settings, tag: &Tag, target: &ImageRef) -> anyhow::Result<Digest> {
+    // `image prune` waits: the exported blobs belong to no image record.
+    let _held = firebuild_oci::BlobCache::new(settings.cache()?).hold(false)?;
+    let exported = export(settings, tag)?;
     let registry = registry(settings)?;
     let digest = firebuild_oci::block_on(registry.push(&exported.record, target))??;
     tracing::info!(
