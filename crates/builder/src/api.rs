@@ -118,6 +118,9 @@ pub struct ImageOptions {
     pub pushed: Option<ImageMetadata>,
     /// As [`BuildOptions::source_date_epoch`].
     pub source_date_epoch: Option<i64>,
+    /// The image as the caller just pulled it: used instead of resolving
+    /// `reference` again (where a stored tag of that name would win).
+    pub pulled: Option<firebuild_oci::ImageRecord>,
 }
 
 /// What a build produced.
@@ -319,7 +322,10 @@ pub fn build_from_image(store: &DirectoryStore, opts: &ImageOptions) -> Result<B
         oci_platform,
     );
     resolver.unpacked_limit = opts.unpacked_limit;
-    let base = resolver.resolve(&opts.reference)?;
+    let base = match &opts.pulled {
+        Some(record) => resolver.resolve_record(&opts.reference, record)?,
+        None => resolver.resolve(&opts.reference)?,
+    };
     let used = layers.chain(base.top.as_ref())?;
     let pushed = opts.pushed.as_ref();
     let state = StageState {

@@ -247,6 +247,13 @@ impl<'a> Resolver<'a> {
         self.record_base(reference, &record, &blobs)
     }
 
+    /// The base of an image record the caller has (an image it just
+    /// pulled): used as is, whatever a stored tag of the same name holds.
+    pub fn resolve_record(&mut self, reference: &str, record: &ImageRecord) -> Result<Base> {
+        let blobs = self.blobs();
+        self.record_base(reference, record, &blobs)
+    }
+
     /// The base an OCI image record gives: its layers unpacked once into
     /// one cached layer, within the unpacked-size limit.
     fn record_base(

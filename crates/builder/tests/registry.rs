@@ -84,6 +84,7 @@ fn builds_from_a_registry_image_and_turns_an_image_into_a_rootfs() {
             cancel: Default::default(),
             unpacked_limit: firebuild_oci::DEFAULT_UNPACKED_LIMIT,
             pushed: None,
+            pulled: None,
             source_date_epoch: None,
         },
     )

@@ -37,6 +37,7 @@ pub fn rootfs(global: &GlobalArgs, args: &RootfsArgs) -> anyhow::Result<()> {
                 cancel,
                 unpacked_limit: settings.unpacked_size_limit,
                 pushed: None,
+                pulled: None,
                 source_date_epoch: super::source_date_epoch()?,
             },
         )?,

@@ -72,6 +72,7 @@ pub fn pull_as_rootfs(
             unpacked_limit: settings.unpacked_size_limit,
             pushed,
             source_date_epoch,
+            pulled: Some(record),
         },
     )?;
     Ok(output.tag)
