@@ -45,6 +45,22 @@ fn write_context(dir: &Path, base: &str, extra_step: &str) -> PathBuf {
     dockerfile
 }
 
+/// The registry's busybox base image (`PATH=/bin:/sbin`), pushed with a
+/// blob cache under `cache`.
+fn push_base(registry: &TestRegistry, cache: &Path) -> firebuild_oci::ImageRef {
+    let base = registry.reference("tools/busybox:1");
+    block_on(push_image(
+        cache,
+        &RegistryConfig::default(),
+        &base,
+        &[(busybox_rootfs_tar().unwrap(), Compression::Gzip)],
+        |cfg| cfg.env = vec!["PATH=/bin:/sbin".into()],
+    ))
+    .unwrap()
+    .unwrap();
+    base
+}
+
 /// The blobs (layers, configs, manifests) the registry stores.
 fn registry_blobs(registry: &TestRegistry) -> usize {
     let dir = registry
@@ -92,17 +108,8 @@ fn skopeo_inspect(reference: &str, what: &str) -> serde_json::Value {
 #[test]
 fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
     let registry = TestRegistry::start().unwrap();
-    let base = registry.reference("tools/busybox:1");
     let push_cache = tempfile::tempdir().unwrap();
-    block_on(push_image(
-        push_cache.path(),
-        &RegistryConfig::default(),
-        &base,
-        &[(busybox_rootfs_tar().unwrap(), Compression::Gzip)],
-        |cfg| cfg.env = vec!["PATH=/bin:/sbin".into()],
-    ))
-    .unwrap()
-    .unwrap();
+    let base = push_base(&registry, push_cache.path());
     let base_blobs = registry_blobs(&registry);
 
     let first = World::new();
@@ -348,17 +355,8 @@ const EPOCH: &str = "1700000000";
 #[test]
 fn with_source_date_epoch_two_hosts_build_the_same_bytes_and_a_pull_matches_them() {
     let registry = TestRegistry::start().unwrap();
-    let base = registry.reference("tools/busybox:1");
     let push_cache = tempfile::tempdir().unwrap();
-    block_on(push_image(
-        push_cache.path(),
-        &RegistryConfig::default(),
-        &base,
-        &[(busybox_rootfs_tar().unwrap(), Compression::Gzip)],
-        |_| {},
-    ))
-    .unwrap()
-    .unwrap();
+    let base = push_base(&registry, push_cache.path());
     // One Dockerfile and context, built on two hosts with --no-cache; the
     // context's files are touched between the builds.
     let ctx = tempfile::tempdir().unwrap();

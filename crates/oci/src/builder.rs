@@ -138,6 +138,11 @@ impl<'c> ImageBuilder<'c> {
         Ok(())
     }
 
+    /// The layer added last and its diff ID.
+    pub fn last_layer(&self) -> Option<(&LayerRecord, &Digest)> {
+        Some((self.layers.last()?, self.config.rootfs.diff_ids.last()?))
+    }
+
     /// Says what made the layer added last (its history entry).
     pub fn describe_last_layer(&mut self, created_by: &str) {
         if let Some(h) = self.config.history.last_mut() {

@@ -19,6 +19,7 @@ mod layer_tar;
 use std::path::Path;
 
 use firebuild_metadata::ImageMetadata;
+use firebuild_oci::manifest::Compression;
 use firebuild_oci::{
     BlobCache, Digest, ImageBuilder, ImageRecord, ImageRecords, ImageSource, LayerRecord, Platform,
 };
@@ -185,44 +186,20 @@ fn step_blob(
     }
     let diff = layers.diff_dir(id);
     let mut scratch = ImageBuilder::new(blobs, &Platform::host());
-    let (reader, writer) = std::io::pipe().map_err(BuildError::io("opening a pipe for", &diff))?;
-    let (written, added) = std::thread::scope(|s| {
-        let producer = s.spawn(|| {
-            let out = std::io::BufWriter::with_capacity(1 << 20, writer);
-            write_layer_tar(&diff, times, out)
-        });
-        let mut reader = reader;
-        let added =
-            scratch.add_layer_reader(&mut reader, firebuild_oci::manifest::Compression::Gzip);
-        drop(reader);
-        let written = producer
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the tar writer panicked")));
-        (written, added)
-    });
-    written.map_err(|e| BuildError::Cache {
+    add_streamed_layer(&mut scratch, |out| {
+        write_layer_tar(
+            &diff,
+            times,
+            std::io::BufWriter::with_capacity(1 << 20, out),
+        )
+        .map_err(|e| format!("writing the layer as a tar: {e}"))
+    })
+    .map_err(|message| BuildError::Cache {
         path: diff.clone(),
-        message: format!("writing the layer as a tar: {e}"),
+        message,
     })?;
-    let digest = added.map_err(|e| BuildError::Cache {
-        path: diff.clone(),
-        message: e.to_string(),
-    })?;
-    let record = scratch
-        .build("firebuild/layer:export", ImageSource::Built)
-        .map_err(|e| BuildError::Cache {
-            path: diff.clone(),
-            message: e.to_string(),
-        })?;
-    let layer = record
-        .layers
-        .into_iter()
-        .find(|l| l.digest == digest)
-        .ok_or_else(|| BuildError::Cache {
-            path: diff.clone(),
-            message: "the layer blob went missing".into(),
-        })?;
-    let diff_id = record.config.rootfs.diff_ids[0].clone();
+    let (layer, diff_id) = scratch.last_layer().expect("a layer was just added");
+    let (layer, diff_id) = (layer.clone(), diff_id.clone());
     let known = ExportedLayer {
         digest: layer.digest.clone(),
         diff_id: diff_id.clone(),
@@ -246,29 +223,37 @@ fn ext4_layer(builder: &mut ImageBuilder<'_>, rootfs: &Path, times: Times) -> Re
         path: rootfs.to_path_buf(),
         message: e.to_string(),
     })?;
-    let (reader, writer) = std::io::pipe().map_err(BuildError::io("opening a pipe for", rootfs))?;
     let view = crate::ext4::TarView::oci_layer(times);
+    add_streamed_layer(builder, |out| crate::ext4::write_tar(&fs, out, &view)).map_err(
+        |message| BuildError::Ext4 {
+            path: rootfs.to_path_buf(),
+            message,
+        },
+    )?;
+    builder.describe_last_layer("firebuild: the files of the stored ext4 image");
+    Ok(())
+}
+
+/// Adds the tar stream `produce` writes (on a thread of its own) to
+/// `builder` as a gzip layer. The producer's error comes first: the
+/// compressor then only saw a cut stream.
+fn add_streamed_layer(
+    builder: &mut ImageBuilder<'_>,
+    produce: impl FnOnce(std::io::PipeWriter) -> std::result::Result<(), String> + Send,
+) -> std::result::Result<(), String> {
+    let (mut reader, writer) = std::io::pipe().map_err(|e| format!("opening a pipe: {e}"))?;
     let (written, added) = std::thread::scope(|s| {
-        let producer = s.spawn(|| crate::ext4::write_tar(&fs, writer, &view));
-        let mut reader = reader;
-        let added =
-            builder.add_layer_reader(&mut reader, firebuild_oci::manifest::Compression::Gzip);
+        let producer = s.spawn(|| produce(writer));
+        let added = builder.add_layer_reader(&mut reader, Compression::Gzip);
+        // A producer still writing gets EPIPE, not a wait forever.
         drop(reader);
         let written = producer
             .join()
             .unwrap_or_else(|_| Err("the tar writer panicked".into()));
         (written, added)
     });
-    written.map_err(|message| BuildError::Ext4 {
-        path: rootfs.to_path_buf(),
-        message,
-    })?;
-    added.map_err(|e| BuildError::Ext4 {
-        path: rootfs.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    builder.describe_last_layer("firebuild: the files of the stored ext4 image");
-    Ok(())
+    written?;
+    added.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// The run settings of metadata.json as the image config, firebuild's
