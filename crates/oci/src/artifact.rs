@@ -70,8 +70,11 @@ impl Registry {
         let ctx = Ctx::new(self, &ep, target)?;
         let oref = target.to_oci();
         ctx.authorize_push(&oref).await?;
-        ctx.push_blob(&oref, &layer_digest).await?;
-        ctx.push_blob(&oref, &config_digest).await?;
+        let progress = crate::progress::Progress::new(self.shows_progress());
+        let bar = progress.bar(layer_digest.short(), size);
+        ctx.push_blob(&oref, &layer_digest, &bar).await?;
+        let hidden = crate::progress::Progress::new(false).bar("", 0);
+        ctx.push_blob(&oref, &config_digest, &hidden).await?;
         ctx.push_manifest(&oref, body, manifest::OCI_MANIFEST)
             .await?;
         Ok(digest)

@@ -1,4 +1,5 @@
-//! Per-layer download progress on a terminal; silent when stderr is not one.
+//! Per-layer download and upload progress on a terminal; silent when
+//! stderr is not one.
 
 use std::io::IsTerminal;
 
@@ -34,6 +35,7 @@ impl Progress {
 }
 
 /// One blob's bar.
+#[derive(Clone)]
 pub(crate) struct Bar(ProgressBar);
 
 impl Bar {

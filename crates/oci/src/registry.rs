@@ -284,10 +284,17 @@ impl Registry {
         let ctx = Ctx::new(self, &ep, target)?;
         let oref = target.to_oci();
         ctx.authorize_push(&oref).await?;
+        let progress = Progress::new(self.progress);
         for layer in &record.layers {
-            ctx.push_blob(&oref, &layer.digest).await?;
+            let bar = progress.bar(layer.digest.short(), layer.size);
+            ctx.push_blob(&oref, &layer.digest, &bar).await?;
         }
-        ctx.push_blob(&oref, &record.config_digest).await?;
+        ctx.push_blob(
+            &oref,
+            &record.config_digest,
+            &Progress::new(false).bar("", 0),
+        )
+        .await?;
         let body = self.cache.read(&record.digest)?;
         ctx.push_manifest(&oref, body, &record.manifest_media_type)
             .await?;
@@ -673,7 +680,14 @@ impl<'r> Ctx<'r> {
         Ok(())
     }
 
-    pub(crate) async fn push_blob(&self, oref: &Reference, digest: &Digest) -> Result<()> {
+    /// Uploads a cached blob unless the repository has it (or can mount it
+    /// from another repository of the registry); `bar` shows the upload.
+    pub(crate) async fn push_blob(
+        &self,
+        oref: &Reference,
+        digest: &Digest,
+        bar: &Bar,
+    ) -> Result<()> {
         let exists = self
             .client
             .blob_exists(oref, &digest.to_string())
@@ -684,9 +698,11 @@ impl<'r> Ctx<'r> {
             self.reg
                 .sources
                 .record(digest, oref.registry(), oref.repository());
+            bar.done("exists");
             return Ok(());
         }
         if self.mounted(oref, digest).await {
+            bar.done("mounted");
             return Ok(());
         }
         let path = self.reg.cache.blob_path(digest);
@@ -704,25 +720,36 @@ impl<'r> Ctx<'r> {
             .await
             .map_err(Error::io("reading blob size", &path))?
             .len();
-        let stream = futures_util::stream::unfold(file, |mut f| async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = vec![0u8; 4 << 20];
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(bytes::Bytes::from(buf)), f))
+        let shown = bar.clone();
+        let stream = futures_util::stream::unfold(file, move |mut f| {
+            let shown = shown.clone();
+            async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 4 << 20];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        shown.inc(n as u64);
+                        Some((Ok(bytes::Bytes::from(buf)), f))
+                    }
+                    Err(e) => Some((Err(OciDistributionError::IoError(e)), f)),
                 }
-                Err(e) => Some((Err(OciDistributionError::IoError(e)), f)),
             }
         });
-        self.client
-            .push_blob_stream(oref, stream, &digest.to_string(), Some(size))
+        let upload = self
+            .client
+            .push_blob_stream(oref, stream, &digest_str, Some(size))
             .await
             .map_err(|e| Error::Push {
                 reference: self.reference.clone(),
                 reason: format!("uploading blob {digest_str}: {}", error_chain(&e)),
-            })?;
+            });
+        if upload.is_err() {
+            bar.failed();
+        }
+        upload?;
+        bar.done("pushed");
         self.reg
             .sources
             .record(digest, oref.registry(), oref.repository());
