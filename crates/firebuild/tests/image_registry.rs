@@ -186,8 +186,12 @@ fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
         "the whiteout applies"
     );
     assert!(ext4_cat(&pulled, "/etc/passwd").is_some());
-    // `run --from REF` pulls what is not stored yet, as `docker run` does.
-    let vm = second.start_vm(&v1, "fbt-pushed", &[]);
+    // `run --from REF` pulls what is not stored yet, as `docker run` does;
+    // the kernel comes through the registry too.
+    let kernel = registry.reference("kernels/vmlinux:1").to_string();
+    first.ok(&["kernel", "push"], &[vm_world::KERNEL_ID, &kernel]);
+    second.ok(&["kernel", "pull"], &[&kernel, "--id", "pulled-kernel"]);
+    let vm = second.start_vm(&v1, "fbt-pushed", &["--vmlinux-id", "pulled-kernel"]);
     let derived = format!("{}/apps_pushed:1", registry.host().replace(':', "-"));
     let listed = second.ok(&["image", "ls"], &["--json"]);
     assert!(listed.contains(&derived), "{listed}");

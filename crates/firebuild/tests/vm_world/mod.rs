@@ -109,19 +109,22 @@ impl World {
         self.run(&["exec"], &rest)
     }
 
-    /// A daemonized VM of `image`; returns once its agent answers.
+    /// A daemonized VM of `image` (on the world's kernel unless `flags` say
+    /// `--vmlinux-id`); returns once its agent answers.
     pub fn start_vm(&mut self, image: &str, name: &str, flags: &[&str]) -> String {
         let mut rest = vec![
             "--from",
             image,
-            "--vmlinux-id",
-            KERNEL_ID,
             "--name",
             name,
             "--daemonize",
             "--mem",
             "128",
         ];
+        // The world's kernel unless the flags choose one.
+        if !flags.contains(&"--vmlinux-id") {
+            rest.extend(["--vmlinux-id", KERNEL_ID]);
+        }
         rest.extend_from_slice(flags);
         self.ok(&["run"], &rest);
         self.vms.push(name.to_owned());
