@@ -13,15 +13,19 @@
 #   pull:        firebuild image pull REF (download + verify into the blob
 #                cache) vs skopeo copy docker://REF oci:LAYOUT
 #   pull to ext4: firebuild image pull REF --tag (also unpack + ext4)
+#   first boot:  firebuild run --from REF on a clean store (pull, ext4, QEMU
+#                TCG boot until the entrypoint printed and exited)
 #
 # The image is a FROM-scratch build whose one COPY layer holds DIRS
-# (~300 MiB by default).
+# (~300 MiB by default) and busybox, its CMD an echo.
 #
 #   bench/push.sh
 #   RUNS=5 DIRS="/usr/include" bench/push.sh
 #   FIREBUILD_BIN=path/to/firebuild bench/push.sh   # skip its cargo build
 #
-# Needs root and the Debian packages docker-registry, skopeo, e2fsprogs.
+# Needs root, the guest kernel (FIREBUILD_TEST_KERNEL, default the newest CI
+# kernel) and the Debian packages docker-registry, skopeo, e2fsprogs,
+# busybox-static and qemu-system-x86.
 # Prints the median of each side and the ratios (firebuild / skopeo).
 set -euo pipefail
 
@@ -29,6 +33,15 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
 DIRS=${DIRS:-"/usr/include /usr/lib/python3.11 /usr/share/perl /usr/lib/gcc"}
 TAG=bench/push:1
+MARK=bench-first-line
+KERNEL=${FIREBUILD_TEST_KERNEL:-}
+if [ -z "$KERNEL" ]; then
+    for k in /var/cache/firebuild-ci/kernels/*/vmlinux; do
+        [ -f "$k" ] && KERNEL=$k
+    done
+fi
+[ -n "$KERNEL" ] || { echo "push.sh: no kernel; set FIREBUILD_TEST_KERNEL or build the CI kernel (cargo test -p firebuild-kernel)" >&2; exit 1; }
+[ -x /bin/busybox ] || { echo "push.sh: /bin/busybox not found: apt-get install -y busybox-static" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || { echo "push.sh: run as root (firebuild rootfs needs it)" >&2; exit 1; }
 case "$RUNS" in '' | *[!0-9]* | 0) echo "push.sh: RUNS must be a positive number, not '$RUNS'" >&2; exit 1 ;; esac
@@ -65,6 +78,17 @@ fb() {
         "--storage-provider-property-string=kernel-storage-root=$dir/vmlinux" \
         "--run-cache=$dir/runs" "--cache-dir=$dir/cache" "--profile-conf-dir=$dir/profiles" \
         >/dev/null 2>>"$WORK/firebuild.log" || { echo "push.sh: firebuild $* failed:" >&2; tail -20 "$WORK/firebuild.log" >&2; exit 1; }
+}
+
+# As fb, printing what the command prints.
+fb_out() {
+    local dir=$1
+    shift
+    "$FIREBUILD_BIN" "$@" \
+        "--storage-provider-property-string=rootfs-storage-root=$dir/rootfs" \
+        "--storage-provider-property-string=kernel-storage-root=$dir/vmlinux" \
+        "--run-cache=$dir/runs" "--cache-dir=$dir/cache" "--profile-conf-dir=$dir/profiles" \
+        2>>"$WORK/firebuild.log" </dev/null || { echo "push.sh: firebuild $* failed:" >&2; tail -20 "$WORK/firebuild.log" >&2; exit 1; }
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -117,7 +141,9 @@ for d in $DIRS; do
     mkdir -p "$WORK/context/tree$(dirname "$d")"
     cp -a "$d" "$WORK/context/tree$(dirname "$d")/"
 done
-printf 'FROM scratch\nCOPY tree/ /\n' >"$WORK/context/Dockerfile"
+mkdir -p "$WORK/context/tree/bin"
+cp /bin/busybox "$WORK/context/tree/bin/busybox"
+printf 'FROM scratch\nCOPY tree/ /\nCMD ["/bin/busybox", "echo", "%s"]\n' "$MARK" >"$WORK/context/Dockerfile"
 SIZE=$(du -sm "$WORK/context/tree" | cut -f1)
 
 now() { date +%s.%N; }
@@ -125,7 +151,7 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); elapsed "$t0" "$t1"; }
 
-COLD=() WARM=() MOUNT=() SKOPEO_PUSH=() PULL=() SKOPEO_PULL=() PULL_EXT4=()
+COLD=() WARM=() MOUNT=() FIRST_BOOT=() SKOPEO_PUSH=() PULL=() SKOPEO_PULL=() PULL_EXT4=()
 for run in $(seq "$RUNS"); do
     rm -rf "$WORK/a" "$WORK/b" "$WORK/c" "$WORK/layout" "$WORK/layout-pull"
     fb "$WORK/a" rootfs --dockerfile "$WORK/context/Dockerfile" --tag "$TAG"
@@ -145,7 +171,19 @@ for run in $(seq "$RUNS"); do
     SKOPEO_PULL+=("$(timed skopeo copy --quiet --src-tls-verify=false "docker://$HOST/cold$run/image:1" "oci:$WORK/layout-pull:image")")
     sync
     PULL_EXT4+=("$(timed fb "$WORK/c" image pull "$HOST/cold$run/image:1" --tag "$TAG")")
-    echo "run $run: push cold ${COLD[-1]} s, upload ${WARM[-1]} s, mount ${MOUNT[-1]} s, skopeo ${SKOPEO_PUSH[-1]} s; pull ${PULL[-1]} s, skopeo ${SKOPEO_PULL[-1]} s; pull to ext4 ${PULL_EXT4[-1]} s"
+    # A clean store with only a kernel: `run --from REF` pulls, writes the
+    # ext4 and boots (QEMU, TCG) until the entrypoint has printed and exited.
+    rm -rf "$WORK/d"
+    fb "$WORK/d" kernel add --file "$KERNEL" --id bench-vmlinux
+    sync
+    t0=$(now)
+    out=$(fb_out "$WORK/d" run --from "$HOST/cold$run/image:1" --vmlinux-id bench-vmlinux \
+        --vmm=qemu --qemu-accel=tcg --rm)
+    t1=$(now)
+    [[ "$out" == *"$MARK"* ]] || { echo "push.sh: the pulled image did not print $MARK: $out" >&2; tail -20 "$WORK/firebuild.log" >&2; exit 1; }
+    FIRST_BOOT+=("$(elapsed "$t0" "$t1")")
+    rm -rf "$WORK/d"
+    echo "run $run: push cold ${COLD[-1]} s, upload ${WARM[-1]} s, mount ${MOUNT[-1]} s, skopeo ${SKOPEO_PUSH[-1]} s; pull ${PULL[-1]} s, skopeo ${SKOPEO_PULL[-1]} s; pull to ext4 ${PULL_EXT4[-1]} s; run --from REF ${FIRST_BOOT[-1]} s"
 done
 
 echo "a ${SIZE} MiB root filesystem through a local registry, median over $RUNS runs ($(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)):"
@@ -156,5 +194,6 @@ printf '  %-52s %s s\n' "firebuild image push, another repo (mount):" "$(median 
 printf '  %-52s %s s\n' "firebuild image pull (download + verify):" "$(median "${PULL[@]}")"
 printf '  %-52s %s s\n' "skopeo copy docker:// -> oci: (download + verify):" "$(median "${SKOPEO_PULL[@]}")"
 printf '  %-52s %s s\n' "firebuild image pull --tag (to a stored ext4):" "$(median "${PULL_EXT4[@]}")"
+printf '  %-52s %s s\n' "firebuild run --from REF, clean store (pull+ext4+boot):" "$(median "${FIRST_BOOT[@]}")"
 awk -v f="$(median "${WARM[@]}")" -v p="$(median "${SKOPEO_PUSH[@]}")" 'BEGIN { printf "  push ratio (firebuild / skopeo): %.2fx (goal <= 1.1)\n", f / p }'
 awk -v f="$(median "${PULL[@]}")" -v p="$(median "${SKOPEO_PULL[@]}")" 'BEGIN { printf "  pull ratio (firebuild / skopeo): %.2fx (goal <= 1.1)\n", f / p }'
