@@ -105,6 +105,18 @@ fn skopeo_inspect(reference: &str, what: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `skopeo copy` of `reference` into the OCI layout `layout` (every blob
+/// verified by skopeo).
+fn skopeo_copy(reference: &str, layout: &Path) {
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:copied", layout.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo copy: {}", text(&out.stderr));
+}
+
 #[test]
 fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
     let registry = TestRegistry::start().unwrap();
@@ -149,13 +161,7 @@ fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
 
     // skopeo copies it whole into an OCI layout (every blob verified).
     let layout = first.path("layout");
-    let out = Command::new("skopeo")
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{v1}"))
-        .arg(format!("oci:{}:v1", layout.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "skopeo copy: {}", text(&out.stderr));
+    skopeo_copy(&v1, &layout);
     assert!(layout.join("index.json").is_file());
 
     // Pushing again sends nothing new.
@@ -311,13 +317,7 @@ fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
     );
     assert_eq!(ext4_cat(&flat_image, "/etc/group"), None);
     let layout_flat = first.path("layout-flat");
-    let out = Command::new("skopeo")
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{flat}"))
-        .arg(format!("oci:{}:flat", layout_flat.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "skopeo copy: {}", text(&out.stderr));
+    skopeo_copy(&flat, &layout_flat);
     let layer = manifest["layers"][0]["digest"].as_str().unwrap();
     let layer = layout_flat
         .join("blobs/sha256")
