@@ -293,7 +293,6 @@ pub fn build(store: &DirectoryStore, opts: &BuildOptions) -> Result<BuildOutput>
         kind: opts.kind,
         state,
         build_config,
-        source_date_epoch: opts.source_date_epoch,
         created: None,
         fs_size: opts.filesystem_size_mib,
         vminit: &opts.vminit,
@@ -341,8 +340,10 @@ pub fn build_from_image(store: &DirectoryStore, opts: &ImageOptions) -> Result<B
         tag,
         kind: pushed.map_or(ImageType::Rootfs, |md| md.kind),
         state,
-        build_config: pushed.map(|md| md.build_config.clone()).unwrap_or_default(),
-        source_date_epoch: opts.source_date_epoch,
+        build_config: BuildConfig {
+            source_date_epoch: opts.source_date_epoch,
+            ..pushed.map(|md| md.build_config.clone()).unwrap_or_default()
+        },
         created: pushed.map(|md| md.created_at_utc),
         fs_size: opts.filesystem_size_mib,
         vminit: &opts.vminit,
@@ -413,8 +414,8 @@ struct Finish<'a> {
     tag: Tag,
     kind: ImageType,
     state: StageState,
+    /// With `source_date_epoch`, the ext4 file is reproducible.
     build_config: BuildConfig,
-    source_date_epoch: Option<i64>,
     /// metadata.json's creation time (default: now, or the epoch).
     created: Option<i64>,
     fs_size: Option<u64>,
@@ -429,6 +430,7 @@ struct Finish<'a> {
 /// metadata.json into a staging directory and publishes it under the tag.
 fn finish(f: Finish<'_>) -> Result<BuildOutput> {
     let layers = f.layers;
+    let epoch = f.build_config.source_date_epoch;
     let init_digest =
         crate::util::sha256_file(f.vminit).map_err(BuildError::io("reading", f.vminit))?;
     let init_key = Key::derive(Some(&f.state.key), &format!("init:{init_digest}"));
@@ -453,7 +455,7 @@ fn finish(f: Finish<'_>) -> Result<BuildOutput> {
     };
     let out_key = Key::derive(
         Some(&init_key),
-        &format!("ext4:{:?}:{:?}", f.fs_size, f.source_date_epoch),
+        &format!("ext4:{:?}:{:?}", f.fs_size, epoch),
     );
     if f.cancel.is_cancelled() {
         return Err(BuildError::Interrupted);
@@ -478,53 +480,57 @@ fn finish(f: Finish<'_>) -> Result<BuildOutput> {
                 )
             })
     });
-    let (digest, size, reused) = match reusable
-        .and_then(|(p, d, s)| std::fs::hard_link(&p, &rootfs).ok().map(|_| (d, s)))
-    {
-        Some((d, s)) => (d, s, true),
-        None => {
-            let chain = layers.mount_chain(Some(&init_top))?;
-            let work = layers.new_work()?;
-            let empty = work
-                .scratch("empty")
-                .map_err(BuildError::io("creating", work.dir()))?;
-            let merged = work.merged();
-            let layers_dir = layers.layers_dir();
-            let label = f.tag.name().to_owned();
-            let ext4_started = Instant::now();
-            let made = with_private_mounts(|| {
-                mount_overlay(
-                    &OverlaySpec {
-                        layers_dir: &layers_dir,
-                        lower: &chain,
-                        upper: None,
-                        empty_dir: &empty,
-                    },
-                    &merged,
-                )?;
-                crate::ext4::make_ext4_at(&merged, &rootfs, f.fs_size, &label, f.source_date_epoch)
-            });
-            if f.cancel.is_cancelled() {
-                return Err(BuildError::Interrupted);
+    let (digest, size, reused) =
+        match reusable.and_then(|(p, d, s)| std::fs::hard_link(&p, &rootfs).ok().map(|_| (d, s))) {
+            Some((d, s)) => (d, s, true),
+            None => {
+                let chain = layers.mount_chain(Some(&init_top))?;
+                let work = layers.new_work()?;
+                let empty = work
+                    .scratch("empty")
+                    .map_err(BuildError::io("creating", work.dir()))?;
+                let merged = work.merged();
+                let layers_dir = layers.layers_dir();
+                let label = f.tag.name().to_owned();
+                let ext4_started = Instant::now();
+                let made = with_private_mounts(|| {
+                    mount_overlay(
+                        &OverlaySpec {
+                            layers_dir: &layers_dir,
+                            lower: &chain,
+                            upper: None,
+                            empty_dir: &empty,
+                        },
+                        &merged,
+                    )?;
+                    crate::ext4::make_ext4_at(&merged, &rootfs, f.fs_size, &label, epoch)
+                });
+                if f.cancel.is_cancelled() {
+                    return Err(BuildError::Interrupted);
+                }
+                made?;
+                let digest = crate::util::sha256_file(&rootfs)
+                    .map_err(BuildError::io("hashing", &rootfs))?;
+                let size = std::fs::metadata(&rootfs)
+                    .map_err(BuildError::io("stat", &rootfs))?
+                    .len();
+                tracing::info!(
+                    "ext4 image written ({} MiB) in {:.2}s",
+                    size >> 20,
+                    ext4_started.elapsed().as_secs_f64()
+                );
+                (Some(digest), size, false)
             }
-            made?;
-            let digest =
-                crate::util::sha256_file(&rootfs).map_err(BuildError::io("hashing", &rootfs))?;
-            let size = std::fs::metadata(&rootfs)
-                .map_err(BuildError::io("stat", &rootfs))?
-                .len();
-            tracing::info!(
-                "ext4 image written ({} MiB) in {:.2}s",
-                size >> 20,
-                ext4_started.elapsed().as_secs_f64()
-            );
-            (Some(digest), size, false)
-        }
-    };
-    let mut build_config = f.build_config.clone();
-    build_config.source_date_epoch = f.source_date_epoch;
-    let mut metadata = metadata_for(&f.tag, f.kind, &f.state, build_config, size, digest.clone());
-    if let Some(created) = f.created.or(f.source_date_epoch) {
+        };
+    let mut metadata = metadata_for(
+        &f.tag,
+        f.kind,
+        &f.state,
+        f.build_config.clone(),
+        size,
+        digest.clone(),
+    );
+    if let Some(created) = f.created.or(epoch) {
         metadata.created_at_utc = created;
     }
     staging.write_metadata(&metadata)?;

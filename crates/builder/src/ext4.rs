@@ -394,8 +394,9 @@ pub fn import_ext4(image: &Path, dest: &Path) -> Result<()> {
 
 /// Which part of an ext4 image a tar of it shows.
 pub(crate) struct TarView {
-    /// Leave out `/.firebuild` (the guest init firebuild put in).
-    skip_firebuild: bool,
+    /// A top-level directory to leave out (`.firebuild`, where firebuild
+    /// put the guest init).
+    skip_dir: Option<&'static str>,
     /// The extended attributes it carries.
     xattr_allowed: fn(&str) -> bool,
     times: crate::export::Times,
@@ -405,7 +406,7 @@ impl TarView {
     /// Everything, every attribute: the way back into a layer directory.
     fn whole() -> TarView {
         TarView {
-            skip_firebuild: false,
+            skip_dir: None,
             xattr_allowed: |_| true,
             times: Default::default(),
         }
@@ -415,7 +416,10 @@ impl TarView {
     /// attributes images carry.
     pub(crate) fn oci_layer(times: crate::export::Times) -> TarView {
         TarView {
-            skip_firebuild: true,
+            skip_dir: firebuild_metadata::boot::GUEST_INIT_PATH
+                .trim_start_matches('/')
+                .split('/')
+                .next(),
             xattr_allowed: |name| {
                 firebuild_agent_proto::tree::layer_xattr_allowed(name)
                     && !name.starts_with("user.overlay.")
@@ -425,15 +429,10 @@ impl TarView {
     }
 
     fn skips(&self, path: &[u8]) -> bool {
-        let dir = firebuild_metadata::boot::GUEST_INIT_PATH
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .as_bytes();
-        self.skip_firebuild
-            && path.starts_with(dir)
-            && (path.len() == dir.len() || path[dir.len()] == b'/')
+        self.skip_dir.is_some_and(|dir| {
+            let dir = dir.as_bytes();
+            path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/')
+        })
     }
 }
 

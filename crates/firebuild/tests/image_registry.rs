@@ -105,6 +105,15 @@ fn skopeo_inspect(reference: &str, what: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `image pull REF --tag TAG` in `w` fails, its error names `named`, and
+/// `absent` (under the store) is not there.
+fn pull_is_refused(w: &World, reference: &str, tag: &str, named: &str, absent: &str) {
+    let out = w.run(&["image", "pull"], &[reference, "--tag", tag]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains(named), "{}", text(&out.stderr));
+    assert!(!w.path("rootfs").join(absent).exists());
+}
+
 /// `skopeo copy` of `reference` into the OCI layout `layout` (every blob
 /// verified by skopeo).
 fn skopeo_copy(reference: &str, layout: &Path) {
@@ -240,25 +249,17 @@ fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&blob, &bytes).unwrap();
-    let out = second.run(&["image", "pull"], &[&v2, "--tag", "fbt/pushed:2"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains(&top.hex()[..12]),
-        "{}",
-        text(&out.stderr)
+    pull_is_refused(
+        &second,
+        &v2,
+        "fbt/pushed:2",
+        &top.hex()[..12],
+        "fbt/pushed/2",
     );
-    assert!(!second.path("rootfs").join("fbt/pushed/2").exists());
 
     // A reference the registry does not have names itself.
     let missing = registry.reference("apps/none:1").to_string();
-    let out = second.run(&["image", "pull"], &[&missing, "--tag", "fbt/none:1"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("apps/none"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(!second.path("rootfs").join("fbt/none").exists());
+    pull_is_refused(&second, &missing, "fbt/none:1", "apps/none", "fbt/none");
 
     // An artifact is not an image: refused by its manifest, nothing stored.
     let artifact_file = first.path("artifact.bin");
@@ -277,17 +278,13 @@ fn a_rootfs_pushed_from_one_host_is_an_ordinary_image_and_runs_on_another() {
     )
     .unwrap()
     .unwrap();
-    let out = second.run(
-        &["image", "pull"],
-        &[&artifact.to_string(), "--tag", "fbt/artifact:1"],
+    pull_is_refused(
+        &second,
+        &artifact.to_string(),
+        "fbt/artifact:1",
+        "apps/artifact",
+        "fbt/artifact",
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("apps/artifact"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(!second.path("rootfs").join("fbt/artifact").exists());
 
     // A tag that is not stored is named.
     let out = first.run(&["image", "push"], &["fbt/absent:1", &v1]);

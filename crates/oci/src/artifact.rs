@@ -73,8 +73,8 @@ impl Registry {
         let progress = crate::progress::Progress::new(self.shows_progress());
         let bar = progress.bar(layer_digest.short(), size);
         ctx.push_blob(&oref, &layer_digest, &bar).await?;
-        let hidden = crate::progress::Progress::new(false).bar("", 0);
-        ctx.push_blob(&oref, &config_digest, &hidden).await?;
+        ctx.push_blob(&oref, &config_digest, &crate::progress::Bar::hidden())
+            .await?;
         ctx.push_manifest(&oref, body, manifest::OCI_MANIFEST)
             .await?;
         Ok(digest)

@@ -22,7 +22,7 @@ impl Progress {
     /// A bar for one blob of `size` bytes.
     pub fn bar(&self, label: &str, size: u64) -> Bar {
         let Some(multi) = &self.multi else {
-            return Bar(ProgressBar::hidden());
+            return Bar::hidden();
         };
         let style = ProgressStyle::with_template(
             "{prefix:.bold} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}",
@@ -39,6 +39,11 @@ impl Progress {
 pub(crate) struct Bar(ProgressBar);
 
 impl Bar {
+    /// A bar that draws nothing (blobs too small to show).
+    pub fn hidden() -> Bar {
+        Bar(ProgressBar::hidden())
+    }
+
     pub fn set(&self, pos: u64) {
         self.0.set_position(pos);
     }

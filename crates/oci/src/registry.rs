@@ -289,12 +289,8 @@ impl Registry {
             let bar = progress.bar(layer.digest.short(), layer.size);
             ctx.push_blob(&oref, &layer.digest, &bar).await?;
         }
-        ctx.push_blob(
-            &oref,
-            &record.config_digest,
-            &Progress::new(false).bar("", 0),
-        )
-        .await?;
+        ctx.push_blob(&oref, &record.config_digest, &Bar::hidden())
+            .await?;
         let body = self.cache.read(&record.digest)?;
         ctx.push_manifest(&oref, body, &record.manifest_media_type)
             .await?;
@@ -570,8 +566,7 @@ impl<'r> Ctx<'r> {
             ));
         }
         if !self.reg.cache.contains(&desc.digest) {
-            self.blob(oref, desc, &Progress::new(false).bar("", 0))
-                .await?;
+            self.blob(oref, desc, &Bar::hidden()).await?;
         }
         self.reg.cache.read(&desc.digest)
     }

@@ -56,10 +56,8 @@ pub struct Exported {
 /// `layers/<id>/oci-layer.json`: the blob an earlier export made of a step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ExportedLayer {
-    digest: Digest,
+    layer: LayerRecord,
     diff_id: Digest,
-    media_type: String,
-    size: u64,
     /// The clamp it was written with: another clamp gives other bytes.
     source_date_epoch: Option<i64>,
 }
@@ -175,14 +173,9 @@ fn step_blob(
     if let Some(known) = std::fs::read(&record_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<ExportedLayer>(&b).ok())
-        .filter(|k| k.source_date_epoch == times.clamp && blobs.contains(&k.digest))
+        .filter(|k| k.source_date_epoch == times.clamp && blobs.contains(&k.layer.digest))
     {
-        let layer = LayerRecord {
-            digest: known.digest,
-            media_type: known.media_type,
-            size: known.size,
-        };
-        return Ok((layer, known.diff_id));
+        return Ok((known.layer, known.diff_id));
     }
     let diff = layers.diff_dir(id);
     let mut scratch = ImageBuilder::new(blobs, &Platform::host());
@@ -201,10 +194,8 @@ fn step_blob(
     let (layer, diff_id) = scratch.last_layer().expect("a layer was just added");
     let (layer, diff_id) = (layer.clone(), diff_id.clone());
     let known = ExportedLayer {
-        digest: layer.digest.clone(),
+        layer: layer.clone(),
         diff_id: diff_id.clone(),
-        media_type: layer.media_type.clone(),
-        size: layer.size,
         source_date_epoch: times.clamp,
     };
     // Only a cache: an export that cannot note it still works.
@@ -284,20 +275,18 @@ fn apply_config(builder: &mut ImageBuilder<'_>, md: &ImageMetadata, opts: &Expor
         .as_ref()
         .map(firebuild_oci::HealthConfig::from_metadata);
     oci.on_build = c.onbuild.clone();
-    let created = match opts.source_date_epoch {
+    let created_at = match opts.source_date_epoch {
         Some(epoch) => md.created_at_utc.min(epoch),
         None => md.created_at_utc,
     };
-    let created = rfc3339(created);
+    let created = rfc3339(created_at);
     let file = builder.config_file_mut();
     file.created = Some(created.clone());
     for h in file.history.iter_mut().filter(|h| h.created.is_none()) {
         h.created = Some(created.clone());
     }
     let mut shown = md.clone();
-    shown.created_at_utc = md
-        .created_at_utc
-        .min(opts.source_date_epoch.unwrap_or(i64::MAX));
+    shown.created_at_utc = created_at;
     if let Ok(json) = serde_json::to_string(&shown) {
         builder.annotate(METADATA_ANNOTATION, &json);
     }
