@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs a release firebuild and its static guest init where firebuild
-# finds it:
+# Installs a release firebuild, its containerd shim and its static guest
+# init where both find it:
 #   <prefix>/bin/firebuild
+#   <prefix>/bin/containerd-shim-firebuild-v2
 #   <prefix>/lib/firebuild/vminit
-# Both are stripped (the workspace's release profile keeps line tables for
+# All are stripped (the workspace's release profile keeps line tables for
 # backtraces; an installed binary does not need them). Run as root.
 #
 #   scripts/install.sh [--prefix /usr/local]
@@ -20,10 +21,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-echo "==> building firebuild (release) and the static guest init" >&2
-cargo build --release -q -p firebuild
+echo "==> building firebuild and its shim (release) and the static guest init" >&2
+cargo build --release -q -p firebuild -p firebuild-shim
 vminit="$(scripts/build-vminit.sh)"
 
 install -D -m 0755 -s target/release/firebuild "$prefix/bin/firebuild"
+install -D -m 0755 -s target/release/containerd-shim-firebuild-v2 "$prefix/bin/containerd-shim-firebuild-v2"
 install -D -m 0755 -s "$vminit" "$prefix/lib/firebuild/vminit"
 echo "==> installed: $("$prefix/bin/firebuild" --version | tr '\n' ' ')" >&2

@@ -53,6 +53,7 @@ mod util;
 pub use api::{build, build_from_image, prune, BuildOptions, BuildOutput, ImageOptions};
 pub use error::{BuildError, Result, StepLocation};
 pub use export::{export, ExportOptions, Exported, METADATA_ANNOTATION};
+pub use ext4::make_ext4;
 pub use firebuild_metadata::ImageType;
 pub use firebuild_oci::RegistryConfig;
 pub use isolation::{Isolation, StepVm, StepVmError, VmStep, VmStepOutcome};

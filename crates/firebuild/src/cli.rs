@@ -37,7 +37,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         value_name = "DIR",
-        default_value = "/etc/firebuild/profiles"
+        default_value = firebuild_host::profile::DEFAULT_PROFILE_CONF_DIR
     )]
     pub profile_conf_dir: PathBuf,
 

@@ -4,7 +4,6 @@
 mod cli;
 mod commands;
 mod format;
-mod guest_init;
 mod logging;
 mod settings;
 
@@ -35,7 +34,7 @@ fn main() -> ExitCode {
 fn parse_cli() -> cli::Cli {
     let mut command = cli::Cli::command();
     if std::env::args_os().any(|a| a == "--version" || a == "-V") {
-        let init = match guest_init::locate() {
+        let init = match firebuild_host::guest_init::locate() {
             Ok(path) => path.display().to_string(),
             Err(e) => format!("none ({e:#})"),
         };

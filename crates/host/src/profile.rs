@@ -31,6 +31,9 @@ pub const MAX_VM_ID_LEN: usize = 32;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const UNIX_SOCKET_PATH_MAX: usize = 107;
 
+/// Where profiles live unless `--profile-conf-dir` says otherwise.
+pub const DEFAULT_PROFILE_CONF_DIR: &str = "/etc/firebuild/profiles";
+
 /// A profile as stored on disk. Every field is optional: unset fields fall
 /// back to the embedded defaults (see [`crate::settings::Settings`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -88,6 +88,9 @@ pub enum InitMode {
     Entrypoint,
     /// Hand over to the image's own `/sbin/init` (full-OS base images).
     Image,
+    /// Start no process: the host runs every process through the agent
+    /// (the containerd shim's containers); power off on the host's stop.
+    Agent,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1150,6 +1150,21 @@ impl Runtime {
         Ok(report)
     }
 
+    /// Stops VM `id` if it still runs (graceful, then forced after
+    /// `timeout`) and removes everything it left, as `purge` would; the
+    /// containerd shim's `delete`. A VM already gone is not an error.
+    pub async fn remove(&self, id: &str, timeout: Duration) -> Result<(), VmError> {
+        let metadata = match self.kill(id, Some(timeout)).await {
+            Ok(metadata) => metadata,
+            Err(VmError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !RunDir::new(&self.run_cache, id).metadata().exists() {
+            return Ok(());
+        }
+        self.remove_vm(&metadata).await
+    }
+
     /// Removes an exited VM: backend clean-up, network release, run
     /// directory. The run directory stays if an earlier step fails.
     async fn remove_vm(&self, metadata: &RunMetadata) -> Result<(), VmError> {

@@ -338,6 +338,21 @@ fn run_entrypoint(meta: &GuestMetadata, hostname: &str) -> Result<i32, InitError
     Ok(code)
 }
 
+/// Agent mode: no entrypoint; the host starts every process through the
+/// agent. A stop (ctrl-alt-del, SIGTERM) ends the agent and with it the VM;
+/// processes the agent started are killed on the way out.
+fn serve_agent(agent: Option<i32>) -> Result<i32, InitError> {
+    let agent = agent
+        .ok_or_else(|| StartFailure::ImageInit(io::Error::other("the agent did not start")))?;
+    let stop = StopPolicy {
+        signal: libc::SIGKILL,
+        timeout: DEFAULT_STOP_TIMEOUT,
+    };
+    let code = process::supervise(agent, stop);
+    process::kill_all_and_reap();
+    Ok(code)
+}
+
 /// Hands PID 1 over to the image's own init; returns only on failure.
 fn exec_image_init() -> InitError {
     if let Err(e) = signals::unblock_all() {
@@ -385,12 +400,14 @@ pub fn run() -> Result<i32, InitError> {
 
     let (meta, hostname) = configure(&cmdline)?;
     volumes::mount_all(Path::new("/"), &meta.volumes, DRIVE_WAIT)?;
-    if let Some(pid) = crate::agent::start(&meta, &hostname) {
+    let agent = crate::agent::start(&meta, &hostname);
+    if let Some(pid) = agent {
         log::info(format_args!("the agent runs as pid {pid}"));
     }
     match meta.init_mode {
         InitMode::Image => Err(exec_image_init()),
         InitMode::Entrypoint => run_entrypoint(&meta, &hostname),
+        InitMode::Agent => serve_agent(agent),
     }
 }
 

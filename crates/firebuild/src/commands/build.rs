@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use super::require_root;
 use crate::cli::{BaseosArgs, BuildArgs, GlobalArgs, Isolation, RootfsArgs};
-use crate::guest_init;
 use crate::settings::Settings;
+use firebuild_host::guest_init;
 use firebuild_host::wiring::registry_config;
 use firebuild_step_vm::{MicroVmSteps, StepVmConfig};
 

@@ -8,8 +8,8 @@ use firebuild_store::Tag;
 
 use super::require_root;
 use crate::format;
-use crate::guest_init;
 use crate::settings::Settings;
+use firebuild_host::guest_init;
 use firebuild_host::wiring::registry_config;
 
 /// The most metadata an image's annotation may carry; more is not ours.

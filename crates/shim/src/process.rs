@@ -1,0 +1,253 @@
+//! A container process running in the VM, driven through the guest agent:
+//! its stdio joined to containerd's FIFOs, signals and window sizes sent
+//! on, its exit status collected.
+//!
+//! Each process holds one agent connection (on QEMU one virtio-serial
+//! port) for its lifetime; a thread pumps the guest's frames into the
+//! stdout/stderr FIFOs, another feeds the stdin FIFO to the guest.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use firebuild_agent_proto::{
+    write_frame, ExecRequest, Exited, Failure, Frame, Kind, Request, Resize, SignalRequest, Started,
+};
+use firebuild_vm::{AgentConnection, AgentEndpoint};
+use tokio::sync::watch;
+
+/// How long the agent may take to answer a new connection and start the
+/// process.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The status a process gets when the VM went away under it (as a shell
+/// reports a SIGKILLed process).
+pub const VM_GONE_STATUS: u32 = 137;
+
+/// containerd's FIFO paths for one process; empty: not connected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: u32,
+    pub at: SystemTime,
+}
+
+/// A started process.
+pub struct GuestProcess {
+    /// The guest's pid of it.
+    pub pid: u32,
+    channel: u32,
+    writer: Arc<Mutex<UnixStream>>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+impl GuestProcess {
+    /// Connects to the agent and starts `request` (blocking: call it off
+    /// the async runtime).
+    pub fn start(
+        endpoint: &AgentEndpoint,
+        mut request: ExecRequest,
+        stdio: &StdioPaths,
+    ) -> anyhow::Result<GuestProcess> {
+        request.stdin = !stdio.stdin.is_empty();
+        request.tty = stdio.terminal;
+        let stdout = open_output(&stdio.stdout)?;
+        let stderr = if stdio.terminal {
+            None
+        } else {
+            open_output(&stdio.stderr)?
+        };
+        let mut conn =
+            AgentConnection::open(endpoint, START_TIMEOUT).context("reaching the VM's agent")?;
+        conn.request(Request::Exec(request))?;
+        let first = conn
+            .recv(Some(START_TIMEOUT))
+            .context("waiting for the VM's agent to start the process")?;
+        let pid = match first.kind {
+            Kind::Started => first.parse::<Started>()?.pid as u32,
+            Kind::Error => {
+                let failure: Failure = first.parse()?;
+                anyhow::bail!("{}", failure.message);
+            }
+            other => anyhow::bail!("the agent answered {other:?} to a start"),
+        };
+        let channel = conn.channel();
+        let writer = Arc::new(Mutex::new(conn.try_clone()?));
+        let (exit_tx, exit) = watch::channel(None);
+        std::thread::Builder::new()
+            .name("fb-shim-output".into())
+            .spawn(move || {
+                let code = pump_output(&mut conn, stdout, stderr);
+                // The port is free for the next process only once every
+                // handle on this connection is closed: end them all now.
+                if let Ok(stream) = conn.try_clone() {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                drop(conn);
+                let _ = exit_tx.send(Some(ExitStatus {
+                    code,
+                    at: SystemTime::now(),
+                }));
+            })?;
+        if !stdio.stdin.is_empty() {
+            let path = stdio.stdin.clone();
+            let w = Arc::clone(&writer);
+            std::thread::Builder::new()
+                .name("fb-shim-stdin".into())
+                .spawn(move || feed_stdin(&path, &w, channel))?;
+        }
+        Ok(GuestProcess {
+            pid,
+            channel,
+            writer,
+            exit,
+        })
+    }
+
+    fn send(&self, frame: &Frame) -> std::io::Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        write_frame(&mut *w, frame)
+    }
+
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        self.send(&Frame::json(
+            self.channel,
+            Kind::Signal,
+            &SignalRequest { signal },
+        ))
+    }
+
+    pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {
+        self.send(&Frame::json(
+            self.channel,
+            Kind::Resize,
+            &Resize { rows, cols },
+        ))
+    }
+
+    /// End of input (`CloseIO`).
+    pub fn close_stdin(&self) -> std::io::Result<()> {
+        self.send(&Frame::new(self.channel, Kind::Stdin, Vec::new()))
+    }
+
+    pub fn exited(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    pub async fn wait(&self) -> ExitStatus {
+        let mut exit = self.exit.clone();
+        loop {
+            if let Some(status) = *exit.borrow_and_update() {
+                return status;
+            }
+            if exit.changed().await.is_err() {
+                return ExitStatus {
+                    code: VM_GONE_STATUS,
+                    at: SystemTime::now(),
+                };
+            }
+        }
+    }
+}
+
+/// Opens an output FIFO read-write: never blocks, and output keeps
+/// flowing across a containerd restart (the pipe stays open here while its
+/// reader comes back).
+fn open_output(path: &str) -> anyhow::Result<Option<File>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(Some)
+        .with_context(|| format!("opening the output FIFO {path}"))
+}
+
+/// Copies the process's output until it ends; returns its exit status.
+fn pump_output(
+    conn: &mut AgentConnection,
+    mut stdout: Option<File>,
+    mut stderr: Option<File>,
+) -> u32 {
+    loop {
+        let frame = match conn.recv(None) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::warn!("the VM's agent went away: {e}");
+                return VM_GONE_STATUS;
+            }
+        };
+        let sink = match frame.kind {
+            Kind::Stdout => stdout.as_mut(),
+            Kind::Stderr => stderr.as_mut(),
+            Kind::Exit => {
+                return match frame.parse::<Exited>() {
+                    Ok(e) => e.code.clamp(0, 255) as u32,
+                    Err(_) => VM_GONE_STATUS,
+                }
+            }
+            Kind::Error => {
+                let message = frame
+                    .parse::<Failure>()
+                    .map(|f| f.message)
+                    .unwrap_or_default();
+                tracing::warn!("the process failed in the VM: {message}");
+                return VM_GONE_STATUS;
+            }
+            _ => None,
+        };
+        if let Some(sink) = sink {
+            // A reader that went away must not stop the process.
+            if let Err(e) = sink.write_all(&frame.payload) {
+                tracing::debug!("writing output: {e}");
+            }
+        }
+    }
+}
+
+fn feed_stdin(path: &str, w: &Mutex<UnixStream>, channel: u32) {
+    let send = |payload: Vec<u8>| {
+        let mut s = w.lock().unwrap_or_else(|e| e.into_inner());
+        write_frame(&mut *s, &Frame::new(channel, Kind::Stdin, payload))
+    };
+    // Blocks until containerd's side opens it for writing.
+    let mut input = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("opening the stdin FIFO {path}: {e}");
+            let _ = send(Vec::new());
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = send(Vec::new());
+                return;
+            }
+            Ok(n) => {
+                if send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
