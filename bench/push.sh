@@ -50,11 +50,11 @@ for tool in /usr/bin/docker-registry skopeo mkfs.ext4; do
 done
 
 WORK=$(mktemp -d /var/tmp/firebuild-bench-push.XXXXXX)
+BENCH=push.sh
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 cleanup() {
-    for pid in "${REGISTRY_PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_registries
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -91,41 +91,6 @@ fb_out() {
         2>>"$WORK/firebuild.log" </dev/null || { echo "push.sh: firebuild $* failed:" >&2; tail -20 "$WORK/firebuild.log" >&2; exit 1; }
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-REGISTRY_PIDS=()
-# Starts a docker-registry with storage under $WORK/NAME; prints HOST:PORT.
-start_registry() { # NAME
-    local port="" p
-    for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 20000))
-        if port_free "$p"; then port=$p; break; fi
-    done
-    [ -n "$port" ] || { echo "push.sh: no free port" >&2; exit 1; }
-    mkdir -p "$WORK/$1"
-    cat >"$WORK/$1.yml" <<YAML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $WORK/$1
-http:
-  addr: 127.0.0.1:$port
-YAML
-    /usr/bin/docker-registry serve "$WORK/$1.yml" >"$WORK/$1.log" 2>&1 &
-    echo "$! 127.0.0.1:$port"
-}
-wait_registry() { # HOST:PORT NAME
-    for _ in $(seq 100); do
-        port_free "${1#*:}" || return 0
-        sleep 0.1
-    done
-    echo "push.sh: registry $2 did not start:" >&2
-    cat "$WORK/$2.log" >&2
-    exit 1
-}
 # A: where builds are pushed first (and mounted from); B: an empty registry
 # for the upload-only comparison (nothing there to mount from).
 read -r pid HOST < <(start_registry registry-a)
@@ -145,11 +110,6 @@ mkdir -p "$WORK/context/tree/bin"
 cp /bin/busybox "$WORK/context/tree/bin/busybox"
 printf 'FROM scratch\nCOPY tree/ /\nCMD ["/bin/busybox", "echo", "%s"]\n' "$MARK" >"$WORK/context/Dockerfile"
 SIZE=$(du -sm "$WORK/context/tree" | cut -f1)
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); elapsed "$t0" "$t1"; }
 
 COLD=() WARM=() MOUNT=() FIRST_BOOT=() SKOPEO_PUSH=() PULL=() SKOPEO_PULL=() PULL_EXT4=()
 for run in $(seq "$RUNS"); do

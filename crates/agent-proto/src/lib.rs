@@ -49,7 +49,12 @@ pub enum Request {
     /// Receive a file tree (entries follow from the host) at `dest`, as
     /// `docker cp SRC CONTAINER:DEST` places it; ends with a
     /// [`Kind::Reply`] of [`Copied`] or a [`Kind::Error`].
-    CopyIn { dest: String },
+    CopyIn {
+        dest: String,
+        /// Create `dest` and its missing parents (0755) first.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        parents: bool,
+    },
     /// Send the file tree at `source` (entries, then [`Kind::End`]).
     CopyOut { source: String },
     /// The health check's state: a [`Kind::Reply`] of [`HealthReport`].
@@ -128,6 +133,23 @@ pub struct ExecRequest {
     /// The terminal size, with `tty`.
     #[serde(default)]
     pub size: Option<Resize>,
+    /// Groups on top of the user's own (an OCI spec's `additionalGids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_gids: Vec<u32>,
+    /// Resource limits to set (an OCI spec's `rlimits`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+    /// `PR_SET_NO_NEW_PRIVS` before the program starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
+}
+
+/// A resource limit: `RLIMIT_NOFILE`, `RLIMIT_NPROC`, ... as OCI names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,7 +271,13 @@ mod tests {
         let cp: Envelope =
             serde_json::from_str(r#"{"version":1,"request":{"type":"copy-in","dest":"/x"}}"#)
                 .unwrap();
-        assert_eq!(cp.request, Request::CopyIn { dest: "/x".into() });
+        assert_eq!(
+            cp.request,
+            Request::CopyIn {
+                dest: "/x".into(),
+                parents: false
+            }
+        );
         assert_eq!(serial_port_name(3), "org.firebuild.agent.3");
     }
 }

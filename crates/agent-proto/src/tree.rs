@@ -256,8 +256,6 @@ fn cstr(s: impl AsRef<OsStr>) -> io::Result<CString> {
 /// Sends the tree at `src` through `emit` (kind, payload). Fails before
 /// emitting anything when `src` cannot be read.
 pub fn send(src: &Path, emit: &mut dyn FnMut(Kind, &[u8]) -> io::Result<()>) -> io::Result<Copied> {
-    let md = std::fs::symlink_metadata(src)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
     let name = src
         .file_name()
         .and_then(|n| n.to_str())
@@ -268,6 +266,30 @@ pub fn send(src: &Path, emit: &mut dyn FnMut(Kind, &[u8]) -> io::Result<()>) -> 
                 src.display()
             ))
         })?;
+    let md = std::fs::symlink_metadata(src)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
+    send_top(src, name, md, emit)
+}
+
+/// [`send`] with the top entry named `name` (placed as `DEST/name` when
+/// the destination is a directory). `src` itself is followed if it is a
+/// symlink (a bind mount's source is), what is below it is not.
+pub fn send_as(
+    src: &Path,
+    name: &str,
+    emit: &mut dyn FnMut(Kind, &[u8]) -> io::Result<()>,
+) -> io::Result<Copied> {
+    let md = std::fs::metadata(src)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
+    send_top(src, name, md, emit)
+}
+
+fn send_top(
+    src: &Path,
+    name: &str,
+    md: std::fs::Metadata,
+    emit: &mut dyn FnMut(Kind, &[u8]) -> io::Result<()>,
+) -> io::Result<Copied> {
     let mut stats = Copied::default();
     send_entry(src, name.to_owned(), md, Mode::Copy, emit, &mut stats)?;
     emit(Kind::End, b"")?;

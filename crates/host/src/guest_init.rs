@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// target layout `scripts/build-vminit.sh` builds into. Only a statically
 /// linked binary qualifies: it must run in images without a libc.
 pub fn locate() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("FIREBUILD_VMINIT") {
+    if let Some(path) = std::env::var_os("FIREBUILD_VMINIT").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         check_static(&path)?;
         return Ok(path);

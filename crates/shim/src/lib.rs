@@ -8,6 +8,7 @@
 //! agent mode, and every process of the spec or of `exec` runs through the
 //! agent ([`process`]).
 
+pub mod binds;
 pub mod config;
 pub mod options;
 pub mod process;

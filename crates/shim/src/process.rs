@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -43,13 +43,44 @@ pub struct ExitStatus {
     pub at: SystemTime,
 }
 
+/// How long `CloseIO` waits for the stdin FIFO to drain to its end before
+/// the guest is told the input ended anyway.
+const STDIN_DRAIN: Duration = Duration::from_secs(2);
+
 /// A started process.
 pub struct GuestProcess {
     /// The guest's pid of it.
     pub pid: u32,
     channel: u32,
     writer: Arc<Mutex<UnixStream>>,
+    stdin: Arc<StdinState>,
     exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+/// Whether the guest was told the input ended; the stdin thread and
+/// `CloseIO` both may, once.
+#[derive(Default)]
+struct StdinState {
+    ended: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl StdinState {
+    /// Sends `payload` (empty: the end) unless the end was sent.
+    fn send(&self, w: &Mutex<UnixStream>, channel: u32, payload: Vec<u8>) -> std::io::Result<()> {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if *ended {
+            return Err(std::io::Error::other("stdin was closed"));
+        }
+        let end = payload.is_empty();
+        let mut s = w.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = write_frame(&mut *s, &Frame::new(channel, Kind::Stdin, payload));
+        if end || sent.is_err() {
+            *ended = true;
+            self.changed.notify_all();
+        }
+        sent
+    }
 }
 
 impl GuestProcess {
@@ -100,17 +131,19 @@ impl GuestProcess {
                     at: SystemTime::now(),
                 }));
             })?;
+        let stdin = Arc::new(StdinState::default());
         if !stdio.stdin.is_empty() {
             let path = stdio.stdin.clone();
-            let w = Arc::clone(&writer);
+            let (w, state) = (Arc::clone(&writer), Arc::clone(&stdin));
             std::thread::Builder::new()
                 .name("fb-shim-stdin".into())
-                .spawn(move || feed_stdin(&path, &w, channel))?;
+                .spawn(move || feed_stdin(&path, &w, channel, &state))?;
         }
         Ok(GuestProcess {
             pid,
             channel,
             writer,
+            stdin,
             exit,
         })
     }
@@ -136,9 +169,27 @@ impl GuestProcess {
         ))
     }
 
-    /// End of input (`CloseIO`).
-    pub fn close_stdin(&self) -> std::io::Result<()> {
-        self.send(&Frame::new(self.channel, Kind::Stdin, Vec::new()))
+    /// End of input (`CloseIO`). The client closed its end of the FIFO
+    /// too: what it wrote is still in the pipe, so the stdin thread gets
+    /// a moment to pass it on and reach the end itself.
+    pub fn close_stdin(&self) {
+        let (state, w, channel) = (
+            Arc::clone(&self.stdin),
+            Arc::clone(&self.writer),
+            self.channel,
+        );
+        std::thread::spawn(move || {
+            let ended = state.ended.lock().unwrap_or_else(|e| e.into_inner());
+            let (ended, _) = state
+                .changed
+                .wait_timeout_while(ended, STDIN_DRAIN, |ended| !*ended)
+                .unwrap_or_else(|e| e.into_inner());
+            let done = *ended;
+            drop(ended);
+            if !done {
+                let _ = state.send(&w, channel, Vec::new());
+            }
+        });
     }
 
     pub fn exited(&self) -> Option<ExitStatus> {
@@ -218,11 +269,7 @@ fn pump_output(
     }
 }
 
-fn feed_stdin(path: &str, w: &Mutex<UnixStream>, channel: u32) {
-    let send = |payload: Vec<u8>| {
-        let mut s = w.lock().unwrap_or_else(|e| e.into_inner());
-        write_frame(&mut *s, &Frame::new(channel, Kind::Stdin, payload))
-    };
+fn feed_stdin(path: &str, w: &Mutex<UnixStream>, channel: u32, state: &StdinState) {
     // Blocks until containerd's side opens it for writing.
     let mut input = match OpenOptions::new()
         .read(true)
@@ -232,7 +279,7 @@ fn feed_stdin(path: &str, w: &Mutex<UnixStream>, channel: u32) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!("opening the stdin FIFO {path}: {e}");
-            let _ = send(Vec::new());
+            let _ = state.send(w, channel, Vec::new());
             return;
         }
     };
@@ -240,11 +287,11 @@ fn feed_stdin(path: &str, w: &Mutex<UnixStream>, channel: u32) {
     loop {
         match input.read(&mut buf) {
             Ok(0) | Err(_) => {
-                let _ = send(Vec::new());
+                let _ = state.send(w, channel, Vec::new());
                 return;
             }
             Ok(n) => {
-                if send(buf[..n].to_vec()).is_err() {
+                if state.send(w, channel, buf[..n].to_vec()).is_err() {
                     return;
                 }
             }

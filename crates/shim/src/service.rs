@@ -188,7 +188,7 @@ impl Service {
         let bundle = PathBuf::from(&req.bundle);
         let spec = crate::spec::read_bundle(&bundle)?;
         let shape = crate::spec::vm_shape(&spec)?;
-        crate::spec::check_mounts(&spec)?;
+        let binds = crate::spec::bind_mounts(&spec)?;
         let process = spec
             .process()
             .clone()
@@ -216,6 +216,24 @@ impl Service {
             .boot(&vm, &req.id, &request.argv, &shape, rootfs.clone())
             .await
         {
+            Ok(booted) => {
+                let endpoint = booted.endpoint.clone();
+                let copied =
+                    tokio::task::spawn_blocking(move || crate::binds::copy_all(&endpoint, &binds))
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r);
+                match copied {
+                    Ok(()) => Ok(booted),
+                    Err(e) => {
+                        host.remove(&vm).await;
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let booted = match booted {
             Ok(booted) => booted,
             Err(e) => {
                 discard_rootfs(&rootfs);
@@ -590,7 +608,7 @@ impl Task for Service {
         let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
         if let SlotState::Running(p) = &c.slot(&req.exec_id)?.state {
             if req.stdin {
-                p.close_stdin().map_err(|e| internal(e.into()))?;
+                p.close_stdin();
             }
         }
         Ok(api::Empty::new())

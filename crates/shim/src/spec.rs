@@ -1,7 +1,7 @@
 //! The OCI runtime spec (`config.json` of the bundle, and the process of a
 //! `task exec`) as what the VM and the guest agent take.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use firebuild_agent_proto::ExecRequest;
@@ -89,25 +89,98 @@ pub fn vm_shape(spec: &Spec) -> anyhow::Result<VmShape> {
     })
 }
 
-/// The spec's mounts the guest makes itself (`/proc`, `/dev`, `/sys`, ...)
-/// are left to it; a bind mount of a host path cannot reach the VM yet
-/// and is refused, naming it, rather than silently left out.
-pub fn check_mounts(spec: &Spec) -> anyhow::Result<()> {
+/// The most a bind mount copied into the VM may hold: what kubelet hands a
+/// container (hosts, resolv.conf, configmaps, secrets, tokens) is far below.
+pub const BIND_COPY_LIMIT: u64 = 64 * MIB as u64;
+
+/// A bind mount of the spec, reaching the VM as a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub read_only: bool,
+}
+
+/// The spec's bind mounts. The mounts the guest makes itself (`/proc`,
+/// `/dev`, `/sys`, tmpfs, ...) are left to it. A bind mount reaches the
+/// VM as a copy made before the process starts: files and read-only
+/// directories up to [`BIND_COPY_LIMIT`]; a read-write directory (whose
+/// writes the host would expect to see) and a missing source are refused
+/// by name.
+pub fn bind_mounts(spec: &Spec) -> anyhow::Result<Vec<BindMount>> {
+    let mut binds = Vec::new();
     for m in spec.mounts().iter().flatten() {
+        let options = m.options().clone().unwrap_or_default();
         let bind = m.typ().as_deref() == Some("bind")
-            || m.options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        if bind {
-            anyhow::bail!(
-                "bind mount {} -> {}: host directories and files cannot be mounted into a firebuild VM yet (drop the mount, or bake the files into the image)",
-                m.source().as_ref().map_or_else(String::new, |s| s.display().to_string()),
-                m.destination().display()
+            || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !bind {
+            continue;
+        }
+        let source = m.source().clone().unwrap_or_default();
+        let destination = m.destination().clone();
+        let name = format!(
+            "bind mount {} -> {}",
+            source.display(),
+            destination.display()
+        );
+        anyhow::ensure!(
+            source.is_absolute() && destination.is_absolute() && destination != Path::new("/"),
+            "{name}: source and destination must be absolute paths below /"
+        );
+        let meta = std::fs::metadata(&source).with_context(|| format!("{name}: the source"))?;
+        let read_only = options.iter().any(|o| o == "ro");
+        if meta.is_dir() {
+            anyhow::ensure!(
+                read_only,
+                "{name}: a read-write directory cannot be shared with a firebuild VM yet (mount it read-only, or use a volume)"
+            );
+            let size = tree_size(&source, BIND_COPY_LIMIT)
+                .with_context(|| format!("{name}: reading the source"))?;
+            anyhow::ensure!(
+                size <= BIND_COPY_LIMIT,
+                "{name}: holds more than {} MiB, the most copied into a VM",
+                BIND_COPY_LIMIT / MIB as u64
+            );
+        } else {
+            anyhow::ensure!(
+                meta.is_file(),
+                "{name}: the source is neither a file nor a directory"
+            );
+            anyhow::ensure!(
+                meta.len() <= BIND_COPY_LIMIT,
+                "{name}: larger than {} MiB, the most copied into a VM",
+                BIND_COPY_LIMIT / MIB as u64
             );
         }
+        binds.push(BindMount {
+            source,
+            destination,
+            read_only,
+        });
     }
-    Ok(())
+    Ok(binds)
+}
+
+/// Bytes of the regular files under `dir` (symlinks not followed),
+/// stopping once past `limit`.
+fn tree_size(dir: &Path, limit: u64) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+            if total > limit {
+                return Ok(total);
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// The agent request that runs `process`. Refuses what the agent cannot
@@ -116,11 +189,20 @@ pub fn exec_request(process: &Process, stdin: bool) -> anyhow::Result<ExecReques
     let argv = process.args().clone().unwrap_or_default();
     anyhow::ensure!(!argv.is_empty(), "the process spec has no args");
     let user = process.user();
-    if let Some(groups) = user.additional_gids() {
-        if groups.iter().any(|g| *g != user.gid()) {
-            tracing::warn!("additional gids {groups:?} are not applied in the VM yet");
-        }
-    }
+    let rlimits = process
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|r| firebuild_agent_proto::Rlimit {
+            // Its serde name is the OCI one (`RLIMIT_NOFILE`).
+            resource: serde_json::to_value(r.typ())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            soft: r.soft(),
+            hard: r.hard(),
+        })
+        .collect();
     let size = process
         .console_size()
         .as_ref()
@@ -136,6 +218,9 @@ pub fn exec_request(process: &Process, stdin: bool) -> anyhow::Result<ExecReques
         tty: process.terminal().unwrap_or(false),
         stdin,
         size,
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        rlimits,
+        no_new_privileges: process.no_new_privileges().unwrap_or(false),
     })
 }
 
@@ -179,17 +264,41 @@ mod tests {
     }
 
     #[test]
-    fn bind_mounts_are_refused_by_name() {
+    fn bind_mounts_are_checked_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(conf.join("a"), b"x").unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, b"127.0.0.1 localhost\n").unwrap();
+        let mount = |src: &Path, dst: &str, options: &[&str]| serde_json::json!({"destination": dst, "type": "bind", "source": src, "options": options});
         let ok = spec(serde_json::json!({"mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid"]},
+            mount(&conf, "/etc/app", &["rbind", "ro"]),
+            mount(&hosts, "/etc/hosts", &["rbind", "rw"]),
         ]}));
-        check_mounts(&ok).unwrap();
-        let bind = spec(serde_json::json!({"mounts": [
-            {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]},
-        ]}));
-        let err = format!("{:#}", check_mounts(&bind).unwrap_err());
-        assert!(err.contains("/srv/data -> /data"), "{err}");
+        let binds = bind_mounts(&ok).unwrap();
+        assert_eq!(binds.len(), 2);
+        assert_eq!(binds[0].destination, Path::new("/etc/app"));
+        assert!(binds[0].read_only && !binds[1].read_only);
+        for (m, expected) in [
+            (
+                mount(&conf, "/data", &["rbind", "rw"]),
+                "read-write directory",
+            ),
+            (
+                mount(&dir.path().join("missing"), "/data", &["rbind", "ro"]),
+                "missing",
+            ),
+            (mount(&hosts, "relative", &["rbind"]), "absolute"),
+        ] {
+            let bad = spec(serde_json::json!({"mounts": [m]}));
+            let err = format!("{:#}", bind_mounts(&bad).unwrap_err());
+            assert!(
+                err.contains("bind mount") && err.contains(expected),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -210,11 +319,17 @@ mod tests {
     fn processes_become_agent_requests() {
         let p = parse_process(
             br#"{"args":["ls","-l"],"env":["A=1"],"cwd":"/tmp","terminal":true,
-                 "user":{"uid":1000,"gid":100},"consoleSize":{"height":40,"width":120}}"#,
+                 "user":{"uid":1000,"gid":100,"additionalGids":[10,20]},
+                 "consoleSize":{"height":40,"width":120},"noNewPrivileges":true,
+                 "rlimits":[{"type":"RLIMIT_NOFILE","soft":512,"hard":1024}]}"#,
         )
         .unwrap();
         let r = exec_request(&p, true).unwrap();
         assert_eq!(r.argv, ["ls", "-l"]);
+        assert_eq!(r.rlimits[0].resource, "RLIMIT_NOFILE");
+        assert_eq!((r.rlimits[0].soft, r.rlimits[0].hard), (512, 1024));
+        assert_eq!(r.additional_gids, [10, 20]);
+        assert!(r.no_new_privileges);
         assert_eq!(r.env, ["A=1"]);
         assert_eq!(r.user.as_deref(), Some("1000:100"));
         assert_eq!(r.workdir.as_deref(), Some("/tmp"));

@@ -18,7 +18,8 @@ fn run_gives_output_exit_status_env_cwd_and_stdin() {
     let out = w.run(&[
         "run", "--rm", "--runtime", RUNTIME, "--env", "GREETING=from-the-vm", "--cwd", "/tmp",
         &w.image, "t-out", "sh", "-c",
-        "echo \"out $GREETING\"; pwd; echo to-stderr >&2; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 7",
+        "echo \"out $GREETING\"; pwd; echo to-stderr >&2; cat /proc/1/cmdline | tr '\\0' ' '; echo; \
+         echo \"nofile $(ulimit -n)\"; grep NoNewPrivs /proc/self/status; exit 7",
     ]);
     let stdout = text(&out.stdout);
     assert_eq!(
@@ -32,6 +33,10 @@ fn run_gives_output_exit_status_env_cwd_and_stdin() {
     assert!(stdout.contains("/tmp\n"), "{stdout}");
     // PID 1 is the guest init, not the container's process: a VM.
     assert!(stdout.contains("/.firebuild/init"), "{stdout}");
+    // The spec's rlimits (containerd's default NOFILE 1024) and
+    // noNewPrivileges reach the process.
+    assert!(stdout.contains("nofile 1024\n"), "{stdout}");
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
     assert!(
         text(&out.stderr).contains("to-stderr"),
         "{}",
@@ -69,6 +74,23 @@ fn run_gives_output_exit_status_env_cwd_and_stdin() {
         w.tail_of_log()
     );
     assert_eq!(text(&out.stdout).trim(), "got hello over stdin");
+
+    // With -t the process gets a terminal (ctr needs one itself: script
+    // gives it a pseudo-terminal of 40x100).
+    let ctr = format!(
+        "stty rows 40 cols 100; ctr --address {} run --rm -t --runtime {RUNTIME} {} t-tty sh -c 'tty; stty size'",
+        w.path("containerd.sock").display(),
+        w.image
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &ctr, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", w.tail_of_log());
+    assert!(stdout.contains("/dev/pts/"), "{stdout}");
+    assert!(stdout.contains("40 100"), "{stdout}");
 
     // --rm left nothing: no VM, no mount, no task.
     assert!(w.vm_dirs().is_empty(), "{:?}", w.vm_dirs());
@@ -147,13 +169,21 @@ fn detached_task_exec_ps_survives_a_containerd_restart_then_kill_and_rm() {
 }
 
 #[test]
-fn a_bind_mount_is_a_clear_error_and_leaves_nothing() {
+fn bind_mounts_reach_the_vm_and_bad_ones_are_clear_errors() {
     let w = World::new();
-    let data = w.path("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mount = format!(
-        "type=bind,src={},dst=/data,options=rbind:ro",
-        data.display()
+    let conf = w.path("conf");
+    std::fs::create_dir_all(conf.join("sub")).unwrap();
+    std::fs::write(conf.join("sub/key"), b"configured\n").unwrap();
+    std::os::unix::fs::symlink("sub/key", conf.join("link")).unwrap();
+    let hosts = w.path("hosts");
+    std::fs::write(&hosts, b"10.1.2.3 service-a\n").unwrap();
+    let conf_mount = format!(
+        "type=bind,src={},dst=/etc/app/conf,options=rbind:ro",
+        conf.display()
+    );
+    let hosts_mount = format!(
+        "type=bind,src={},dst=/etc/hosts,options=rbind:rw",
+        hosts.display()
     );
     let out = w.run(&[
         "run",
@@ -161,21 +191,144 @@ fn a_bind_mount_is_a_clear_error_and_leaves_nothing() {
         "--runtime",
         RUNTIME,
         "--mount",
-        &mount,
+        &conf_mount,
+        "--mount",
+        &hosts_mount,
         &w.image,
         "t-bind",
-        "true",
+        "sh",
+        "-c",
+        "cat /etc/app/conf/sub/key /etc/app/conf/link /etc/hosts; echo changed > /etc/hosts",
     ]);
-    assert!(!out.status.success());
-    let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("bind mount") && stderr.contains("/data"),
-        "{stderr}"
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        w.tail_of_log()
     );
-    assert!(w.vm_dirs().is_empty(), "{:?}", w.vm_dirs());
-    let _ = w.run(&["container", "rm", "t-bind"]);
-    w.eventually(Duration::from_secs(20), "the shim exits", || {
+    assert_eq!(
+        text(&out.stdout),
+        "configured\nconfigured\n10.1.2.3 service-a\n"
+    );
+    // The guest's writes stay in the VM.
+    assert_eq!(std::fs::read(&hosts).unwrap(), b"10.1.2.3 service-a\n");
+
+    for (mount, expected) in [
+        (
+            format!(
+                "type=bind,src={},dst=/data,options=rbind:rw",
+                conf.display()
+            ),
+            "read-write directory",
+        ),
+        (
+            format!(
+                "type=bind,src={},dst=/data,options=rbind:ro",
+                w.path("missing").display()
+            ),
+            "missing",
+        ),
+    ] {
+        let out = w.run(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--mount",
+            &mount,
+            &w.image,
+            "t-bad",
+            "true",
+        ]);
+        assert!(!out.status.success());
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("bind mount") && stderr.contains(expected),
+            "{stderr}"
+        );
+        assert!(w.vm_dirs().is_empty(), "{:?}", w.vm_dirs());
+        let _ = w.run(&["container", "rm", "t-bad"]);
+    }
+    w.eventually(Duration::from_secs(20), "the shims exit", || {
         w.shims().is_empty()
     });
+    assert!(w.mounts().is_empty(), "{:?}", w.mounts());
+}
+
+/// The task's pid as `ctr task ls` shows it (the VMM's).
+fn task_pid(w: &World, id: &str) -> i32 {
+    let ls = text(&w.ok(&["task", "ls"]).stdout);
+    ls.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid for {id} in {ls}"))
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn a_dead_vm_is_an_exit_and_a_dead_shim_is_cleaned_up() {
+    let w = World::new();
+    let script = "while :; do sleep 1; done";
+    w.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &w.image,
+        "t-vm",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let vmm = task_pid(&w, "t-vm");
+    assert!(alive(vmm));
+    // The VMM dies under the task: an exit, not a hang.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(vmm).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    w.eventually(Duration::from_secs(30), "the task stops", || {
+        text(&w.run(&["task", "ls"]).stdout).contains("STOPPED")
+    });
+    w.ok(&["task", "rm", "t-vm"]);
+    w.ok(&["container", "rm", "t-vm"]);
+    assert!(w.vm_dirs().is_empty(), "{:?}", w.vm_dirs());
+
+    // The shim dies: containerd's clean-up (`shim delete`) removes the VM.
+    w.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &w.image,
+        "t-shim",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let vmm = task_pid(&w, "t-shim");
+    let shims = w.shims();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(shims[0]).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    w.eventually(Duration::from_secs(60), "the VM is removed", || {
+        !alive(vmm) && w.vm_dirs().is_empty()
+    });
+    let _ = w.run(&["task", "rm", "-f", "t-shim"]);
+    w.ok(&["container", "rm", "t-shim"]);
     assert!(w.mounts().is_empty(), "{:?}", w.mounts());
 }

@@ -283,6 +283,7 @@ impl<'a> RunningStep<'a> {
         let mut conn = self.connect()?;
         conn.request(Request::CopyIn {
             dest: dir.to_owned(),
+            parents: false,
         })?;
         let ch = conn.channel();
         let mut out = conn.try_clone()?;
@@ -310,9 +311,7 @@ impl<'a> RunningStep<'a> {
             env: Vec::new(),
             user: None,
             workdir: None,
-            tty: false,
-            stdin: false,
-            size: None,
+            ..Default::default()
         }))?;
         let mut lines = Lines::default();
         loop {

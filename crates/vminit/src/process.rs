@@ -176,7 +176,49 @@ pub fn spawn(
         stderr: Stdio::inherit(),
         controlling_tty: false,
     };
-    start(program, argv, env, user, workdir, stdio).map(|c| c.id() as libc::pid_t)
+    start(
+        program,
+        argv,
+        env,
+        user,
+        workdir,
+        stdio,
+        &ProcessLimits::default(),
+    )
+    .map(|c| c.id() as libc::pid_t)
+}
+
+/// Limits a started process takes on (an OCI process's rlimits and
+/// `noNewPrivileges`); the default sets nothing.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessLimits {
+    /// `(resource, soft, hard)` for setrlimit(2).
+    pub rlimits: Vec<(libc::c_int, u64, u64)>,
+    pub no_new_privileges: bool,
+}
+
+/// The setrlimit(2) resource of an OCI rlimit name (`RLIMIT_NOFILE`).
+pub fn rlimit_resource(name: &str) -> Option<libc::c_int> {
+    let r = match name {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => return None,
+    };
+    Some(r as libc::c_int)
 }
 
 /// Where a started process's stdio goes.
@@ -190,8 +232,8 @@ pub struct ProcessStdio {
 }
 
 /// Starts `program` in a session of its own with the user's groups and
-/// ids, the working directory, environment and stdio given. The caller
-/// (PID 1's supervision loop, or the agent) reaps it.
+/// ids, the working directory, environment, stdio and limits given. The
+/// caller (PID 1's supervision loop, or the agent) reaps it.
 pub fn start(
     program: &Path,
     argv: &[String],
@@ -199,6 +241,7 @@ pub fn start(
     user: &ExecUser,
     workdir: &str,
     stdio: ProcessStdio,
+    limits: &ProcessLimits,
 ) -> Result<std::process::Child, StartError> {
     let mut cmd = Command::new(program);
     if let Some(first) = argv.first() {
@@ -214,6 +257,8 @@ pub fn start(
     let groups: Vec<libc::gid_t> = user.supplementary.clone();
     let (uid, gid) = (user.uid, user.gid);
     let tty = stdio.controlling_tty;
+    let rlimits = limits.rlimits.clone();
+    let no_new_privileges = limits.no_new_privileges;
     // SAFETY: the closure only makes async-signal-safe system calls and
     // touches memory allocated before the fork.
     unsafe {
@@ -235,6 +280,16 @@ pub fn start(
             if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // Before the ids change: raising a hard limit needs root.
+            for &(resource, soft, hard) in &rlimits {
+                let limit = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(resource as _, &limit) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -242,6 +297,9 @@ pub fn start(
                 return Err(io::Error::last_os_error());
             }
             if libc::setuid(uid) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -105,6 +105,7 @@ pub fn exec(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
         tty: args.tty,
         stdin: args.interactive,
         size: if args.tty { window_size() } else { None },
+        ..Default::default()
     };
     conn.request(Request::Exec(request))?;
     let ch = conn.channel();
@@ -251,6 +252,7 @@ fn copy_in(
     let (vm, mut conn) = connect(global, &args.settings, id)?;
     conn.request(Request::CopyIn {
         dest: dest.to_owned(),
+        parents: false,
     })?;
     let ch = conn.channel();
     let writer = shared(&conn)?;

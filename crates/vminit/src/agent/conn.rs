@@ -164,8 +164,19 @@ fn handle(frame: Frame, sessions: &mut HashMap<u32, Session>, out: &Writer, ctx:
                     }
                     Err(f) => fail(out, ch, &f),
                 },
-                Request::CopyIn { dest } => {
-                    sessions.insert(ch, Session::CopyIn(Some(Box::new(TreeWriter::new(dest)))));
+                Request::CopyIn { dest, parents } => {
+                    let made = if parents {
+                        std::fs::create_dir_all(&dest)
+                    } else {
+                        Ok(())
+                    };
+                    match made {
+                        Ok(()) => {
+                            sessions
+                                .insert(ch, Session::CopyIn(Some(Box::new(TreeWriter::new(dest)))));
+                        }
+                        Err(e) => fail(out, ch, &Failure::new(1, format!("creating {dest}: {e}"))),
+                    }
                 }
                 Request::CopyOut { source } => {
                     let out = Arc::clone(out);

@@ -36,6 +36,7 @@ pub struct Prepared {
     pub env: Vec<(String, String)>,
     pub user: users::ExecUser,
     pub workdir: String,
+    pub limits: process::ProcessLimits,
 }
 
 /// Resolves a request against the image: the errors are the ones the
@@ -47,8 +48,19 @@ pub fn prepare(ctx: &Context, req: &ExecRequest) -> Result<Prepared, Failure> {
         return Err(Failure::new(126, "no command given"));
     }
     let spec = req.user.as_deref().unwrap_or(&meta.user);
-    let user = users::resolve_user_in_root(root, spec)
+    let mut user = users::resolve_user_in_root(root, spec)
         .map_err(|e| Failure::new(126, format!("unable to find user {spec}: {e}")))?;
+    for gid in &req.additional_gids {
+        if !user.supplementary.contains(gid) {
+            user.supplementary.push(*gid);
+        }
+    }
+    let mut rlimits = Vec::new();
+    for r in &req.rlimits {
+        let resource = process::rlimit_resource(&r.resource)
+            .ok_or_else(|| Failure::new(126, format!("unknown rlimit {:?}", r.resource)))?;
+        rlimits.push((resource, r.soft, r.hard));
+    }
     let workdir = match req.workdir.as_deref() {
         Some(dir) => {
             if !Path::new(dir).is_dir() {
@@ -91,6 +103,10 @@ pub fn prepare(ctx: &Context, req: &ExecRequest) -> Result<Prepared, Failure> {
         env,
         user,
         workdir,
+        limits: process::ProcessLimits {
+            rlimits,
+            no_new_privileges: req.no_new_privileges,
+        },
     })
 }
 
@@ -261,8 +277,10 @@ pub fn start(ctx: &Context, ch: u32, req: ExecRequest, out: &Writer) -> Result<C
         };
         (stdio, None)
     };
-    let mut child = process::start(&p.program, &p.argv, &p.env, &p.user, &p.workdir, stdio)
-        .map_err(|e| Failure::new(126, e.to_string()))?;
+    let mut child = process::start(
+        &p.program, &p.argv, &p.env, &p.user, &p.workdir, stdio, &p.limits,
+    )
+    .map_err(|e| Failure::new(126, e.to_string()))?;
     let pid = child.id() as libc::pid_t;
     let _ = conn::send(out, &Frame::json(ch, Kind::Started, &Started { pid }));
 
@@ -320,8 +338,10 @@ pub fn run_captured(
         stderr: Stdio::piped(),
         controlling_tty: false,
     };
-    let mut child = process::start(&p.program, &p.argv, &p.env, &p.user, &p.workdir, stdio)
-        .map_err(|e| e.to_string())?;
+    let mut child = process::start(
+        &p.program, &p.argv, &p.env, &p.user, &p.workdir, stdio, &p.limits,
+    )
+    .map_err(|e| e.to_string())?;
     let pid = child.id() as libc::pid_t;
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let readers: Vec<Box<dyn Read + Send>> = [
