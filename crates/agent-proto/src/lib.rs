@@ -59,6 +59,8 @@ pub enum Request {
     CopyOut { source: String },
     /// The health check's state: a [`Kind::Reply`] of [`HealthReport`].
     Health,
+    /// The VM's resource use: a [`Kind::Reply`] of [`GuestStats`].
+    Stats,
     /// A [`Kind::Reply`] of [`Pong`].
     Ping,
     /// Build mode only: end the RUN step (stray processes killed, the
@@ -208,6 +210,23 @@ pub struct Copied {
     /// directories nor symlinks (devices, FIFOs, sockets); in a layer
     /// tree, sockets.
     pub skipped: u64,
+}
+
+/// The VM's resource use as its kernel counts it (`/proc`): what the
+/// containerd shim reports as the task's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// CPU time of all CPUs in user (with nice) and system mode.
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub memory_total_bytes: u64,
+    /// In use: total minus available.
+    pub memory_used_bytes: u64,
+    /// Anonymous memory (the processes' own) and the page cache.
+    pub memory_anon_bytes: u64,
+    pub memory_cache_bytes: u64,
+    /// Processes (not threads) in the VM, the init and agent included.
+    pub pids: u64,
 }
 
 /// The health check's state, as `docker inspect` shows `State.Health`.

@@ -10,6 +10,7 @@
 
 pub mod binds;
 pub mod config;
+pub mod metrics;
 pub mod options;
 pub mod process;
 pub mod rootfs;

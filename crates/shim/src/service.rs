@@ -772,6 +772,32 @@ impl Task for Service {
         Ok(api::Empty::new())
     }
 
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let endpoint = {
+            let containers = self.containers.lock().await;
+            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            if !matches!(c.init.state, SlotState::Running(_)) || c.init.exit().is_some() {
+                return Err(error(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {} is not running", req.id),
+                ));
+            }
+            c.endpoint.clone()
+        };
+        let stats = tokio::task::spawn_blocking(move || crate::metrics::read(&endpoint))
+            .await
+            .map_err(|e| internal(e.into()))?
+            .map_err(internal)?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(crate::metrics::to_any(&stats).map_err(internal)?),
+            ..Default::default()
+        })
+    }
+
     async fn connect(
         &self,
         _ctx: &TtrpcContext,

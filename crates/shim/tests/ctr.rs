@@ -133,6 +133,27 @@ fn detached_task_exec_ps_survives_a_containerd_restart_then_kill_and_rm() {
     let ps = text(&w.ok(&["task", "ps", "t-bg"]).stdout);
     assert!(ps.lines().count() >= 2, "{ps}");
     assert_eq!(w.vm_dirs().len(), 1, "{:?}", w.vm_dirs());
+    // Metrics from the VM's own counters.
+    let metrics = text(&w.ok(&["task", "metrics", "t-bg"]).stdout);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(value("memory.usage_in_bytes") > 0, "{metrics}");
+    assert!(value("memory.limit_in_bytes") > 0, "{metrics}");
+    // Pause and resume the VM.
+    w.ok(&["task", "pause", "t-bg"]);
+    assert!(text(&w.ok(&["task", "ls"]).stdout).contains("PAUSED"));
+    w.ok(&["task", "resume", "t-bg"]);
+    assert!(text(&w.ok(&["task", "ls"]).stdout).contains("RUNNING"));
 
     w.stop_containerd();
     w.start_containerd();

@@ -192,6 +192,10 @@ fn handle(frame: Frame, sessions: &mut HashMap<u32, Session>, out: &Writer, ctx:
                     &Failure::new(1, "this VM does not run a build step"),
                 ),
                 Request::Health => reply(out, ch, &ctx.health.report()),
+                Request::Stats => match super::stats::read() {
+                    Ok(stats) => reply(out, ch, &stats),
+                    Err(e) => fail(out, ch, &Failure::new(1, format!("reading /proc: {e}"))),
+                },
                 Request::Reidentify(identity) => match super::reidentify::apply(ctx, &identity) {
                     Ok(done) => reply(out, ch, &done),
                     Err(e) => fail(

@@ -10,12 +10,13 @@
 //!
 //! Each connection is served by [`conn`]; processes are started by
 //! [`exec`] with the image's environment, USER and WORKDIR; health checks
-//! run in [`health`].
+//! run in [`health`]; resource use is read by [`stats`].
 
 pub mod conn;
 pub mod exec;
 pub mod health;
 pub mod reidentify;
+pub mod stats;
 pub mod transport;
 
 use std::sync::{Arc, Mutex};
