@@ -271,6 +271,72 @@ pub fn link_addresses(netns: Option<&Path>, name: &str) -> Result<Vec<IpAddr>> {
     })
 }
 
+/// An interface's IPv4 configuration as a network namespace has it (what a
+/// VM taking over the interface must use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Config {
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    /// The main table's default route, if any.
+    pub gateway: Option<std::net::Ipv4Addr>,
+}
+
+/// The first IPv4 address of link `name` in `netns` with its prefix, and
+/// the namespace's default gateway; `None` when the link has no IPv4
+/// address.
+pub fn ipv4_config(netns: Option<&Path>, name: &str) -> Result<Option<Ipv4Config>> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    validate_ifname(name)?;
+    run(netns, |h| async move {
+        let op = || format!("IPv4 configuration of {name}");
+        let link = link_by_name(&h, name)
+            .await
+            .map_err(|e| nl_err(op(), netns, e))?
+            .ok_or_else(|| nl_err(op(), netns, "no such interface"))?;
+        let msgs: Vec<_> = h
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err(op(), netns, e))?;
+        let found = msgs
+            .iter()
+            .filter(|m| m.header.index == link.index)
+            .find_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
+                    _ => None,
+                })
+            });
+        let Some((address, prefix)) = found else {
+            return Ok(None);
+        };
+        let routes: Vec<_> = h
+            .route()
+            .get(rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err(op(), netns, e))?;
+        let gateway = routes
+            .iter()
+            .filter(|r| r.header.destination_prefix_length == 0)
+            .find_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+                    _ => None,
+                })
+            });
+        Ok(Some(Ipv4Config {
+            address,
+            prefix,
+            gateway,
+        }))
+    })
+}
+
 /// The u32 + mirred-redirect filters on `index`'s ingress, as
 /// `(protocol in host order, target ifindex)`.
 pub(crate) async fn ingress_redirects(

@@ -147,6 +147,33 @@ pub fn wire_tap(netns: &Path, veth: &str, tap: &str) -> Result<TapWiring> {
     })
 }
 
+/// Undoes [`wire_tap`] and removes the tap, for a namespace that outlives
+/// the VM (one the caller owns): the veth's ingress qdisc (and with it the
+/// redirect) goes, so the namespace's own stack sees its traffic again.
+pub fn unwire_tap(netns: &Path, veth: &str, tap: &str) -> Result<()> {
+    validate_ifname(veth)?;
+    validate_ifname(tap)?;
+    let ns = Some(netns);
+    netlink::delete_link(ns, tap)?;
+    netlink::run(ns, |h| async move {
+        let Some(v) = netlink::link_by_name(&h, veth)
+            .await
+            .map_err(|e| nl_err(format!("get veth {veth}"), ns, e))?
+        else {
+            return Ok(());
+        };
+        let mut del = h.qdisc().del(v.index as i32);
+        let m = del.message_mut();
+        m.header.parent = rtnetlink::packet_route::tc::TcHandle::INGRESS;
+        m.header.handle = rtnetlink::packet_route::tc::TcHandle::from(0xffff0000);
+        match del.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EINVAL) || is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) => Err(nl_err(format!("delete the ingress qdisc of {veth}"), ns, e)),
+        }
+    })
+}
+
 /// Verifies the wiring made by [`wire_tap`]: both links exist, the tap is
 /// up, and each one's ingress redirects every protocol to the other.
 pub fn check_tap(netns: &Path, veth: &str, tap: &str) -> Result<()> {

@@ -12,6 +12,7 @@ pub mod binds;
 pub mod config;
 pub mod metrics;
 pub mod options;
+pub mod pod_network;
 pub mod process;
 pub mod rootfs;
 pub mod service;

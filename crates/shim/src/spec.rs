@@ -27,6 +27,8 @@ pub struct VmShape {
     pub vmm: Option<VmmChoice>,
     pub kernel: Option<String>,
     pub hostname: Option<String>,
+    /// A network namespace to join (the spec names one by path).
+    pub netns: Option<PathBuf>,
 }
 
 pub fn read_bundle(bundle: &Path) -> anyhow::Result<Spec> {
@@ -86,7 +88,21 @@ pub fn vm_shape(spec: &Spec) -> anyhow::Result<VmShape> {
         vmm,
         kernel,
         hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
+        netns: joined_network(spec),
     })
+}
+
+/// The network namespace the spec joins: a `network` namespace with a
+/// path. Without one the container gets a new, empty namespace: its VM has
+/// no network.
+fn joined_network(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .iter()
+        .flatten()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        .and_then(|n| n.path().clone())
 }
 
 /// The most a bind mount copied into the VM may hold: what kubelet hands a
@@ -254,6 +270,14 @@ mod tests {
         }));
         let shape = vm_shape(&s).unwrap();
         assert_eq!((shape.cpus, shape.mem_mib), (Some(2), Some(300)));
+        assert_eq!(shape.netns, None);
+        let pod = spec(serde_json::json!({"linux": {"namespaces": [
+            {"type": "pid"}, {"type": "network", "path": "/var/run/netns/cni-1"},
+        ]}}));
+        assert_eq!(
+            vm_shape(&pod).unwrap().netns,
+            Some(PathBuf::from("/var/run/netns/cni-1"))
+        );
         assert_eq!(shape.hostname.as_deref(), Some("web"));
         let s = spec(serde_json::json!({
             "annotations": {"io.firebuild.cpus": "3", "io.firebuild.vmm": "qemu"},

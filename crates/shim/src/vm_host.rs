@@ -72,7 +72,9 @@ pub struct BootedVm {
 impl VmHost {
     pub fn new(loaded: Loaded) -> anyhow::Result<VmHost> {
         let settings = loaded.settings()?;
-        let runtime = firebuild_host::wiring::vm_runtime(&settings, false)?;
+        // The shim's VMs have no network or join one the caller made.
+        let runtime = firebuild_host::wiring::vm_runtime(&settings, false)?
+            .with_network_releaser(Arc::new(crate::pod_network::JoinedNetworks));
         Ok(VmHost {
             loaded,
             settings,
@@ -119,12 +121,43 @@ impl VmHost {
         // must leave the run directory to containerd's delete.
         spec.remove_on_exit = false;
         spec.vmm = shape.vmm.unwrap_or(self.settings.vmm);
-        spec.network_choice = NetworkChoice::Off;
+        spec.network_choice = match &shape.netns {
+            Some(netns) => {
+                let netns = netns.clone();
+                NetworkChoice::Attached(
+                    tokio::task::spawn_blocking(move || crate::pod_network::join(&netns)).await??,
+                )
+            }
+            None => NetworkChoice::Off,
+        };
         spec.init_mode = InitMode::Agent;
         spec.health.disabled = true;
         spec.shutdown_timeout = STOP_TIMEOUT;
-        let prepared = self.runtime.prepare(spec).await?;
-        let metadata = self.runtime.launch(prepared).await?;
+        let joined = match &spec.network_choice {
+            NetworkChoice::Attached(a) => Some(a.clone()),
+            _ => None,
+        };
+        let launched = match self.runtime.prepare(spec).await {
+            Ok(prepared) => self.runtime.launch(prepared).await,
+            Err(e) => Err(e),
+        };
+        let metadata = match launched {
+            Ok(metadata) => metadata,
+            Err(e) => {
+                // No VM to remove: the joined namespace gets its state back.
+                if let Some(a) = joined {
+                    let veth = a.release_data["veth"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        firebuild_cni::tap::unwire_tap(&a.netns, &veth, &a.tap)
+                    })
+                    .await;
+                }
+                return Err(e.into());
+            }
+        };
         let pid = metadata.process().map_or(0, |p| p.pid as u32);
         let endpoint = match self.runtime.agent_endpoint_of(&metadata) {
             Some(endpoint) => endpoint,
