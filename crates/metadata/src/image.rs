@@ -129,6 +129,33 @@ pub struct ImageMetadata {
     pub rootfs_digest: Option<String>,
 }
 
+impl ImageMetadata {
+    /// The metadata of a root filesystem no stored image stands behind
+    /// (a build step's disk, a containerd snapshot): a name and nothing
+    /// else; the caller fills in what it knows.
+    pub fn unstored(name: ImageName, created_at_utc: i64) -> ImageMetadata {
+        let tag = format!("{}/{}:{}", name.org, name.image, name.version);
+        ImageMetadata {
+            created_at_utc,
+            image: name,
+            labels: BTreeMap::new(),
+            kind: ImageType::Rootfs,
+            build_config: BuildConfig::default(),
+            entrypoint_info: EntrypointInfo::default(),
+            parent: None,
+            ports: Vec::new(),
+            tag,
+            volumes: Vec::new(),
+            stop_signal: None,
+            healthcheck: None,
+            onbuild: Vec::new(),
+            base_image_digest: None,
+            rootfs_size: 0,
+            rootfs_digest: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

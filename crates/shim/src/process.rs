@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use firebuild_agent_proto::{
     write_frame, ExecRequest, Exited, Failure, Frame, Kind, Request, Resize, SignalRequest, Started,
 };
-use firebuild_vm::{AgentConnection, AgentEndpoint};
+use firebuild_vm::{AgentConnection, AgentEndpoint, AgentError};
 use tokio::sync::watch;
 
 /// How long the agent may take to answer a new connection and start the
@@ -84,12 +84,14 @@ impl StdinState {
 }
 
 impl GuestProcess {
-    /// Connects to the agent and starts `request` (blocking: call it off
-    /// the async runtime).
+    /// Starts `request` through the agent (blocking: call it off the async
+    /// runtime), on `ready` (a connection already open, such as the boot
+    /// probe's) or a new one.
     pub fn start(
         endpoint: &AgentEndpoint,
         mut request: ExecRequest,
         stdio: &StdioPaths,
+        ready: Option<AgentConnection>,
     ) -> anyhow::Result<GuestProcess> {
         request.stdin = !stdio.stdin.is_empty();
         request.tty = stdio.terminal;
@@ -99,20 +101,7 @@ impl GuestProcess {
         } else {
             open_output(&stdio.stderr)?
         };
-        let mut conn =
-            AgentConnection::open(endpoint, START_TIMEOUT).context("reaching the VM's agent")?;
-        conn.request(Request::Exec(request))?;
-        let first = conn
-            .recv(Some(START_TIMEOUT))
-            .context("waiting for the VM's agent to start the process")?;
-        let pid = match first.kind {
-            Kind::Started => first.parse::<Started>()?.pid as u32,
-            Kind::Error => {
-                let failure: Failure = first.parse()?;
-                anyhow::bail!("{}", failure.message);
-            }
-            other => anyhow::bail!("the agent answered {other:?} to a start"),
-        };
+        let (mut conn, pid) = start_on(endpoint, &request, ready)?;
         let channel = conn.channel();
         let writer = Arc::new(Mutex::new(conn.try_clone()?));
         let (exit_tx, exit) = watch::channel(None);
@@ -209,6 +198,54 @@ impl GuestProcess {
                 };
             }
         }
+    }
+}
+
+/// How often a start is tried when the connection drops before the
+/// process started: a virtio-serial port its last client just left may
+/// still be reset by a busy guest under the next one.
+const START_ATTEMPTS: usize = 3;
+
+/// Sends the exec request and waits for `Started`; returns the connection
+/// and the guest pid. Nothing ran when it fails, so a dropped connection
+/// is tried again on a new one.
+fn start_on(
+    endpoint: &AgentEndpoint,
+    request: &ExecRequest,
+    mut ready: Option<AgentConnection>,
+) -> anyhow::Result<(AgentConnection, u32)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut conn = match ready.take() {
+            Some(conn) => conn,
+            None => {
+                AgentConnection::open(endpoint, START_TIMEOUT).context("reaching the VM's agent")?
+            }
+        };
+        let first = conn
+            .request(Request::Exec(request.clone()))
+            .map_err(AgentError::from)
+            .and_then(|()| conn.recv(Some(START_TIMEOUT)));
+        let first = match first {
+            Ok(frame) => frame,
+            Err(AgentError::Unreachable(_) | AgentError::Io(_)) if attempt < START_ATTEMPTS => {
+                tracing::debug!("the agent connection dropped before the start; again");
+                continue;
+            }
+            Err(e) => return Err(e).context("waiting for the VM's agent to start the process"),
+        };
+        return match first.kind {
+            Kind::Started => {
+                let pid = first.parse::<Started>()?.pid as u32;
+                Ok((conn, pid))
+            }
+            Kind::Error => {
+                let failure: Failure = first.parse()?;
+                anyhow::bail!("{}", failure.message)
+            }
+            other => anyhow::bail!("the agent answered {other:?} to a start"),
+        };
     }
 }
 

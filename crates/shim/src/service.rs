@@ -51,6 +51,8 @@ struct Container {
     /// The VMM's host pid: the task's pid for containerd.
     vm_pid: u32,
     endpoint: firebuild_vm::AgentEndpoint,
+    /// The boot probe's connection, until the init process takes it.
+    ready: Option<firebuild_vm::AgentConnection>,
     rootfs: Converted,
     init: Slot,
     execs: HashMap<String, Slot>,
@@ -246,6 +248,7 @@ impl Service {
             vm: booted.name,
             vm_pid: booted.pid,
             endpoint: booted.endpoint,
+            ready: Some(booted.agent),
             rootfs: booted.rootfs,
             init: Slot {
                 request,
@@ -310,9 +313,9 @@ impl Service {
     }
 
     async fn start_slot(&self, id: &str, exec_id: &str) -> TtrpcResult<u32> {
-        let (endpoint, request, stdio, vm_pid) = {
-            let containers = self.containers.lock().await;
-            let c = containers.get(id).ok_or_else(|| not_found(id))?;
+        let (endpoint, request, stdio, vm_pid, ready) = {
+            let mut containers = self.containers.lock().await;
+            let c = containers.get_mut(id).ok_or_else(|| not_found(id))?;
             let slot = c.slot(exec_id)?;
             if !matches!(slot.state, SlotState::Created) {
                 return Err(error(
@@ -329,18 +332,20 @@ impl Service {
                     format!("container {id} is not running"),
                 ));
             }
-            (
-                c.endpoint.clone(),
-                slot.request.clone(),
-                slot.stdio.clone(),
-                c.vm_pid,
-            )
+            let (request, stdio) = (slot.request.clone(), slot.stdio.clone());
+            let ready = if exec_id.is_empty() {
+                c.ready.take()
+            } else {
+                None
+            };
+            (c.endpoint.clone(), request, stdio, c.vm_pid, ready)
         };
-        let process =
-            tokio::task::spawn_blocking(move || GuestProcess::start(&endpoint, request, &stdio))
-                .await
-                .map_err(|e| internal(e.into()))?
-                .map_err(|e| error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
+        let process = tokio::task::spawn_blocking(move || {
+            GuestProcess::start(&endpoint, request, &stdio, ready)
+        })
+        .await
+        .map_err(|e| internal(e.into()))?
+        .map_err(|e| error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
         let process = Arc::new(process);
         let pid = if exec_id.is_empty() {
             vm_pid
@@ -731,21 +736,7 @@ impl Task for Service {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let vm = self.vm_of(&req.id).await?;
-        let host = self.existing_host().await?;
-        host.runtime
-            .pause(&vm)
-            .await
-            .map_err(|e| internal(e.into()))?;
-        self.set_paused(&req.id, true).await;
-        self.publish(
-            topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(events::TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        self.set_paused(&req.id, true).await?;
         Ok(api::Empty::new())
     }
 
@@ -754,21 +745,7 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        let vm = self.vm_of(&req.id).await?;
-        let host = self.existing_host().await?;
-        host.runtime
-            .resume(&vm)
-            .await
-            .map_err(|e| internal(e.into()))?;
-        self.set_paused(&req.id, false).await;
-        self.publish(
-            topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(events::TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        self.set_paused(&req.id, false).await?;
         Ok(api::Empty::new())
     }
 
@@ -830,14 +807,41 @@ impl Task for Service {
 }
 
 impl Service {
-    async fn vm_of(&self, id: &str) -> TtrpcResult<String> {
-        let containers = self.containers.lock().await;
-        Ok(containers.get(id).ok_or_else(|| not_found(id))?.vm.clone())
-    }
-
-    async fn set_paused(&self, id: &str, paused: bool) {
+    /// Pauses or resumes the VM of `id`, and says so to containerd.
+    async fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<()> {
+        let vm = {
+            let containers = self.containers.lock().await;
+            containers.get(id).ok_or_else(|| not_found(id))?.vm.clone()
+        };
+        let host = self.existing_host().await?;
+        let done = if paused {
+            host.runtime.pause(&vm).await
+        } else {
+            host.runtime.resume(&vm).await
+        };
+        done.map_err(|e| internal(e.into()))?;
         if let Some(c) = self.containers.lock().await.get_mut(id) {
             c.paused = paused;
         }
+        let container_id = id.to_owned();
+        let (topic, event): (&str, Box<dyn MessageDyn>) = if paused {
+            (
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(events::TaskPaused {
+                    container_id,
+                    ..Default::default()
+                }),
+            )
+        } else {
+            (
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(events::TaskResumed {
+                    container_id,
+                    ..Default::default()
+                }),
+            )
+        };
+        self.publish(topic, event).await;
+        Ok(())
     }
 }

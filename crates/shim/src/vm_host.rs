@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use containerd_shim_protos::api::Mount;
 use firebuild_host::Settings;
-use firebuild_metadata::image::{ImageName, ImageType};
+use firebuild_metadata::image::ImageName;
 use firebuild_metadata::{ImageMetadata, InitMode};
 use firebuild_vm::{AgentConnection, AgentEndpoint, NetworkChoice, RunSpec, Runtime};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,9 @@ pub struct BootedVm {
     pub name: String,
     pub pid: u32,
     pub endpoint: AgentEndpoint,
+    /// The connection that found the agent ready: the init process uses
+    /// it (a port closed and reopened at once can be reset under load).
+    pub agent: AgentConnection,
     pub rootfs: Converted,
 }
 
@@ -167,22 +170,25 @@ impl VmHost {
             }
         };
         let probe = endpoint.clone();
-        let ready = tokio::task::spawn_blocking(move || {
-            AgentConnection::open(&probe, BOOT_TIMEOUT).map(drop)
-        })
-        .await?;
-        if let Err(e) = ready {
-            let run_dir = self.settings.run_cache.join(vm);
-            self.remove(vm).await;
-            anyhow::bail!(
-                "VM {vm} did not come up: {e} (its console log was in {})",
-                run_dir.display()
-            );
-        }
+        let ready =
+            tokio::task::spawn_blocking(move || AgentConnection::open(&probe, BOOT_TIMEOUT))
+                .await?;
+        let agent = match ready {
+            Ok(agent) => agent,
+            Err(e) => {
+                let run_dir = self.settings.run_cache.join(vm);
+                self.remove(vm).await;
+                anyhow::bail!(
+                    "VM {vm} did not come up: {e} (its console log was in {})",
+                    run_dir.display()
+                );
+            }
+        };
         Ok(BootedVm {
             name: vm.to_owned(),
             pid,
             endpoint,
+            agent,
             rootfs,
         })
     }
@@ -224,28 +230,14 @@ fn task_image(container_id: &str) -> ImageMetadata {
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    ImageMetadata {
-        created_at_utc: created,
-        image: ImageName {
+    ImageMetadata::unstored(
+        ImageName {
             org: "containerd".into(),
             image: container_id.into(),
             version: "task".into(),
         },
-        labels: Default::default(),
-        kind: ImageType::Rootfs,
-        build_config: Default::default(),
-        entrypoint_info: Default::default(),
-        parent: None,
-        ports: Vec::new(),
-        tag: format!("containerd/{container_id}:task"),
-        volumes: Vec::new(),
-        stop_signal: None,
-        healthcheck: None,
-        onbuild: Vec::new(),
-        base_image_digest: None,
-        rootfs_size: 0,
-        rootfs_digest: None,
-    }
+        created,
+    )
 }
 
 #[cfg(test)]

@@ -67,12 +67,7 @@ fn run_gives_output_exit_status_env_cwd_and_stdin() {
         .write_all(b"hello over stdin\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        w.tail_of_log()
-    );
+    w.assert_success("the container", &out);
     assert_eq!(text(&out.stdout).trim(), "got hello over stdin");
 
     // With -t the process gets a terminal (ctr needs one itself: script
@@ -158,22 +153,9 @@ fn detached_task_exec_ps_survives_a_containerd_restart_then_kill_and_rm() {
     w.stop_containerd();
     w.start_containerd();
     let ls = text(&w.ok(&["task", "ls"]).stdout);
-    assert!(
-        ls.contains("t-bg") && ls.contains("RUNNING"),
-        "{ls}\n{}",
-        w.containerd_log()
-            .lines()
-            .filter(|l| !l.contains("loading plugin"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert!(ls.contains("t-bg") && ls.contains("RUNNING"), "{ls}");
     let out = exec(&w, "e2", "echo still here");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        w.tail_of_log()
-    );
+    w.assert_success("the container", &out);
     assert_eq!(text(&out.stdout).trim(), "still here");
 
     w.ok(&["task", "kill", "-s", "SIGKILL", "t-bg"]);
@@ -221,12 +203,7 @@ fn bind_mounts_reach_the_vm_and_bad_ones_are_clear_errors() {
         "-c",
         "cat /etc/app/conf/sub/key /etc/app/conf/link /etc/hosts; echo changed > /etc/hosts",
     ]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        w.tail_of_log()
-    );
+    w.assert_success("the container", &out);
     assert_eq!(
         text(&out.stdout),
         "configured\nconfigured\n10.1.2.3 service-a\n"

@@ -21,7 +21,7 @@ use firebuild_cni::{
     host_guard, release_quietly, CniNetworks, CniRuntime, NetworkInfo, BUILD_NETWORK,
 };
 use firebuild_metadata::image::{EntrypointInfo, ImageName};
-use firebuild_metadata::{ImageMetadata, ImageType};
+use firebuild_metadata::ImageMetadata;
 use firebuild_vm::{
     AgentConnection, NetworkAttachment, NetworkChoice, NetworkError, NetworkProvider,
     NetworkReleaser, NetworkRequest, RunMetadata, RunSpec, Runtime, VmmChoice,
@@ -97,34 +97,21 @@ impl MicroVmSteps {
                 (k.to_owned(), v.to_owned())
             })
             .collect();
-        let image = ImageMetadata {
-            created_at_utc: 0,
-            image: ImageName {
+        let mut image = ImageMetadata::unstored(
+            ImageName {
                 org: "_".into(),
                 image: "build-step".into(),
                 version: "1".into(),
             },
-            labels: BTreeMap::new(),
-            kind: ImageType::Rootfs,
-            build_config: Default::default(),
-            entrypoint_info: EntrypointInfo {
-                // Never started: in build mode the agent runs the command.
-                cmd: step.argv.to_vec(),
-                env,
-                user: step.user.to_owned(),
-                workdir: step.cwd.to_owned(),
-                ..Default::default()
-            },
-            parent: None,
-            ports: Vec::new(),
-            tag: "_/build-step:1".into(),
-            volumes: Vec::new(),
-            stop_signal: None,
-            healthcheck: None,
-            onbuild: Vec::new(),
-            base_image_digest: None,
-            rootfs_size: 0,
-            rootfs_digest: None,
+            0,
+        );
+        image.entrypoint_info = EntrypointInfo {
+            // Never started: in build mode the agent runs the command.
+            cmd: step.argv.to_vec(),
+            env,
+            user: step.user.to_owned(),
+            workdir: step.cwd.to_owned(),
+            ..Default::default()
         };
         let mut spec = RunSpec::new(step.init_disk.to_owned(), image, self.kernel.clone());
         spec.kernel_id.clone_from(&self.kernel_id);

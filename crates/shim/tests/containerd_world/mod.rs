@@ -181,15 +181,20 @@ impl World {
 
     pub fn ok(&self, args: &[&str]) -> Output {
         let out = self.run(args);
+        self.assert_success(&format!("ctr {args:?}"), &out);
+        out
+    }
+
+    /// Fails the test with what `what` printed and containerd's log tail.
+    pub fn assert_success(&self, what: &str, out: &Output) {
         assert!(
             out.status.success(),
-            "ctr {args:?} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd: {}",
+            "{what} failed ({}):\nstdout: {}\nstderr: {}\ncontainerd: {}",
             out.status,
             text(&out.stdout),
             text(&out.stderr),
             self.tail_of_log()
         );
-        out
     }
 
     pub fn tail_of_log(&self) -> String {
