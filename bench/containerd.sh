@@ -50,8 +50,11 @@ cleanup() {
         wait "$CONTAINERD_PID" 2>/dev/null || true
     fi
     pkill -KILL -f "containerd-shim-firebuild-v2 .*$WORK/containerd.sock" 2>/dev/null || true
+    # VMs outlive their shim (as they outlive containerd): stop them too.
+    pkill -KILL -f "qemu-system-x86_64 .*$WORK/" 2>/dev/null || true
+    sleep 0.5
     stop_registries
-    grep -o " $WORK[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    { grep -o " $WORK[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
