@@ -271,6 +271,7 @@ impl Service {
         let service = self.clone();
         tokio::spawn(async move {
             let status = process.wait().await;
+            tracing::info!(id = %id, exec = %exec_id, "process exited with {}", status.code);
             let vm = {
                 let mut containers = service.containers.lock().await;
                 let Some(c) = containers.get_mut(&id) else {
@@ -346,6 +347,7 @@ impl Service {
         .await
         .map_err(|e| internal(e.into()))?
         .map_err(|e| error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
+        tracing::info!(id, exec_id, pid = process.pid, "process started");
         let process = Arc::new(process);
         let pid = if exec_id.is_empty() {
             vm_pid
@@ -679,7 +681,9 @@ impl Task for Service {
             .remove(&req.id)
             .ok_or_else(|| not_found(&req.id))?;
         let host = self.existing_host().await?;
+        let started = std::time::Instant::now();
         host.remove(&c.vm).await;
+        tracing::info!(id = %req.id, "VM removed in {:?}", started.elapsed());
         discard_rootfs(&c.rootfs);
         let _ = std::fs::remove_file(c.bundle.join(crate::vm_host::BUNDLE_RECORD));
         let exit = c.init.exit().unwrap_or(ExitStatus {

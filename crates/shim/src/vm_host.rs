@@ -115,7 +115,7 @@ impl VmHost {
         let mut spec = RunSpec::new(rootfs.path.clone(), task_image(container_id), kernel);
         spec.kernel_id = kernel_id;
         spec.cpus = shape.cpus.or(config.default_cpus).unwrap_or(1);
-        spec.mem_mib = shape.mem_mib.or(config.default_mem_mib).unwrap_or(256);
+        spec.mem_mib = shape.mem_mib.or(config.default_mem_mib).unwrap_or(128);
         spec.command = Some(args.to_vec());
         spec.name = Some(vm.to_owned());
         spec.hostname.clone_from(&shape.hostname);
@@ -170,11 +170,20 @@ impl VmHost {
             }
         };
         let probe = endpoint.clone();
-        let ready =
-            tokio::task::spawn_blocking(move || AgentConnection::open(&probe, BOOT_TIMEOUT))
-                .await?;
+        let launched_at = std::time::Instant::now();
+        let ready = tokio::task::spawn_blocking(move || {
+            AgentConnection::open_booting(&probe, BOOT_TIMEOUT)
+        })
+        .await?;
         let agent = match ready {
-            Ok(agent) => agent,
+            Ok(agent) => {
+                tracing::info!(
+                    vm,
+                    "its agent answered {:?} after the launch",
+                    launched_at.elapsed()
+                );
+                agent
+            }
             Err(e) => {
                 let run_dir = self.settings.run_cache.join(vm);
                 self.remove(vm).await;

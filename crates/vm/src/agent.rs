@@ -30,6 +30,8 @@ pub enum AgentEndpoint {
 /// How long a ping waits before the next: longer than the agent's
 /// frame timeout, so a stream a dead client cut short is reset by then.
 const SYNC_RETRY: Duration = Duration::from_secs(3);
+/// How often a booting VM's agent is pinged.
+const BOOT_PING: Duration = Duration::from_millis(200);
 
 /// The virtio-serial sockets of a QEMU VM's run directory.
 pub fn serial_sockets(run_dir: &Path) -> Vec<PathBuf> {
@@ -65,12 +67,30 @@ impl AgentConnection {
         endpoint: &AgentEndpoint,
         timeout: Duration,
     ) -> Result<AgentConnection, AgentError> {
+        Self::open_pinging(endpoint, timeout, SYNC_RETRY)
+    }
+
+    /// [`AgentConnection::open`] for a VM that is still booting: pings
+    /// every [`BOOT_PING`], since no earlier client can have left a frame
+    /// cut short, so the agent's answer comes as soon as it is up.
+    pub fn open_booting(
+        endpoint: &AgentEndpoint,
+        timeout: Duration,
+    ) -> Result<AgentConnection, AgentError> {
+        Self::open_pinging(endpoint, timeout, BOOT_PING)
+    }
+
+    fn open_pinging(
+        endpoint: &AgentEndpoint,
+        timeout: Duration,
+        retry: Duration,
+    ) -> Result<AgentConnection, AgentError> {
         let deadline = Instant::now() + timeout;
         let mut conn = match endpoint {
             AgentEndpoint::Vsock { socket, port } => open_vsock(socket, *port, timeout)?,
             AgentEndpoint::Serial { sockets } => open_serial(sockets, timeout)?,
         };
-        conn.sync(deadline, timeout)?;
+        conn.sync(deadline, timeout, retry)?;
         Ok(conn)
     }
 
@@ -79,19 +99,29 @@ impl AgentConnection {
     /// such a stream after a moment, and the next ping gets through.
     /// The pings go on a channel of their own (the request channel with
     /// its low bit cleared), so a late answer is never taken for another.
-    fn sync(&mut self, deadline: Instant, timeout: Duration) -> Result<(), AgentError> {
+    fn sync(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        retry: Duration,
+    ) -> Result<(), AgentError> {
         let request = self.channel;
         self.channel &= !1;
-        let synced = self.ping_until(deadline, timeout);
+        let synced = self.ping_until(deadline, timeout, retry);
         self.channel = request;
         synced
     }
 
-    fn ping_until(&mut self, deadline: Instant, timeout: Duration) -> Result<(), AgentError> {
+    fn ping_until(
+        &mut self,
+        deadline: Instant,
+        timeout: Duration,
+        retry: Duration,
+    ) -> Result<(), AgentError> {
         loop {
             self.request(Request::Ping)?;
             let left = deadline.saturating_duration_since(Instant::now());
-            let wait = left.min(SYNC_RETRY).max(Duration::from_millis(1));
+            let wait = left.min(retry).max(Duration::from_millis(1));
             match self.recv(Some(wait)) {
                 Ok(f) if f.kind == Kind::Reply => return Ok(()),
                 Ok(f) if f.kind == Kind::Error => {
