@@ -207,8 +207,10 @@ impl GuestProcess {
 const START_ATTEMPTS: usize = 3;
 
 /// Sends the exec request and waits for `Started`; returns the connection
-/// and the guest pid. Nothing ran when it fails, so a dropped connection
-/// is tried again on a new one.
+/// and the guest pid. A connection that drops before `Started` is tried
+/// again on a new one: had the agent started the process already, it
+/// hangs up a process whose client went away, so it does not run twice
+/// for long.
 fn start_on(
     endpoint: &AgentEndpoint,
     request: &ExecRequest,
