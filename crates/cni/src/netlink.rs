@@ -235,25 +235,40 @@ pub(crate) async fn set_up_with_mtu(
         .await
 }
 
+/// The address messages of link `name` (`op` names the operation in
+/// errors).
+async fn addresses_of(
+    h: &Handle,
+    netns: Option<&Path>,
+    name: &str,
+    op: &dyn Fn() -> String,
+) -> Result<Vec<rtnetlink::packet_route::address::AddressMessage>> {
+    let link = link_by_name(h, name)
+        .await
+        .map_err(|e| nl_err(op(), netns, e))?
+        .ok_or_else(|| nl_err(op(), netns, "no such interface"))?;
+    let msgs: Vec<rtnetlink::packet_route::address::AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(link.index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_err(op(), netns, e))?;
+    Ok(msgs
+        .into_iter()
+        .filter(|m| m.header.index == link.index)
+        .collect())
+}
+
 /// Addresses of link `name` in `netns` (for `IFACE:HOST:GUEST` port specs).
 pub fn link_addresses(netns: Option<&Path>, name: &str) -> Result<Vec<IpAddr>> {
     validate_ifname(name)?;
     run(netns, |h| async move {
         let op = || format!("addresses of {name}");
-        let link = link_by_name(&h, name)
-            .await
-            .map_err(|e| nl_err(op(), netns, e))?
-            .ok_or_else(|| nl_err(op(), netns, "no such interface"))?;
-        let msgs: Vec<_> = h
-            .address()
-            .get()
-            .set_link_index_filter(link.index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(op(), netns, e))?;
+        let msgs = addresses_of(&h, netns, name, &op).await?;
         let mut out = Vec::new();
-        for m in msgs.iter().filter(|m| m.header.index == link.index) {
+        for m in &msgs {
             // Local is the interface's own address on point-to-point links.
             let local = m.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Local(ip) => Some(*ip),
@@ -289,27 +304,13 @@ pub fn ipv4_config(netns: Option<&Path>, name: &str) -> Result<Option<Ipv4Config
     validate_ifname(name)?;
     run(netns, |h| async move {
         let op = || format!("IPv4 configuration of {name}");
-        let link = link_by_name(&h, name)
-            .await
-            .map_err(|e| nl_err(op(), netns, e))?
-            .ok_or_else(|| nl_err(op(), netns, "no such interface"))?;
-        let msgs: Vec<_> = h
-            .address()
-            .get()
-            .set_link_index_filter(link.index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(op(), netns, e))?;
-        let found = msgs
-            .iter()
-            .filter(|m| m.header.index == link.index)
-            .find_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
-                    _ => None,
-                })
-            });
+        let msgs = addresses_of(&h, netns, name, &op).await?;
+        let found = msgs.iter().find_map(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some((*ip, m.header.prefix_len)),
+                _ => None,
+            })
+        });
         let Some((address, prefix)) = found else {
             return Ok(None);
         };

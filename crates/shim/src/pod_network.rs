@@ -72,20 +72,25 @@ pub fn join(netns: &Path) -> anyhow::Result<NetworkAttachment> {
 /// namespace and its interface stay (they are the caller's).
 pub struct JoinedNetworks;
 
+/// Takes the tap and its redirects out of a joined namespace again
+/// (blocking); a namespace already gone is fine.
+pub fn leave(a: &NetworkAttachment) -> firebuild_cni::Result<()> {
+    if !a.netns.exists() {
+        return Ok(());
+    }
+    let veth = a
+        .release_data
+        .get("veth")
+        .and_then(|v| v.as_str())
+        .unwrap_or(POD_INTERFACE);
+    tap::unwire_tap(&a.netns, veth, &a.tap)
+}
+
 #[async_trait]
 impl NetworkReleaser for JoinedNetworks {
     async fn release(&self, _vm: &RunMetadata, a: &NetworkAttachment) -> Result<(), NetworkError> {
-        if !a.netns.exists() {
-            return Ok(());
-        }
-        let veth = a
-            .release_data
-            .get("veth")
-            .and_then(|v| v.as_str())
-            .unwrap_or(POD_INTERFACE)
-            .to_owned();
-        let (netns, tap_name) = (a.netns.clone(), a.tap.clone());
-        tokio::task::spawn_blocking(move || tap::unwire_tap(&netns, &veth, &tap_name))
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || leave(&a))
             .await?
             .map_err(|e| Box::new(e) as NetworkError)
     }

@@ -80,7 +80,7 @@ fn not_found(id: &str) -> ttrpc::Error {
     error(Code::NOT_FOUND, format!("container {id} not found"))
 }
 
-fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
+pub(crate) fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
     let d = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
@@ -214,27 +214,9 @@ impl Service {
             discard_rootfs(&rootfs);
             return Err(e);
         }
-        let booted = match host
-            .boot(&vm, &req.id, &request.argv, &shape, rootfs.clone())
-            .await
-        {
-            Ok(booted) => {
-                let endpoint = booted.endpoint.clone();
-                let copied =
-                    tokio::task::spawn_blocking(move || crate::binds::copy_all(&endpoint, &binds))
-                        .await
-                        .map_err(anyhow::Error::from)
-                        .and_then(|r| r);
-                match copied {
-                    Ok(()) => Ok(booted),
-                    Err(e) => {
-                        host.remove(&vm).await;
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) => Err(e),
-        };
+        let booted = host
+            .boot(&vm, &req.id, &request.argv, &shape, &binds, rootfs.clone())
+            .await;
         let booted = match booted {
             Ok(booted) => booted,
             Err(e) => {

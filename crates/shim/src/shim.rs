@@ -64,18 +64,9 @@ impl Shim for FirebuildShim {
             discard_rootfs(&record.rootfs);
             let _ = std::fs::remove_file(self.bundle.join(crate::vm_host::BUNDLE_RECORD));
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
         Ok(DeleteResponse {
             exit_status: crate::process::VM_GONE_STATUS,
-            exited_at: containerd_shim_protos::protobuf::MessageField::some(
-                containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp {
-                    seconds: now.as_secs() as i64,
-                    nanos: now.subsec_nanos() as i32,
-                    ..Default::default()
-                },
-            ),
+            exited_at: crate::service::timestamp(std::time::SystemTime::now()),
             ..Default::default()
         })
     }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Loaded;
 use crate::rootfs::{Converted, Layers, RootfsCache};
-use crate::spec::VmShape;
+use crate::spec::{BindMount, VmShape};
 
 /// How long a booting VM's agent may take to answer (QEMU under TCG
 /// boots in seconds; a loaded CI machine is slower).
@@ -99,14 +99,16 @@ impl VmHost {
         cache.convert(&layers, vm)
     }
 
-    /// Boots the VM of a container and waits for its agent. On failure
-    /// nothing of the VM is left (the converted image is the caller's).
+    /// Boots the VM of a container, waits for its agent and copies the
+    /// bind mounts in. On failure nothing of the VM is left (the converted
+    /// image is the caller's).
     pub async fn boot(
         &self,
         vm: &str,
         container_id: &str,
         args: &[String],
         shape: &VmShape,
+        binds: &[BindMount],
         rootfs: Converted,
     ) -> anyhow::Result<BootedVm> {
         let config = &self.loaded.config;
@@ -149,14 +151,8 @@ impl VmHost {
             Err(e) => {
                 // No VM to remove: the joined namespace gets its state back.
                 if let Some(a) = joined {
-                    let veth = a.release_data["veth"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        firebuild_cni::tap::unwire_tap(&a.netns, &veth, &a.tap)
-                    })
-                    .await;
+                    let _ =
+                        tokio::task::spawn_blocking(move || crate::pod_network::leave(&a)).await;
                 }
                 return Err(e.into());
             }
@@ -193,6 +189,15 @@ impl VmHost {
                 );
             }
         };
+        let (copy_to, binds) = (endpoint.clone(), binds.to_vec());
+        let copied = tokio::task::spawn_blocking(move || crate::binds::copy_all(&copy_to, &binds))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r);
+        if let Err(e) = copied {
+            self.remove(vm).await;
+            return Err(e);
+        }
         Ok(BootedVm {
             name: vm.to_owned(),
             pid,
