@@ -231,7 +231,9 @@ fn start_on(
             .and_then(|()| conn.recv(Some(START_TIMEOUT)));
         let first = match first {
             Ok(frame) => frame,
-            Err(AgentError::Unreachable(_) | AgentError::Io(_)) if attempt < START_ATTEMPTS => {
+            Err(AgentError::Closed | AgentError::Unreachable(_) | AgentError::Io(_))
+                if attempt < START_ATTEMPTS =>
+            {
                 tracing::debug!("the agent connection dropped before the start; again");
                 continue;
             }

@@ -30,6 +30,8 @@ pub enum AgentEndpoint {
 /// How long a ping waits before the next: longer than the agent's
 /// frame timeout, so a stream a dead client cut short is reset by then.
 const SYNC_RETRY: Duration = Duration::from_secs(3);
+/// How long to wait before connecting again to a port that closed.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 /// How often a booting VM's agent is pinged.
 const BOOT_PING: Duration = Duration::from_millis(200);
 
@@ -44,6 +46,10 @@ pub fn serial_sockets(run_dir: &Path) -> Vec<PathBuf> {
 pub enum AgentError {
     #[error("its agent cannot be reached: {0}")]
     Unreachable(String),
+    /// The connection ended (the VM went away, or the guest reset the
+    /// port under a client that came right after the previous one).
+    #[error("its agent cannot be reached: the agent closed the connection")]
+    Closed,
     #[error("its agent did not answer within {0:?} (is the VM still booting, or was its image built before the agent existed? rebuild it)")]
     Timeout(Duration),
     #[error("talking to its agent: {0}")]
@@ -86,12 +92,23 @@ impl AgentConnection {
         retry: Duration,
     ) -> Result<AgentConnection, AgentError> {
         let deadline = Instant::now() + timeout;
-        let mut conn = match endpoint {
-            AgentEndpoint::Vsock { socket, port } => open_vsock(socket, *port, timeout)?,
-            AgentEndpoint::Serial { sockets } => open_serial(sockets, timeout)?,
-        };
-        conn.sync(deadline, timeout, retry)?;
-        Ok(conn)
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut conn = match endpoint {
+                AgentEndpoint::Vsock { socket, port } => open_vsock(socket, *port, left)?,
+                AgentEndpoint::Serial { sockets } => open_serial(sockets, left)?,
+            };
+            match conn.sync(deadline, timeout, retry) {
+                Ok(()) => return Ok(conn),
+                // A virtio-serial port the guest is still resetting after
+                // its last client: connect again.
+                Err(AgentError::Closed) if Instant::now() < deadline => {
+                    drop(conn);
+                    std::thread::sleep(RECONNECT_PAUSE);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Pings until the agent answers on our channel. A virtio-serial port
@@ -175,11 +192,7 @@ impl AgentConnection {
             match read_frame(&mut reader) {
                 Ok(Some(f)) if f.channel != self.channel => continue,
                 Ok(Some(f)) => return Ok(f),
-                Ok(None) => {
-                    return Err(AgentError::Unreachable(
-                        "the agent closed the connection".into(),
-                    ))
-                }
+                Ok(None) => return Err(AgentError::Closed),
                 Err(e) if is_timeout(&e) && !reader.begun => {
                     return Err(AgentError::Timeout(timeout.unwrap_or_default()))
                 }
