@@ -11,8 +11,9 @@ packages=(
   e2fsprogs qemu-system-x86 busybox-static zstd xz-utils bzip2
   # OCI registry, images and benchmarks
   docker-registry skopeo umoci debootstrap buildah bc
-  # containerd and ctr (the shim's tests start a daemon of their own)
-  containerd
+  # containerd and ctr (the shim's tests start a daemon of their own), and
+  # protoc for the tests' CRI client
+  containerd protobuf-compiler
   # networking
   containernetworking-plugins iproute2 iptables nftables
   # the RUN sandbox: its user-mode NAT and Docker's seccomp profile

@@ -71,7 +71,26 @@ pub enum Request {
     /// (address, hostname, clock, entropy); a [`Kind::Reply`] of
     /// [`Reidentified`].
     Reidentify(Identity),
+    /// Pods: mount the disk whose virtio serial is `serial` (hot-plugged
+    /// by the host) as the read-only image of container `id`, with an
+    /// overlay for its writes on the scratch disk; a [`Kind::Reply`] of
+    /// [`ContainerRootReady`]. [`ExecRequest::container`] then runs in it.
+    ContainerRoot { id: String, serial: String },
+    /// Pods: undo [`Request::ContainerRoot`] (its writes go too), so the
+    /// host can unplug the disk; a [`Kind::Reply`] of [`Removed`].
+    RemoveContainerRoot { id: String },
 }
+
+/// What [`Request::ContainerRoot`] mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRootReady {
+    /// The container's root in the VM (binds are copied under it).
+    pub path: String,
+}
+
+/// The answer to a removal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {}
 
 /// Who a VM restored from a snapshot is now. The source's identity is in
 /// its memory: each fork gets its own.
@@ -144,6 +163,10 @@ pub struct ExecRequest {
     /// `PR_SET_NO_NEW_PRIVS` before the program starts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_new_privileges: bool,
+    /// Pods: run in this container's root ([`Request::ContainerRoot`]), in
+    /// a mount namespace of its own, instead of the VM's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A resource limit: `RLIMIT_NOFILE`, `RLIMIT_NPROC`, ... as OCI names them.

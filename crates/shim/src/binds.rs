@@ -15,11 +15,12 @@ use crate::spec::BindMount;
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Copies every bind mount's source to its destination in the VM
-/// (blocking). The destination's missing parents are created.
-pub fn copy_all(endpoint: &AgentEndpoint, binds: &[BindMount]) -> anyhow::Result<()> {
+/// Copies every bind mount's source to its destination under `root` in
+/// the VM (`/`, or a pod container's root; blocking). The destination's
+/// missing parents are created.
+pub fn copy_all(endpoint: &AgentEndpoint, root: &Path, binds: &[BindMount]) -> anyhow::Result<()> {
     for bind in binds {
-        copy_one(endpoint, bind).with_context(|| {
+        copy_one(endpoint, root, bind).with_context(|| {
             format!(
                 "copying bind mount {} -> {} into the VM",
                 bind.source.display(),
@@ -30,8 +31,9 @@ pub fn copy_all(endpoint: &AgentEndpoint, binds: &[BindMount]) -> anyhow::Result
     Ok(())
 }
 
-fn copy_one(endpoint: &AgentEndpoint, bind: &BindMount) -> anyhow::Result<Copied> {
+fn copy_one(endpoint: &AgentEndpoint, root: &Path, bind: &BindMount) -> anyhow::Result<Copied> {
     let parent = bind.destination.parent().unwrap_or(Path::new("/"));
+    let parent = root.join(parent.strip_prefix("/").unwrap_or(parent));
     let name = bind
         .destination
         .file_name()

@@ -41,7 +41,17 @@ pub struct ShimConfig {
     /// under the profile's cache directory.
     #[serde(default)]
     pub rootfs_cache: Option<PathBuf>,
+    /// How many further containers a pod's VM can hold at once (each
+    /// takes a hot-plug slot); none: [`DEFAULT_POD_CONTAINERS`].
+    #[serde(default)]
+    pub pod_containers: Option<u32>,
 }
+
+/// Enough for a pod's app containers and sidecars; init containers give
+/// their slot back when they are removed.
+pub const DEFAULT_POD_CONTAINERS: u32 = 8;
+/// PCIe root ports are numbered by a byte (chassis).
+pub const MAX_POD_CONTAINERS: u32 = 32;
 
 /// The configuration in force, with where it came from (for messages).
 #[derive(Debug, Clone)]
@@ -104,12 +114,25 @@ impl ShimConfig {
     pub fn read(path: &Path) -> anyhow::Result<ShimConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the shim configuration {}", path.display()))?;
-        toml::from_str(&text).with_context(|| {
+        let config: ShimConfig = toml::from_str(&text).with_context(|| {
             format!(
-                "{}: not a valid shim configuration (keys: profile, profile-conf-dir, vmlinux-id, vmm, default-cpus, default-mem-mib, rootfs-cache)",
+                "{}: not a valid shim configuration (keys: profile, profile-conf-dir, vmlinux-id, vmm, default-cpus, default-mem-mib, rootfs-cache, pod-containers)",
                 path.display()
             )
-        })
+        })?;
+        if let Some(n) = config.pod_containers {
+            anyhow::ensure!(
+                n <= MAX_POD_CONTAINERS,
+                "{}: pod-containers = {n}: at most {MAX_POD_CONTAINERS}",
+                path.display()
+            );
+        }
+        Ok(config)
+    }
+
+    /// Hot-plug slots of a pod's VM.
+    pub fn pod_slots(&self) -> u32 {
+        self.pod_containers.unwrap_or(DEFAULT_POD_CONTAINERS)
     }
 }
 
@@ -130,6 +153,10 @@ mod tests {
         assert_eq!(c.profile.as_deref(), Some("ci"));
         assert_eq!(c.vmm, Some(VmmChoice::Qemu));
         assert_eq!(c.default_mem_mib, Some(256));
+        assert_eq!(c.pod_slots(), DEFAULT_POD_CONTAINERS);
+        std::fs::write(&path, "pod-containers = 99\n").unwrap();
+        let err = format!("{:#}", ShimConfig::read(&path).unwrap_err());
+        assert!(err.contains("pod-containers = 99"), "{err}");
         std::fs::write(&path, "profil = \"ci\"\n").unwrap();
         let err = format!("{:#}", ShimConfig::read(&path).unwrap_err());
         assert!(err.contains("shim.toml") && err.contains("profil"), "{err}");

@@ -6,12 +6,14 @@
 //! crates as the CLI: the root filesystem containerd prepared becomes a
 //! shared read-only image ([`rootfs`]), the VM boots with the guest init in
 //! agent mode, and every process of the spec or of `exec` runs through the
-//! agent ([`process`]).
+//! agent ([`process`]). A Kubernetes pod is one VM: its sandbox's; the
+//! pod's further containers get roots of their own inside it ([`pod`]).
 
 pub mod binds;
 pub mod config;
 pub mod metrics;
 pub mod options;
+pub mod pod;
 pub mod pod_network;
 pub mod process;
 pub mod rootfs;

@@ -8,10 +8,11 @@
 //! its init); `Delete` removes the VM and everything it left.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
@@ -30,6 +31,7 @@ use tokio::sync::Mutex;
 use crate::config::Loaded;
 use crate::process::{ExitStatus, GuestProcess, StdioPaths};
 use crate::rootfs::Converted;
+use crate::spec::PodRole;
 use crate::vm_host::{discard_rootfs, vm_name, BundleRecord, VmHost};
 
 /// One process of a container: the spec's (init) or an `exec`.
@@ -57,6 +59,18 @@ struct Container {
     init: Slot,
     execs: HashMap<String, Slot>,
     paused: bool,
+    /// A pod's further container: in its sandbox's VM.
+    member: Option<Member>,
+    /// A pod sandbox: how many further containers its VM can hold.
+    pod_slots: u32,
+}
+
+/// Where a pod's further container lives.
+#[derive(Debug, Clone)]
+struct Member {
+    sandbox: String,
+    /// The hot-plug slot its root disk is in.
+    slot: u32,
 }
 
 #[derive(Clone)]
@@ -66,6 +80,8 @@ pub struct Service {
     exit: Arc<ExitSignal>,
     host: Arc<Mutex<Option<Arc<VmHost>>>>,
     containers: Arc<Mutex<HashMap<String, Container>>>,
+    /// Slots (sandbox, slot) taken by members still being created.
+    pending_slots: Arc<std::sync::Mutex<Vec<(String, u32)>>>,
 }
 
 fn error(code: Code, message: impl Into<String>) -> ttrpc::Error {
@@ -146,6 +162,7 @@ impl Service {
             exit,
             host: Arc::new(Mutex::new(None)),
             containers: Arc::new(Mutex::new(HashMap::new())),
+            pending_slots: Arc::new(std::sync::Mutex::new(Vec::new())),
         }
     }
 
@@ -189,13 +206,22 @@ impl Service {
         let host = self.host(options).await?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = crate::spec::read_bundle(&bundle)?;
-        let shape = crate::spec::vm_shape(&spec)?;
+        let mut shape = crate::spec::vm_shape(&spec)?;
         let binds = crate::spec::bind_mounts(&spec)?;
         let process = spec
             .process()
             .clone()
             .ok_or_else(|| anyhow::anyhow!("the OCI spec has no process"))?;
         let request = crate::spec::exec_request(&process, !req.stdin.is_empty())?;
+        let role = crate::spec::pod_role(&spec)?;
+        if let PodRole::Member { sandbox } = &role {
+            return self
+                .create_member(req, &host, bundle, &spec, request, &binds, sandbox)
+                .await;
+        }
+        if role == PodRole::Sandbox {
+            shape.pod_slots = host.loaded.config.pod_slots();
+        }
         let vm = vm_name(&self.namespace, &req.id);
         let root = spec
             .root()
@@ -244,7 +270,147 @@ impl Service {
             },
             execs: HashMap::new(),
             paused: false,
+            member: None,
+            pod_slots: shape.pod_slots,
         })
+    }
+
+    /// A pod's further container: no VM of its own; its root is plugged
+    /// into the sandbox's VM.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_member(
+        &self,
+        req: &api::CreateTaskRequest,
+        host: &Arc<VmHost>,
+        bundle: PathBuf,
+        spec: &oci_spec::runtime::Spec,
+        mut request: ExecRequest,
+        binds: &[crate::spec::BindMount],
+        sandbox: &str,
+    ) -> anyhow::Result<Container> {
+        let (vm, vm_pid, endpoint, slot) = {
+            let containers = self.containers.lock().await;
+            let pod = containers.get(sandbox).with_context(|| {
+                format!("pod sandbox {sandbox} is not served by this shim (was it created with the firebuild runtime?)")
+            })?;
+            anyhow::ensure!(
+                pod.pod_slots > 0,
+                "container {sandbox} is not a pod sandbox (annotation {})",
+                crate::spec::ANNOTATION_CONTAINER_TYPE
+            );
+            anyhow::ensure!(
+                pod.init.exit().is_none(),
+                "pod sandbox {sandbox} has stopped"
+            );
+            let mut pending = self.pending_slots.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = containers
+                .values()
+                .filter_map(|c| c.member.as_ref())
+                .filter(|m| m.sandbox == sandbox)
+                .map(|m| m.slot)
+                .chain(
+                    pending
+                        .iter()
+                        .filter(|(s, _)| s == sandbox)
+                        .map(|(_, n)| *n),
+                );
+            let slot = crate::pod::free_slot(pod.pod_slots, taken).with_context(|| {
+                format!(
+                    "pod {sandbox} already holds {} containers, its most (pod-containers in the shim configuration)",
+                    pod.pod_slots
+                )
+            })?;
+            pending.push((sandbox.to_owned(), slot));
+            (pod.vm.clone(), pod.vm_pid, pod.endpoint.clone(), slot)
+        };
+        let made = self
+            .plug_member(req, host, &bundle, spec, binds, &vm, &endpoint, slot)
+            .await;
+        self.pending_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(s, n)| !(s == sandbox && *n == slot));
+        let rootfs = made?;
+        request.container = Some(req.id.clone());
+        Ok(Container {
+            bundle,
+            vm,
+            vm_pid,
+            endpoint,
+            ready: None,
+            rootfs,
+            init: Slot {
+                request,
+                stdio: StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                },
+                state: SlotState::Created,
+            },
+            execs: HashMap::new(),
+            paused: false,
+            member: Some(Member {
+                sandbox: sandbox.to_owned(),
+                slot,
+            }),
+            pod_slots: 0,
+        })
+    }
+
+    /// Converts a member's root, plugs it into slot `slot` of the pod's VM
+    /// and copies its bind mounts in. Nothing is left when it fails.
+    #[allow(clippy::too_many_arguments)]
+    async fn plug_member(
+        &self,
+        req: &api::CreateTaskRequest,
+        host: &Arc<VmHost>,
+        bundle: &Path,
+        spec: &oci_spec::runtime::Spec,
+        binds: &[crate::spec::BindMount],
+        vm: &str,
+        endpoint: &firebuild_vm::AgentEndpoint,
+        slot: u32,
+    ) -> anyhow::Result<Converted> {
+        let root = spec
+            .root()
+            .as_ref()
+            .map_or_else(|| bundle.join("rootfs"), |r| bundle.join(r.path()));
+        let rootfs = {
+            let (host, mounts) = (Arc::clone(host), req.rootfs.clone());
+            let name = vm_name(&self.namespace, &req.id);
+            tokio::task::spawn_blocking(move || host.convert_rootfs(&mounts, &root, &name))
+                .await??
+        };
+        let record = BundleRecord {
+            vm: vm.to_owned(),
+            config: host.loaded.source.clone(),
+            rootfs: rootfs.clone(),
+        };
+        let plugged = async {
+            record.write(bundle)?;
+            let root =
+                crate::pod::attach_root(host, vm, endpoint, slot, rootfs.path.clone(), &req.id)
+                    .await?;
+            let (to, binds) = (endpoint.clone(), binds.to_vec());
+            let copied =
+                tokio::task::spawn_blocking(move || crate::binds::copy_all(&to, &root, &binds))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r);
+            if copied.is_err() {
+                crate::pod::detach_root(host, vm, endpoint, slot, &req.id).await;
+            }
+            copied
+        }
+        .await;
+        if let Err(e) = plugged {
+            discard_rootfs(&rootfs);
+            let _ = std::fs::remove_file(bundle.join(crate::vm_host::BUNDLE_RECORD));
+            return Err(e);
+        }
+        Ok(rootfs)
     }
 
     /// Watches a started process: its exit is recorded and published; the
@@ -254,7 +420,7 @@ impl Service {
         tokio::spawn(async move {
             let status = process.wait().await;
             tracing::info!(id = %id, exec = %exec_id, "process exited with {}", status.code);
-            let vm = {
+            let (vm, member) = {
                 let mut containers = service.containers.lock().await;
                 let Some(c) = containers.get_mut(&id) else {
                     return;
@@ -262,7 +428,7 @@ impl Service {
                 if let Ok(slot) = c.slot_mut(&exec_id) {
                     slot.state = SlotState::Exited(status);
                 }
-                c.vm.clone()
+                (c.vm.clone(), c.member.is_some())
             };
             service
                 .publish(
@@ -281,7 +447,8 @@ impl Service {
                     }),
                 )
                 .await;
-            if exec_id.is_empty() {
+            // A pod member's VM is the pod's: it stays.
+            if exec_id.is_empty() && !member {
                 if let Ok(host) = service.existing_host().await {
                     if let Err(e) = host
                         .runtime
@@ -457,7 +624,7 @@ impl Task for Service {
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let signal = req.signal as i32;
-        let (targets, not_started, vm) = {
+        let (targets, not_started, vm, member) = {
             let containers = self.containers.lock().await;
             let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
             let slot = c.slot(&req.exec_id)?;
@@ -479,15 +646,19 @@ impl Task for Service {
                 targets,
                 matches!(slot.state, SlotState::Created),
                 c.vm.clone(),
+                c.member.is_some(),
             )
         };
         if not_started {
-            // Nothing runs yet: the VM goes, the task is stopped.
-            let host = self.existing_host().await?;
-            host.runtime
-                .kill(&vm, Some(crate::vm_host::STOP_TIMEOUT))
-                .await
-                .map_err(|e| internal(e.into()))?;
+            // Nothing runs yet: the VM goes (a pod member's stays, it is
+            // the pod's), the task is stopped.
+            if !member {
+                let host = self.existing_host().await?;
+                host.runtime
+                    .kill(&vm, Some(crate::vm_host::STOP_TIMEOUT))
+                    .await
+                    .map_err(|e| internal(e.into()))?;
+            }
             let mut containers = self.containers.lock().await;
             if let Some(c) = containers.get_mut(&req.id) {
                 if let Ok(slot) = c.slot_mut(&req.exec_id) {
@@ -504,7 +675,7 @@ impl Task for Service {
                 tracing::warn!("signalling {}: {e}", req.id);
             }
         }
-        if signal == libc::SIGKILL && req.exec_id.is_empty() {
+        if signal == libc::SIGKILL && req.exec_id.is_empty() && !member {
             // A guest that cannot act on it must not hang containerd: the
             // VM goes if the process is not gone in a moment.
             let service = self.clone();
@@ -534,13 +705,14 @@ impl Task for Service {
     ) -> TtrpcResult<api::Empty> {
         let process = crate::spec::parse_process(&req.spec.value)
             .map_err(|e| error(Code::INVALID_ARGUMENT, format!("{e:#}")))?;
-        let request = crate::spec::exec_request(&process, !req.stdin.is_empty())
+        let mut request = crate::spec::exec_request(&process, !req.stdin.is_empty())
             .map_err(|e| error(Code::INVALID_ARGUMENT, format!("{e:#}")))?;
         {
             let mut containers = self.containers.lock().await;
             let c = containers
                 .get_mut(&req.id)
                 .ok_or_else(|| not_found(&req.id))?;
+            request.container.clone_from(&c.init.request.container);
             if c.execs.contains_key(&req.exec_id) {
                 return Err(error(
                     Code::ALREADY_EXISTS,
@@ -664,8 +836,16 @@ impl Task for Service {
             .ok_or_else(|| not_found(&req.id))?;
         let host = self.existing_host().await?;
         let started = std::time::Instant::now();
-        host.remove(&c.vm).await;
-        tracing::info!(id = %req.id, "VM removed in {:?}", started.elapsed());
+        match &c.member {
+            Some(m) => {
+                crate::pod::detach_root(&host, &c.vm, &c.endpoint, m.slot, &req.id).await;
+                tracing::info!(id = %req.id, "root unplugged in {:?}", started.elapsed());
+            }
+            None => {
+                host.remove(&c.vm).await;
+                tracing::info!(id = %req.id, "VM removed in {:?}", started.elapsed());
+            }
+        }
         discard_rootfs(&c.rootfs);
         let _ = std::fs::remove_file(c.bundle.join(crate::vm_host::BUNDLE_RECORD));
         let exit = c.init.exit().unwrap_or(ExitStatus {
@@ -797,7 +977,17 @@ impl Service {
     async fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<()> {
         let vm = {
             let containers = self.containers.lock().await;
-            containers.get(id).ok_or_else(|| not_found(id))?.vm.clone()
+            let c = containers.get(id).ok_or_else(|| not_found(id))?;
+            if let Some(m) = &c.member {
+                return Err(error(
+                    Code::UNIMPLEMENTED,
+                    format!(
+                        "container {id} shares the VM of pod {}: pause the pod's sandbox instead",
+                        m.sandbox
+                    ),
+                ));
+            }
+            c.vm.clone()
         };
         let host = self.existing_host().await?;
         let done = if paused {

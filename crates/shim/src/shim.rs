@@ -38,7 +38,12 @@ impl Shim for FirebuildShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        let grouping = opts.id.clone();
+        // A pod's containers share its sandbox's shim (and VM). The working
+        // directory is the container's bundle.
+        let grouping = match crate::spec::read_bundle(std::path::Path::new(".")) {
+            Ok(spec) => crate::spec::grouping(&spec, &opts.id),
+            Err(_) => opts.id.clone(),
+        };
         let address = spawn(opts, &grouping, Vec::new()).await?;
         // containerd finds the shim again after a restart by this file in
         // the bundle (the working directory).

@@ -15,6 +15,52 @@ pub const ANNOTATION_KERNEL: &str = "io.firebuild.kernel";
 pub const ANNOTATION_CPUS: &str = "io.firebuild.cpus";
 pub const ANNOTATION_MEM_MIB: &str = "io.firebuild.mem-mib";
 
+/// What containerd's CRI says of a container's place in a pod.
+pub const ANNOTATION_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// A container's place in a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// Not in a pod: a VM of its own.
+    Alone,
+    /// A pod's sandbox: its VM is the pod's.
+    Sandbox,
+    /// A further container of the pod whose sandbox has this id: runs in
+    /// that VM, on a root of its own.
+    Member { sandbox: String },
+}
+
+/// The container's role, from the CRI's annotations.
+pub fn pod_role(spec: &Spec) -> anyhow::Result<PodRole> {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let sandbox = annotations
+        .get(ANNOTATION_SANDBOX_ID)
+        .filter(|s| !s.is_empty());
+    match (annotations.get(ANNOTATION_CONTAINER_TYPE).map(String::as_str), sandbox) {
+        (None, _) => Ok(PodRole::Alone),
+        (Some("sandbox"), _) => Ok(PodRole::Sandbox),
+        (Some("container"), Some(sandbox)) => Ok(PodRole::Member {
+            sandbox: sandbox.clone(),
+        }),
+        (Some("container"), None) => anyhow::bail!(
+            "annotation {ANNOTATION_CONTAINER_TYPE}=container needs {ANNOTATION_SANDBOX_ID} naming its pod's sandbox"
+        ),
+        (Some(other), _) => anyhow::bail!(
+            "annotation {ANNOTATION_CONTAINER_TYPE}={other:?}: expected sandbox or container"
+        ),
+    }
+}
+
+/// The shim a container belongs to: its pod's sandbox (one shim, one VM
+/// per pod), else its own id.
+pub fn grouping(spec: &Spec, id: &str) -> String {
+    match pod_role(spec) {
+        Ok(PodRole::Member { sandbox }) => sandbox,
+        _ => id.to_owned(),
+    }
+}
+
 const MIB: i64 = 1024 * 1024;
 /// The least memory a VM boots with.
 pub const MIN_MEM_MIB: u32 = 64;
@@ -29,6 +75,8 @@ pub struct VmShape {
     pub hostname: Option<String>,
     /// A network namespace to join (the spec names one by path).
     pub netns: Option<PathBuf>,
+    /// Hot-plug slots for a pod's further containers (a sandbox's VM).
+    pub pod_slots: u32,
 }
 
 pub fn read_bundle(bundle: &Path) -> anyhow::Result<Spec> {
@@ -89,6 +137,7 @@ pub fn vm_shape(spec: &Spec) -> anyhow::Result<VmShape> {
         kernel,
         hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
         netns: joined_network(spec),
+        pod_slots: 0,
     })
 }
 
@@ -117,8 +166,13 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// Destinations the guest fills itself, whatever the host binds there: the
+/// CRI binds the pod's shared `/dev/shm` into each of its containers (in a
+/// VM each root has a tmpfs of its own there).
+const GUEST_PROVIDED: &[&str] = &["/dev/shm"];
+
 /// The spec's bind mounts. The mounts the guest makes itself (`/proc`,
-/// `/dev`, `/sys`, tmpfs, ...) are left to it. A bind mount reaches the
+/// `/dev`, `/sys`, tmpfs, [`GUEST_PROVIDED`] ...) are left to it. A bind mount reaches the
 /// VM as a copy made before the process starts: files and read-only
 /// directories up to [`BIND_COPY_LIMIT`]; a read-write directory (whose
 /// writes the host would expect to see) and a missing source are refused
@@ -129,7 +183,11 @@ pub fn bind_mounts(spec: &Spec) -> anyhow::Result<Vec<BindMount>> {
         let options = m.options().clone().unwrap_or_default();
         let bind = m.typ().as_deref() == Some("bind")
             || options.iter().any(|o| o == "bind" || o == "rbind");
-        if !bind {
+        if !bind
+            || GUEST_PROVIDED
+                .iter()
+                .any(|d| m.destination() == Path::new(d))
+        {
             continue;
         }
         let source = m.source().clone().unwrap_or_default();
@@ -237,6 +295,7 @@ pub fn exec_request(process: &Process, stdin: bool) -> anyhow::Result<ExecReques
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
         rlimits,
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
+        container: None,
     })
 }
 
@@ -259,6 +318,35 @@ mod tests {
             .unwrap()
             .extend(json.as_object().unwrap().clone());
         serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn cri_annotations_place_a_container_in_its_pod() {
+        let with =
+            |annotations: serde_json::Value| spec(serde_json::json!({"annotations": annotations}));
+        let alone = with(serde_json::json!({}));
+        assert_eq!(pod_role(&alone).unwrap(), PodRole::Alone);
+        assert_eq!(grouping(&alone, "c1"), "c1");
+        let sandbox = with(serde_json::json!({
+            ANNOTATION_CONTAINER_TYPE: "sandbox", ANNOTATION_SANDBOX_ID: "pod1"}));
+        assert_eq!(pod_role(&sandbox).unwrap(), PodRole::Sandbox);
+        assert_eq!(grouping(&sandbox, "pod1"), "pod1");
+        let member = with(serde_json::json!({
+            ANNOTATION_CONTAINER_TYPE: "container", ANNOTATION_SANDBOX_ID: "pod1"}));
+        assert_eq!(
+            pod_role(&member).unwrap(),
+            PodRole::Member {
+                sandbox: "pod1".into()
+            }
+        );
+        assert_eq!(grouping(&member, "c2"), "pod1");
+        let orphan = with(serde_json::json!({ANNOTATION_CONTAINER_TYPE: "container"}));
+        assert!(pod_role(&orphan)
+            .unwrap_err()
+            .to_string()
+            .contains(ANNOTATION_SANDBOX_ID));
+        let odd = with(serde_json::json!({ANNOTATION_CONTAINER_TYPE: "vm"}));
+        assert!(pod_role(&odd).unwrap_err().to_string().contains("\"vm\""));
     }
 
     #[test]
@@ -300,6 +388,9 @@ mod tests {
             {"destination": "/proc", "type": "proc", "source": "proc"},
             mount(&conf, "/etc/app", &["rbind", "ro"]),
             mount(&hosts, "/etc/hosts", &["rbind", "rw"]),
+            // The CRI's pod-wide /dev/shm: a read-write directory the
+            // guest provides itself.
+            mount(&conf, "/dev/shm", &["rbind", "rw"]),
         ]}));
         let binds = bind_mounts(&ok).unwrap();
         assert_eq!(binds.len(), 2);

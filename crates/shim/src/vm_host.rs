@@ -136,6 +136,7 @@ impl VmHost {
             None => NetworkChoice::Off,
         };
         spec.init_mode = InitMode::Agent;
+        spec.hotplug_slots = shape.pod_slots;
         spec.health.disabled = true;
         spec.shutdown_timeout = STOP_TIMEOUT;
         let joined = match &spec.network_choice {
@@ -190,10 +191,12 @@ impl VmHost {
             }
         };
         let (copy_to, binds) = (endpoint.clone(), binds.to_vec());
-        let copied = tokio::task::spawn_blocking(move || crate::binds::copy_all(&copy_to, &binds))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r);
+        let copied = tokio::task::spawn_blocking(move || {
+            crate::binds::copy_all(&copy_to, Path::new("/"), &binds)
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
         if let Err(e) = copied {
             self.remove(vm).await;
             return Err(e);

@@ -441,3 +441,187 @@ fn a_joined_network_namespace_reaches_the_vm() {
     assert!(!qdiscs.contains("ingress"), "{qdiscs}");
     assert!(w.vm_dirs().is_empty(), "{:?}", w.vm_dirs());
 }
+
+/// `ctr run` with the annotations containerd's CRI puts on a pod's
+/// containers.
+fn pod_args(kind: &str, sandbox: &str) -> Vec<String> {
+    vec![
+        "--annotation".into(),
+        format!("io.kubernetes.cri.container-type={kind}"),
+        "--annotation".into(),
+        format!("io.kubernetes.cri.sandbox-id={sandbox}"),
+    ]
+}
+
+fn ctr_args<'a>(head: &[&'a str], pod: &'a [String], tail: &[&'a str]) -> Vec<&'a str> {
+    head.iter()
+        .copied()
+        .chain(pod.iter().map(String::as_str))
+        .chain(tail.iter().copied())
+        .collect()
+}
+
+#[test]
+fn a_pods_containers_share_its_vm_on_roots_of_their_own() {
+    let w = World::new();
+    let member_image =
+        w.push_with_files("tools/member:1", &[("etc/member-image", "member\n")], &[]);
+    let sandbox = pod_args("sandbox", "pod1");
+    w.ok(&ctr_args(
+        &["run", "-d", "--runtime", RUNTIME],
+        &sandbox,
+        &[
+            &w.image,
+            "pod1",
+            "sh",
+            "-c",
+            "echo sandbox > /tmp/who; while :; do sleep 1; done",
+        ],
+    ));
+    let boot_id = |id: &str, exec: &str| {
+        let out = w.ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            exec,
+            id,
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ]);
+        text(&out.stdout).trim().to_owned()
+    };
+    let pod_boot = boot_id("pod1", "b0");
+    assert_eq!(pod_boot.len(), 36, "{pod_boot}");
+
+    // A container of the pod: its own image as its root, in the pod's VM.
+    let member = pod_args("container", "pod1");
+    let config = w.path("pod-config");
+    std::fs::write(&config, "pod-configured\n").unwrap();
+    let config_mount = format!(
+        "type=bind,src={},dst=/etc/pod-config,options=rbind:ro",
+        config.display()
+    );
+    let out = w.run(&ctr_args(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--mount",
+            &config_mount,
+        ],
+        &member,
+        &[
+            &member_image,
+            "c1",
+            "sh",
+            "-c",
+            "cat /etc/member-image /etc/pod-config; test -e /tmp/who || echo own-root; \
+             echo mine > /tmp/mine; cat /proc/sys/kernel/random/boot_id; exit 5",
+        ],
+    ));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "stdout: {stdout}\nstderr: {}\n{}",
+        text(&out.stderr),
+        w.tail_of_log()
+    );
+    assert!(
+        stdout.starts_with("member\npod-configured\nown-root\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&pod_boot), "not the pod's VM: {stdout}");
+    // Its writes stayed in its own root.
+    let sandbox_view = w.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "s1",
+        "pod1",
+        "cat",
+        "/tmp/mine",
+    ]);
+    assert!(
+        !sandbox_view.status.success(),
+        "{}",
+        text(&sandbox_view.stdout)
+    );
+    assert_eq!(w.vm_dirs().len(), 1, "{:?}", w.vm_dirs());
+
+    // A detached member takes execs in its root; removing it gives its
+    // slot back, and the next member takes it.
+    w.ok(&ctr_args(
+        &["run", "-d", "--runtime", RUNTIME],
+        &member,
+        &[&member_image, "c2", "sh", "-c", "while :; do sleep 1; done"],
+    ));
+    let out = w.ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "c2",
+        "cat",
+        "/etc/member-image",
+    ]);
+    assert_eq!(text(&out.stdout), "member\n");
+    assert_eq!(boot_id("c2", "e2"), pod_boot);
+    w.ok(&["task", "kill", "-s", "SIGKILL", "c2"]);
+    w.eventually(Duration::from_secs(30), "c2 stops", || {
+        text(&w.run(&["task", "ls"]).stdout)
+            .lines()
+            .any(|l| l.starts_with("c2 ") && l.contains("STOPPED"))
+    });
+    w.ok(&["task", "rm", "c2"]);
+    w.ok(&["container", "rm", "c2"]);
+    let gone = w.run(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "s2",
+        "pod1",
+        "sh",
+        "-c",
+        "ls /.firebuild-pod",
+    ]);
+    w.assert_success("listing the pod's roots", &gone);
+    assert!(!text(&gone.stdout).contains("c2"), "{}", text(&gone.stdout));
+    let out = w.run(&ctr_args(
+        &["run", "--rm", "--runtime", RUNTIME],
+        &member,
+        &[&member_image, "c3", "cat", "/etc/member-image"],
+    ));
+    w.assert_success("a member after a removed one", &out);
+    assert_eq!(text(&out.stdout), "member\n");
+
+    // A container naming a pod that is not there is refused by name.
+    let orphan = pod_args("container", "no-such-pod");
+    let out = w.run(&ctr_args(
+        &["run", "--rm", "--runtime", RUNTIME],
+        &orphan,
+        &[&member_image, "c4", "true"],
+    ));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no-such-pod"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = w.run(&["container", "rm", "c4"]);
+
+    w.ok(&["task", "kill", "-s", "SIGKILL", "pod1"]);
+    w.eventually(Duration::from_secs(30), "the sandbox stops", || {
+        text(&w.run(&["task", "ls"]).stdout)
+            .lines()
+            .any(|l| l.starts_with("pod1 ") && l.contains("STOPPED"))
+    });
+    w.ok(&["task", "rm", "pod1"]);
+    w.ok(&["container", "rm", "pod1"]);
+    w.eventually(Duration::from_secs(20), "the shims exit", || {
+        w.shims().is_empty()
+    });
+    assert!(w.vm_dirs().is_empty(), "{:?}", w.vm_dirs());
+    assert!(w.mounts().is_empty(), "{:?}", w.mounts());
+}

@@ -164,6 +164,13 @@ pub enum VmError {
         reason: String,
     },
 
+    #[error("disk {disk} of VM {id}: {reason}")]
+    Hotplug {
+        id: String,
+        disk: String,
+        reason: String,
+    },
+
     #[error("snapshot of VM {id}: {reason}")]
     Snapshot { id: String, reason: String },
 

@@ -84,6 +84,7 @@ struct Resolved {
     snapshot: Option<Snapshot>,
     /// What the network provider sets up at launch.
     network_request: Option<NetworkRequest>,
+    hotplug_slots: u32,
 }
 
 /// A VM whose run directory is ready (root filesystem copied, metadata
@@ -403,6 +404,7 @@ impl Runtime {
                 layers: spec.layers.len(),
                 snapshot: spec.snapshot,
                 network_request,
+                hotplug_slots: spec.hotplug_slots,
             },
         })
     }
@@ -508,6 +510,7 @@ impl Runtime {
             disks: disks.disks,
             guest: document,
             network: metadata.network.clone(),
+            hotplug_slots: resolved.hotplug_slots,
         };
         let started = match &resolved.snapshot {
             Some(snapshot) => {
@@ -587,6 +590,39 @@ impl Runtime {
     /// `firebuild resume --vmm-id ID`: lets a paused VM run again.
     pub async fn resume(&self, id: &str) -> Result<RunMetadata, VmError> {
         self.switch_vcpus(id, VmStatus::Running).await
+    }
+
+    /// Plugs `disk` into hot-plug slot `slot` of a running VM (started with
+    /// [`crate::RunSpec::hotplug_slots`]); the guest finds it by its serial,
+    /// `disk.id`.
+    pub async fn attach_disk(
+        &self,
+        id: &str,
+        slot: u32,
+        disk: &crate::vmm::Disk,
+    ) -> Result<(), VmError> {
+        let metadata = self.load(id).await?;
+        if !metadata.status.is_live() {
+            return Err(VmError::Hotplug {
+                id: id.to_owned(),
+                disk: disk.id.clone(),
+                reason: format!("the VM is {}", metadata.status),
+            });
+        }
+        self.backend(metadata.vmm)?
+            .attach_disk(&metadata, slot, disk)
+            .await
+    }
+
+    /// Unplugs the disk in `slot`; the guest must have unmounted it.
+    pub async fn detach_disk(&self, id: &str, slot: u32) -> Result<(), VmError> {
+        let metadata = self.load(id).await?;
+        if !metadata.status.is_live() {
+            return Ok(());
+        }
+        self.backend(metadata.vmm)?
+            .detach_disk(&metadata, slot)
+            .await
     }
 
     /// Pauses (`to` paused) or resumes (`to` running) a live VM; one

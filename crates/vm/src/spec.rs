@@ -144,6 +144,9 @@ pub struct RunSpec {
     /// Resume this snapshot instead of booting (`run --from-snapshot`); see
     /// [`RunSpec::from_snapshot`].
     pub snapshot: Option<crate::snapshot_store::Snapshot>,
+    /// Places for disks attached while the VM runs (a pod's containers,
+    /// [`crate::Runtime::attach_disk`]); QEMU q35 only.
+    pub hotplug_slots: u32,
 }
 
 /// `run`'s health check flags (Docker's), over the image's HEALTHCHECK.
@@ -269,6 +272,7 @@ impl RunSpec {
             init_mode: InitMode::Entrypoint,
             health: HealthOverrides::default(),
             snapshot: None,
+            hotplug_slots: 0,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (reaping, forwarding signals, the stop sequence), and cleaning up.
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -195,6 +196,9 @@ pub struct ProcessLimits {
     /// `(resource, soft, hard)` for setrlimit(2).
     pub rlimits: Vec<(libc::c_int, u64, u64)>,
     pub no_new_privileges: bool,
+    /// A pod container's root: the process gets a mount namespace of its
+    /// own and is chrooted there (the working directory is inside it).
+    pub root: Option<PathBuf>,
 }
 
 /// The setrlimit(2) resource of an OCI rlimit name (`RLIMIT_NOFILE`).
@@ -250,7 +254,6 @@ pub fn start(
     cmd.args(argv.iter().skip(1))
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(workdir)
         .stdin(stdio.stdin)
         .stdout(stdio.stdout)
         .stderr(stdio.stderr);
@@ -259,6 +262,16 @@ pub fn start(
     let tty = stdio.controlling_tty;
     let rlimits = limits.rlimits.clone();
     let no_new_privileges = limits.no_new_privileges;
+    // The standard library changes directory before the pre-exec hook, so
+    // inside a container root the hook does it (after the chroot).
+    let nul_free = |p: &Path| {
+        CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| StartError::Spawn {
+            program: program.display().to_string(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "a path holds a NUL byte"),
+        })
+    };
+    let root = limits.root.as_deref().map(nul_free).transpose()?;
+    let workdir = nul_free(Path::new(workdir))?;
     // SAFETY: the closure only makes async-signal-safe system calls and
     // touches memory allocated before the fork.
     unsafe {
@@ -278,6 +291,25 @@ pub fn start(
                 return Err(io::Error::last_os_error());
             }
             if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(root) = &root {
+                // The container's mounts stay its own; the VM's root is
+                // out of its view.
+                if libc::unshare(libc::CLONE_NEWNS) < 0
+                    || libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) < 0
+                    || libc::chroot(root.as_ptr()) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::chdir(workdir.as_ptr()) < 0 {
                 return Err(io::Error::last_os_error());
             }
             // Before the ids change: raising a hard limit needs root.

@@ -28,10 +28,24 @@ pub struct World {
     containerd: Option<Child>,
     pub registry: TestRegistry,
     pub image: String,
+    /// The containerd namespace `ctr` works in (`k8s.io` with the CRI).
+    pub namespace: String,
 }
 
 impl World {
+    /// containerd without its CRI plugin.
     pub fn new() -> World {
+        World::build(None)
+    }
+
+    /// containerd with its CRI plugin configured by `cri` (given the
+    /// world's directory, the TOML of `[plugins."io.containerd.grpc.v1.cri"]`);
+    /// `ctr` works in the CRI's namespace.
+    pub fn with_cri(cri: &dyn Fn(&Path) -> String) -> World {
+        World::build(Some(cri))
+    }
+
+    fn build(cri: Option<&dyn Fn(&Path) -> String>) -> World {
         assert!(
             rustix::process::geteuid().is_root(),
             "this test needs root (containerd, QEMU, mounts)"
@@ -43,6 +57,7 @@ impl World {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         let p = |name: &str| dir.path().join(name);
+        let cri = cri.map(|section| section(dir.path()));
         let args = SettingsArgs {
             run_cache: Some(p("runs")),
             cache_dir: Some(p("cache")),
@@ -78,10 +93,16 @@ impl World {
         std::fs::write(
             p("containerd.toml"),
             format!(
-                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n",
+                "version = 2\nroot = {:?}\nstate = {:?}\n{}[grpc]\n  address = {:?}\n{}",
                 p("root").display().to_string(),
                 p("state").display().to_string(),
+                if cri.is_some() {
+                    ""
+                } else {
+                    "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+                },
                 p("containerd.sock").display().to_string(),
+                cri.as_deref().unwrap_or_default(),
             ),
         )
         .unwrap();
@@ -101,17 +122,49 @@ impl World {
             dir,
             containerd: None,
             registry,
+            namespace: if cri.is_some() { "k8s.io" } else { "default" }.into(),
         };
         w.start_containerd();
         w.ok(&["image", "pull", "--plain-http", &w.image.clone()]);
         w
     }
 
+    /// Pushes busybox with a layer of `files` on top as `name` (its CMD
+    /// `cmd`, when given) to the test registry and pulls it into
+    /// containerd; returns its reference.
+    pub fn push_with_files(&self, name: &str, files: &[(&str, &str)], cmd: &[&str]) -> String {
+        let mut layer = firebuild_oci::testing::TarBuilder::new();
+        for (path, contents) in files {
+            layer.file(path, 0o644, contents.as_bytes());
+        }
+        let image = self.registry.reference(name);
+        block_on(push_image(
+            &self.path("cache").join("push"),
+            &RegistryConfig::default(),
+            &image,
+            &[
+                (busybox_rootfs_tar().unwrap(), Compression::Gzip),
+                (layer.finish(), Compression::Gzip),
+            ],
+            |cfg| {
+                cfg.env = vec!["PATH=/bin:/sbin".into()];
+                if !cmd.is_empty() {
+                    cfg.cmd = Some(cmd.iter().map(|s| s.to_string()).collect());
+                }
+            },
+        ))
+        .unwrap()
+        .unwrap();
+        let image = image.to_string();
+        self.ok(&["image", "pull", "--plain-http", &image]);
+        image
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn socket(&self) -> PathBuf {
+    pub fn socket(&self) -> PathBuf {
         self.path("containerd.sock")
     }
 
@@ -171,7 +224,10 @@ impl World {
 
     pub fn ctr(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(self.socket()).args(args);
+        cmd.arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", &self.namespace])
+            .args(args);
         cmd
     }
 

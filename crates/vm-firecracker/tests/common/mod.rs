@@ -177,6 +177,7 @@ impl Fixture {
             .unwrap();
         LaunchConfig {
             id: id.to_owned(),
+            hotplug_slots: 0,
             root: Disk {
                 id: "rootfs".into(),
                 path: run_dir.rootfs(),

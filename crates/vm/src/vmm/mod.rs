@@ -73,6 +73,8 @@ pub struct LaunchConfig {
     pub guest: MmdsDocument,
     /// When set, the VMM runs inside `netns` and attaches to its tap.
     pub network: Option<NetworkAttachment>,
+    /// Places for disks attached while the VM runs ([`Vmm::attach_disk`]).
+    pub hotplug_slots: u32,
 }
 
 /// One block device of a VM.
@@ -208,6 +210,25 @@ pub trait Vmm: Send + Sync {
         launch: &LaunchConfig,
         from: &RestoreFrom<'_>,
     ) -> Result<StartedVm, VmError>;
+
+    /// Plugs `disk` into hot-plug slot `slot` of the running VM (see
+    /// [`LaunchConfig::hotplug_slots`]); the guest finds it by its virtio
+    /// serial, `disk.id`.
+    async fn attach_disk(&self, vm: &RunMetadata, slot: u32, disk: &Disk) -> Result<(), VmError> {
+        let _ = slot;
+        Err(VmError::Hotplug {
+            id: vm.id.clone(),
+            disk: disk.id.clone(),
+            reason: format!("{} VMs take no disks while they run; use QEMU", self.kind()),
+        })
+    }
+
+    /// Unplugs the disk in `slot` (the guest must have let go of it).
+    /// Idempotent.
+    async fn detach_disk(&self, vm: &RunMetadata, slot: u32) -> Result<(), VmError> {
+        let _ = (vm, slot);
+        Ok(())
+    }
 
     /// Removes what the backend made outside the run directory (jail
     /// directories, cgroups) once the VM no longer runs. Idempotent.

@@ -13,7 +13,8 @@ use std::time::Duration;
 use firebuild_agent_proto::frame::CHUNK;
 use firebuild_agent_proto::tree::{self, TreeWriter};
 use firebuild_agent_proto::{
-    read_frame, write_frame, Envelope, Failure, Frame, Kind, Pong, Request, VERSION,
+    read_frame, write_frame, ContainerRootReady, Envelope, Failure, Frame, Kind, Pong, Removed,
+    Request, VERSION,
 };
 
 use super::{exec, Context};
@@ -202,6 +203,32 @@ fn handle(frame: Frame, sessions: &mut HashMap<u32, Session>, out: &Writer, ctx:
                         out,
                         ch,
                         &Failure::new(1, format!("taking on the fork's identity: {e}")),
+                    ),
+                },
+                Request::ContainerRoot { id, serial } => {
+                    // Waits for the hot-plugged disk: off this connection's loop.
+                    let out = Arc::clone(out);
+                    std::thread::spawn(move || match super::pod::mount_root(&id, &serial) {
+                        Ok(root) => reply(
+                            &out,
+                            ch,
+                            &ContainerRootReady {
+                                path: root.display().to_string(),
+                            },
+                        ),
+                        Err(e) => fail(
+                            &out,
+                            ch,
+                            &Failure::new(1, format!("mounting the root of container {id}: {e}")),
+                        ),
+                    });
+                }
+                Request::RemoveContainerRoot { id } => match super::pod::remove_root(&id) {
+                    Ok(()) => reply(out, ch, &Removed {}),
+                    Err(e) => fail(
+                        out,
+                        ch,
+                        &Failure::new(1, format!("removing the root of container {id}: {e}")),
                     ),
                 },
                 Request::Ping => reply(

@@ -42,7 +42,11 @@ pub struct Prepared {
 /// Resolves a request against the image: the errors are the ones the
 /// guest saw, with Docker's exit codes (126: cannot run, 127: not found).
 pub fn prepare(ctx: &Context, req: &ExecRequest) -> Result<Prepared, Failure> {
-    let root = Path::new("/");
+    let container_root = match &req.container {
+        Some(id) => Some(super::pod::root_of(id).map_err(|e| Failure::new(126, e.to_string()))?),
+        None => None,
+    };
+    let root = container_root.as_deref().unwrap_or(Path::new("/"));
     let meta = &ctx.meta;
     if req.argv.is_empty() || req.argv[0].is_empty() {
         return Err(Failure::new(126, "no command given"));
@@ -63,7 +67,7 @@ pub fn prepare(ctx: &Context, req: &ExecRequest) -> Result<Prepared, Failure> {
     }
     let workdir = match req.workdir.as_deref() {
         Some(dir) => {
-            if !Path::new(dir).is_dir() {
+            if !crate::files::under(root, dir).is_dir() {
                 return Err(Failure::new(
                     126,
                     format!("chdir to {dir}: no such directory in the VM"),
@@ -106,6 +110,7 @@ pub fn prepare(ctx: &Context, req: &ExecRequest) -> Result<Prepared, Failure> {
         limits: process::ProcessLimits {
             rlimits,
             no_new_privileges: req.no_new_privileges,
+            root: container_root,
         },
     })
 }

@@ -15,6 +15,7 @@
 pub mod conn;
 pub mod exec;
 pub mod health;
+pub mod pod;
 pub mod reidentify;
 pub mod stats;
 pub mod transport;

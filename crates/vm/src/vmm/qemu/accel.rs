@@ -131,6 +131,7 @@ async fn probe_in(
         network: None,
         agent_sockets: &[],
         fd_sets: &[],
+        hotplug_slots: 0,
         confinement: Confinement {
             uid: id.uid,
             gid: id.gid,

@@ -138,6 +138,14 @@ pub struct Invocation<'a> {
     /// Keep the vCPUs stopped until QMP `cont` (the guest runs only once
     /// QEMU has dropped its privileges).
     pub start_paused: bool,
+    /// Empty PCIe root ports (`hp0`, `hp1` ...) for disks plugged in while
+    /// the VM runs ([`hotplug_port`]); q35 only.
+    pub hotplug_slots: u32,
+}
+
+/// The id of hot-plug root port `slot`.
+pub fn hotplug_port(slot: u32) -> String {
+    format!("hp{slot}")
 }
 
 /// Who QEMU runs as after setting the machine up: it opens its files,
@@ -262,6 +270,20 @@ impl Invocation<'_> {
             args.push(format!("{block},drive=disk{i}").into());
         }
 
+        // q35's root bus takes no hot-plugged device itself: each slot is a
+        // root port of its own.
+        for slot in 0..self.hotplug_slots {
+            args.push("-device".into());
+            args.push(
+                format!(
+                    "pcie-root-port,id={},chassis={}",
+                    hotplug_port(slot),
+                    slot + 1
+                )
+                .into(),
+            );
+        }
+
         if let Some((tap, mac)) = self.network {
             args.push("-netdev".into());
             args.push(format!("tap,id=net0,ifname={tap},script=no,downscript=no").into());
@@ -351,6 +373,7 @@ mod tests {
                 chroot: Path::new("/run/vm1/vmm-root"),
             },
             start_paused: true,
+            hotplug_slots: 0,
         }
     }
 
@@ -382,6 +405,21 @@ mod tests {
         );
         inv.machine = Machine::Microvm;
         assert!(joined(&inv.args()).contains("-device virtio-serial-device,id=agent"));
+    }
+
+    #[test]
+    fn hot_plug_slots_are_empty_root_ports_of_their_own() {
+        let mut inv = invocation(Machine::Q35, Accel::Tcg);
+        assert!(!joined(&inv.args()).contains("pcie-root-port"));
+        inv.hotplug_slots = 2;
+        let line = joined(&inv.args());
+        assert!(
+            line.contains(
+                "-device pcie-root-port,id=hp0,chassis=1 -device pcie-root-port,id=hp1,chassis=2"
+            ),
+            "{line}"
+        );
+        assert_eq!(hotplug_port(1), "hp1");
     }
 
     #[test]

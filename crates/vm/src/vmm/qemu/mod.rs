@@ -11,6 +11,7 @@
 pub mod accel;
 pub mod cmdline;
 pub mod confine;
+pub mod hotplug;
 pub mod qmp;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -207,6 +208,19 @@ impl Vmm for QemuVmm {
 
     async fn resume(&self, vm: &RunMetadata) -> Result<(), VmError> {
         self.qmp(vm).await?.execute("cont", None).await.map(drop)
+    }
+
+    async fn attach_disk(
+        &self,
+        vm: &RunMetadata,
+        slot: u32,
+        disk: &crate::vmm::Disk,
+    ) -> Result<(), VmError> {
+        hotplug::attach(&mut self.qmp(vm).await?, vm, slot, disk).await
+    }
+
+    async fn detach_disk(&self, vm: &RunMetadata, slot: u32) -> Result<(), VmError> {
+        hotplug::detach(&mut self.qmp(vm).await?, slot).await
     }
 
     async fn snapshot(&self, vm: &RunMetadata, dir: &Path) -> Result<serde_json::Value, VmError> {
@@ -453,6 +467,12 @@ impl QemuVmm {
         let pid_file = launch.run_dir.pid_file();
         let _ = std::fs::remove_file(&pid_file);
         let agent_sockets = crate::agent::serial_sockets(launch.run_dir.path());
+        if launch.hotplug_slots > 0 && setup.machine != Machine::Q35 {
+            return Err(fail(format!(
+                "hot-plug slots need the q35 machine, not {:?}",
+                setup.machine
+            )));
+        }
         let run_cache = run_cache_of(launch);
         let id = self.config.ids.claim(run_cache).map_err(&fail)?;
         let vmm_root = launch.run_dir.file("vmm-root");
@@ -510,6 +530,7 @@ impl QemuVmm {
                 chroot: &vmm_root,
             },
             start_paused,
+            hotplug_slots: launch.hotplug_slots,
         };
         let args = invocation.args();
         let vmm_log = launch.run_dir.vmm_log();
@@ -606,6 +627,7 @@ impl QemuVmm {
                 "qmp_socket": qmp_socket,
                 "pid_file": pid_file,
                 "args": args,
+                "hotplug_slots": launch.hotplug_slots,
             }),
         })
     }

@@ -93,7 +93,31 @@ impl Qmp {
         name: &str,
         fd: std::os::fd::BorrowedFd<'_>,
     ) -> Result<(), VmError> {
-        let mut line = json!({ "execute": "getfd", "arguments": { "fdname": name } }).to_string();
+        self.execute_with_fd("getfd", json!({ "fdname": name }), fd)
+            .await
+            .map(drop)
+    }
+
+    /// Adds `fd` to fd set `set` (`add-fd`), which block devices open as
+    /// `/dev/fdset/<set>`.
+    pub async fn add_fd(
+        &mut self,
+        set: u32,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), VmError> {
+        self.execute_with_fd("add-fd", json!({ "fdset-id": set }), fd)
+            .await
+            .map(drop)
+    }
+
+    /// Runs `command` with `fd` sent along as SCM_RIGHTS.
+    async fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, VmError> {
+        let mut line = json!({ "execute": command, "arguments": arguments }).to_string();
         line.push('\n');
         let fds = [fd];
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -122,9 +146,12 @@ impl Qmp {
         .map_err(|_| qmp_error(&self.socket, "timed out passing a file descriptor"))?
         .map_err(|e| qmp_error(&self.socket, &format!("passing a file descriptor: {e}")))?;
         if sent != line.len() {
-            return Err(qmp_error(&self.socket, "getfd was sent only in part"));
+            return Err(qmp_error(
+                &self.socket,
+                &format!("{command} was sent only in part"),
+            ));
         }
-        self.read_reply("getfd").await.map(drop)
+        self.read_reply(command).await
     }
 
     /// The VM's run state (`running`, `paused`, `inmigrate`, `postmigrate` ...).

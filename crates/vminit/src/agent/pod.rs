@@ -1,0 +1,270 @@
+//! The roots of a pod's further containers. The host hot-plugs each
+//! container's image as a read-only disk named by its virtio serial; the
+//! agent mounts it with an overlay whose writes go to the VM's scratch disk
+//! (seen a second time under [`POD_DIR`]), and gives it `/proc`, `/sys` and
+//! `/dev`. Processes of that container run chrooted into it, in a mount
+//! namespace of their own ([`crate::process::ProcessLimits::root`]).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cmdline::KernelCmdline;
+use crate::mounts::sys_mount;
+
+/// Where the containers' mounts live: a tmpfs of the agent's on the VM's
+/// root (the sandbox's image), so nothing of it persists.
+pub const POD_DIR: &str = "/.firebuild-pod";
+/// How long a hot-plugged disk may take to appear (ACPI hot-plug under
+/// TCG is slow).
+const DEVICE_WAIT: Duration = Duration::from_secs(20);
+
+/// A container id as CRI and ctr make them: a path component, never a
+/// way out of [`POD_DIR`].
+fn checked_id(id: &str) -> io::Result<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(id)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("container id {id:?} is not a plain name"),
+        ))
+    }
+}
+
+/// The root of container `id` (for [`crate::agent::exec`]), if mounted.
+pub fn root_of(id: &str) -> io::Result<PathBuf> {
+    let root = Path::new(POD_DIR).join(checked_id(id)?).join("root");
+    if root.join("proc").is_dir() && is_mount_point(&root) {
+        Ok(root)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("container {id} has no root in this VM"),
+        ))
+    }
+}
+
+/// Mounts the disk with `serial` as container `id`'s root; returns it.
+pub fn mount_root(id: &str, serial: &str) -> io::Result<PathBuf> {
+    let id = checked_id(id)?;
+    let scratch = scratch_view()?;
+    let device = wait_for_serial(serial)?;
+    let dir = Path::new(POD_DIR).join(id);
+    if dir.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("container {id} already has a root"),
+        ));
+    }
+    let (image, root) = (dir.join("image"), dir.join("root"));
+    let writes = scratch.join("pods").join(id);
+    let _ = std::fs::remove_dir_all(&writes);
+    let (upper, work) = (writes.join("upper"), writes.join("work"));
+    for d in [&image, &root, &upper, &work] {
+        std::fs::create_dir_all(d)?;
+    }
+    let made = (|| {
+        mount(
+            &device,
+            &image,
+            "ext4",
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            "noload",
+        )?;
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            image.display(),
+            upper.display(),
+            work.display()
+        );
+        mount(Path::new("overlay"), &root, "overlay", 0, &options)?;
+        for d in ["proc", "sys", "dev", "dev/shm"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        mount(Path::new("proc"), &root.join("proc"), "proc", 0, "")?;
+        let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        mount(Path::new("sysfs"), &root.join("sys"), "sysfs", ro, "")?;
+        mount(Path::new("/dev"), &root.join("dev"), "", libc::MS_BIND, "")?;
+        mount(
+            Path::new("shm"),
+            &root.join("dev/shm"),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        )
+    })();
+    if let Err(e) = made {
+        let _ = remove_root(id);
+        return Err(e);
+    }
+    Ok(root)
+}
+
+/// Unmounts container `id`'s root and drops its writes. Idempotent.
+pub fn remove_root(id: &str) -> io::Result<()> {
+    let id = checked_id(id)?;
+    let dir = Path::new(POD_DIR).join(id);
+    let root = dir.join("root");
+    for sub in ["dev/shm", "dev", "sys", "proc", ""] {
+        detach(&root.join(sub));
+    }
+    detach(&dir.join("image"));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    if let Ok(scratch) = scratch_view() {
+        let writes = scratch.join("pods").join(id);
+        if writes.exists() {
+            std::fs::remove_dir_all(writes)?;
+        }
+    }
+    Ok(())
+}
+
+/// The scratch disk mounted a second time under [`POD_DIR`] (the root
+/// overlay's upper cannot hold another overlay's upper: it is an overlay).
+fn scratch_view() -> io::Result<PathBuf> {
+    let view = Path::new(POD_DIR).join(".scratch");
+    if is_mount_point(&view) {
+        return Ok(view);
+    }
+    if !is_mount_point(Path::new(POD_DIR)) {
+        std::fs::create_dir_all(POD_DIR)?;
+        mount(
+            Path::new("tmpfs"),
+            Path::new(POD_DIR),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0700",
+        )?;
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline")?;
+    let device = crate::overlay::scratch_device(&KernelCmdline::parse(&cmdline))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "this VM has no scratch disk for its containers' writes",
+            )
+        })?;
+    std::fs::create_dir_all(&view)?;
+    mount(
+        &Path::new("/dev").join(device),
+        &view,
+        "ext4",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "",
+    )?;
+    Ok(view)
+}
+
+/// The device node of the disk whose virtio serial is `serial`.
+fn wait_for_serial(serial: &str) -> io::Result<PathBuf> {
+    let start = Instant::now();
+    loop {
+        if let Some(name) = block_device_with_serial(Path::new("/sys/block"), serial) {
+            let node = Path::new("/dev").join(&name);
+            if node.exists() {
+                return Ok(node);
+            }
+        }
+        if start.elapsed() > DEVICE_WAIT {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no disk with serial {serial:?} appeared within {} s",
+                    DEVICE_WAIT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The block device under `sys_block` whose `serial` attribute is `serial`.
+pub fn block_device_with_serial(sys_block: &Path, serial: &str) -> Option<String> {
+    std::fs::read_dir(sys_block).ok()?.flatten().find_map(|e| {
+        let found = std::fs::read_to_string(e.path().join("serial")).ok()?;
+        (found.trim() == serial).then(|| e.file_name().to_string_lossy().into_owned())
+    })
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(here), Some(Ok(parent))) = (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) else {
+        return false;
+    };
+    here.dev() != parent.dev()
+}
+
+fn mount(
+    source: &Path,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    sys_mount(
+        &source.to_string_lossy(),
+        &target.to_string_lossy(),
+        fstype,
+        flags,
+        data,
+    )
+    .map_err(|e| io::Error::new(e.kind(), format!("mounting {}: {e}", target.display())))
+}
+
+fn detach(target: &Path) {
+    if let Ok(t) = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_stay_inside_the_pod_dir() {
+        for good in ["abc", "0123456789abcdef", "my-app_1.2"] {
+            assert!(checked_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            assert!(checked_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn disks_are_found_by_their_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, serial) in [("vda", ""), ("vdb", "fb-c0\n"), ("vdc", "fb-c1")] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("serial"), serial).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("loop0")).unwrap();
+        let find = |s| block_device_with_serial(dir.path(), s);
+        assert_eq!(find("fb-c0").as_deref(), Some("vdb"));
+        assert_eq!(find("fb-c1").as_deref(), Some("vdc"));
+        assert_eq!(find("fb-c2"), None);
+    }
+}
