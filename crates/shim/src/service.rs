@@ -63,6 +63,10 @@ struct Container {
     member: Option<Member>,
     /// A pod sandbox: how many further containers its VM can hold.
     pod_slots: u32,
+    /// Held while the VM is stopped or removed: a stop after the init's
+    /// exit racing `delete`'s removal would write the removed VM's run
+    /// directory again.
+    vm_gate: Arc<Mutex<()>>,
 }
 
 /// Where a pod's further container lives.
@@ -107,10 +111,31 @@ pub(crate) fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
     })
 }
 
+/// The FIFOs containerd gave a task's init process.
+fn task_stdio(req: &api::CreateTaskRequest) -> StdioPaths {
+    StdioPaths {
+        stdin: req.stdin.clone(),
+        stdout: req.stdout.clone(),
+        stderr: req.stderr.clone(),
+        terminal: req.terminal,
+    }
+}
+
 impl Slot {
+    fn created(request: ExecRequest, stdio: StdioPaths) -> Slot {
+        Slot {
+            request,
+            stdio,
+            state: SlotState::Created,
+        }
+    }
+
     fn status(&self, paused: bool) -> api::Status {
         match &self.state {
             SlotState::Created => api::Status::CREATED,
+            // Exited, though the watcher has not recorded it yet: a
+            // delete right after a wait must find the task stopped.
+            SlotState::Running(p) if p.exited().is_some() => api::Status::STOPPED,
             SlotState::Running(_) if paused => api::Status::PAUSED,
             SlotState::Running(_) => api::Status::RUNNING,
             SlotState::Exited(_) => api::Status::STOPPED,
@@ -258,20 +283,12 @@ impl Service {
             endpoint: booted.endpoint,
             ready: Some(booted.agent),
             rootfs: booted.rootfs,
-            init: Slot {
-                request,
-                stdio: StdioPaths {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                },
-                state: SlotState::Created,
-            },
+            init: Slot::created(request, task_stdio(req)),
             execs: HashMap::new(),
             paused: false,
             member: None,
             pod_slots: shape.pod_slots,
+            vm_gate: Arc::default(),
         })
     }
 
@@ -339,16 +356,7 @@ impl Service {
             endpoint,
             ready: None,
             rootfs,
-            init: Slot {
-                request,
-                stdio: StdioPaths {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                },
-                state: SlotState::Created,
-            },
+            init: Slot::created(request, task_stdio(req)),
             execs: HashMap::new(),
             paused: false,
             member: Some(Member {
@@ -356,6 +364,7 @@ impl Service {
                 slot,
             }),
             pod_slots: 0,
+            vm_gate: Arc::default(),
         })
     }
 
@@ -420,7 +429,7 @@ impl Service {
         tokio::spawn(async move {
             let status = process.wait().await;
             tracing::info!(id = %id, exec = %exec_id, "process exited with {}", status.code);
-            let (vm, member) = {
+            let (vm, member, gate) = {
                 let mut containers = service.containers.lock().await;
                 let Some(c) = containers.get_mut(&id) else {
                     return;
@@ -428,7 +437,7 @@ impl Service {
                 if let Ok(slot) = c.slot_mut(&exec_id) {
                     slot.state = SlotState::Exited(status);
                 }
-                (c.vm.clone(), c.member.is_some())
+                (c.vm.clone(), c.member.is_some(), Arc::clone(&c.vm_gate))
             };
             service
                 .publish(
@@ -449,6 +458,7 @@ impl Service {
                 .await;
             // A pod member's VM is the pod's: it stays.
             if exec_id.is_empty() && !member {
+                let _stopping = gate.lock().await;
                 if let Ok(host) = service.existing_host().await {
                     if let Err(e) = host
                         .runtime
@@ -624,7 +634,7 @@ impl Task for Service {
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let signal = req.signal as i32;
-        let (targets, not_started, vm, member) = {
+        let (targets, not_started, vm, member, gate) = {
             let containers = self.containers.lock().await;
             let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
             let slot = c.slot(&req.exec_id)?;
@@ -647,12 +657,14 @@ impl Task for Service {
                 matches!(slot.state, SlotState::Created),
                 c.vm.clone(),
                 c.member.is_some(),
+                Arc::clone(&c.vm_gate),
             )
         };
         if not_started {
             // Nothing runs yet: the VM goes (a pod member's stays, it is
             // the pod's), the task is stopped.
             if !member {
+                let _stopping = gate.lock().await;
                 let host = self.existing_host().await?;
                 host.runtime
                     .kill(&vm, Some(crate::vm_host::STOP_TIMEOUT))
@@ -686,6 +698,7 @@ impl Task for Service {
                     .await
                     .is_err()
                 {
+                    let _stopping = gate.lock().await;
                     if let Ok(host) = service.existing_host().await {
                         let _ = host
                             .runtime
@@ -721,16 +734,15 @@ impl Task for Service {
             }
             c.execs.insert(
                 req.exec_id.clone(),
-                Slot {
+                Slot::created(
                     request,
-                    stdio: StdioPaths {
+                    StdioPaths {
                         stdin: req.stdin.clone(),
                         stdout: req.stdout.clone(),
                         stderr: req.stderr.clone(),
                         terminal: req.terminal,
                     },
-                    state: SlotState::Created,
-                },
+                ),
             );
         }
         self.publish(
@@ -836,6 +848,7 @@ impl Task for Service {
             .ok_or_else(|| not_found(&req.id))?;
         let host = self.existing_host().await?;
         let started = std::time::Instant::now();
+        let _removing = c.vm_gate.lock().await;
         match &c.member {
             Some(m) => {
                 crate::pod::detach_root(&host, &c.vm, &c.endpoint, m.slot, &req.id).await;

@@ -442,6 +442,18 @@ fn a_joined_network_namespace_reaches_the_vm() {
     assert!(w.vm_dirs().is_empty(), "{:?}", w.vm_dirs());
 }
 
+/// SIGKILL to task `id`, then its task and container removed.
+fn kill_and_remove(w: &World, id: &str) {
+    w.ok(&["task", "kill", "-s", "SIGKILL", id]);
+    w.eventually(Duration::from_secs(30), &format!("{id} stops"), || {
+        text(&w.run(&["task", "ls"]).stdout)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(id) && l.contains("STOPPED"))
+    });
+    w.ok(&["task", "rm", id]);
+    w.ok(&["container", "rm", id]);
+}
+
 /// `ctr run` with the annotations containerd's CRI puts on a pod's
 /// containers.
 fn pod_args(kind: &str, sandbox: &str) -> Vec<String> {
@@ -568,14 +580,7 @@ fn a_pods_containers_share_its_vm_on_roots_of_their_own() {
     ]);
     assert_eq!(text(&out.stdout), "member\n");
     assert_eq!(boot_id("c2", "e2"), pod_boot);
-    w.ok(&["task", "kill", "-s", "SIGKILL", "c2"]);
-    w.eventually(Duration::from_secs(30), "c2 stops", || {
-        text(&w.run(&["task", "ls"]).stdout)
-            .lines()
-            .any(|l| l.starts_with("c2 ") && l.contains("STOPPED"))
-    });
-    w.ok(&["task", "rm", "c2"]);
-    w.ok(&["container", "rm", "c2"]);
+    kill_and_remove(&w, "c2");
     let gone = w.run(&[
         "task",
         "exec",
@@ -611,14 +616,7 @@ fn a_pods_containers_share_its_vm_on_roots_of_their_own() {
     );
     let _ = w.run(&["container", "rm", "c4"]);
 
-    w.ok(&["task", "kill", "-s", "SIGKILL", "pod1"]);
-    w.eventually(Duration::from_secs(30), "the sandbox stops", || {
-        text(&w.run(&["task", "ls"]).stdout)
-            .lines()
-            .any(|l| l.starts_with("pod1 ") && l.contains("STOPPED"))
-    });
-    w.ok(&["task", "rm", "pod1"]);
-    w.ok(&["container", "rm", "pod1"]);
+    kill_and_remove(&w, "pod1");
     w.eventually(Duration::from_secs(20), "the shims exit", || {
         w.shims().is_empty()
     });
