@@ -86,11 +86,11 @@ pub async fn detach_root(host: &VmHost, vm: &str, endpoint: &AgentEndpoint, slot
         let mut conn = AgentConnection::open(&endpoint, REMOVE_TIMEOUT)?;
         conn.call::<Removed>(request, REMOVE_TIMEOUT)
     })
-    .await;
-    match removed {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!("removing the root of container {id}: {e}"),
-        Err(e) => tracing::warn!("removing the root of container {id}: {e}"),
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r.map_err(anyhow::Error::from));
+    if let Err(e) = removed {
+        tracing::warn!("removing the root of container {id}: {e}");
     }
     if let Err(e) = host.runtime.detach_disk(vm, slot).await {
         tracing::warn!("unplugging slot {slot} of VM {vm}: {e}");

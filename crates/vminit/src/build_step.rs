@@ -10,10 +10,8 @@
 //! points the init had to create are removed before the diff is sent, as
 //! the host's sandbox does.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -165,10 +163,7 @@ pub fn finish() -> io::Result<OwnedFd> {
     let mut setup = setup();
     for target in setup.mounted.iter().rev() {
         // Lazily: the upper directory stays reachable through its fd.
-        if let Ok(t) = CString::new(target.as_os_str().as_bytes()) {
-            // SAFETY: a valid NUL-terminated path.
-            unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
-        }
+        crate::mounts::detach(target);
     }
     setup.mounted.clear();
     for path in setup.made.drain(..).rev() {

@@ -159,7 +159,16 @@ fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn is_mounted(target: &str) -> Result<bool, MountError> {
+/// Unmounts `target` lazily (it goes once unused); best effort, for
+/// clean-ups that must go on.
+pub fn detach(target: &Path) {
+    if let Ok(t) = CString::new(target.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+pub fn is_mounted(target: &str) -> Result<bool, MountError> {
     if target == "/proc" {
         // Before /proc is mounted there is no mountinfo to read.
         return Ok(Path::new("/proc/self/mountinfo").exists());

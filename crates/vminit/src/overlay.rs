@@ -262,9 +262,7 @@ fn mount(
 
 /// Best effort: only used to leave the image's root as the kernel gave it.
 fn unmount(target: &str) {
-    let t = CString::new(target).unwrap_or_default();
-    // SAFETY: a valid NUL-terminated path.
-    unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    crate::mounts::detach(Path::new(target));
 }
 
 #[cfg(test)]

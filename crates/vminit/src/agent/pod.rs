@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cmdline::KernelCmdline;
-use crate::mounts::sys_mount;
+use crate::mounts::{detach, sys_mount};
 
 /// Where the containers' mounts live: a tmpfs of the agent's on the VM's
 /// root (the sandbox's image), so nothing of it persists.
@@ -197,14 +197,7 @@ pub fn block_device_with_serial(sys_block: &Path, serial: &str) -> Option<String
 }
 
 fn is_mount_point(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(here), Some(Ok(parent))) = (
-        std::fs::metadata(path),
-        path.parent().map(std::fs::metadata),
-    ) else {
-        return false;
-    };
-    here.dev() != parent.dev()
+    crate::mounts::is_mounted(&path.to_string_lossy()).unwrap_or(false)
 }
 
 fn mount(
@@ -222,13 +215,6 @@ fn mount(
         data,
     )
     .map_err(|e| io::Error::new(e.kind(), format!("mounting {}: {e}", target.display())))
-}
-
-fn detach(target: &Path) {
-    if let Ok(t) = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()) {
-        // SAFETY: a valid NUL-terminated path.
-        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
-    }
 }
 
 #[cfg(test)]
