@@ -71,14 +71,26 @@ pub enum Request {
     /// (address, hostname, clock, entropy); a [`Kind::Reply`] of
     /// [`Reidentified`].
     Reidentify(Identity),
-    /// Pods: mount the disk whose virtio serial is `serial` (hot-plugged
-    /// by the host) as the read-only image of container `id`, with an
-    /// overlay for its writes on the scratch disk; a [`Kind::Reply`] of
-    /// [`ContainerRootReady`]. [`ExecRequest::container`] then runs in it.
-    ContainerRoot { id: String, serial: String },
+    /// Pods: mount `disk` (plugged in by the host) as the read-only image
+    /// of container `id`, with an overlay for its writes on the scratch
+    /// disk; a [`Kind::Reply`] of [`ContainerRootReady`].
+    /// [`ExecRequest::container`] then runs in it.
+    ContainerRoot { id: String, disk: GuestDisk },
     /// Pods: undo [`Request::ContainerRoot`] (its writes go too), so the
     /// host can unplug the disk; a [`Kind::Reply`] of [`Removed`].
     RemoveContainerRoot { id: String },
+}
+
+/// Where the guest finds a disk the host plugged in while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum GuestDisk {
+    /// A hot-plugged virtio-blk device with this serial (QEMU).
+    Serial { serial: String },
+    /// A drive reserved at boot (`vdX`) that the host re-pointed at the
+    /// image (Firecracker): ready once the guest sees `sectors` 512-byte
+    /// sectors on it.
+    Device { name: String, sectors: u64 },
 }
 
 /// What [`Request::ContainerRoot`] mounted.

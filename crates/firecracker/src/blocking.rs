@@ -98,6 +98,11 @@ impl BlockingClient {
         self.run(self.client.put_drive(body))
     }
 
+    /// `PATCH /drives/{drive_id}`.
+    pub fn patch_drive(&self, body: &PartialDrive) -> Result<()> {
+        self.run(self.client.patch_drive(body))
+    }
+
     /// `PUT /network-interfaces/{iface_id}`.
     pub fn put_network_interface(&self, body: &NetworkInterface) -> Result<()> {
         self.run(self.client.put_network_interface(body))

@@ -75,6 +75,13 @@ impl Client {
             .await
     }
 
+    /// `PATCH /drives/{drive_id}` (after the start only).
+    pub async fn patch_drive(&self, body: &PartialDrive) -> Result<()> {
+        let path = format!("/drives/{}", path_segment(&body.drive_id)?);
+        let encoded = encode(&path, body)?;
+        self.expect_no_content(Method::PATCH, &path, encoded).await
+    }
+
     /// `PUT /network-interfaces/{iface_id}`.
     pub async fn put_network_interface(&self, body: &NetworkInterface) -> Result<()> {
         self.put(

@@ -326,6 +326,29 @@ impl Jail {
         Ok(jailed)
     }
 
+    /// Links `image` into the jail as what drive `drive_id` is re-pointed
+    /// at while the VM runs (`PATCH /drives`), read-only and shared (see
+    /// [`Access::Shared`]), in place of an earlier one; returns its path
+    /// inside the jail. Firecracker keeps the file it had open until the
+    /// re-point, so replacing the link is safe.
+    pub fn link_replacement(&self, drive_id: &str, image: &Path) -> Result<PathBuf> {
+        let name = replacement_name(drive_id)?;
+        self.remove_replacement(drive_id)?;
+        self.link_in(image, &name, Access::Shared)
+    }
+
+    /// Removes what [`Jail::link_replacement`] linked for `drive_id`.
+    /// Idempotent.
+    pub fn remove_replacement(&self, drive_id: &str) -> Result<()> {
+        let path = self.root().join(replacement_name(drive_id)?);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("cannot remove", &path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The jailer's arguments, in the order its documentation gives them.
     pub fn jailer_args(&self, config: &JailerConfig, version: CgroupVersion) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
@@ -469,6 +492,16 @@ pub fn parse_pid(text: &str) -> Option<u32> {
 fn drive_name(drive_id: &str) -> Result<String> {
     check_api_id("drives.drive_id", drive_id)?;
     Ok(format!("drive-{drive_id}.img"))
+}
+
+/// Where [`Jail::stage`] puts drive `drive_id`, inside the jail.
+pub fn staged_drive_path(drive_id: &str) -> Result<PathBuf> {
+    Ok(Path::new("/").join(drive_name(drive_id)?))
+}
+
+fn replacement_name(drive_id: &str) -> Result<String> {
+    check_api_id("drives.drive_id", drive_id)?;
+    Ok(format!("drive-{drive_id}.plugged.img"))
 }
 
 /// A read-only drive may be a shared stored image: the jail user reads it

@@ -37,8 +37,8 @@ pub use cgroup::{CgroupLayout, CgroupSetting, CgroupVersion, Hierarchy};
 pub use client::{Client, DEFAULT_REQUEST_TIMEOUT};
 pub use error::{Error, Result};
 pub use jail::{
-    Access, Jail, JailUser, JailerConfig, DEFAULT_CHROOT_BASE, DEFAULT_JAIL_ID, JAILED_API_SOCKET,
-    JAIL_USER_NAME,
+    staged_drive_path, Access, Jail, JailUser, JailerConfig, DEFAULT_CHROOT_BASE, DEFAULT_JAIL_ID,
+    JAILED_API_SOCKET, JAIL_USER_NAME,
 };
 pub use machine::{
     availability, launch, preflight, restore, LaunchConfig, LaunchMode, Machine, SnapshotFiles,
@@ -47,6 +47,7 @@ pub use machine::{
 };
 pub use process::VmProcess;
 pub use spec::{
-    check_vm_id, DriveSpec, NetworkSpec, VmSpec, VsockSpec, MMDS_IPV4, NET_IFACE_ID, ROOT_DRIVE_ID,
+    check_vm_id, DriveSpec, NetworkSpec, VmSpec, VsockSpec, MAX_VIRTIO_DEVICES, MMDS_IPV4,
+    NET_IFACE_ID, ROOT_DRIVE_ID,
 };
 pub use transport::{check_socket_path, MAX_SOCKET_PATH};

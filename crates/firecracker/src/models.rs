@@ -57,6 +57,16 @@ pub struct Drive {
     pub io_engine: Option<IoEngine>,
 }
 
+/// `PATCH /drives/{drive_id}` (spec: `PartialDrive`): post-boot, points a
+/// virtio-block drive at another file; the guest sees the new capacity
+/// through a config-change interrupt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialDrive {
+    pub drive_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<PathBuf>,
+}
+
 /// Block device caching strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheType {

@@ -24,11 +24,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use firebuild_firecracker::models::{InstanceState, SnapshotCreateParams};
+use firebuild_firecracker::models::{InstanceState, PartialDrive, SnapshotCreateParams};
 use firebuild_firecracker::standin::Netns;
 use firebuild_firecracker::{
-    CgroupLayout, CgroupSetting, DriveSpec, Error, JailUser, JailerConfig, LaunchConfig,
-    LaunchMode, Machine, NetworkSpec, SnapshotFiles, VmSpec, VsockSpec,
+    staged_drive_path, CgroupLayout, CgroupSetting, DriveSpec, Error, JailUser, JailerConfig,
+    LaunchConfig, LaunchMode, Machine, NetworkSpec, SnapshotFiles, VmSpec, VsockSpec,
+    MAX_VIRTIO_DEVICES,
 };
 
 /// Where the real binaries are, or why the tests skip.
@@ -524,4 +525,125 @@ fn real_failed_launches_leave_nothing() {
     let err = Machine::launch(&real.config(10112, &vm.netns), &spec).unwrap_err();
     assert!(matches!(err, Error::Api { .. }), "{err}");
     assert_gone(&real, "fc-notap");
+}
+
+/// Pods on Firecracker: drives reserved at boot (read-only, an empty
+/// placeholder) and re-pointed with `PATCH /drives` at a container's image
+/// linked into the jail, then back; what Firecracker refuses; how many
+/// devices one VM takes ([`MAX_VIRTIO_DEVICES`]).
+#[test]
+fn real_reserved_drives_are_re_pointed_while_the_vm_runs() {
+    let Some(real) = Real::new() else { return };
+    let vm = real.vm("fc-pod", 10121);
+    let run = real.dir.path().join("fc-pod");
+    let placeholder = run.join("reserved.empty");
+    std::fs::write(&placeholder, b"").unwrap();
+    std::fs::set_permissions(&placeholder, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let mut spec = vm.spec.clone();
+    for slot in 0..2 {
+        spec.drives.push(DriveSpec {
+            drive_id: format!("pod_slot_{slot}"),
+            path: placeholder.clone(),
+            read_only: true,
+            in_place: false,
+        });
+    }
+    let machine = Machine::launch(&real.config(10121, &vm.netns), &spec).unwrap();
+    let jail = machine.process().jail.clone().unwrap();
+    let image = run.join("container.ext4");
+    sparse(&image, 3 << 20);
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let patch = |id: &str, path: &Path| {
+        machine.client().patch_drive(&PartialDrive {
+            drive_id: id.into(),
+            path_on_host: Some(path.to_owned()),
+        })
+    };
+    let path_of = |id: &str| {
+        machine
+            .vm_config()
+            .unwrap()
+            .drives
+            .iter()
+            .find(|d| d["drive_id"] == id)
+            .map(|d| d["path_on_host"].as_str().unwrap().to_owned())
+    };
+    // Booted with the placeholder, linked (not copied) into the jail.
+    let reserved = staged_drive_path("pod_slot_1").unwrap();
+    assert_eq!(path_of("pod_slot_1").unwrap(), reserved.to_str().unwrap());
+    let linked = std::fs::metadata(jail.host_path(&reserved)).unwrap();
+    assert_eq!(linked.ino(), std::fs::metadata(&placeholder).unwrap().ino());
+
+    // Re-pointed at the image: a link of it in the jail, the original
+    // untouched (root's, read-only to the jail user).
+    let in_jail = jail.link_replacement("pod_slot_1", &image).unwrap();
+    patch("pod_slot_1", &in_jail).unwrap();
+    assert_eq!(path_of("pod_slot_1").unwrap(), in_jail.to_str().unwrap());
+    let image_meta = std::fs::metadata(&image).unwrap();
+    let linked = std::fs::metadata(jail.host_path(&in_jail)).unwrap();
+    assert_eq!((linked.ino(), image_meta.uid()), (image_meta.ino(), 0));
+    // A second link for the same drive replaces the first.
+    assert_eq!(
+        jail.link_replacement("pod_slot_1", &image).unwrap(),
+        in_jail
+    );
+
+    // What the real one refuses, as the stand-in answers it too.
+    let err = patch("pod_slot_9", &in_jail).unwrap_err().to_string();
+    assert!(
+        err.contains("400") && err.contains("Device not found"),
+        "{err}"
+    );
+    let err = patch("pod_slot_0", Path::new("/no-such.img"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("No such file or directory"),
+        "{err}"
+    );
+    assert_eq!(
+        path_of("pod_slot_0").unwrap(),
+        staged_drive_path("pod_slot_0").unwrap().to_str().unwrap()
+    );
+
+    // Back to the placeholder; the image's link goes.
+    patch("pod_slot_1", &reserved).unwrap();
+    assert_eq!(path_of("pod_slot_1").unwrap(), reserved.to_str().unwrap());
+    jail.remove_replacement("pod_slot_1").unwrap();
+    jail.remove_replacement("pod_slot_1").unwrap();
+    assert!(!jail.host_path(&in_jail).exists());
+    machine.kill().unwrap();
+    machine.cleanup().unwrap();
+    assert_gone(&real, "fc-pod");
+
+    // The device limit: the VM's block devices, network and vsock share 17
+    // interrupt lines (VMGenID and VMClock take two of the 19).
+    for blocks in [MAX_VIRTIO_DEVICES - 2, MAX_VIRTIO_DEVICES - 1] {
+        let id = format!("fc-blocks{blocks}");
+        let uid = 10130 + blocks as u32;
+        let vm = real.vm(&id, uid);
+        let mut spec = vm.spec.clone();
+        while spec.drives.len() + 1 < blocks {
+            spec.drives.push(DriveSpec {
+                drive_id: format!("extra{}", spec.drives.len()),
+                path: real.image.clone(),
+                read_only: true,
+                in_place: false,
+            });
+        }
+        let launched = Machine::launch(&real.config(uid, &vm.netns), &spec);
+        if blocks + 2 <= MAX_VIRTIO_DEVICES {
+            let machine = launched.unwrap();
+            assert_eq!(machine.info().unwrap().state, InstanceState::Running);
+            machine.kill().unwrap();
+            machine.cleanup().unwrap();
+        } else {
+            let err = launched.err().unwrap().to_string();
+            assert!(
+                err.contains("InstanceStart") && err.contains("not available"),
+                "{err}"
+            );
+        }
+        assert_gone(&real, &id);
+    }
 }

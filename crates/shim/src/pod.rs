@@ -1,6 +1,7 @@
 //! A pod's further containers, inside its sandbox's VM: each one's image
-//! (converted as any container's) is hot-plugged as a read-only disk into a
-//! slot of the VM, and the agent mounts it as that container's root with
+//! (converted as any container's) is plugged as a read-only disk into a
+//! slot of the VM (hot-plugged under QEMU, a reserved drive re-pointed
+//! under Firecracker), and the agent mounts it as that container's root with
 //! its writes on the VM's scratch disk. Its processes run there
 //! ([`firebuild_agent_proto::ExecRequest::container`]).
 
@@ -17,7 +18,7 @@ use crate::vm_host::VmHost;
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The virtio serial of slot `slot`'s disk.
+/// The virtio serial of slot `slot`'s disk (QEMU's hot-plugged ones).
 fn serial(slot: u32) -> String {
     format!("fb-pod-{slot}")
 }
@@ -45,7 +46,8 @@ pub async fn attach_root(
         read_only: true,
         in_place: true,
     };
-    host.runtime
+    let guest_disk = host
+        .runtime
         .attach_disk(vm, slot, &disk)
         .await
         .with_context(|| format!("plugging the root of container {id} into VM {vm}"))?;
@@ -53,7 +55,7 @@ pub async fn attach_root(
         endpoint.clone(),
         Request::ContainerRoot {
             id: id.to_owned(),
-            serial: disk.id.clone(),
+            disk: guest_disk,
         },
     );
     let mounted = tokio::task::spawn_blocking(move || {

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 
 use firebuild_firecracker::VmProcess;
+
+use crate::reserved::ReservedDrive;
 use firebuild_vm::RunMetadata;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,9 @@ pub struct FirecrackerDetails {
     pub log_path: PathBuf,
     /// Firecracker's metrics file (host path, in the run directory).
     pub metrics_path: PathBuf,
+    /// The drives reserved for a pod's containers, by slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved_drives: Vec<ReservedDrive>,
 }
 
 impl FirecrackerDetails {
@@ -63,6 +68,11 @@ mod tests {
             binary: "/usr/bin/firecracker".into(),
             log_path: "/run/vm1/firecracker.log".into(),
             metrics_path: "/run/vm1/firecracker.metrics".into(),
+            reserved_drives: vec![ReservedDrive {
+                drive_id: "pod_slot_0".into(),
+                guest_name: "vdc".into(),
+                placeholder: "/drive-pod_slot_0.img".into(),
+            }],
         };
         let value = serde_json::to_value(&details).unwrap();
         assert_eq!(value["pid"], 42);

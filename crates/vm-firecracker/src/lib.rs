@@ -19,12 +19,14 @@ mod config;
 mod details;
 mod host;
 pub mod jail_ids;
+mod reserved;
 mod snapshot_files;
 mod vmm;
 
 pub use boot::kernel_args;
 pub use config::FirecrackerConfig;
 pub use details::{FirecrackerDetails, Mode};
+pub use reserved::ReservedDrive;
 pub use vmm::{FirecrackerVmm, LOG_FILE, METRICS_FILE};
 
 /// The jail user type of [`FirecrackerConfig::user`], re-exported for callers.

@@ -9,8 +9,8 @@ use firebuild_firecracker::{self as fc, DriveSpec, NetworkSpec, VmProcess, VmSpe
 use firebuild_vm::rundir::RunDir;
 use firebuild_vm::vmm::{SNAPSHOT_MEMORY_FILE, SNAPSHOT_STATE_FILE};
 use firebuild_vm::{
-    AgentEndpoint, Availability, Disk, LaunchConfig, NetworkAttachment, RunMetadata, StartedVm,
-    VmError, Vmm, VmmKind,
+    AgentEndpoint, Availability, Disk, GuestDisk, LaunchConfig, NetworkAttachment, RunMetadata,
+    StartedVm, VmError, Vmm, VmmKind,
 };
 use serde_json::json;
 
@@ -19,6 +19,7 @@ use crate::config::{find_binary, FirecrackerConfig};
 use crate::details::{FirecrackerDetails, Mode};
 use crate::host;
 use crate::jail_ids;
+use crate::reserved::{self, ReservedDrive};
 use crate::snapshot_files;
 
 /// Where Firecracker writes a snapshot it takes (in its jail root, or the
@@ -99,9 +100,15 @@ impl FirecrackerVmm {
         host::check_elf_kernel(kernel)
     }
 
-    /// The VM description for Firecracker; creates the console, log and
+    /// The VM description for Firecracker, with the drives reserved for
+    /// [`LaunchConfig::hotplug_slots`]; creates the console, log and
     /// metrics files (0600) in the run directory.
-    fn vm_spec(&self, launch: &LaunchConfig, net: &NetworkAttachment) -> Result<VmSpec, VmError> {
+    fn vm_spec(
+        &self,
+        launch: &LaunchConfig,
+        net: &NetworkAttachment,
+        mode: Mode,
+    ) -> Result<(VmSpec, Vec<ReservedDrive>), VmError> {
         let vcpu_count = u8::try_from(launch.cpus).map_err(|_| {
             start_error(
                 &launch.id,
@@ -119,7 +126,11 @@ impl FirecrackerVmm {
         for file in [&console, &log, &metrics] {
             RunDir::write_private(file, b"")?;
         }
-        Ok(VmSpec {
+        let (reserved_specs, reserved): (Vec<_>, Vec<_>) =
+            reserved::drives(launch, mode == Mode::Jailed)?
+                .into_iter()
+                .unzip();
+        let spec = VmSpec {
             boot_args: launch.kernel_args.clone(),
             vcpu_count,
             mem_size_mib: launch.mem_mib,
@@ -138,9 +149,15 @@ impl FirecrackerVmm {
                 uds_path: launch.run_dir.file(AGENT_SOCKET),
             }),
             root_read_only: launch.root.read_only,
-            drives: launch.disks.iter().map(drive_spec).collect(),
+            drives: launch
+                .disks
+                .iter()
+                .map(drive_spec)
+                .chain(reserved_specs)
+                .collect(),
             ..VmSpec::new(&launch.id, &launch.kernel, &launch.root.path)
-        })
+        };
+        Ok((spec, reserved))
     }
 }
 
@@ -398,6 +415,32 @@ impl Vmm for FirecrackerVmm {
         self.run_firecracker(launch, Some(&files)).await
     }
 
+    async fn attach_disk(
+        &self,
+        vm: &RunMetadata,
+        slot: u32,
+        disk: &Disk,
+    ) -> Result<GuestDisk, VmError> {
+        let details = self.running_details(vm)?;
+        let client = details
+            .process
+            .client()
+            .with_timeout(self.config.request_timeout);
+        reserved::attach(&details, &client, vm, slot, &disk.path).await
+    }
+
+    async fn detach_disk(&self, vm: &RunMetadata, slot: u32) -> Result<(), VmError> {
+        if !self.is_running(vm) {
+            return Ok(());
+        }
+        let details = self.running_details(vm)?;
+        let client = details
+            .process
+            .client()
+            .with_timeout(self.config.request_timeout);
+        reserved::detach(&details, &client, vm, slot).await
+    }
+
     fn agent_endpoint(&self, vm: &RunMetadata) -> Option<AgentEndpoint> {
         let details = FirecrackerDetails::from_metadata(vm).ok()??;
         let socket = match &details.process.jail {
@@ -478,7 +521,7 @@ impl FirecrackerVmm {
         } else {
             Mode::Direct
         };
-        let spec = self.vm_spec(launch, net)?;
+        let (spec, reserved_drives) = self.vm_spec(launch, net, mode)?;
         // Jailed without a fixed user: an id of this VM's own.
         let claimed = match (mode, self.config.user) {
             (Mode::Jailed, None) => Some(
@@ -530,6 +573,7 @@ impl FirecrackerVmm {
             binary,
             log_path: spec.log_path.unwrap_or_default(),
             metrics_path: spec.metrics_path.unwrap_or_default(),
+            reserved_drives,
         };
         let recorded = serde_json::to_value(&details).map_err(VmError::GuestMetadata);
         let pid = i32::try_from(details.process.pid).map_err(|_| {
@@ -556,13 +600,18 @@ impl FirecrackerVmm {
 
     /// The API client of a running VM.
     fn api(&self, vm: &RunMetadata) -> Result<fc::Client, VmError> {
-        let details = stored_details(vm)
-            .map_err(|r| stop_error(&vm.id, r))?
-            .ok_or_else(|| stop_error(&vm.id, "no Firecracker process is recorded for it"))?;
-        Ok(details
+        Ok(self
+            .running_details(vm)?
             .process
             .client()
             .with_timeout(self.config.request_timeout))
+    }
+
+    /// The stored details of a VM whose process must be there.
+    fn running_details(&self, vm: &RunMetadata) -> Result<FirecrackerDetails, VmError> {
+        stored_details(vm)
+            .map_err(|r| stop_error(&vm.id, r))?
+            .ok_or_else(|| stop_error(&vm.id, "no Firecracker process is recorded for it"))
     }
 }
 

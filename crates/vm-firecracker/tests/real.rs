@@ -19,8 +19,8 @@ use std::time::Duration;
 use common::{image, Netns};
 use firebuild_vm::network::NetworkError;
 use firebuild_vm::{
-    Interrupts, NetworkAttachment, NetworkReleaser, RunMetadata, RunOutcome, RunSpec, Runtime,
-    SnapshotStore, VmStatus, VmmChoice,
+    Disk, GuestDisk, Interrupts, NetworkAttachment, NetworkReleaser, RunMetadata, RunOutcome,
+    RunSpec, Runtime, SnapshotStore, VmStatus, VmmChoice,
 };
 use firebuild_vm_firecracker::{FirecrackerConfig, FirecrackerDetails, FirecrackerVmm};
 
@@ -116,43 +116,74 @@ impl Drop for Leftovers {
     }
 }
 
+/// Makes the `RunSpec` of a VM named so, on that network.
+type SpecMaker = Box<dyn Fn(&str, &Netns) -> RunSpec>;
+
+/// A runtime on the real binaries, under `dir`, and a `RunSpec` maker.
+struct Real {
+    runs: PathBuf,
+    chroot_base: PathBuf,
+    releases: Arc<Releases>,
+    runtime: Runtime,
+    spec: SpecMaker,
+}
+
+impl Real {
+    fn new(bin: &Path, dir: &Path) -> Real {
+        let runs = dir.join("runs");
+        std::fs::create_dir(&runs).unwrap();
+        let chroot_base = dir.join("jail");
+        let config = FirecrackerConfig {
+            firecracker: bin.join("firecracker"),
+            jailer: bin.join("jailer"),
+            chroot_base: chroot_base.clone(),
+            user: None,
+            id_range: firebuild_vm_firecracker::jail_ids::DEFAULT_RANGE,
+            no_jailer: false,
+            socket_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            snapshot_timeout: Duration::from_secs(120),
+        };
+        let releases = Arc::new(Releases::default());
+        let runtime = Runtime::with_backends(&runs, vec![Arc::new(FirecrackerVmm::new(config))])
+            .with_network_releaser(releases.clone());
+        let kernel = kernel(dir);
+        let rootfs = dir.join("stored-rootfs.ext4");
+        std::fs::File::create(&rootfs)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let spec = move |name: &str, net: &Netns| {
+            let mut spec = RunSpec::new(rootfs.clone(), image(), kernel.clone());
+            spec.name = Some(name.into());
+            spec.vmm = VmmChoice::Firecracker;
+            spec.mem_mib = 128;
+            spec.network_choice = firebuild_vm::NetworkChoice::Attached(net.attachment());
+            spec.daemonize = true;
+            spec
+        };
+        Real {
+            runs,
+            chroot_base,
+            releases,
+            runtime,
+            spec: Box::new(spec),
+        }
+    }
+}
+
 #[test]
 fn real_run_pause_resume_snapshot_and_a_fork_that_cannot_wake_leaves_nothing() {
     let Some(bin) = real_bin_dir() else { return };
     let _leftovers = Leftovers(vec!["fc-src", "fc-fork"]);
     let dir = tempfile::Builder::new().prefix("fbvr").tempdir().unwrap();
-    let runs = dir.path().join("runs");
-    std::fs::create_dir(&runs).unwrap();
-    let chroot_base = dir.path().join("jail");
-    let config = FirecrackerConfig {
-        firecracker: bin.join("firecracker"),
-        jailer: bin.join("jailer"),
-        chroot_base: chroot_base.clone(),
-        user: None,
-        id_range: firebuild_vm_firecracker::jail_ids::DEFAULT_RANGE,
-        no_jailer: false,
-        socket_timeout: Duration::from_secs(30),
-        request_timeout: Duration::from_secs(30),
-        snapshot_timeout: Duration::from_secs(120),
-    };
-    let releases = Arc::new(Releases::default());
-    let runtime = Runtime::with_backends(&runs, vec![Arc::new(FirecrackerVmm::new(config))])
-        .with_network_releaser(releases.clone());
-    let kernel = kernel(dir.path());
-    let rootfs = dir.path().join("stored-rootfs.ext4");
-    std::fs::File::create(&rootfs)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let spec = |name: &str, net: &Netns| {
-        let mut spec = RunSpec::new(rootfs.clone(), image(), kernel.clone());
-        spec.name = Some(name.into());
-        spec.vmm = VmmChoice::Firecracker;
-        spec.mem_mib = 128;
-        spec.network_choice = firebuild_vm::NetworkChoice::Attached(net.attachment());
-        spec.daemonize = true;
-        spec
-    };
+    let Real {
+        runs,
+        chroot_base,
+        releases,
+        runtime,
+        spec,
+    } = Real::new(&bin, dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -228,5 +259,95 @@ fn real_run_pause_resume_snapshot_and_a_fork_that_cannot_wake_leaves_nothing() {
         assert!(!jail_dir.exists(), "jail of fc-src left");
         assert!(!runs.join("fc-src").exists(), "run dir of fc-src left");
         assert_eq!(*releases.0.lock().unwrap(), ["fc-src:fctap0"]);
+    });
+}
+
+/// A pod's sandbox VM on the real Firecracker: booted with drives reserved
+/// for its containers, one re-pointed at a container's image (the guest
+/// told where and how big), then back, then kill and purge leave nothing.
+#[test]
+fn real_pod_vm_re_points_a_reserved_drive() {
+    let Some(bin) = real_bin_dir() else { return };
+    let _leftovers = Leftovers(vec!["fc-pod"]);
+    let dir = tempfile::Builder::new().prefix("fbvp").tempdir().unwrap();
+    let real = Real::new(&bin, dir.path());
+    let image_file = dir.path().join("container.ext4");
+    std::fs::File::create(&image_file)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let net = Netns::new();
+        let mut spec = (real.spec)("fc-pod", &net);
+        spec.hotplug_slots = 2;
+        let mut sink = Vec::new();
+        real.runtime.run(spec, &mut sink).await.unwrap();
+        let vm = real.runtime.inspect("fc-pod").await.unwrap();
+        let details: FirecrackerDetails = serde_json::from_value(vm.vmm_details.clone()).unwrap();
+        let client = details.process.client();
+        let path_of = |config: &firebuild_firecracker::models::FullVmConfiguration, id: &str| {
+            config
+                .drives
+                .iter()
+                .find(|d| d["drive_id"] == id)
+                .map(|d| d["path_on_host"].as_str().unwrap().to_owned())
+        };
+        let booted = client.vm_config().await.unwrap();
+        assert_eq!(
+            path_of(&booted, "pod_slot_0").as_deref(),
+            Some("/drive-pod_slot_0.img")
+        );
+        assert_eq!(
+            path_of(&booted, "pod_slot_1").as_deref(),
+            Some("/drive-pod_slot_1.img")
+        );
+
+        let disk = Disk {
+            id: "fb-pod-0".into(),
+            path: image_file.clone(),
+            read_only: true,
+            in_place: true,
+        };
+        let guest = real.runtime.attach_disk("fc-pod", 0, &disk).await.unwrap();
+        // rootfs vda, scratch vdb, then the slots.
+        assert_eq!(
+            guest,
+            GuestDisk::Device {
+                name: "vdc".into(),
+                sectors: 4096
+            }
+        );
+        let plugged = client.vm_config().await.unwrap();
+        assert_eq!(
+            path_of(&plugged, "pod_slot_0").as_deref(),
+            Some("/drive-pod_slot_0.plugged.img")
+        );
+        let jail_root = details.process.jail.clone().unwrap().root();
+        assert!(jail_root.join("drive-pod_slot_0.plugged.img").exists());
+
+        real.runtime.detach_disk("fc-pod", 0).await.unwrap();
+        let unplugged = client.vm_config().await.unwrap();
+        assert_eq!(
+            path_of(&unplugged, "pod_slot_0").as_deref(),
+            Some("/drive-pod_slot_0.img")
+        );
+        assert!(!jail_root.join("drive-pod_slot_0.plugged.img").exists());
+
+        real.runtime
+            .kill("fc-pod", Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        real.runtime.purge().await.unwrap();
+        assert_eq!(processes_of("fc-pod"), Vec::<u32>::new());
+        assert!(
+            !real.chroot_base.join("firecracker/fc-pod").exists(),
+            "jail left"
+        );
+        assert!(!real.runs.join("fc-pod").exists(), "run dir left");
     });
 }

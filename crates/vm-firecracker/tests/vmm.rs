@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use common::{guest_document, run_metadata, wait_gone, Fixture, Netns, MAC, TAP};
 use firebuild_vm::rundir::RunDir;
-use firebuild_vm::{AgentEndpoint, Availability, Disk, VmError, Vmm, VmmKind};
+use firebuild_vm::{AgentEndpoint, Availability, Disk, GuestDisk, VmError, Vmm, VmmKind};
 use firebuild_vm_firecracker::{FirecrackerConfig, FirecrackerDetails, FirecrackerVmm, Mode};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Not a test: the body of the `firecracker` stand-in process.
 #[test]
@@ -822,4 +822,111 @@ fn a_paused_vm_is_snapshotted_and_a_fork_restored_in_its_own_jail() {
         assert!(wait_gone(pid));
         rt.block_on(vmm.cleanup(vm)).unwrap();
     }
+}
+
+/// Pods: the VM boots with a read-only drive per slot on an empty
+/// placeholder; a container's image is linked into the jail and the slot's
+/// drive re-pointed at it (`PATCH /drives`), then back; the guest is told
+/// the drive's place and size. Bad slots and too many devices are refused.
+#[test]
+fn pod_slots_are_reserved_drives_re_pointed_at_images() {
+    let fx = Fixture::new();
+    let ns = Netns::new();
+    let vmm = FirecrackerVmm::new(fx.config());
+    let mut launch = fx.launch("vm-pod", Some(ns.attachment()));
+    launch.hotplug_slots = 2;
+    let rt = rt();
+    let started = rt.block_on(vmm.start(&launch)).unwrap();
+    let requests = fx.wait_requests("vm-pod", 14);
+    let drives: Vec<Value> = requests
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().starts_with("/drives/pod_slot"))
+        .map(|r| r["body"].clone())
+        .collect();
+    assert_eq!(
+        drives,
+        [
+            json!({"drive_id": "pod_slot_0", "path_on_host": "/drive-pod_slot_0.img", "is_root_device": false, "is_read_only": true}),
+            json!({"drive_id": "pod_slot_1", "path_on_host": "/drive-pod_slot_1.img", "is_root_device": false, "is_read_only": true}),
+        ]
+    );
+    let details: FirecrackerDetails = serde_json::from_value(started.details.clone()).unwrap();
+    let root = details.process.jail.clone().unwrap().root();
+    assert_eq!(
+        std::fs::metadata(root.join("drive-pod_slot_0.img"))
+            .unwrap()
+            .len(),
+        0
+    );
+    let vm = run_metadata(&launch, &started);
+
+    let image = fx.path().join("container.ext4");
+    std::fs::write(&image, vec![0u8; 3 * 4096]).unwrap();
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let disk = Disk {
+        id: "fb-pod-1".into(),
+        path: image.clone(),
+        read_only: true,
+        in_place: true,
+    };
+    let guest = rt.block_on(vmm.attach_disk(&vm, 1, &disk)).unwrap();
+    // rootfs vda, scratch vdb, slot 0 vdc, slot 1 vdd.
+    assert_eq!(
+        guest,
+        GuestDisk::Device {
+            name: "vdd".into(),
+            sectors: 24
+        }
+    );
+    let last = fx.requests("vm-pod").last().unwrap().clone();
+    assert_eq!(
+        (last["method"].as_str(), last["status"].as_u64()),
+        (Some("PATCH"), Some(204))
+    );
+    assert_eq!(
+        last["body"],
+        json!({"drive_id": "pod_slot_1", "path_on_host": "/drive-pod_slot_1.plugged.img"})
+    );
+    let linked = std::fs::metadata(root.join("drive-pod_slot_1.plugged.img")).unwrap();
+    let original = std::fs::metadata(&image).unwrap();
+    assert_eq!(
+        (linked.ino(), linked.uid()),
+        (original.ino(), original.uid())
+    );
+
+    // Refused: a slot the VM does not have, an image Firecracker cannot
+    // open (the stand-in answers as v1.16.1 does); nothing stays linked.
+    let err = rt.block_on(vmm.attach_disk(&vm, 2, &disk)).unwrap_err();
+    assert!(err.to_string().contains("slot 2 does not exist"), "{err}");
+    let missing = Disk {
+        path: fx.path().join("missing.ext4"),
+        ..disk.clone()
+    };
+    let err = rt.block_on(vmm.attach_disk(&vm, 0, &missing)).unwrap_err();
+    assert!(err.to_string().contains("missing.ext4"), "{err}");
+    assert!(!root.join("drive-pod_slot_0.plugged.img").exists());
+
+    // Detached: back on the placeholder, the image's link gone; twice is fine.
+    rt.block_on(vmm.detach_disk(&vm, 1)).unwrap();
+    let last = fx.requests("vm-pod").last().unwrap().clone();
+    assert_eq!(
+        last["body"],
+        json!({"drive_id": "pod_slot_1", "path_on_host": "/drive-pod_slot_1.img"})
+    );
+    assert!(!root.join("drive-pod_slot_1.plugged.img").exists());
+    rt.block_on(vmm.detach_disk(&vm, 1)).unwrap();
+    rt.block_on(vmm.force_stop(&vm)).unwrap();
+    // An exited VM has nothing to detach.
+    rt.block_on(vmm.detach_disk(&vm, 1)).unwrap();
+    rt.block_on(vmm.cleanup(&vm)).unwrap();
+
+    // More slots than Firecracker has devices for: refused before it runs.
+    let mut launch = fx.launch("vm-pod-big", Some(ns.attachment()));
+    launch.hotplug_slots = 16;
+    let err = rt.block_on(vmm.start(&launch)).unwrap_err().to_string();
+    assert!(
+        err.contains("pod-containers") && err.contains("at most 17"),
+        "{err}"
+    );
+    assert!(fx.requests("vm-pod-big").is_empty());
 }

@@ -45,6 +45,6 @@ pub use snapshot_store::{Snapshot, SnapshotRecord, SnapshotStaging, SnapshotStor
 pub use spec::{HealthOverrides, NetworkAttachment, RunSpec, VmmChoice};
 pub use state::{render_table, RunMetadata, VmStatus, VmSummary};
 pub use vmm::qemu::{Accel, AccelPolicy, IdPool, Machine, QemuConfig, QemuVmm};
-pub use vmm::{Availability, Disk, LaunchConfig, StartedVm, Vmm, VmmKind};
+pub use vmm::{Availability, Disk, GuestDisk, LaunchConfig, StartedVm, Vmm, VmmKind};
 pub use volume_store::{Volume, VolumeFs, VolumeStore, DEFAULT_VOLUME_SIZE};
 pub use volumes::{VolumeMount, VolumeSpec};

@@ -593,14 +593,13 @@ impl Runtime {
     }
 
     /// Plugs `disk` into hot-plug slot `slot` of a running VM (started with
-    /// [`crate::RunSpec::hotplug_slots`]); the guest finds it by its serial,
-    /// `disk.id`.
+    /// [`crate::RunSpec::hotplug_slots`]); returns where the guest finds it.
     pub async fn attach_disk(
         &self,
         id: &str,
         slot: u32,
         disk: &crate::vmm::Disk,
-    ) -> Result<(), VmError> {
+    ) -> Result<crate::vmm::GuestDisk, VmError> {
         let metadata = self.load(id).await?;
         if !metadata.status.is_live() {
             return Err(VmError::Hotplug {

@@ -145,7 +145,7 @@ pub struct RunSpec {
     /// [`RunSpec::from_snapshot`].
     pub snapshot: Option<crate::snapshot_store::Snapshot>,
     /// Places for disks attached while the VM runs (a pod's containers,
-    /// [`crate::Runtime::attach_disk`]); QEMU q35 only.
+    /// [`crate::Runtime::attach_disk`]): QEMU q35 and Firecracker.
     pub hotplug_slots: u32,
 }
 

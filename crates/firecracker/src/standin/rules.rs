@@ -123,6 +123,12 @@ pub(super) fn route(
             pre_boot!();
             put_drive(vm, opts, body)
         }
+        ("PATCH", "/drives/{drive_id}") => {
+            if !vm.started {
+                return fault(NOT_BEFORE_BOOT);
+            }
+            patch_drive(vm, opts, &body)
+        }
         ("PUT", "/network-interfaces/{iface_id}") => {
             pre_boot!();
             let id = match checked_id(&body["iface_id"]) {
@@ -376,6 +382,32 @@ fn load_snapshot(vm: &mut VmModel, opts: &Options, body: &Value) -> Answer {
 
 const INVALID_BLOCK_CONFIG: &str =
     "Drive config error: Unable to create the block device: Invalid block config.";
+
+/// `PATCH /drives/{drive_id}` after the start, with v1.16.1's answers: the
+/// drive must exist and the new file open (seen from inside the jail).
+fn patch_drive(vm: &mut VmModel, opts: &Options, body: &Value) -> Answer {
+    const PREFIX: &str = "Drive config error: Unable to patch the block device:";
+    const SUFFIX: &str = "Please verify the request arguments.";
+    let Some(drive) = vm
+        .drives
+        .iter_mut()
+        .find(|d| d["drive_id"] == body["drive_id"])
+    else {
+        return fault(format!(
+            "{PREFIX} Failed perform action on device: Device not found {SUFFIX}"
+        ));
+    };
+    let Some(path) = body["path_on_host"].as_str() else {
+        return (204, None);
+    };
+    if opts.check_host_resources && !host_path(opts, &body["path_on_host"]).is_file() {
+        return fault(format!(
+            "{PREFIX} Block: Virtio backend error: Error manipulating the backing file: No such file or directory (os error 2) {path} {SUFFIX}"
+        ));
+    }
+    drive["path_on_host"] = json!(path);
+    (204, None)
+}
 
 /// `PUT /drives/{drive_id}` as Firecracker's block builder takes it: one
 /// root drive at most, kept first; a known id replaces that drive in place;

@@ -20,6 +20,7 @@ pub mod qemu;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+pub use firebuild_agent_proto::GuestDisk;
 use firebuild_metadata::MmdsDocument;
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +74,9 @@ pub struct LaunchConfig {
     pub guest: MmdsDocument,
     /// When set, the VMM runs inside `netns` and attaches to its tap.
     pub network: Option<NetworkAttachment>,
-    /// Places for disks attached while the VM runs ([`Vmm::attach_disk`]).
+    /// Places for disks attached while the VM runs ([`Vmm::attach_disk`]):
+    /// empty PCIe root ports under QEMU, drives reserved at boot under
+    /// Firecracker.
     pub hotplug_slots: u32,
 }
 
@@ -212,9 +215,13 @@ pub trait Vmm: Send + Sync {
     ) -> Result<StartedVm, VmError>;
 
     /// Plugs `disk` into hot-plug slot `slot` of the running VM (see
-    /// [`LaunchConfig::hotplug_slots`]); the guest finds it by its virtio
-    /// serial, `disk.id`.
-    async fn attach_disk(&self, vm: &RunMetadata, slot: u32, disk: &Disk) -> Result<(), VmError> {
+    /// [`LaunchConfig::hotplug_slots`]) and says where the guest finds it.
+    async fn attach_disk(
+        &self,
+        vm: &RunMetadata,
+        slot: u32,
+        disk: &Disk,
+    ) -> Result<GuestDisk, VmError> {
         let _ = slot;
         Err(VmError::Hotplug {
             id: vm.id.clone(),

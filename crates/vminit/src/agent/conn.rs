@@ -205,10 +205,10 @@ fn handle(frame: Frame, sessions: &mut HashMap<u32, Session>, out: &Writer, ctx:
                         &Failure::new(1, format!("taking on the fork's identity: {e}")),
                     ),
                 },
-                Request::ContainerRoot { id, serial } => {
+                Request::ContainerRoot { id, disk } => {
                     // Waits for the hot-plugged disk: off this connection's loop.
                     let out = Arc::clone(out);
-                    std::thread::spawn(move || match super::pod::mount_root(&id, &serial) {
+                    std::thread::spawn(move || match super::pod::mount_root(&id, &disk) {
                         Ok(root) => reply(
                             &out,
                             ch,

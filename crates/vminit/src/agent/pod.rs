@@ -1,6 +1,7 @@
-//! The roots of a pod's further containers. The host hot-plugs each
-//! container's image as a read-only disk named by its virtio serial; the
-//! agent mounts it with an overlay whose writes go to the VM's scratch disk
+//! The roots of a pod's further containers. The host plugs each
+//! container's image in as a read-only disk (hot-plugged and named by its
+//! virtio serial under QEMU; a drive reserved at boot and re-pointed under
+//! Firecracker, see [`GuestDisk`]); the agent mounts it with an overlay whose writes go to the VM's scratch disk
 //! (seen a second time under [`POD_DIR`]), and gives it `/proc`, `/sys` and
 //! `/dev`. Processes of that container run chrooted into it, in a mount
 //! namespace of their own ([`crate::process::ProcessLimits::root`]).
@@ -8,6 +9,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use firebuild_agent_proto::GuestDisk;
 
 use crate::cmdline::KernelCmdline;
 use crate::mounts::{detach, sys_mount};
@@ -51,11 +54,14 @@ pub fn root_of(id: &str) -> io::Result<PathBuf> {
     }
 }
 
-/// Mounts the disk with `serial` as container `id`'s root; returns it.
-pub fn mount_root(id: &str, serial: &str) -> io::Result<PathBuf> {
+/// Mounts `disk` as container `id`'s root; returns it.
+pub fn mount_root(id: &str, disk: &GuestDisk) -> io::Result<PathBuf> {
     let id = checked_id(id)?;
     let scratch = scratch_view()?;
-    let device = wait_for_serial(serial)?;
+    let device = match disk {
+        GuestDisk::Serial { serial } => wait_for_serial(serial)?,
+        GuestDisk::Device { name, sectors } => wait_for_size(checked_disk_name(name)?, *sectors)?,
+    };
     let dir = Path::new(POD_DIR).join(id);
     if dir.exists() {
         return Err(io::Error::new(
@@ -188,6 +194,68 @@ fn wait_for_serial(serial: &str) -> io::Result<PathBuf> {
     }
 }
 
+/// A virtio disk's name (`vdb`, `vdaa`): never a path.
+fn checked_disk_name(name: &str) -> io::Result<&str> {
+    let ok = name.len() > 2
+        && name.len() <= 6
+        && name.starts_with("vd")
+        && name[2..].bytes().all(|b| b.is_ascii_lowercase());
+    if ok {
+        Ok(name)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a virtio disk name"),
+        ))
+    }
+}
+
+/// The node of reserved drive `name` once the guest sees the image the
+/// host re-pointed it at (the capacity change reaches the guest a little
+/// after the VMM made it), with what the drive cached of its earlier image
+/// dropped: the same sectors now read another file.
+fn wait_for_size(name: &str, sectors: u64) -> io::Result<PathBuf> {
+    let start = Instant::now();
+    let size_file = Path::new("/sys/block").join(name).join("size");
+    loop {
+        let seen = std::fs::read_to_string(&size_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if seen == Some(sectors) {
+            let node = Path::new("/dev").join(name);
+            flush_buffers(&node)?;
+            return Ok(node);
+        }
+        if start.elapsed() > DEVICE_WAIT {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "disk {name} did not show the {sectors} sectors of its image within {} s (it shows {seen:?})",
+                    DEVICE_WAIT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `BLKFLSBUF`: drops the block device's page cache.
+fn flush_buffers(node: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BLKFLSBUF: libc::c_ulong = 0x1261;
+    let file = std::fs::File::open(node)?;
+    // SAFETY: BLKFLSBUF takes no argument; the fd is open for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKFLSBUF as _, 0) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("dropping the cached blocks of {}: {e}", node.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// The block device under `sys_block` whose `serial` attribute is `serial`.
 pub fn block_device_with_serial(sys_block: &Path, serial: &str) -> Option<String> {
     std::fs::read_dir(sys_block).ok()?.flatten().find_map(|e| {
@@ -237,6 +305,16 @@ mod tests {
             &"x".repeat(129),
         ] {
             assert!(checked_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reserved_drives_are_plain_virtio_names() {
+        for good in ["vdb", "vdz", "vdaa"] {
+            assert!(checked_disk_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "vd", "sda", "vdB", "vd1", "../vdb", "vdb/x", "vdaaaaa"] {
+            assert!(checked_disk_name(bad).is_err(), "{bad}");
         }
     }
 

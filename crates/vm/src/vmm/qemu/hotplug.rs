@@ -7,6 +7,7 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use firebuild_agent_proto::GuestDisk;
 use serde_json::json;
 
 use super::cmdline::hotplug_port;
@@ -44,7 +45,7 @@ pub async fn attach(
     vm: &RunMetadata,
     slot: u32,
     disk: &Disk,
-) -> Result<(), VmError> {
+) -> Result<GuestDisk, VmError> {
     let fail = |reason: String| VmError::Hotplug {
         id: vm.id.clone(),
         disk: disk.id.clone(),
@@ -103,7 +104,9 @@ pub async fn attach(
         let _ = detach(qmp, slot).await;
         return Err(fail(e.to_string()));
     }
-    Ok(())
+    Ok(GuestDisk::Serial {
+        serial: disk.id.clone(),
+    })
 }
 
 /// Unplugs the device (the guest acknowledges through ACPI), then drops

@@ -215,7 +215,7 @@ impl Vmm for QemuVmm {
         vm: &RunMetadata,
         slot: u32,
         disk: &crate::vmm::Disk,
-    ) -> Result<(), VmError> {
+    ) -> Result<firebuild_agent_proto::GuestDisk, VmError> {
         hotplug::attach(&mut self.qmp(vm).await?, vm, slot, disk).await
     }
 
