@@ -116,6 +116,14 @@ impl Drop for Leftovers {
     }
 }
 
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Makes the `RunSpec` of a VM named so, on that network.
 type SpecMaker = Box<dyn Fn(&str, &Netns) -> RunSpec>;
 
@@ -184,11 +192,7 @@ fn real_run_pause_resume_snapshot_and_a_fork_that_cannot_wake_leaves_nothing() {
         runtime,
         spec,
     } = Real::new(&bin, dir.path());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = rt();
     rt.block_on(async {
         let (source_net, fork_net) = (Netns::new(), Netns::new());
         let mut sink = Vec::new();
@@ -276,11 +280,7 @@ fn real_pod_vm_re_points_a_reserved_drive() {
         .unwrap()
         .set_len(2 << 20)
         .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = rt();
     rt.block_on(async {
         let net = Netns::new();
         let mut spec = (real.spec)("fc-pod", &net);

@@ -173,25 +173,14 @@ fn scratch_view() -> io::Result<PathBuf> {
 
 /// The device node of the disk whose virtio serial is `serial`.
 fn wait_for_serial(serial: &str) -> io::Result<PathBuf> {
-    let start = Instant::now();
-    loop {
-        if let Some(name) = block_device_with_serial(Path::new("/sys/block"), serial) {
-            let node = Path::new("/dev").join(&name);
-            if node.exists() {
-                return Ok(node);
-            }
-        }
-        if start.elapsed() > DEVICE_WAIT {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no disk with serial {serial:?} appeared within {} s",
-                    DEVICE_WAIT.as_secs()
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        || {
+            let name = block_device_with_serial(Path::new("/sys/block"), serial)?;
+            let node = Path::new("/dev").join(name);
+            node.exists().then_some(node)
+        },
+        || format!("no disk with serial {serial:?} appeared"),
+    )
 }
 
 /// A virtio disk's name (`vdb`, `vdaa`): never a path.
@@ -215,24 +204,40 @@ fn checked_disk_name(name: &str) -> io::Result<&str> {
 /// after the VMM made it), with what the drive cached of its earlier image
 /// dropped: the same sectors now read another file.
 fn wait_for_size(name: &str, sectors: u64) -> io::Result<PathBuf> {
-    let start = Instant::now();
     let size_file = Path::new("/sys/block").join(name).join("size");
-    loop {
-        let seen = std::fs::read_to_string(&size_file)
+    let seen = || {
+        std::fs::read_to_string(&size_file)
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        if seen == Some(sectors) {
-            let node = Path::new("/dev").join(name);
-            flush_buffers(&node)?;
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let node = wait_for(
+        || (seen() == Some(sectors)).then(|| Path::new("/dev").join(name)),
+        || {
+            format!(
+                "disk {name} did not show the {sectors} sectors of its image (it shows {:?})",
+                seen()
+            )
+        },
+    )?;
+    flush_buffers(&node)?;
+    Ok(node)
+}
+
+/// Polls `found` until it gives a node, for at most [`DEVICE_WAIT`];
+/// `missing` says what did not happen.
+fn wait_for(
+    mut found: impl FnMut() -> Option<PathBuf>,
+    missing: impl FnOnce() -> String,
+) -> io::Result<PathBuf> {
+    let start = Instant::now();
+    loop {
+        if let Some(node) = found() {
             return Ok(node);
         }
         if start.elapsed() > DEVICE_WAIT {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!(
-                    "disk {name} did not show the {sectors} sectors of its image within {} s (it shows {seen:?})",
-                    DEVICE_WAIT.as_secs()
-                ),
+                format!("{} within {} s", missing(), DEVICE_WAIT.as_secs()),
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
