@@ -6,10 +6,10 @@
 use std::path::PathBuf;
 
 use firebuild_firecracker::VmProcess;
-
-use crate::reserved::ReservedDrive;
 use firebuild_vm::RunMetadata;
 use serde::{Deserialize, Serialize};
+
+use crate::reserved::ReservedDrive;
 
 /// How Firecracker was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
