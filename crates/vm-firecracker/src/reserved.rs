@@ -15,6 +15,7 @@ use firebuild_vm::{GuestDisk, LaunchConfig, RunMetadata, VmError};
 use serde::{Deserialize, Serialize};
 
 use crate::details::FirecrackerDetails;
+use crate::vmm::start_error;
 
 /// The empty file every reserved drive starts on, in the run directory.
 const PLACEHOLDER: &str = "reserved-drive.empty";
@@ -49,15 +50,14 @@ pub fn drives(
         } else {
             "attach fewer volumes"
         };
-        return Err(VmError::Start {
-            kind: firebuild_vm::VmmKind::Firecracker,
-            id: launch.id.clone(),
-            reason: format!(
+        return Err(start_error(
+            &launch.id,
+            format!(
                 "the root drive, {} other disks, {slots} drives reserved for pod containers, the network and vsock make {devices} virtio devices; \
                  Firecracker gives a VM at most {MAX_VIRTIO_DEVICES}: {todo}",
                 launch.disks.len()
             ),
-        });
+        ));
     }
     if slots == 0 {
         return Ok(Vec::new());
@@ -68,7 +68,7 @@ pub fn drives(
         .map(|slot| {
             let id = drive_id(slot);
             let seen_at = if jailed {
-                fc::staged_drive_path(&id).map_err(|e| start_error(launch, e))?
+                fc::staged_drive_path(&id).map_err(|e| start_error(&launch.id, e.to_string()))?
             } else {
                 placeholder.clone()
             };
@@ -90,14 +90,6 @@ pub fn drives(
             ))
         })
         .collect()
-}
-
-fn start_error(launch: &LaunchConfig, e: fc::Error) -> VmError {
-    VmError::Start {
-        kind: firebuild_vm::VmmKind::Firecracker,
-        id: launch.id.clone(),
-        reason: e.to_string(),
-    }
 }
 
 /// Points slot `slot`'s drive at `image`; says where the guest finds it.
@@ -152,7 +144,7 @@ pub async fn detach(
         reason,
     };
     let drive = slot_drive(details, slot).map_err(fail)?;
-    repoint(client, drive, &drive.placeholder.clone())
+    repoint(client, drive, &drive.placeholder)
         .await
         .map_err(|e| fail(e.to_string()))?;
     if let Some(jail) = &details.process.jail {

@@ -173,7 +173,7 @@ fn missing(binary: &Path, todo: &str) -> String {
     }
 }
 
-fn start_error(id: &str, reason: impl Into<String>) -> VmError {
+pub(crate) fn start_error(id: &str, reason: impl Into<String>) -> VmError {
     VmError::Start {
         kind: VmmKind::Firecracker,
         id: id.to_owned(),
@@ -272,13 +272,7 @@ impl Vmm for FirecrackerVmm {
         if !self.is_running(vm) {
             return Ok(());
         }
-        let details = stored_details(vm)
-            .map_err(|r| stop_error(&vm.id, r))?
-            .ok_or_else(|| stop_error(&vm.id, "no Firecracker process is recorded for it"))?;
-        details
-            .process
-            .client()
-            .with_timeout(self.config.request_timeout)
+        self.api(vm)?
             .send_ctrl_alt_del()
             .await
             .map_err(|e| stop_error(&vm.id, format!("asking the guest to shut down: {e}")))
@@ -422,11 +416,7 @@ impl Vmm for FirecrackerVmm {
         disk: &Disk,
     ) -> Result<GuestDisk, VmError> {
         let details = self.running_details(vm)?;
-        let client = details
-            .process
-            .client()
-            .with_timeout(self.config.request_timeout);
-        reserved::attach(&details, &client, vm, slot, &disk.path).await
+        reserved::attach(&details, &self.client_of(&details), vm, slot, &disk.path).await
     }
 
     async fn detach_disk(&self, vm: &RunMetadata, slot: u32) -> Result<(), VmError> {
@@ -434,11 +424,7 @@ impl Vmm for FirecrackerVmm {
             return Ok(());
         }
         let details = self.running_details(vm)?;
-        let client = details
-            .process
-            .client()
-            .with_timeout(self.config.request_timeout);
-        reserved::detach(&details, &client, vm, slot).await
+        reserved::detach(&details, &self.client_of(&details), vm, slot).await
     }
 
     fn agent_endpoint(&self, vm: &RunMetadata) -> Option<AgentEndpoint> {
@@ -600,11 +586,15 @@ impl FirecrackerVmm {
 
     /// The API client of a running VM.
     fn api(&self, vm: &RunMetadata) -> Result<fc::Client, VmError> {
-        Ok(self
-            .running_details(vm)?
+        Ok(self.client_of(&self.running_details(vm)?))
+    }
+
+    /// The API client of the process in `details`.
+    fn client_of(&self, details: &FirecrackerDetails) -> fc::Client {
+        details
             .process
             .client()
-            .with_timeout(self.config.request_timeout))
+            .with_timeout(self.config.request_timeout)
     }
 
     /// The stored details of a VM whose process must be there.
